@@ -1,0 +1,34 @@
+# The two commands of the README. Both are idempotent and install what they need first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+UV      := $(BIN)/uv
+UV_VERSION := 0.13.8
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: run test install install-test clean
+
+run: install
+	$(BIN)/shrinkflow run
+
+test: install-test
+	$(BIN)/pytest
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# The venv holds uv itself; --inexact keeps it there while syncing the locked set.
+$(UV):
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev
+	touch $@
+
+$(VENV)/.installed-test: $(UV) pyproject.toml uv.lock
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev --extra test
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf artifacts metrics reports mlflow.db .pytest_cache

@@ -1,0 +1,82 @@
+"""Where each stage reads and writes, and how: every write goes to a temp file renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The artifact layout under a project directory (the same paths `dvc.yaml` lists)."""
+
+    root: Path = Path(".")
+
+    @property
+    def data(self) -> Path:
+        return self.root / "artifacts" / "data.npz"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "artifacts" / "teacher.keras"
+
+    @property
+    def sparse(self) -> Path:
+        return self.root / "artifacts" / "sparse.keras"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "artifacts" / "student.keras"
+
+    @property
+    def model(self) -> Path:
+        """The deployable INT8 model."""
+        return self.root / "artifacts" / "model.tflite"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / "metrics.json"
+
+    @property
+    def sparsity(self) -> Path:
+        return self.root / "metrics" / "sparsity.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` (same suffix); rename it over `path` only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, content: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+
+
+def write_json(path: Path, document: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """A disabled stage passes its input on unchanged."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)

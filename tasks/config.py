@@ -1,0 +1,163 @@
+"""Typed configuration: one pydantic model for the whole of `params.yaml`, one section per stage.
+
+The model is validated once, at the door (the CLI, or the Prefect server for a UI run), and each
+stage receives only its own section. Unknown keys, wrong types and out-of-range values are refused
+with the key, the value and what is allowed. Defaults here are the built-in default run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Training(Section):
+    """Optimiser settings shared by every stage that trains."""
+
+    epochs: PositiveInt = Field(10, description="Passes over the training split.")
+    batch_size: PositiveInt = Field(32, description="Samples per gradient step.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "digits",
+        description="`digits` (built in) | `npz:PATH` (x_train,y_train,x_test,y_test[,x_val,y_val] "
+        "or x,y) | `images:DIR` (one sub-folder per class).",
+    )
+    test_fraction: Fraction = Field(0.2, description="Share held out for the test split (x,y data).")
+    val_fraction: Fraction = Field(0.1, description="Share of the rest kept for validation.")
+    scale_uint8: bool = Field(True, description="Scale uint8 pixels to [0, 1].")
+    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="Resize images:DIR pictures to [height, width]; default: first image's."
+    )
+    color_mode: Literal["grayscale", "rgb"] = Field("rgb", description="Channels for images:DIR.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if not DATA_SOURCE.match(value):
+            raise ValueError("must be `digits`, `npz:PATH` or `images:DIR`")
+        return value
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> DataConfig:
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError(
+                f"test_fraction + val_fraction must be < 0.9 to leave data to train on, "
+                f"got {self.test_fraction} + {self.val_fraction}"
+            )
+        return self
+
+
+class ModelConfig(Training):
+    source: str = Field(
+        "train",
+        description="`train` (built-in CNN trained on the data) | a `.keras`/`.h5` file or "
+        "SavedModel directory | `keras.applications.NAME`.",
+    )
+    weights: str | None = Field(
+        None, description="Local weights file for keras.applications; none = train it here."
+    )
+    epochs: PositiveInt = Field(15, description="Teacher training epochs (source: train).")
+
+
+class SparsifyConfig(Training):
+    enabled: bool = Field(True, description="Run sparse fine-tuning (magnitude pruning).")
+    schedule: Literal["polynomial_decay", "constant"] = Field(
+        "polynomial_decay", description="Sparsity schedule over the fine-tuning steps."
+    )
+    initial_sparsity: float = Field(0.5, ge=0, lt=1, description="Sparsity at the first step.")
+    final_sparsity: float = Field(0.8, ge=0, lt=1, description="Sparsity reached at the end.")
+    frequency: PositiveInt = Field(10, description="Steps between mask updates.")
+    unsupported_layers: Literal["skip", "error"] = Field(
+        "skip", description="Layers tfmot cannot prune: leave them dense, or stop."
+    )
+    epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
+
+    @model_validator(mode="after")
+    def _sparsity_grows(self) -> SparsifyConfig:
+        if self.schedule == "polynomial_decay" and self.initial_sparsity > self.final_sparsity:
+            raise ValueError(
+                f"initial_sparsity ({self.initial_sparsity}) must not exceed "
+                f"final_sparsity ({self.final_sparsity})"
+            )
+        return self
+
+
+class DistillConfig(Training):
+    enabled: bool = Field(True, description="Distill the dense teacher into the student.")
+    width: float = Field(
+        0.25, gt=0, le=1, description="Student width vs teacher (1.0 = the sparsified model)."
+    )
+    student: str | None = Field(None, description="Student model file; overrides width.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
+    alpha: float = Field(
+        0.1, ge=0, le=1, description="Weight of the hard-label loss; 1 - alpha weighs the KD loss."
+    )
+    epochs: PositiveInt = Field(40, description="Distillation epochs.")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="Adam learning rate.")
+
+
+class QuantizeConfig(Section):
+    enabled: bool = Field(True, description="Full-integer INT8 (off: FP32 .tflite).")
+    calibration_samples: PositiveInt = Field(
+        200, description="Real training samples used to calibrate activation ranges."
+    )
+
+
+class EvaluateConfig(Section):
+    latency_runs: Annotated[int, Field(ge=200)] = Field(
+        300, description="Timed single-sample invokes per model (median reported)."
+    )
+    warmup_runs: Annotated[int, Field(ge=1)] = Field(30, description="Untimed invokes first.")
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (never ./mlruns).")
+    experiment: str = Field("shrinkflow", min_length=1, description="MLflow experiment name.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_file_store(cls, value: str) -> str:
+        if value.startswith("file:") or "://" not in value:
+            raise ValueError(
+                "MLflow 3 refuses file stores: use `sqlite:///mlflow.db` or an http(s) server URI"
+            )
+        return value
+
+
+class Params(Section):
+    """Everything a pipeline run needs: the contents of `params.yaml`."""
+
+    seed: Annotated[int, Field(ge=0)] = Field(42, description="Seed for splits, init and shuffles.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sparsify: SparsifyConfig = Field(default_factory=SparsifyConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def __str__(self) -> str:
+        d, s = self.distill, self.sparsify
+        return (
+            f"data={self.data.source} model={self.model.source} "
+            f"sparsify={'%g->%g' % (s.initial_sparsity, s.final_sparsity) if s.enabled else 'off'} "
+            f"distill={'width %g T=%g' % (d.width, d.temperature) if d.enabled else 'off'} "
+            f"quantize={'int8' if self.quantize.enabled else 'fp32'} seed={self.seed}"
+        )

@@ -1,0 +1,160 @@
+"""Knowledge distillation from the dense teacher into a (narrower, sparse) student.
+
+The teacher's logits are computed once and packed beside the labels, so distillation is a plain
+`fit` with one loss and the usual tfmot pruning callback — no custom training loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from prefect import task
+
+from tasks.artifacts import Workspace, copy_file
+from tasks.config import DistillConfig, SparsifyConfig
+from tasks.data import Dataset
+from tasks.errors import InputError
+from tasks.models import (
+    fit,
+    outputs_probabilities,
+    overall_sparsity,
+    read_model,
+    seed_everything,
+    write_model,
+)
+from tasks.sparsify import check_prunable, pruning_schedule, training_steps, wrap_for_pruning
+
+EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
+
+
+def derive_student(teacher: keras.Model, width: float) -> keras.Model:
+    """The teacher's architecture with every layer but the output `width` times as wide.
+
+    Weights are freshly initialised. `filters` and `units` are scaled; the output layer (the last
+    layer that has either) keeps its size so the student predicts the same classes.
+    """
+    output = [layer for layer in teacher.layers if _width_key(layer)][-1]
+
+    def narrowed(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        key = _width_key(layer)
+        if key and layer is not output:
+            config[key] = max(1, round(config[key] * width))
+        return type(layer).from_config(config)
+
+    try:
+        return keras.models.clone_model(teacher, clone_function=narrowed)
+    except Exception as exc:  # shape errors from fixed reshapes, layers that refuse new sizes
+        raise InputError(
+            f"distill.width: cannot derive a {width}-wide student from {teacher.name} ({exc}); "
+            "use distill.width: 1.0 or give a student model file as distill.student"
+        ) from exc
+
+
+def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Pre-softmax scores; for a softmax model, log-probabilities (equal up to a constant)."""
+    outputs = model.predict(x, batch_size=256, verbose=0)
+    return np.log(outputs + EPSILON) if outputs_probabilities(model) else outputs
+
+
+class DistillationLoss(keras.losses.Loss):
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+
+    `y_true` packs the label in column 0 and the teacher's logits after it. The T^2 factor keeps
+    the soft-target gradients on the scale of the hard ones (Hinton et al., 2015).
+    """
+
+    def __init__(self, temperature: float, alpha: float, student_probabilities: bool, **kwargs):
+        super().__init__(name="distillation", **kwargs)
+        self.temperature = temperature
+        self.alpha = alpha
+        self.student_probabilities = student_probabilities
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        labels, teacher_logits = tf.cast(y_true[:, 0], tf.int32), y_true[:, 1:]
+        student_logits = tf.math.log(y_pred + EPSILON) if self.student_probabilities else y_pred
+        hard = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
+        t = self.temperature
+        soft = keras.losses.kl_divergence(
+            tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student_logits / t)
+        )
+        return self.alpha * hard + (1.0 - self.alpha) * t * t * soft
+
+
+def packed_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Accuracy against the label packed in column 0 of `y_true`."""
+    predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(y_true[:, 0], tf.int32)), tf.float32)
+
+
+def distill(
+    teacher: keras.Model,
+    student: keras.Model,
+    data: Dataset,
+    cfg: DistillConfig,
+    sparsify_cfg: SparsifyConfig,
+) -> keras.Model:
+    """Train `student` to match the teacher's softened outputs and the labels.
+
+    With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
+    leaves this stage as sparse as the sparsify target.
+    """
+    if student.output_shape[-1] != teacher.output_shape[-1]:
+        raise InputError(
+            f"distill.student: the student has {student.output_shape[-1]} outputs, the teacher "
+            f"{teacher.output_shape[-1]}; they must predict the same classes"
+        )
+    probabilities = outputs_probabilities(student)  # read before pruning wraps the output layer
+    callbacks = []
+    if sparsify_cfg.enabled:
+        skipped = check_prunable(student, sparsify_cfg)
+        steps = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
+        student = wrap_for_pruning(student, pruning_schedule(sparsify_cfg, steps), skipped)
+        callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+    student.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=DistillationLoss(cfg.temperature, cfg.alpha, probabilities),
+        metrics=[packed_accuracy],
+    )
+    fit(
+        student,
+        data.x_train,
+        _pack(data.y_train, logits(teacher, data.x_train)),
+        cfg,
+        validation=(data.x_val, _pack(data.y_val, logits(teacher, data.x_val))),
+        callbacks=callbacks,
+    )
+    return tfmot.sparsity.keras.strip_pruning(student) if sparsify_cfg.enabled else student
+
+
+def _pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
+    return np.concatenate([labels[:, None].astype(np.float32), teacher_logits], axis=1)
+
+
+def _width_key(layer: keras.layers.Layer) -> str | None:
+    config = layer.get_config()
+    return next((key for key in ("filters", "units") if isinstance(config.get(key), int)), None)
+
+
+def run_distill(seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:
+    """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged."""
+    if not cfg.enabled:
+        copy_file(ws.sparse, ws.student)
+        return {}
+    seed_everything(seed)
+    teacher = read_model(ws.teacher, "artifacts/teacher.keras")
+    if cfg.student:
+        student = read_model(cfg.student, "distill.student")
+    elif cfg.width == 1.0:
+        student = read_model(ws.sparse, "artifacts/sparse.keras")
+    else:
+        student = derive_student(teacher, cfg.width)
+    student = distill(teacher, student, Dataset.load(ws.data), cfg, sparsify_cfg)
+    write_model(student, ws.student)
+    return {"student_params": student.count_params(), "student_sparsity": overall_sparsity(student)}
+
+
+distill_task = task(run_distill, name="distill")

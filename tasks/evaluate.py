@@ -1,0 +1,165 @@
+"""One evaluator for every candidate: accuracy, size, gzip size and latency of a .tflite model."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from prefect import task
+
+from tasks.artifacts import Workspace, write_json
+from tasks.config import EvaluateConfig
+from tasks.data import Dataset
+from tasks.models import layer_sparsity, overall_sparsity, read_model
+from tasks.plots import plot_layer_sparsity, plot_tradeoff
+from tasks.quantize import convert_to_tflite
+
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class CandidateMetrics:
+    accuracy: float
+    params: int
+    sparsity: float
+    tflite_bytes: int
+    gzip_bytes: int
+    latency_p50_us: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class TFLiteClassifier:
+    """Runs a .tflite model with the LiteRT interpreter, quantizing int8 inputs as needed.
+
+    `predict` returns float outputs (dequantized for int8 models), the same for every caller.
+    """
+
+    def __init__(self, model: bytes, num_threads: int = 1):
+        self.model = model
+        self.num_threads = num_threads
+        probe = self._interpreter()
+        self.input = probe.get_input_details()[0]
+        self.output = probe.get_output_details()[0]
+
+    def _interpreter(self, batch: int | None = None) -> Interpreter:
+        interpreter = Interpreter(model_content=self.model, num_threads=self.num_threads)
+        if batch is not None:
+            shape = interpreter.get_input_details()[0]["shape"].copy()
+            shape[0] = batch
+            interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def _to_input(self, x: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.input["quantization"]
+        if self.input["dtype"] == np.float32 or scale == 0:
+            return x.astype(self.input["dtype"])
+        info = np.iinfo(self.input["dtype"])
+        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(self.input["dtype"])
+
+    def _from_output(self, y: np.ndarray) -> np.ndarray:
+        scale, zero_point = self.output["quantization"]
+        if self.output["dtype"] == np.float32 or scale == 0:
+            return y.astype(np.float32)
+        return (y.astype(np.float32) - zero_point) * scale
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for every sample, in batches of up to BATCH."""
+        outputs = []
+        for start in range(0, len(x), BATCH):
+            chunk = x[start : start + BATCH]
+            interpreter = self._interpreter(len(chunk))
+            interpreter.set_tensor(self.input["index"], self._to_input(chunk))
+            interpreter.invoke()
+            outputs.append(self._from_output(interpreter.get_tensor(self.output["index"])))
+        return np.concatenate(outputs)
+
+    def latency_p50_us(self, sample: np.ndarray, runs: int, warmup: int) -> float:
+        """Median wall time of one batch-1 invoke, in microseconds, after `warmup` invokes."""
+        interpreter = self._interpreter(1)
+        interpreter.set_tensor(self.input["index"], self._to_input(sample[None]))
+        for _ in range(warmup):
+            interpreter.invoke()
+        timings = np.empty(runs)
+        for i in range(runs):
+            start = time.perf_counter_ns()
+            interpreter.invoke()
+            timings[i] = time.perf_counter_ns() - start
+        return float(np.median(timings) / 1000.0)
+
+
+def evaluate_tflite(
+    model: bytes, data: Dataset, cfg: EvaluateConfig, params: int, sparsity: float
+) -> CandidateMetrics:
+    """Measure one candidate on the test split; `params` and `sparsity` come from its Keras form."""
+    classifier = TFLiteClassifier(model)
+    predicted = classifier.predict(data.x_test).argmax(axis=-1)
+    return CandidateMetrics(
+        accuracy=float(np.mean(predicted == data.y_test)),
+        params=params,
+        sparsity=sparsity,
+        tflite_bytes=len(model),
+        gzip_bytes=len(gzip.compress(model, compresslevel=9)),
+        latency_p50_us=classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
+    )
+
+
+def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
+    """The metrics.json document: teacher, final, every candidate and the headline ratios."""
+    teacher, final = candidates["teacher"], candidates["final"]
+    return {
+        "teacher": {k: v for k, v in teacher.as_dict().items() if k != "sparsity"},
+        "final": final.as_dict(),
+        "candidates": {name: metrics.as_dict() for name, metrics in candidates.items()},
+        "compression_ratio": teacher.gzip_bytes / final.gzip_bytes,
+        "speedup": teacher.latency_p50_us / final.latency_p50_us,
+        "accuracy_drop": teacher.accuracy - final.accuracy,
+    }
+
+
+def run_evaluate(
+    cfg: EvaluateConfig, sparsified: bool, distilled: bool, ws: Workspace
+) -> dict[str, float]:
+    """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
+
+    Writes metrics.json and the plots; returns the headline metrics.
+    """
+    data = Dataset.load(ws.data)
+    keras_models = {"teacher": ws.teacher}
+    if sparsified:
+        keras_models["sparsified"] = ws.sparse
+    if distilled:
+        keras_models["distilled"] = ws.student
+    models = {name: read_model(path, f"artifacts/{path.name}") for name, path in keras_models.items()}
+    candidates = {
+        name: evaluate_tflite(
+            convert_to_tflite(model), data, cfg, model.count_params(), overall_sparsity(model)
+        )
+        for name, model in models.items()
+    }
+    final = read_model(ws.student, "artifacts/student.keras")
+    candidates["final"] = evaluate_tflite(
+        ws.model.read_bytes(), data, cfg, final.count_params(), overall_sparsity(final)
+    )
+    document = summarize(candidates)
+    write_json(ws.metrics, document)
+    plot_tradeoff(document["candidates"], ws.plots / "tradeoff.png")
+    per_layer = {"sparsified": layer_sparsity(models["sparsified"])} if sparsified else {}
+    plot_layer_sparsity(per_layer | {"final": layer_sparsity(final)}, ws.plots / "sparsity.png")
+    return headline(document)
+
+
+def headline(document: dict) -> dict[str, float]:
+    """The flat metrics worth a chart in MLflow."""
+    flat = {k: document[k] for k in ("compression_ratio", "speedup", "accuracy_drop")}
+    for name, metrics in document["candidates"].items():
+        flat |= {f"{name}.{key}": value for key, value in metrics.items()}
+    return flat
+
+
+evaluate_task = task(run_evaluate, name="evaluate")

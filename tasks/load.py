@@ -1,0 +1,103 @@
+"""Load stage: the data set and the teacher (read from a file, or built and trained here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tf_keras as keras
+from prefect import task
+
+from tasks.artifacts import Workspace
+from tasks.config import DataConfig, ModelConfig
+from tasks.data import Dataset, load_data
+from tasks.errors import InputError
+from tasks.models import (
+    build_cnn,
+    check_compatible,
+    compile_classifier,
+    fit,
+    read_model,
+    seed_everything,
+    write_model,
+)
+
+APPLICATIONS_PREFIX = "keras.applications."
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The checked data set and the teacher, trained or still to be trained."""
+
+    data: Dataset
+    teacher: keras.Model
+    needs_training: bool
+
+
+def open_inputs(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> Inputs:
+    """Read and check data and teacher without training anything: cheap, so run it first."""
+    data = load_data(data_cfg, seed)
+    teacher, needs_training = _teacher(model_cfg, data)
+    check_compatible(teacher, data, "model.source")
+    return Inputs(data, teacher, needs_training)
+
+
+def train_teacher(teacher: keras.Model, data: Dataset, cfg: ModelConfig) -> keras.Model:
+    compile_classifier(teacher, cfg.learning_rate)
+    fit(teacher, data.x_train, data.y_train, cfg, validation=(data.x_val, data.y_val))
+    return teacher
+
+
+def _teacher(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
+    if cfg.source == "train":
+        return build_cnn(data.input_shape, data.num_classes), True
+    if cfg.source.startswith(APPLICATIONS_PREFIX):
+        return _application(cfg, data)
+    return read_model(cfg.source, "model.source"), False
+
+
+def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
+    """A keras.applications architecture, with local weights or trained here; never downloaded."""
+    name = cfg.source.removeprefix(APPLICATIONS_PREFIX)
+    builder = getattr(keras.applications, name, None)
+    if not callable(builder):
+        known = sorted(n for n in dir(keras.applications) if n[0].isupper())
+        raise InputError(f"model.source: unknown keras.applications model {name!r}; known: {known}")
+    weights = cfg.weights
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise InputError(
+            f"model.weights: {weights!r} is not a local file. Pretrained weights are never "
+            "downloaded: give a weights file (.h5) or leave model.weights empty to train here"
+        )
+    try:
+        model = builder(weights=None, input_shape=data.input_shape, classes=data.num_classes)
+    except ValueError as exc:
+        raise InputError(f"model.source: {name} cannot take this data: {exc}") from exc
+    if weights is None:
+        return model, True
+    try:
+        model.load_weights(Path(weights).expanduser())
+    except Exception as exc:  # shape mismatches and unreadable files alike
+        raise InputError(f"model.weights: cannot load {weights} into {name} ({exc})") from exc
+    return model, False
+
+
+def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
+    """Stage: write the split data set and the trained teacher."""
+    seed_everything(seed)
+    inputs = open_inputs(data_cfg, model_cfg, seed)
+    teacher = inputs.teacher
+    if inputs.needs_training:
+        teacher = train_teacher(teacher, inputs.data, model_cfg)
+    inputs.data.save(ws.data)
+    write_model(teacher, ws.teacher)
+    return {
+        "train_samples": len(inputs.data.x_train),
+        "val_samples": len(inputs.data.x_val),
+        "test_samples": len(inputs.data.x_test),
+        "num_classes": inputs.data.num_classes,
+        "teacher_params": teacher.count_params(),
+    }
+
+
+load_task = task(run_load, name="load")

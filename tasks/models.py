@@ -1,0 +1,146 @@
+"""Keras (tf_keras, Keras 2) model helpers shared by the stages: build, read, write, train, inspect."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tasks.artifacts import atomic_path
+from tasks.config import Training
+from tasks.data import Dataset
+from tasks.errors import InputError
+
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def seed_everything(seed: int) -> None:
+    """Make weight init, shuffling and dropout repeatable (CPU kernels are then deterministic)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def build_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """The built-in teacher: a small VGG-style CNN that any image-shaped data set can train."""
+    if len(input_shape) != 3:
+        raise InputError(
+            f"model.source: train builds a CNN for images of shape (height, width, channels), "
+            f"but the samples have shape {input_shape}; bring a model file for other data"
+        )
+    layers = keras.layers
+    blocks = [
+        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1"),
+        layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2"),
+        layers.MaxPooling2D(name="pool1"),
+        layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(256, activation="relu", name="fc1"),
+        layers.Dropout(0.3, name="dropout"),
+        layers.Dense(num_classes, activation="softmax", name="predictions"),
+    ]
+    return keras.Sequential([keras.Input(input_shape), *blocks], name="teacher_cnn")
+
+
+def read_model(path: str | Path, key: str) -> keras.Model:
+    """Load a .keras / .h5 file or SavedModel directory; `key` names the config entry on errors."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{key}: {path} does not exist; give a .keras, .h5 or SavedModel path")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # h5py, zipfile, protobuf and deserialisation errors alike
+        raise InputError(
+            f"{key}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
+            "Expected a .keras/.h5 file or SavedModel directory saved by tf_keras (Keras 2)"
+        ) from exc
+
+
+def write_model(model: keras.Model, path: Path) -> None:
+    """Save as .keras/.h5 by suffix, atomically."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def outputs_probabilities(model: keras.Model) -> bool:
+    """True when the model ends in a softmax (probabilities), False when it returns logits."""
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+
+
+def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
+    """The model must take the data's samples and have an output for every label."""
+    expected = tuple(model.input_shape[1:])
+    actual = data.input_shape
+    if len(expected) != len(actual) or any(e not in (None, a) for e, a in zip(expected, actual)):
+        raise InputError(
+            f"{key}: the model takes inputs of shape {expected} but the data's samples have shape "
+            f"{actual}; resize the data (data.image_size) or use a model built for it"
+        )
+    outputs = model.output_shape[-1]
+    if data.num_classes > outputs:
+        raise InputError(
+            f"{key}: labels go up to {data.num_classes - 1} but the model has {outputs} outputs; "
+            "labels must be class ids in [0, outputs)"
+        )
+
+
+def compile_classifier(model: keras.Model, learning_rate: float) -> None:
+    """Sparse categorical cross-entropy on labels, matching the model's output kind."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
+        metrics=["accuracy"],
+    )
+
+
+def fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: Training,
+    validation: tuple[np.ndarray, np.ndarray],
+    callbacks: list[keras.callbacks.Callback] = (),
+) -> keras.callbacks.History:
+    """Train with a progress bar on a terminal, one line per epoch otherwise."""
+    return model.fit(
+        x,
+        y,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        validation_data=validation,
+        callbacks=list(callbacks),
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
+def kernels(model: keras.Model) -> dict[str, np.ndarray]:
+    """The weight matrices pruning acts on, by layer name (biases and norms excluded)."""
+    found = {}
+    for layer in _flat_layers(model):
+        for weight in layer.weights:
+            if weight.name.split("/")[-1].split(":")[0] in KERNEL_NAMES:
+                found[f"{layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = weight.numpy()
+    return found
+
+
+def layer_sparsity(model: keras.Model) -> dict[str, float]:
+    """Fraction of exact zeros in each kernel."""
+    return {name: float(np.mean(w == 0)) for name, w in kernels(model).items()}
+
+
+def overall_sparsity(model: keras.Model) -> float:
+    """Fraction of exact zeros over all kernels together."""
+    weights = list(kernels(model).values())
+    total = sum(w.size for w in weights)
+    return float(sum(int(np.sum(w == 0)) for w in weights) / total) if total else 0.0
+
+
+def _flat_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    layers = []
+    for layer in model.layers:
+        layers.extend(_flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return layers

@@ -1,0 +1,50 @@
+"""Plots a person would rather look at than read: the size/accuracy trade-off and layer sparsity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: servers, CI, Prefect workers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tasks.artifacts import atomic_path  # noqa: E402
+
+
+def plot_tradeoff(candidates: dict[str, dict[str, float]], path: Path) -> None:
+    """Accuracy against gzip size (log scale) for every candidate."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in candidates.items():
+        ax.scatter(m["gzip_bytes"] / 1024, m["accuracy"], s=60)
+        ax.annotate(name, (m["gzip_bytes"] / 1024, m["accuracy"]), textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("gzip size (KiB, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy vs compressed size")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)
+
+
+def plot_layer_sparsity(layers: dict[str, dict[str, float]], path: Path) -> None:
+    """Fraction of zero weights per layer, one bar group per model."""
+    names = sorted({layer for per_model in layers.values() for layer in per_model})
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(layers)), 4))
+    width = 0.8 / max(1, len(layers))
+    for i, (model, per_layer) in enumerate(layers.items()):
+        xs = [j + i * width for j in range(len(names))]
+        ax.bar(xs, [per_layer.get(n, 0.0) for n in names], width=width, label=model)
+    ax.set_xticks([j + width * (len(layers) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("sparsity (fraction of zero weights)")
+    ax.set_title("Per-layer sparsity")
+    ax.legend()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""Sparse fine-tuning: tfmot magnitude pruning on the labels, then `strip_pruning`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+
+from prefect import task
+
+from tasks.artifacts import Workspace, copy_file, write_json
+from tasks.config import SparsifyConfig
+from tasks.data import Dataset
+from tasks.errors import InputError
+from tasks.models import (
+    compile_classifier,
+    fit,
+    layer_sparsity,
+    overall_sparsity,
+    read_model,
+    seed_everything,
+    write_model,
+)
+
+log = logging.getLogger(__name__)
+
+# Polynomial decay reaches the target at this share of the steps; the rest fine-tunes at target.
+RAMP_SHARE = 0.7
+
+
+@dataclass(frozen=True)
+class SparseResult:
+    model: keras.Model
+    sparsity: float
+    layer_sparsity: dict[str, float]
+    skipped_layers: list[str]
+
+
+def unprunable_layers(model: keras.Model) -> list[str]:
+    """Layers with weights that tfmot cannot prune, as `name (Type)`."""
+    return [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model.layers
+        if layer.weights and not _prunable(layer)
+    ]
+
+
+def check_prunable(model: keras.Model, cfg: SparsifyConfig) -> list[str]:
+    """Apply the `unsupported_layers` policy: return the layers to skip, or refuse them."""
+    skipped = unprunable_layers(model)
+    if skipped and cfg.unsupported_layers == "error":
+        raise InputError(
+            f"sparsify: tfmot cannot prune {', '.join(skipped)}; set "
+            "sparsify.unsupported_layers: skip to leave them dense, or replace them"
+        )
+    return skipped
+
+
+def pruning_schedule(cfg: SparsifyConfig, total_steps: int) -> tfmot.sparsity.keras.PruningSchedule:
+    """The configured schedule, sized so the target is reached before training ends.
+
+    Masks only change on steps that are multiples of `frequency`, so the end step is rounded to
+    one; with fewer steps than `frequency` the frequency shrinks to fit.
+    """
+    frequency = max(1, min(cfg.frequency, total_steps // 2))
+    if cfg.schedule == "constant":
+        return tfmot.sparsity.keras.ConstantSparsity(cfg.final_sparsity, 0, frequency=frequency)
+    end_step = max(frequency, int(total_steps * RAMP_SHARE) // frequency * frequency)
+    return tfmot.sparsity.keras.PolynomialDecay(
+        cfg.initial_sparsity, cfg.final_sparsity, 0, end_step, frequency=frequency
+    )
+
+
+def training_steps(samples: int, epochs: int, batch_size: int) -> int:
+    return epochs * math.ceil(samples / batch_size)
+
+
+def wrap_for_pruning(
+    model: keras.Model, schedule: tfmot.sparsity.keras.PruningSchedule, skip: list[str]
+) -> keras.Model:
+    """Wrap every prunable layer (weights kept) in `prune_low_magnitude`; others stay dense."""
+    for layer in skip:
+        log.warning("sparsify: leaving %s dense: tfmot cannot prune it", layer)
+    skip_names = {entry.split(" ")[0] for entry in skip}
+
+    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name in skip_names or not layer.weights:
+            return layer
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+    return keras.models.clone_model(model, clone_function=wrap)
+
+
+def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseResult:
+    """Fine-tune `model` on the labels while magnitude pruning drives it to the target sparsity."""
+    skipped = check_prunable(model, cfg)
+    total = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
+    pruned = wrap_for_pruning(model, pruning_schedule(cfg, total), skipped)
+    compile_classifier(pruned, cfg.learning_rate)
+    fit(
+        pruned,
+        data.x_train,
+        data.y_train,
+        cfg,
+        validation=(data.x_val, data.y_val),
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+    )
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    return SparseResult(
+        model=stripped,
+        sparsity=overall_sparsity(stripped),
+        layer_sparsity=layer_sparsity(stripped),
+        skipped_layers=skipped,
+    )
+
+
+def _prunable(layer: keras.layers.Layer) -> bool:
+    return isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)
+
+
+
+def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:
+    """Stage: teacher -> sparse model, plus per-layer sparsity. Disabled: the teacher, unchanged."""
+    teacher = read_model(ws.teacher, "artifacts/teacher.keras")
+    if cfg.enabled:
+        seed_everything(seed)
+        result = sparsify(teacher, Dataset.load(ws.data), cfg)
+        write_model(result.model, ws.sparse)
+    else:
+        result = SparseResult(teacher, overall_sparsity(teacher), layer_sparsity(teacher), [])
+        copy_file(ws.teacher, ws.sparse)
+    write_json(
+        ws.sparsity,
+        {"sparsity": result.sparsity, "layers": result.layer_sparsity, "skipped": result.skipped_layers},
+    )
+    return {"sparsity": result.sparsity}
+
+
+sparsify_task = task(run_sparsify, name="sparsify")
