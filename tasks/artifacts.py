@@ -23,15 +23,15 @@ class Workspace:
 
     @property
     def teacher(self) -> Path:
-        return self.root / "artifacts" / "teacher.keras"
+        return self.root / "artifacts" / "teacher.h5"
 
     @property
     def sparse(self) -> Path:
-        return self.root / "artifacts" / "sparse.keras"
+        return self.root / "artifacts" / "sparse.h5"
 
     @property
     def student(self) -> Path:
-        return self.root / "artifacts" / "student.keras"
+        return self.root / "artifacts" / "student.h5"
 
     @property
     def model(self) -> Path:

@@ -145,11 +145,11 @@ def run_distill(seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws:
         copy_file(ws.sparse, ws.student)
         return {}
     seed_everything(seed)
-    teacher = read_model(ws.teacher, "artifacts/teacher.keras")
+    teacher = read_model(ws.teacher)
     if cfg.student:
         student = read_model(cfg.student, "distill.student")
     elif cfg.width == 1.0:
-        student = read_model(ws.sparse, "artifacts/sparse.keras")
+        student = read_model(ws.sparse)
     else:
         student = derive_student(teacher, cfg.width)
     student = distill(teacher, student, Dataset.load(ws.data), cfg, sparsify_cfg)

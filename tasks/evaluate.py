@@ -135,14 +135,14 @@ def run_evaluate(
         keras_models["sparsified"] = ws.sparse
     if distilled:
         keras_models["distilled"] = ws.student
-    models = {name: read_model(path, f"artifacts/{path.name}") for name, path in keras_models.items()}
+    models = {name: read_model(path) for name, path in keras_models.items()}
     candidates = {
         name: evaluate_tflite(
             convert_to_tflite(model), data, cfg, model.count_params(), overall_sparsity(model)
         )
         for name, model in models.items()
     }
-    final = read_model(ws.student, "artifacts/student.keras")
+    final = read_model(ws.student)
     candidates["final"] = evaluate_tflite(
         ws.model.read_bytes(), data, cfg, final.count_params(), overall_sparsity(final)
     )

@@ -44,24 +44,28 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     return keras.Sequential([keras.Input(input_shape), *blocks], name="teacher_cnn")
 
 
-def read_model(path: str | Path, key: str) -> keras.Model:
-    """Load a .keras / .h5 file or SavedModel directory; `key` names the config entry on errors."""
+def read_model(path: str | Path, key: str | None = None) -> keras.Model:
+    """Load a .keras / .h5 file or SavedModel directory.
+
+    `key` names the config entry the path came from; without one, the path is a stage input.
+    """
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"{key}: {path} does not exist; give a .keras, .h5 or SavedModel path")
+        fix = "give a .keras, .h5 or SavedModel path" if key else "run the stages before this one"
+        raise InputError(f"{key or 'stage input'}: {path} does not exist; {fix}")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # h5py, zipfile, protobuf and deserialisation errors alike
         raise InputError(
-            f"{key}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
+            f"{key or 'stage input'}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
             "Expected a .keras/.h5 file or SavedModel directory saved by tf_keras (Keras 2)"
         ) from exc
 
 
 def write_model(model: keras.Model, path: Path) -> None:
-    """Save as .keras/.h5 by suffix, atomically."""
+    """Save as HDF5 without optimizer state (a third of the size), atomically."""
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        model.save(tmp, include_optimizer=False)
 
 
 def outputs_probabilities(model: keras.Model) -> bool:

@@ -51,7 +51,7 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 def run_quantize(seed: int, cfg: QuantizeConfig, ws: Workspace) -> dict[str, float]:
     """Stage: student -> model.tflite (INT8, or FP32 when disabled)."""
-    student = read_model(ws.student, "artifacts/student.keras")
+    student = read_model(ws.student)
     calibration = calibration_samples(Dataset.load(ws.data), cfg, seed) if cfg.enabled else None
     model = convert_to_tflite(student, calibration)
     write_bytes(ws.model, model)

@@ -125,7 +125,7 @@ def _prunable(layer: keras.layers.Layer) -> bool:
 
 def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:
     """Stage: teacher -> sparse model, plus per-layer sparsity. Disabled: the teacher, unchanged."""
-    teacher = read_model(ws.teacher, "artifacts/teacher.keras")
+    teacher = read_model(ws.teacher)
     if cfg.enabled:
         seed_everything(seed)
         result = sparsify(teacher, Dataset.load(ws.data), cfg)

@@ -1,0 +1,83 @@
+"""`shrinkflow` command line: `run` the whole flow, or one `stage` (what dvc.yaml calls).
+
+Exit codes: 0 ok, 2 bad input (a message, no traceback), 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from tasks.errors import InputError  # heavy imports after parsing: --help stays instant
+
+    try:
+        return args.command(args)
+    except InputError as exc:
+        print(f"shrinkflow: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.compress import compress
+    from flows.params import load_params
+    from flows.report import summary_table
+    from flows.stages import check_inputs
+    from tasks.errors import InputError
+
+    params = load_params(args.params, args.set)
+    check_inputs(params)  # fail fast, before Prefect starts; the flow checks again for UI runs
+    try:
+        metrics = compress(params)
+    except InputError:
+        raise
+    except Exception as exc:  # Prefect has already logged the traceback
+        print(f"shrinkflow: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(summary_table(metrics))
+    return 0
+
+
+def stage(args: argparse.Namespace) -> int:
+    from flows.params import load_params
+    from flows.stages import run_stage
+    from tasks.artifacts import Workspace
+
+    metrics = run_stage(args.name, load_params(args.params, args.set), Workspace(Path(".")))
+    for key, value in metrics.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shrinkflow", description="Compress trained Keras models into small, fast INT8 TFLite models."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    run_cmd = commands.add_parser(
+        "run", help="run the whole pipeline as a Prefect flow, tracked in MLflow",
+        description="Run load -> sparsify -> distill -> quantize -> evaluate and print a summary.",
+    )
+    run_cmd.set_defaults(command=run)
+    stage_cmd = commands.add_parser(
+        "stage", help="run one stage from the files the previous stage left (used by dvc.yaml)",
+        description="Run one stage outside Prefect and MLflow: reads and writes artifacts/ and metrics/.",
+    )
+    stage_cmd.add_argument("name", help="load, sparsify, distill, quantize or evaluate")
+    stage_cmd.set_defaults(command=stage)
+    for sub in (run_cmd, stage_cmd):
+        sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
+                         help="config file (default: params.yaml; built-in defaults if absent)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override one param, e.g. --set distill.temperature=2 (repeatable)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tasks.config import Params
+from tasks.errors import InputError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
+    """Read `path` (optional when it is the default), apply overrides, validate once."""
+    raw = _read_yaml(path)
+    for override in overrides:
+        _apply(raw, override)
+    return validate_params(raw)
+
+
+def validate_params(raw: Any) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError("invalid params:\n" + "\n".join(_describe(e) for e in exc.errors())) from None
+
+
+def dump_params(params: Params) -> str:
+    """The resolved config as YAML, every default spelled out."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the keys `--set`, MLflow and DVC all use."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        if path == DEFAULT_PARAMS:
+            return {}
+        raise InputError(f"--params: {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must be a mapping of sections (seed, data, model, ...)")
+    return raw
+
+
+def _apply(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise InputError(f"--set {override!r}: expected KEY=VALUE, e.g. distill.temperature=2")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {key}: {part} is not a section")
+    node[leaf] = yaml.safe_load(text) if text else None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "params"
+    if error["type"] == "extra_forbidden":
+        return f"  {key}: unknown key; allowed here: {', '.join(_known_keys(error['loc'][:-1]))}"
+    message = error["msg"].removeprefix("Value error, ")
+    given = "" if isinstance(error["input"], dict) else f" = {error['input']!r}"
+    return f"  {key}{given}: {message}"
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

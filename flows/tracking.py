@@ -1,0 +1,66 @@
+"""MLflow: one parent run per pipeline run, a nested run per stage, the config as params."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run
+
+from flows.params import dump_params, flatten
+from tasks.artifacts import Workspace
+from tasks.config import Params, TrackingConfig
+
+SQLITE = "sqlite:///"
+ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
+
+
+@contextmanager
+def pipeline_run(params: Params, run_name: str | None, tags: dict[str, str]) -> Iterator[Run]:
+    """The parent run: params logged up front; on failure the error is recorded, status FAILED."""
+    use_experiment(params.tracking)
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_params(flatten(params.model_dump(mode="json")))
+        mlflow.log_text(dump_params(params), "params.yaml")
+        try:
+            yield run
+        except BaseException as exc:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:ERROR_TAG_LIMIT])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise  # start_run's context ends the run as FAILED
+
+
+def use_experiment(cfg: TrackingConfig) -> None:
+    """Point MLflow at the configured store and experiment, creating it if needed.
+
+    With a local sqlite store the artifacts go to `mlartifacts/` beside the database file
+    (MLflow's default would be `./mlruns`, easily mistaken for the refused file store).
+    """
+    mlflow.set_tracking_uri(cfg.uri)
+    if cfg.uri.startswith(SQLITE) and mlflow.get_experiment_by_name(cfg.experiment) is None:
+        database = Path(cfg.uri.removeprefix(SQLITE)).resolve()
+        mlflow.create_experiment(cfg.experiment, (database.parent / "mlartifacts").as_uri())
+    mlflow.set_experiment(cfg.experiment)
+
+
+@contextmanager
+def stage_run(name: str) -> Iterator[Run]:
+    with mlflow.start_run(run_name=name, nested=True) as run:
+        yield run
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    if metrics:
+        mlflow.log_metrics(metrics)
+
+
+def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
+    """Headline metrics and the artifacts a reviewer opens: model, metrics, plots."""
+    log_metrics(metrics)
+    for path in (ws.model, ws.metrics, ws.sparsity):
+        mlflow.log_artifact(str(path))
+    for plot in sorted(ws.plots.glob("*.png")):
+        mlflow.log_artifact(str(plot), artifact_path="plots")
