@@ -8,11 +8,11 @@ from prefect import Task
 
 from tasks.artifacts import Workspace
 from tasks.config import Params
-from tasks.distill import derive_student, distill_task
+from tasks.distill import check_student, derive_student, distill_task
 from tasks.errors import InputError
 from tasks.evaluate import evaluate_task
 from tasks.load import load_task, open_inputs
-from tasks.models import check_compatible, read_model
+from tasks.models import read_model
 from tasks.quantize import calibration_samples, quantize_task
 from tasks.sparsify import check_prunable, sparsify_task
 
@@ -51,8 +51,7 @@ def check_inputs(params: Params) -> None:
         check_prunable(inputs.teacher, params.sparsify)
     if params.distill.enabled:
         if params.distill.student:
-            student = read_model(params.distill.student, "distill.student")
-            check_compatible(student, inputs.data, "distill.student")
+            check_student(read_model(params.distill.student, "distill.student"), inputs.teacher)
         elif params.distill.width < 1.0:
             derive_student(inputs.teacher, params.distill.width)
     if params.quantize.enabled:

@@ -54,6 +54,20 @@ def derive_student(teacher: keras.Model, width: float) -> keras.Model:
         ) from exc
 
 
+def check_student(student: keras.Model, teacher: keras.Model) -> None:
+    """Student and teacher must take the same inputs and predict the same classes."""
+    if student.output_shape[-1] != teacher.output_shape[-1]:
+        raise InputError(
+            f"distill.student: the student has {student.output_shape[-1]} outputs, the teacher "
+            f"{teacher.output_shape[-1]}; they must predict the same classes"
+        )
+    if student.input_shape[1:] != teacher.input_shape[1:]:
+        raise InputError(
+            f"distill.student: the student takes inputs of shape {student.input_shape[1:]}, the "
+            f"teacher {teacher.input_shape[1:]}; they must take the same samples"
+        )
+
+
 def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """Pre-softmax scores; for a softmax model, log-probabilities (equal up to a constant)."""
     outputs = model.predict(x, batch_size=256, verbose=0)
@@ -102,12 +116,8 @@ def distill(
     With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
     leaves this stage as sparse as the sparsify target.
     """
-    if student.output_shape[-1] != teacher.output_shape[-1]:
-        raise InputError(
-            f"distill.student: the student has {student.output_shape[-1]} outputs, the teacher "
-            f"{teacher.output_shape[-1]}; they must predict the same classes"
-        )
-    probabilities = outputs_probabilities(student)  # read before pruning wraps the output layer
+    check_student(student, teacher)
+    probabilities = outputs_probabilities(student)
     callbacks = []
     if sparsify_cfg.enabled:
         skipped = check_prunable(student, sparsify_cfg)

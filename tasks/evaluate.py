@@ -9,15 +9,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from prefect import task
+from tensorflow.lite.tools import flatbuffer_utils
 
 from tasks.artifacts import Workspace, write_json
 from tasks.config import EvaluateConfig
 from tasks.data import Dataset
-from tasks.models import layer_sparsity, overall_sparsity, read_model
+from tasks.models import layer_sparsity, read_model
 from tasks.plots import plot_layer_sparsity, plot_tradeoff
 from tasks.quantize import convert_to_tflite
 
 BATCH = 256
+WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}  # tflite TensorType codes
 
 
 @dataclass(frozen=True)
@@ -93,16 +95,32 @@ class TFLiteClassifier:
         return float(np.median(timings) / 1000.0)
 
 
-def evaluate_tflite(
-    model: bytes, data: Dataset, cfg: EvaluateConfig, params: int, sparsity: float
-) -> CandidateMetrics:
-    """Measure one candidate on the test split; `params` and `sparsity` come from its Keras form."""
+def weight_sparsity(model: bytes) -> float:
+    """Fraction of exact zeros in the weight tensors (constant, 2-D or more) of a .tflite file.
+
+    Read from the flatbuffer itself, so it shows what the deployed file holds: INT8 weights are
+    quantized with zero point 0, and pruned zeros must survive as exact zeros.
+    """
+    flatbuffer = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    zeros = total = 0
+    for tensor in flatbuffer.subgraphs[0].tensors:
+        buffer = flatbuffer.buffers[tensor.buffer].data
+        if buffer is None or len(tensor.shape) < 2 or tensor.type not in WEIGHT_TYPES:
+            continue
+        values = np.frombuffer(bytes(buffer), dtype=WEIGHT_TYPES[tensor.type])
+        zeros += int(np.sum(values == 0))
+        total += values.size
+    return zeros / total if total else 0.0
+
+
+def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
+    """Measure one candidate on the test split; `params` comes from its Keras form."""
     classifier = TFLiteClassifier(model)
     predicted = classifier.predict(data.x_test).argmax(axis=-1)
     return CandidateMetrics(
         accuracy=float(np.mean(predicted == data.y_test)),
         params=params,
-        sparsity=sparsity,
+        sparsity=weight_sparsity(model),
         tflite_bytes=len(model),
         gzip_bytes=len(gzip.compress(model, compresslevel=9)),
         latency_p50_us=classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
@@ -137,15 +155,11 @@ def run_evaluate(
         keras_models["distilled"] = ws.student
     models = {name: read_model(path) for name, path in keras_models.items()}
     candidates = {
-        name: evaluate_tflite(
-            convert_to_tflite(model), data, cfg, model.count_params(), overall_sparsity(model)
-        )
+        name: evaluate_tflite(convert_to_tflite(model), data, cfg, model.count_params())
         for name, model in models.items()
     }
     final = read_model(ws.student)
-    candidates["final"] = evaluate_tflite(
-        ws.model.read_bytes(), data, cfg, final.count_params(), overall_sparsity(final)
-    )
+    candidates["final"] = evaluate_tflite(ws.model.read_bytes(), data, cfg, final.count_params())
     document = summarize(candidates)
     write_json(ws.metrics, document)
     plot_tradeoff(document["candidates"], ws.plots / "tradeoff.png")

@@ -71,6 +71,7 @@ def write_model(model: keras.Model, path: Path) -> None:
 def outputs_probabilities(model: keras.Model) -> bool:
     """True when the model ends in a softmax (probabilities), False when it returns logits."""
     last = model.layers[-1]
+    last = getattr(last, "layer", last)  # look inside wrappers such as prune_low_magnitude
     activation = getattr(last, "activation", None)
     return isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
 

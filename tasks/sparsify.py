@@ -92,7 +92,9 @@ def wrap_for_pruning(
             return layer
         return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
 
-    return keras.models.clone_model(model, clone_function=wrap)
+    copy = keras.models.clone_model(model)  # wrapping reuses layers: keep the caller's model intact
+    copy.set_weights(model.get_weights())
+    return keras.models.clone_model(copy, clone_function=wrap)
 
 
 def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseResult:

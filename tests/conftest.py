@@ -1,0 +1,75 @@
+"""Shared fixtures: a few hundred digits, tiny Keras models, and a one-epoch config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import tasks  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from tasks.config import DataConfig, Params
+from tasks.data import Dataset, load_data
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    """A small slice of the built-in digits: enough to learn, quick to train on."""
+    full = load_data(DataConfig(), seed=0)
+    return Dataset(
+        full.x_train[:300], full.y_train[:300], full.x_val[:60], full.y_val[:60],
+        full.x_test[:60], full.y_test[:60],
+    )
+
+
+@pytest.fixture
+def tiny_cnn(digits: Dataset):
+    """An untrained two-layer CNN for the digits' (8, 8, 1) samples."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input(digits.input_shape),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(32, activation="relu", name="dense"),
+        keras.layers.Dense(10, activation="softmax", name="out"),
+    ])
+
+
+@pytest.fixture
+def trained_cnn(tiny_cnn, digits: Dataset):
+    from tasks.config import ModelConfig
+    from tasks.load import train_teacher
+
+    return train_teacher(tiny_cnn, digits, ModelConfig(epochs=3))
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path):
+    """Make a Params: one epoch everywhere, few calibration samples, minimum latency runs, and
+    MLflow in a temp sqlite file. Written to `tmp_path/params.yaml` and loaded as the CLI does,
+    with `--set`-style overrides: `tiny_params("distill.enabled=false")`.
+    """
+    return lambda *overrides: _write_and_load_params(tmp_path, overrides)
+
+
+def _write_and_load_params(root: Path, overrides: tuple[str, ...]) -> Params:
+    from flows.params import load_params
+
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"epochs": 1},
+        "sparsify": {"epochs": 1},
+        "distill": {"epochs": 1},
+        "quantize": {"calibration_samples": 20},
+        "evaluate": {"latency_runs": 200, "warmup_runs": 1},
+        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+    }))
+    return load_params(path, overrides)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

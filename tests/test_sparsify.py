@@ -1,0 +1,54 @@
+"""Sparse fine-tuning: the schedule reaches its target, unsupported layers follow the policy."""
+
+import pytest
+import tf_keras as keras
+
+from tasks.config import SparsifyConfig
+from tasks.errors import InputError
+from tasks.sparsify import pruning_schedule, sparsify
+
+
+@pytest.mark.parametrize("schedule", ["polynomial_decay", "constant"])
+def test_sparsify_reaches_the_target_and_strips_the_wrappers(digits, trained_cnn, schedule):
+    cfg = SparsifyConfig(epochs=2, schedule=schedule, final_sparsity=0.75, frequency=5)
+    result = sparsify(trained_cnn, digits, cfg)
+    assert result.sparsity == pytest.approx(0.75, abs=0.01)
+    assert set(result.layer_sparsity) == {"conv/kernel", "dense/kernel", "out/kernel"}
+    assert all(s == pytest.approx(0.75, abs=0.02) for s in result.layer_sparsity.values())
+    assert [type(layer).__name__ for layer in result.model.layers] == [
+        "Conv2D", "Flatten", "Dense", "Dense"
+    ]
+    predicted = result.model.predict(digits.x_val, verbose=0).argmax(axis=1)
+    assert (predicted == digits.y_val).mean() > 0.3  # still a classifier: chance is 0.1
+
+
+def test_polynomial_schedule_ends_on_a_mask_update_before_training_ends():
+    cfg = SparsifyConfig(frequency=10)
+    schedule = pruning_schedule(cfg, total_steps=100)
+    assert schedule.end_step % schedule.frequency == 0
+    assert schedule.end_step < 100
+    short = pruning_schedule(cfg, total_steps=6)  # fewer steps than the frequency
+    assert short.frequency <= 3 and short.end_step <= 6
+
+
+def prelu_model(digits):
+    return keras.Sequential([
+        keras.Input(digits.input_shape),
+        keras.layers.Flatten(name="flatten"),
+        keras.layers.Dense(16, name="dense"),
+        keras.layers.PReLU(name="prelu"),
+        keras.layers.Dense(10, activation="softmax", name="out"),
+    ])
+
+
+def test_unprunable_layer_is_skipped_and_named(digits):
+    result = sparsify(prelu_model(digits), digits, SparsifyConfig(epochs=1, final_sparsity=0.6))
+    assert result.skipped_layers == ["prelu (PReLU)"]
+    assert result.layer_sparsity["dense/kernel"] == pytest.approx(0.6, abs=0.02)
+    prelu = result.model.get_layer("prelu")
+    assert (prelu.get_weights()[0] == 0).mean() < 0.5  # left dense
+
+
+def test_unprunable_layer_stops_the_run_when_configured(digits):
+    with pytest.raises(InputError, match=r"cannot prune prelu \(PReLU\).*unsupported_layers"):
+        sparsify(prelu_model(digits), digits, SparsifyConfig(epochs=1, unsupported_layers="error"))
