@@ -13,6 +13,9 @@ from tasks.config import Params
 from tasks.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
+SECTIONS = {
+    name for name, field in Params.model_fields.items() if issubclass(field.annotation, BaseModel)
+}
 
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
@@ -52,12 +55,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             return {}
         raise InputError(f"--params: {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise InputError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:  # an empty file, or only comments
+        return {}
     if not isinstance(raw, dict):
         raise InputError(f"{path} must be a mapping of sections (seed, data, model, ...)")
-    return raw
+    # A section whose keys are all commented out reads as None: it means "all defaults".
+    return {key: {} if value is None and key in SECTIONS else value for key, value in raw.items()}
 
 
 def _apply(raw: dict[str, Any], override: str) -> None:

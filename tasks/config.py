@@ -21,7 +21,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, values are checked on assignment too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Numbers are accepted for text fields: `--set tracking.experiment=2024` means the name "2024".
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class Training(Section):

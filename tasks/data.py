@@ -67,6 +67,7 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     except Exception as exc:  # zipfile, pickle and format errors all mean "not a readable npz"
         raise InputError(f"data.source: cannot read {path} as .npz ({exc})") from exc
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        _check_lengths(arrays["x_train"], arrays["y_train"], "x_train", "y_train")
         x_train, y_train = _scaled(arrays["x_train"], cfg), arrays["y_train"]
         if {"x_val", "y_val"} <= arrays.keys():
             x_val, y_val = _scaled(arrays["x_val"], cfg), arrays["y_val"]
@@ -84,14 +85,22 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
 def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not path.is_dir():
+        raise InputError(f"data.source: {path} is not a folder; images: wants one sub-folder per class")
+    classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"data.source: {path} has no sub-folders; put each class in its own folder")
     mode = "L" if cfg.color_mode == "grayscale" else "RGB"
     size = tuple(reversed(cfg.image_size)) if cfg.image_size else None  # PIL wants (width, height)
     images, labels = [], []
     for label, folder in enumerate(classes):
-        for file in sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(
+                f"data.source: class folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                "remove it or add its images"
+            )
+        for file in files:
             try:
                 with Image.open(file) as image:
                     image = image.convert(mode)
@@ -100,8 +109,6 @@ def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
             except (UnidentifiedImageError, OSError) as exc:
                 raise InputError(f"data.source: cannot read image {file} ({exc})") from exc
             labels.append(label)
-    if not images:
-        raise InputError(f"data.source: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
     x = np.stack(images)
     x = x[..., None] if x.ndim == 3 else x
     return _split_xy(_scaled(x, cfg), np.asarray(labels), cfg, seed)
@@ -114,8 +121,9 @@ def _scaled(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
 
 
 def _split_xy(x: np.ndarray, y: np.ndarray, cfg: DataConfig, seed: int) -> Dataset:
-    if len(x) != len(y):
-        raise InputError(f"data.source: x has {len(x)} samples but y has {len(y)}")
+    _check_lengths(x, y, "x", "y")
+    if len(y) == 0:
+        raise InputError("data.source: the data set has no samples")
     _check_labels(y, "y")
     x_rest, x_test, y_rest, y_test = _stratified(x, y, cfg.test_fraction, seed)
     x_train, x_val, y_train, y_val = _stratified(x_rest, y_rest, cfg.val_fraction, seed)
@@ -135,6 +143,11 @@ def _stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> lis
         raise InputError(f"data.source: too few samples ({len(y)}) to split: {exc}") from exc
 
 
+def _check_lengths(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
+    if len(x) != len(y):
+        raise InputError(f"data.source: {x_name} has {len(x)} samples but {y_name} has {len(y)}")
+
+
 def _check_labels(y: np.ndarray, name: str) -> None:
     if y.ndim != 1:
         raise InputError(f"data.source: {name} must be a 1-D array of class ids, got shape {y.shape}")
@@ -148,28 +161,33 @@ def _check_labels(y: np.ndarray, name: str) -> None:
 
 
 def _checked(data: Dataset, source: str) -> Dataset:
-    """Refuse data no stage can learn from: empty splits, bad labels, NaN/inf, one class."""
+    """Refuse data no stage can learn from: empty splits, bad labels, NaN/inf, one class.
+
+    Finiteness is checked after the cast to float32, where values beyond its range become inf.
+    """
     for split in ("train", "val", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if len(x) == 0:
             raise InputError(f"data.source {source}: the {split} split is empty; supply more samples")
-        if len(x) != len(y):
-            raise InputError(f"data.source {source}: x_{split} has {len(x)} samples, y_{split} {len(y)}")
+        _check_lengths(x, y, f"x_{split}", f"y_{split}")
         if not np.issubdtype(x.dtype, np.number):
             raise InputError(f"data.source {source}: x_{split} must be numeric, got {x.dtype}")
-        if not np.all(np.isfinite(x)):
-            raise InputError(
-                f"data.source {source}: x_{split} contains NaN or inf values; clean or impute them"
-            )
         _check_labels(y, f"y_{split}")
         if x.shape[1:] != data.x_train.shape[1:]:
             raise InputError(
                 f"data.source {source}: x_{split} samples have shape {x.shape[1:]}, "
                 f"x_train samples {data.x_train.shape[1:]}; all splits must match"
             )
-    if len(np.unique(data.y_train)) < 2:
-        raise InputError(f"data.source {source}: the training split has one class; need at least two")
-    return Dataset(**{
+    cast = Dataset(**{
         f.name: getattr(data, f.name).astype(np.float32 if f.name[0] == "x" else np.int64)
         for f in fields(data)
     })
+    for split in ("train", "val", "test"):
+        if not np.all(np.isfinite(getattr(cast, f"x_{split}"))):
+            raise InputError(
+                f"data.source {source}: x_{split} contains NaN, inf or values beyond float32; "
+                "clean or rescale them"
+            )
+    if len(np.unique(cast.y_train)) < 2:
+        raise InputError(f"data.source {source}: the training split has one class; need at least two")
+    return cast

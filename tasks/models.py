@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,12 @@ def read_model(path: str | Path, key: str | None = None) -> keras.Model:
 
 
 def write_model(model: keras.Model, path: Path) -> None:
-    """Save as HDF5 without optimizer state (a third of the size), atomically."""
-    with atomic_path(path) as tmp:
+    """Save as HDF5 without optimizer state (a third of the size), atomically.
+
+    HDF5 rather than .keras: tf_keras's .keras format always stores the optimizer's slots.
+    """
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy", category=UserWarning)
         model.save(tmp, include_optimizer=False)
 
 

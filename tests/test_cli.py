@@ -1,0 +1,131 @@
+"""The command line: bad input is refused before any work with exit 2, a message and no traceback,
+leaving earlier artifacts untouched; stages run one at a time from each other's files."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from flows.cli import main
+from flows.stages import STAGES
+from tasks.models import write_model
+
+SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, tiny_params):
+    """The working directory is a project holding a tiny params.yaml."""
+    monkeypatch.chdir(tmp_path)
+    tiny_params()
+    return tmp_path
+
+
+@pytest.fixture
+def workspace(project):
+    """A project that also holds the outputs of an earlier run, which must survive the test."""
+    earlier = {Path("artifacts/model.tflite"): b"earlier model", Path("metrics/metrics.json"): b"{}"}
+    for path, content in earlier.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+    yield project
+    assert {path: path.read_bytes() for path in earlier} == earlier, "earlier artifacts changed"
+
+
+def model_file(path: Path, input_shape: tuple, outputs: int, extra=()) -> str:
+    model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), *extra,
+                              keras.layers.Dense(outputs, activation="softmax")])
+    write_model(model, path)
+    return str(path)
+
+
+def npz_file(path: Path, x: np.ndarray, y: np.ndarray) -> str:
+    np.savez(path, x=x, y=y)
+    return f"npz:{path}"
+
+
+def digits_like(n: int = 60, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 8, 8, 1)).astype(np.float32), np.arange(n) % classes
+
+
+BAD_INPUTS = {
+    "missing model file": (lambda d: [f"model.source={d}/nope.h5"], "nope.h5 does not exist"),
+    "corrupt model file": (
+        lambda d: (Path(d, "bad.h5").write_bytes(os.urandom(512)), [f"model.source={d}/bad.h5"])[1],
+        "cannot read .*bad.h5 as a Keras model",
+    ),
+    "input shape mismatch": (
+        lambda d: [f"model.source={model_file(Path(d, 'm.h5'), (6, 6, 1), 10)}"],
+        r"takes inputs of shape \(6, 6, 1\) but the data's samples have shape \(8, 8, 1\)",
+    ),
+    "labels beyond the model's outputs": (
+        lambda d: [f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 5)}"],
+        "labels go up to 9 but the model has 5 outputs",
+    ),
+    "negative labels": (
+        lambda d: [f"data.source={npz_file(Path(d, 'd.npz'), digits_like()[0], digits_like()[1] - 1)}"],
+        "label -1 .* out of range",
+    ),
+    "NaN in the data": (
+        lambda d: [f"data.source={npz_file(Path(d, 'd.npz'), np.full((60, 8, 8, 1), np.nan), digits_like()[1])}"],
+        "contains NaN, inf",
+    ),
+    "one class": (
+        lambda d: [f"data.source={npz_file(Path(d, 'd.npz'), digits_like()[0], np.zeros(60, int))}"],
+        "1 class",
+    ),
+    "empty data set": (
+        lambda d: [f"data.source={npz_file(Path(d, 'd.npz'), np.zeros((0, 8, 8, 1)), np.zeros(0, int))}"],
+        "the data set has no samples",
+    ),
+    "final_sparsity of 1": (lambda d: ["sparsify.final_sparsity=1.0"], "final_sparsity = 1.0: Input should be less than 1"),
+    "temperature of 0": (lambda d: ["distill.temperature=0"], "temperature = 0: Input should be greater than 0"),
+    "calibration beyond the split": (
+        lambda d: ["quantize.calibration_samples=5000"], "calibration_samples is 5000 .* training split has 1293"
+    ),
+    "unknown key": (lambda d: ["distill.temprature=2"], "distill.temprature: unknown key; allowed here: .*temperature"),
+    "unprunable layer, policy error": (
+        lambda d: ["sparsify.unsupported_layers=error",
+                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(8), keras.layers.PReLU(name='prelu')])}"],
+        r"cannot prune prelu \(PReLU\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_exits_2_with_a_message_and_touches_nothing(case, workspace, capsys):
+    make_overrides, message = BAD_INPUTS[case]
+    sets = [arg for override in make_overrides(workspace) for arg in ("--set", override)]
+    assert main(["run", *sets]) == 2
+    err = capsys.readouterr().err
+    assert "shrinkflow: error: " in err
+    assert re.search(message, err), err
+    assert not Path("mlflow.db").exists()  # refused before any run was opened
+
+
+def test_unknown_stage_exits_2(workspace, capsys):
+    assert main(["stage", "compress-harder"]) == 2
+    assert "unknown stage 'compress-harder'; stages are load, sparsify" in capsys.readouterr().err
+
+
+def test_bad_input_from_the_installed_command_shows_no_traceback(workspace):
+    done = subprocess.run([SHRINKFLOW, "run", "--set", "distill.temperature=-1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "distill.temperature = -1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stages_run_one_by_one_from_each_others_files(project, capsys):
+    for name in STAGES:
+        assert main(["stage", name]) == 0, name
+    out = capsys.readouterr().out
+    assert "train_samples: 1293" in out and "sparsity: 0.8" in out
+    for path in ("artifacts/data.npz", "artifacts/teacher.h5", "artifacts/sparse.h5",
+                 "artifacts/student.h5", "metrics/sparsity.json", "plots/tradeoff.png"):
+        assert Path(path).stat().st_size > 0, path

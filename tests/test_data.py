@@ -1,0 +1,309 @@
+"""Tests for tasks.data.load_data: digits, npz and image-folder sources, and refused bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from tasks.config import DataConfig
+from tasks.data import Dataset, load_data
+from tasks.errors import InputError
+
+SPLITS = ("train", "val", "test")
+N, CLASSES, SHAPE = 60, 3, (6, 6, 1)
+IMAGE_CLASSES = ("cat", "dog", "emu")  # label = position in sorted folder names
+IMAGES_PER_CLASS, IMAGE_HW = 10, (6, 10)  # non-square, so a swapped (height, width) shows
+
+
+def _x(n: int = N, dtype: type = np.float32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == np.uint8:
+        return rng.integers(0, 256, size=(n, *SHAPE), dtype=np.uint8)
+    return rng.random((n, *SHAPE)).astype(dtype)
+
+
+def _y(n: int = N, classes: int = CLASSES) -> np.ndarray:
+    return np.arange(n) % classes
+
+
+def _poisoned(value: float, dtype: type = np.float32) -> np.ndarray:
+    x = _x(dtype=dtype)
+    x[7, 2, 3, 0] = value
+    return x
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> str:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def _load(source: str, seed: int = 0, **cfg) -> Dataset:
+    return load_data(DataConfig(source=source, **cfg), seed=seed)
+
+
+def _rows(*arrays: np.ndarray) -> list[bytes]:
+    """Every sample as bytes, sorted: equal lists mean the same multiset of samples."""
+    return sorted(row.tobytes() for array in arrays for row in array.astype(np.float32))
+
+
+def _split(data: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return getattr(data, f"x_{name}"), getattr(data, f"y_{name}")
+
+
+# --- digits ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_data(DataConfig(), seed=0)
+
+
+def test_digits_are_float32_images_in_unit_range_with_int64_labels(digits):
+    for name in SPLITS:
+        x, y = _split(digits, name)
+        assert x.dtype == np.float32 and x.shape[1:] == (8, 8, 1)
+        assert x.min() == 0.0 and x.max() == 1.0  # 0..16 pixel counts scaled by 1/16
+        assert y.dtype == np.int64 and y.shape == (len(x),)
+    assert digits.input_shape == (8, 8, 1)
+    assert digits.num_classes == 10
+    assert set(np.unique(digits.y_train)) == set(range(10))
+
+
+def test_digits_splits_partition_the_data_by_the_configured_fractions(digits):
+    raw = load_digits()
+    total = len(raw.target)
+    sizes = {name: len(_split(digits, name)[1]) for name in SPLITS}
+    assert sum(sizes.values()) == total
+    assert abs(sizes["test"] - 0.2 * total) <= 1
+    assert abs(sizes["val"] - 0.1 * (total - sizes["test"])) <= 1
+    # every original (image, label) pair lands in exactly one split
+    original = np.concatenate([(raw.images / 16.0).reshape(total, -1), raw.target[:, None]], axis=1)
+    split = [np.concatenate([x.reshape(len(x), -1), y[:, None]], axis=1)
+             for x, y in (_split(digits, name) for name in SPLITS)]
+    assert _rows(*split) == _rows(original)
+
+
+def test_digits_split_is_reproducible_per_seed(digits):
+    again, other = load_data(DataConfig(), seed=0), load_data(DataConfig(), seed=1)
+    for name in SPLITS:
+        assert np.array_equal(_split(again, name)[0], _split(digits, name)[0])
+        assert np.array_equal(_split(again, name)[1], _split(digits, name)[1])
+    assert not np.array_equal(other.x_test, digits.x_test)
+
+
+# --- npz -------------------------------------------------------------------------------------
+
+
+def test_npz_without_val_carves_val_from_train_and_keeps_test(tmp_path):
+    x_train, y_train, x_test, y_test = _x(50), _y(50), _x(10, seed=1), _y(10)
+    source = _npz(tmp_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = _load(source)
+    assert (len(data.x_train), len(data.x_val)) == (45, 5)
+    assert _rows(data.x_train, data.x_val) == _rows(x_train)
+    np.testing.assert_array_equal(data.x_test, x_test)
+    np.testing.assert_array_equal(data.y_test, y_test)
+    assert np.array_equal(_load(source).x_val, data.x_val)
+    assert not np.array_equal(_load(source, seed=1).x_val, data.x_val)
+
+
+def test_npz_with_explicit_val_keeps_every_split_as_given(tmp_path):
+    given = {
+        "x_train": _x(40, np.float64), "y_train": _y(40),
+        "x_val": _x(9, np.float64, seed=1), "y_val": _y(9),
+        "x_test": _x(12, np.float64, seed=2), "y_test": _y(12),
+    }
+    data = _load(_npz(tmp_path, **given))
+    for name, array in given.items():
+        loaded = getattr(data, name)
+        assert loaded.dtype == (np.float32 if name[0] == "x" else np.int64)
+        np.testing.assert_array_equal(loaded, array.astype(loaded.dtype))
+
+
+def test_npz_xy_is_split_stratified(tmp_path):
+    x, y = _x(), _y()
+    data = _load(_npz(tmp_path, x=x, y=y))
+    assert set(np.unique(data.y_train)) == set(range(CLASSES))
+    assert np.bincount(data.y_test).tolist() == [4, 4, 4]  # 20% of 20 per class
+    assert _rows(data.x_train, data.x_val, data.x_test) == _rows(x)
+
+
+@pytest.mark.parametrize("scale_uint8, divisor", [(True, 255.0), (False, 1.0)])
+def test_npz_uint8_pixels_are_scaled_only_when_asked(tmp_path, scale_uint8, divisor):
+    x_test = _x(12, np.uint8, seed=1)
+    x_test[0, 0, 0, 0], x_test[1, 0, 0, 0] = 0, 255
+    source = _npz(tmp_path, x_train=_x(40, np.uint8), y_train=_y(40), x_test=x_test, y_test=_y(12))
+    data = _load(source, scale_uint8=scale_uint8)
+    assert data.x_test.dtype == np.float32
+    np.testing.assert_allclose(data.x_test, x_test / divisor, rtol=1e-6)
+    assert data.x_train.max() <= 255.0 / divisor
+
+
+# --- images:DIR ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """One folder per class; every pixel of class k's images is grey 60*k + i."""
+    for k, name in enumerate(IMAGE_CLASSES):
+        folder = tmp_path / "images" / name
+        folder.mkdir(parents=True)
+        for i in range(IMAGES_PER_CLASS):
+            pixels = np.full((*IMAGE_HW, 3), 60 * k + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+        (folder / "notes.txt").write_text("not an image")
+    return tmp_path / "images"
+
+
+@pytest.mark.parametrize(
+    "color_mode, image_size, sample_shape",
+    [
+        ("rgb", None, (*IMAGE_HW, 3)),
+        ("grayscale", None, (*IMAGE_HW, 1)),
+        ("rgb", (4, 5), (4, 5, 3)),
+        ("grayscale", (12, 3), (12, 3, 1)),
+    ],
+)
+def test_image_folder_shapes_follow_color_mode_and_image_size(
+    image_dir, color_mode, image_size, sample_shape
+):
+    data = _load(f"images:{image_dir}", color_mode=color_mode, image_size=image_size)
+    assert data.input_shape == sample_shape
+    total = sum(len(_split(data, name)[0]) for name in SPLITS)
+    assert total == len(IMAGE_CLASSES) * IMAGES_PER_CLASS
+    assert all(_split(data, name)[0].shape[1:] == sample_shape for name in SPLITS)
+
+
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_image_folder_labels_are_sorted_folder_positions(image_dir, color_mode):
+    data = _load(f"images:{image_dir}", color_mode=color_mode)
+    assert data.num_classes == len(IMAGE_CLASSES)
+    for name in SPLITS:
+        x, y = _split(data, name)
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        grey = np.round(x[:, 0, 0, 0] * 255)
+        np.testing.assert_array_equal(grey // 60, y)
+        assert np.all(x == x[:, :1, :1, :1])  # uniform grey survives conversion and resizing
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def _corrupt_npz(tmp_path: Path) -> str:
+    path = tmp_path / "data.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(512))
+    return f"npz:{path}"
+
+
+def _class_folders(tmp_path: Path, folders: dict[str, dict[str, bytes | None]]) -> str:
+    """images:DIR from {class: {file name: bytes, or None for a real 4x4 PNG}}."""
+    root = tmp_path / "images"
+    for folder, files in folders.items():
+        (root / folder).mkdir(parents=True)
+        for name, content in files.items():
+            if content is None:
+                Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / folder / name)
+            else:
+                (root / folder / name).write_bytes(content)
+    return f"images:{root}"
+
+
+def _folder_without_classes(tmp_path: Path) -> str:
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "loose.png")
+    return f"images:{tmp_path}"
+
+
+def _explicit_splits(x_train=None, y_train=None, x_test=None, y_test=None) -> dict[str, np.ndarray]:
+    return {
+        "x_train": _x(40) if x_train is None else x_train,
+        "y_train": _y(40) if y_train is None else y_train,
+        "x_val": _x(6), "y_val": _y(6),
+        "x_test": _x(6) if x_test is None else x_test,
+        "y_test": _y(6) if y_test is None else y_test,
+    }
+
+
+BAD_INPUTS = [
+    pytest.param(
+        lambda p: f"npz:{p / 'missing.npz'}", r"missing\.npz does not exist", id="missing-npz"
+    ),
+    pytest.param(lambda p: f"images:{p / 'missing'}", r"missing does not exist", id="missing-dir"),
+    pytest.param(_corrupt_npz, r"cannot read .*data\.npz as \.npz", id="corrupt-npz"),
+    pytest.param(
+        lambda p: _npz(p, a=_x(), b=_y()),
+        r"holds arrays \['a', 'b'\]; expected x_train, y_train, x_test, y_test",
+        id="wrong-array-names",
+    ),
+    pytest.param(lambda p: _npz(p, x=_poisoned(np.nan), y=_y()), "contains NaN, inf", id="nan"),
+    pytest.param(lambda p: _npz(p, x=_poisoned(np.inf), y=_y()), "contains NaN, inf", id="inf"),
+    pytest.param(lambda p: _npz(p, x=_poisoned(-np.inf), y=_y()), "contains NaN, inf", id="-inf"),
+    pytest.param(
+        lambda p: _npz(p, x=_x(), y=_y() - 1), r"label -1 in y is out of range", id="negative-label"
+    ),
+    pytest.param(
+        lambda p: _npz(p, **_explicit_splits(y_test=_y(6) - 1)),
+        r"label -1 in y_test is out of range",
+        id="negative-test-label",
+    ),
+    pytest.param(
+        lambda p: _npz(p, x=_x(), y=_y() + 0.5),
+        "y must hold integer class ids, got float64",
+        id="fractional-labels",
+    ),
+    pytest.param(
+        lambda p: _npz(p, x=_x(), y=np.zeros(N, dtype=np.int64)),
+        r"found 1 class\(es\); a classifier needs at least two",
+        id="one-class",
+    ),
+    pytest.param(
+        lambda p: _npz(p, **_explicit_splits(y_train=np.zeros(40, dtype=np.int64))),
+        "training split has one class",
+        id="one-class-in-train",
+    ),
+    pytest.param(
+        lambda p: _npz(p, **_explicit_splits(x_test=_x(0), y_test=_y(0))),
+        "the test split is empty",
+        id="empty-test-split",
+    ),
+    pytest.param(
+        lambda p: _npz(p, x=_x(), y=_y(N - 1)),
+        f"x has {N} samples but y has {N - 1}",
+        id="length-mismatch",
+    ),
+    pytest.param(
+        lambda p: _npz(p, **_explicit_splits(y_train=_y(39))),
+        "x_train has 40 samples but y_train has 39",
+        id="length-mismatch-train",
+    ),
+    pytest.param(_folder_without_classes, "has no sub-folders", id="no-class-folders"),
+    pytest.param(
+        lambda p: f"images:{_npz(p, x=_x(), y=_y()).removeprefix('npz:')}",
+        "is not a folder",
+        id="images-pointing-at-a-file",
+    ),
+    pytest.param(
+        lambda p: _npz(p, x=_poisoned(1e39, np.float64), y=_y()),  # finite, but not in float32
+        "values beyond float32",
+        id="beyond-float32",
+    ),
+    pytest.param(
+        lambda p: _class_folders(p, {"a": {"readme.txt": b"text"}, "b": {}}),
+        r"class folder .*a has no images \(.*\.png.*\)",
+        id="no-images",
+    ),
+    pytest.param(
+        lambda p: _class_folders(p, {"a": {"0.png": None}, "b": {"broken.png": b"\x89PNG junk"}}),
+        r"cannot read image .*broken\.png",
+        id="unreadable-image",
+    ),
+]
+
+
+@pytest.mark.parametrize("make_source, message", BAD_INPUTS)
+def test_bad_input_is_refused_with_a_message_naming_the_problem(tmp_path, make_source, message):
+    with pytest.raises(InputError, match=message):
+        _load(make_source(tmp_path))

@@ -1,0 +1,170 @@
+"""Tests for flows.params: params.yaml, `KEY=VALUE` overrides, errors naming the key, flatten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.params import flatten, load_params, validate_params
+from tasks.config import Params
+from tasks.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_YAML = REPO / "params.yaml"
+
+
+def test_repo_params_yaml_spells_out_every_default():
+    written = flatten(yaml.safe_load(PARAMS_YAML.read_text()))
+    assert written == flatten(Params().model_dump(mode="json"))
+    assert load_params(PARAMS_YAML) == Params()
+
+
+def test_default_path_is_params_yaml_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert load_params() == Params()
+    monkeypatch.chdir(tmp_path)
+    assert load_params() == Params()  # no params.yaml here: the built-in defaults
+    (tmp_path / "params.yaml").write_text("seed: 7\n")
+    assert load_params().seed == 7
+
+
+def test_overrides_apply_typed_values_and_leave_the_rest():
+    params = load_params(PARAMS_YAML, ["distill.temperature=2", "sparsify.enabled=false"])
+    expected = Params()
+    expected.distill.temperature = 2.0
+    expected.sparsify.enabled = False
+    assert params == expected
+    assert params.sparsify.enabled is False
+
+
+@pytest.mark.parametrize(
+    "override, read, value",
+    [
+        ("seed=0", lambda p: p.seed, 0),
+        ("data.image_size=[32, 16]", lambda p: p.data.image_size, (32, 16)),
+        ("data.source=npz:/tmp/d.npz", lambda p: p.data.source, "npz:/tmp/d.npz"),
+        ("data.color_mode=grayscale", lambda p: p.data.color_mode, "grayscale"),
+        ("model.weights=w.h5", lambda p: p.model.weights, "w.h5"),
+        ("quantize.enabled=no", lambda p: p.quantize.enabled, False),
+    ],
+)
+def test_override_values_are_parsed_as_yaml(override, read, value):
+    assert read(load_params(PARAMS_YAML, [override])) == value
+
+
+def test_later_override_wins_and_missing_sections_are_created(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\n")
+    params = load_params(path, ["seed=2", "seed=3", "distill.alpha=0.5"])
+    assert (params.seed, params.distill.alpha) == (3, 0.5)
+
+
+BAD_OVERRIDES = [
+    pytest.param(
+        ["distill.temperature=0"], r"distill\.temperature = 0: .*greater than 0", id="temperature-0"
+    ),
+    pytest.param(
+        ["sparsify.final_sparsity=1.0"],
+        r"sparsify\.final_sparsity = 1\.0: .*less than 1",
+        id="final-sparsity-1.0",
+    ),
+    pytest.param(
+        ["sparsify.final_sparsity=1.2"],
+        r"sparsify\.final_sparsity = 1\.2: .*less than 1",
+        id="final-sparsity-1.2",
+    ),
+    pytest.param(
+        ["distill.temprature=2"],
+        r"distill\.temprature: unknown key; allowed here: .*\btemperature\b.*\balpha\b",
+        id="unknown-key",
+    ),
+    pytest.param(
+        ["distil.temperature=2"],
+        r"distil: unknown key; allowed here: seed, data, model, sparsify, distill, quantize, "
+        r"evaluate, tracking",
+        id="unknown-section",
+    ),
+    pytest.param(
+        ["model.epochs=many"], r"model\.epochs = 'many': .*valid integer", id="epochs-not-int"
+    ),
+    pytest.param(
+        ["data.source=csv:x.csv"],
+        r"data\.source = 'csv:x\.csv': must be `digits`, `npz:PATH` or `images:DIR`",
+        id="bad-data-source",
+    ),
+    pytest.param(
+        ["tracking.uri=file:./mlruns"],
+        r"tracking\.uri = 'file:\./mlruns': MLflow 3 refuses file stores",
+        id="file-store-uri",
+    ),
+    pytest.param(
+        ["tracking.uri=mlruns"], r"tracking\.uri = 'mlruns': MLflow 3 refuses", id="bare-path-uri"
+    ),
+    pytest.param(
+        ["data.test_fraction=0.5", "data.val_fraction=0.4"],
+        r"data: test_fraction \+ val_fraction must be < 0\.9 .*got 0\.5 \+ 0\.4",
+        id="fractions-too-large",
+    ),
+    pytest.param(
+        ["sparsify.initial_sparsity=0.9"],
+        r"sparsify: initial_sparsity \(0\.9\) must not exceed final_sparsity \(0\.8\)",
+        id="initial-above-final",
+    ),
+    pytest.param(["distill.temperature"], r"--set 'distill\.temperature': expected KEY=VALUE",
+                 id="no-equals"),
+    pytest.param(["=2"], r"--set '=2': expected KEY=VALUE", id="no-key"),
+    pytest.param(["seed.value=1"], r"--set seed\.value: seed is not a section", id="into-scalar"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_OVERRIDES)
+def test_bad_values_are_refused_naming_key_and_value(overrides, message):
+    with pytest.raises(InputError, match=message):
+        load_params(PARAMS_YAML, overrides)
+
+
+def test_every_invalid_key_is_reported_at_once():
+    with pytest.raises(InputError) as error:
+        load_params(PARAMS_YAML, ["distill.temperature=0", "model.epochs=0", "quantize.bits=4"])
+    for key in ("distill.temperature = 0", "model.epochs = 0", "quantize.bits: unknown key"):
+        assert key in str(error.value)
+
+
+def test_missing_params_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"--params: .*nope\.yaml does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- seed\n- data\n", "must be a mapping of sections"),
+        ("just a sentence\n", "must be a mapping of sections"),
+        ("42\n", "must be a mapping of sections"),
+        ("data: [unclosed\n", "is not valid YAML"),
+    ],
+)
+def test_params_file_that_is_not_a_yaml_mapping_is_refused(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_params(path)
+
+
+def test_validate_params_refuses_a_raw_tree_naming_the_key():
+    with pytest.raises(InputError, match=r"seed = -1: .*greater than or equal to 0"):
+        validate_params({"seed": -1})
+
+
+@pytest.mark.parametrize(
+    "tree, flat",
+    [
+        ({"a": {"b": 1}, "c": 2}, {"a.b": 1, "c": 2}),
+        ({"a": {"b": {"c": [1, 2]}, "d": None}}, {"a.b.c": [1, 2], "a.d": None}),
+        ({}, {}),
+    ],
+)
+def test_flatten_joins_nested_keys_with_dots(tree, flat):
+    assert flatten(tree) == flat
