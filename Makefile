@@ -9,6 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 .PHONY: run test install install-test clean
 
 run: install
+	$(BIN)/shrinkflow init
 	$(BIN)/shrinkflow run
 
 test: install-test

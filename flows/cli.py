@@ -27,20 +27,28 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from flows.compress import compress
     from flows.params import load_params
-    from flows.report import summary_table
+    from flows.report import run_summary
     from flows.stages import check_inputs
     from tasks.errors import InputError
 
     params = load_params(args.params, args.set)
     check_inputs(params)  # fail fast, before Prefect starts; the flow checks again for UI runs
     try:
-        metrics = compress(params)
+        report = compress(params)
     except InputError:
         raise
     except Exception as exc:  # Prefect has already logged the traceback
         print(f"shrinkflow: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(summary_table(metrics))
+    print(run_summary(report))
+    return 0
+
+
+def init(args: argparse.Namespace) -> int:
+    from flows.versioning import init_workspace
+
+    done = init_workspace(Path("."))
+    print(f"initialised: {', '.join(done)}" if done else "already initialised: git, DVC, a commit")
     return 0
 
 
@@ -71,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stage_cmd.add_argument("name", help="load, sparsify, distill, quantize or evaluate")
     stage_cmd.set_defaults(command=stage)
+    init_cmd = commands.add_parser(
+        "init", help="make this directory a git + DVC project (what `make run` does first)",
+        description="git init, dvc init and a first commit, each only where missing.",
+    )
+    init_cmd.set_defaults(command=init)
     for sub in (run_cmd, stage_cmd):
         sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                          help="config file (default: params.yaml; built-in defaults if absent)")

@@ -1,15 +1,29 @@
-"""The `compress` flow: load -> sparsify -> distill -> quantize -> evaluate, tracked in MLflow."""
+"""The `compress` flow: load -> sparsify -> distill -> quantize -> evaluate.
+
+Prefect orchestrates, DVC decides which stages are up to date and records every run as an
+experiment, MLflow tracks one parent run with a nested run per stage.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.stages import STAGES, check_inputs, stage_call
-from flows.tracking import log_metrics, log_outputs, pipeline_run, stage_run
+from flows.tracking import log_stage, log_outputs, pipeline_run, stage_run, tag_versions
+from flows.versioning import (
+    is_up_to_date,
+    open_repo,
+    push_if_configured,
+    record_stage,
+    save_experiment,
+    workspace_lock,
+    write_params_file,
+)
 from tasks.artifacts import Workspace
 from tasks.config import Params
 from tasks.evaluate import headline
@@ -17,21 +31,39 @@ from tasks.evaluate import headline
 
 @flow(name="compress", log_prints=True)
 def compress(params: Params = Params(), workdir: str = ".") -> dict:
-    """Compress the configured teacher into an INT8 TFLite model; returns metrics.json's content.
+    """Compress the configured teacher into an INT8 TFLite model.
 
-    Inputs are checked first (no training, nothing written); then each stage runs as a task in a
-    nested MLflow run and leaves its artifacts under `workdir`.
+    Inputs are checked first (no training, nothing written). Stages whose inputs, code and params
+    are unchanged since DVC last recorded them are skipped. Returns the metrics, what each stage
+    did, and the names under which DVC and MLflow recorded the run.
     """
     logger = get_run_logger()
     logger.info("params: %s", params)
+    root = Path(workdir)
     check_inputs(params)
-    ws = Workspace(Path(workdir))
+    open_repo(root).close()
+    name = flow_run.get_name() or "shrinkflow"
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "pipeline": "compress"}
-    with pipeline_run(params, flow_run.get_name(), tags):
-        for name in STAGES:
-            task, kwargs = stage_call(name, params, ws)
-            with stage_run(name):
-                log_metrics(task(**kwargs))
-        metrics = json.loads(ws.metrics.read_text())
-        log_outputs(ws, headline(metrics))
-    return metrics
+    with workspace_lock(root, on_wait=logger.warning):
+        write_params_file(root, params)
+        with pipeline_run(params, name, tags) as run:
+            stages = {stage: _run_or_skip(stage, params, root, logger) for stage in STAGES}
+            ws = Workspace(root)
+            metrics = json.loads(ws.metrics.read_text())
+            save_experiment(root, name)
+            tag_versions(root, name, push_if_configured(root))
+            log_outputs(ws, headline(metrics))
+    return {"metrics": metrics, "stages": stages, "experiment": name, "mlflow_run_id": run.info.run_id}
+
+
+def _run_or_skip(stage: str, params: Params, root: Path, logger: logging.Logger) -> str:
+    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date."""
+    with stage_run(stage):
+        if is_up_to_date(root, stage):
+            logger.info("%s: up to date, skipped", stage)
+            log_stage({}, skipped=True)
+            return "skipped"
+        task, kwargs = stage_call(stage, params, Workspace(root))
+        log_stage(task(**kwargs))
+        record_stage(root, stage)
+        return "ran"

@@ -1,6 +1,20 @@
-"""The summary table printed at the end of a run: teacher vs final."""
+"""The summary printed at the end of a run: what ran, where it is recorded, teacher vs final."""
 
 from __future__ import annotations
+
+
+def run_summary(report: dict) -> str:
+    stages = report["stages"]
+    if all(status == "skipped" for status in stages.values()):
+        done = "all stages up to date: nothing re-ran"
+    else:
+        done = ", ".join(f"{stage} {status}" for stage, status in stages.items())
+    return "\n".join([
+        f"stages: {done}",
+        f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
+        "",
+        summary_table(report["metrics"]),
+    ])
 
 
 def summary_table(metrics: dict) -> str:

@@ -11,6 +11,7 @@ import mlflow
 from mlflow.entities import Run
 
 from flows.params import dump_params, flatten
+from flows.versioning import git_commit, output_md5s
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 
@@ -52,14 +53,26 @@ def stage_run(name: str) -> Iterator[Run]:
         yield run
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
+def log_stage(metrics: dict[str, float], skipped: bool = False) -> None:
+    """A stage's metrics; a skipped stage is tagged as such (its outputs are the recorded ones)."""
     if metrics:
         mlflow.log_metrics(metrics)
+    mlflow.set_tag("skipped", str(skipped).lower())
+
+
+def tag_versions(root: Path, experiment: str, remote: str | None) -> None:
+    """What finds the artifacts again: git commit, DVC experiment, each output's md5, the remote."""
+    mlflow.set_tags({
+        "mlflow.source.git.commit": git_commit(root),
+        "dvc.experiment": experiment,
+        "dvc.remote": remote or "",
+        **{f"dvc.md5.{path}": md5 for path, md5 in output_md5s(root).items()},
+    })
 
 
 def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
     """Headline metrics and the artifacts a reviewer opens: model, metrics, plots."""
-    log_metrics(metrics)
+    mlflow.log_metrics(metrics)
     for path in (ws.model, ws.metrics, ws.sparsity):
         mlflow.log_artifact(str(path))
     for plot in sorted(ws.plots.glob("*.png")):

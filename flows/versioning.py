@@ -1,0 +1,177 @@
+"""DVC bookkeeping: the one source of truth for "is this stage up to date", and the record of runs.
+
+The flow runs each stage in-process and records it with `dvc commit`, exactly as `dvc repro` would
+(same dvc.yaml, same hashes), so either entry point leaves the other nothing to do. Every run is
+then saved as a DVC experiment named after the run, and pushed when a remote is configured.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dvc.repo import Repo
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from flows.params import flatten
+from tasks.artifacts import atomic_path
+from tasks.config import Params
+from tasks.errors import InputError
+
+LOCK_FILE = Path(".shrinkflow") / "run.lock"
+PARAMS_FILE = "params.yaml"
+# Written by DVC or by a run, and part of what an experiment records.
+EXPERIMENT_FILES = ["dvc.lock", PARAMS_FILE, "metrics", "artifacts/.gitignore", "plots/.gitignore"]
+# Commits made by `shrinkflow init` when git has no identity configured (CI machines, containers).
+FALLBACK_IDENTITY = ["-c", "user.name=shrinkflow", "-c", "user.email=shrinkflow@localhost"]
+
+
+def init_workspace(root: Path) -> list[str]:
+    """Make `root` a git repository with a commit and an initialised DVC project; report steps."""
+    done = []
+    if not (root / ".git").exists():
+        _git(root, "init", "-q")
+        done.append("git init")
+    if not (root / ".dvc").exists():
+        with Repo.init(str(root)) as repo, repo.config.edit() as config:
+            config["core"]["analytics"] = False  # no network here
+        done.append("dvc init")
+    if subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD"], cwd=root,
+                      capture_output=True).returncode != 0:
+        _git(root, "add", "-A")
+        _git(root, *_identity(root), "commit", "-q", "-m", "shrinkflow: initial commit")
+        done.append("first commit")
+    return done
+
+
+def open_repo(root: Path) -> Repo:
+    """The DVC project at `root`, or a clear error saying how to make one."""
+    fix = f"run `shrinkflow init` in {root.resolve()} (git init, dvc init, first commit)"
+    if not (root / "dvc.yaml").exists():
+        raise InputError(f"no dvc.yaml in {root.resolve()}; run shrinkflow from the project directory")
+    try:
+        repo = Repo(str(root))
+    except Exception as exc:  # NotDvcRepoError, SCMError: both mean "not set up"
+        raise InputError(f"{root.resolve()} is not a DVC project in a git repository; {fix}") from exc
+    if not repo.scm.no_commits:
+        return repo
+    repo.close()
+    raise InputError(f"the git repository at {root.resolve()} has no commit yet; {fix}")
+
+
+def is_up_to_date(root: Path, stage: str) -> bool:
+    """DVC's verdict: deps, params and outs all match what dvc.lock recorded for `stage`."""
+    with Repo(str(root)) as repo:
+        return not repo.status(targets=[stage])
+
+
+def record_stage(root: Path, stage: str) -> None:
+    """`dvc commit` the stage: hash its deps, params and outs into dvc.lock and cache the outs."""
+    with Repo(str(root)) as repo:
+        repo.commit(stage, force=True)
+
+
+def save_experiment(root: Path, name: str) -> None:
+    """`dvc exp save`: the workspace (params, dvc.lock, metrics) as an experiment named `name`."""
+    with Repo(str(root)) as repo:
+        present = [path for path in EXPERIMENT_FILES if (root / path).exists()]
+        repo.experiments.save(name=name, force=True, include_untracked=present)
+
+
+def push_if_configured(root: Path) -> str | None:
+    """`dvc push` the run's outputs to the default remote, if there is one; return its name."""
+    with Repo(str(root)) as repo:
+        remote = repo.config["core"].get("remote")
+        if remote:
+            repo.push()
+        return remote
+
+
+def output_md5s(root: Path) -> dict[str, str]:
+    """The md5 DVC recorded for every stage output, by path."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if "md5" in out
+    }
+
+
+def git_commit(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def write_params_file(root: Path, params: Params) -> None:
+    """Make params.yaml hold exactly `params`: DVC reads the params a stage ran with from there.
+
+    As with `dvc exp run --set-param`, overrides are written into the file (comments kept, keys
+    missing from the file added), so dvc.lock and the experiment record what really ran.
+    """
+    path = root / PARAMS_FILE
+    round_trip = YAML()
+    document = round_trip.load(path) if path.exists() else None
+    document = document if isinstance(document, dict) else CommentedMap()
+    changed = False
+    for key, value in flatten(params.model_dump(mode="json")).items():
+        *sections, leaf = key.split(".")
+        node = document
+        for section in sections:
+            if not isinstance(node.get(section), dict):
+                node[section] = CommentedMap()
+            node = node[section]
+        if leaf not in node or _plain(node[leaf]) != value:
+            node[leaf] = value
+            changed = True
+    if changed:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            round_trip.dump(document, f)
+
+
+@contextmanager
+def workspace_lock(root: Path, on_wait: Any = print) -> Iterator[None]:
+    """One run per workspace: a second run waits for the first (and says so) instead of racing it."""
+    path = root / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            on_wait(f"another shrinkflow run ({handle.read().strip() or 'unknown'}) is using "
+                    f"{root.resolve()}; waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _plain(value: Any) -> Any:
+    """ruamel's round-trip types, as plain JSON-like values for comparison."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _identity(root: Path) -> list[str]:
+    configured = subprocess.run(["git", "config", "user.email"], cwd=root, capture_output=True)
+    return [] if configured.returncode == 0 else FALLBACK_IDENTITY
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True)
