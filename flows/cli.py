@@ -29,10 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from flows.params import load_params
     from flows.report import run_summary
     from flows.stages import check_inputs
+    from flows.versioning import open_repo
     from tasks.errors import InputError
 
     params = load_params(args.params, args.set)
-    check_inputs(params)  # fail fast, before Prefect starts; the flow checks again for UI runs
+    # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
+    open_repo(Path(".")).close()
+    check_inputs(params)
     try:
         report = compress(params)
     except InputError:

@@ -68,26 +68,26 @@ def open_repo(root: Path) -> Repo:
 
 def is_up_to_date(root: Path, stage: str) -> bool:
     """DVC's verdict: deps, params and outs all match what dvc.lock recorded for `stage`."""
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         return not repo.status(targets=[stage])
 
 
 def record_stage(root: Path, stage: str) -> None:
     """`dvc commit` the stage: hash its deps, params and outs into dvc.lock and cache the outs."""
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         repo.commit(stage, force=True)
 
 
 def save_experiment(root: Path, name: str) -> None:
     """`dvc exp save`: the workspace (params, dvc.lock, metrics) as an experiment named `name`."""
-    with Repo(str(root)) as repo:
-        present = [path for path in EXPERIMENT_FILES if (root / path).exists()]
+    with _repo(root) as repo:
+        present = [path for path in EXPERIMENT_FILES if Path(path).exists()]
         repo.experiments.save(name=name, force=True, include_untracked=present)
 
 
 def push_if_configured(root: Path) -> str | None:
     """`dvc push` the run's outputs to the default remote, if there is one; return its name."""
-    with Repo(str(root)) as repo:
+    with _repo(root) as repo:
         remote = repo.config["core"].get("remote")
         if remote:
             repo.push()
@@ -157,6 +157,19 @@ def workspace_lock(root: Path, on_wait: Any = print) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _repo(root: Path) -> Iterator[Repo]:
+    """The DVC project at `root`, worked on from there: DVC resolves stage names and paths
+    against the process's working directory, whatever root the Repo was opened with."""
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        with Repo(".") as repo:
+            yield repo
+    finally:
+        os.chdir(previous)
 
 
 def _plain(value: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ import yaml
 import tasks  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tasks.config import DataConfig, Params
 from tasks.data import Dataset, load_data
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +71,28 @@ def _write_and_load_params(root: Path, overrides: tuple[str, ...]) -> Params:
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
     }))
     return load_params(path, overrides)
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path, tiny_params) -> Path:
+    """A fresh project: this repo's dvc.yaml and stage sources, a tiny params.yaml, git + DVC."""
+    from flows.versioning import init_workspace
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    shutil.copy(REPO / ".gitignore", tmp_path)
+    shutil.copytree(REPO / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    tiny_params()
+    init_workspace(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server (temporary, SQLite) for the flows of the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        yield
 
 
 @pytest.fixture

@@ -11,14 +11,6 @@ from flows.compress import compress
 from flows.stages import STAGES
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=300):
-        yield
-
-
 def runs_by_parent(uri: str) -> tuple[list, dict]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("test")
@@ -28,19 +20,20 @@ def runs_by_parent(uri: str) -> tuple[list, dict]:
     return parents, children
 
 
-def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_server, tmp_path, tiny_params):
+def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_server, dvc_project, tiny_params):
     params = tiny_params()
-    result = compress(params, workdir=str(tmp_path))
+    report = compress(params, workdir=str(dvc_project))
 
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    assert metrics == result
+    metrics = json.loads((dvc_project / "metrics" / "metrics.json").read_text())
+    assert metrics == report["metrics"]
+    assert report["stages"] == dict.fromkeys(STAGES, "ran")
     assert set(metrics["candidates"]) == {"teacher", "sparsified", "distilled", "final"}
     assert metrics["final"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert metrics["compression_ratio"] == pytest.approx(
         metrics["teacher"]["gzip_bytes"] / metrics["final"]["gzip_bytes"]
     )
     assert 0 <= metrics["final"]["accuracy"] <= 1
-    model = Interpreter(model_path=str(tmp_path / "artifacts" / "model.tflite"))
+    model = Interpreter(model_path=str(dvc_project / "artifacts" / "model.tflite"))
     assert model.get_input_details()[0]["dtype"] == np.int8
 
     (parent,), children = runs_by_parent(params.tracking.uri)
@@ -53,6 +46,7 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert parent.data.metrics["compression_ratio"] == pytest.approx(metrics["compression_ratio"])
     assert parent.data.metrics["final.accuracy"] == pytest.approx(metrics["final"]["accuracy"])
     assert parent.data.tags["prefect.flow_run_id"]
+    assert parent.info.run_id == report["mlflow_run_id"]
     client = MlflowClient(params.tracking.uri)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"model.tflite", "metrics.json", "params.yaml", "plots"} <= logged
@@ -60,16 +54,16 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert plots == {"plots/sparsity.png", "plots/tradeoff.png"}
 
 
-def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, tmp_path, tiny_params):
+def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, dvc_project, tiny_params):
     params = tiny_params("sparsify.enabled=false", "distill.enabled=false")
-    metrics = compress(params, workdir=str(tmp_path))
+    metrics = compress(params, workdir=str(dvc_project))["metrics"]
     assert set(metrics["candidates"]) == {"teacher", "final"}
     assert metrics["final"]["params"] == metrics["teacher"]["params"]
     assert metrics["final"]["sparsity"] < 0.05
     assert metrics["final"]["tflite_bytes"] < metrics["teacher"]["tflite_bytes"] / 3
 
 
-def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, tmp_path, tiny_params, monkeypatch):
+def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, dvc_project, tiny_params, monkeypatch):
     import tasks.quantize
 
     def broken_converter(*args, **kwargs):
@@ -78,7 +72,7 @@ def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, tmp
     monkeypatch.setattr(tasks.quantize, "convert_to_tflite", broken_converter)
     params = tiny_params()
     with pytest.raises(RuntimeError, match="converter exploded"):
-        compress(params, workdir=str(tmp_path))
+        compress(params, workdir=str(dvc_project))
     (parent,), children = runs_by_parent(params.tracking.uri)
     assert parent.info.status == "FAILED"
     assert "converter exploded" in parent.data.tags["error"]

@@ -1,0 +1,130 @@
+"""DVC as the record of every run: real git, real DVC, real Prefect and MLflow, in a temp project."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.compress import compress
+from flows.stages import STAGES
+from flows.versioning import workspace_lock
+
+VENV_BIN = str(Path(sys.executable).parent)
+ENV = os.environ | {"PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # dvc.yaml's cmd is `shrinkflow`
+
+
+def run(*cmd: str, cwd: Path, timeout: int = 600) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_after_a_run_dvc_has_nothing_to_do_and_a_rerun_skips_every_stage(
+    prefect_server, dvc_project, tiny_params
+):
+    params = tiny_params()
+    first = compress(params, workdir=str(dvc_project))
+    assert json.loads(run("dvc", "status", "--json", cwd=dvc_project)) == {}
+    assert "Data and pipelines are up to date" in run("dvc", "repro", cwd=dvc_project)
+
+    model = dvc_project / "artifacts" / "model.tflite"
+    before = model.stat().st_mtime_ns
+    again = compress(params, workdir=str(dvc_project))
+    assert again["stages"] == dict.fromkeys(STAGES, "skipped")
+    assert again["metrics"] == first["metrics"]
+    assert model.stat().st_mtime_ns == before
+
+    client = MlflowClient(params.tracking.uri)
+    children = client.search_runs(
+        [client.get_experiment_by_name("test").experiment_id],
+        f"tags.mlflow.parentRunId = '{again['mlflow_run_id']}'",
+    )
+    assert {c.data.tags["skipped"] for c in children} == {"true"}
+    parent = client.get_run(again["mlflow_run_id"]).data.tags
+    assert parent["dvc.experiment"] == again["experiment"]
+    assert parent["dvc.md5.artifacts/model.tflite"] == md5(model)
+    assert len(parent["mlflow.source.git.commit"]) == 40
+
+
+def test_a_changed_distill_param_reruns_distill_and_what_follows_only(prefect_server, dvc_project, tiny_params):
+    compress(tiny_params(), workdir=str(dvc_project))
+    params_file = dvc_project / "params.yaml"
+    params_file.write_text(params_file.read_text().replace("temperature: 4.0", "temperature: 2.0"))
+    log = run("dvc", "repro", cwd=dvc_project)
+    for stage in ("load", "sparsify"):
+        assert f"Stage '{stage}' didn't change, skipping" in log
+    for stage in ("distill", "quantize", "evaluate"):
+        assert f"Running stage '{stage}'" in log
+    assert json.loads(run("dvc", "status", "--json", cwd=dvc_project)) == {}
+
+
+def test_every_run_is_an_experiment_that_restores_byte_for_byte(prefect_server, dvc_project, tiny_params):
+    model = dvc_project / "artifacts" / "model.tflite"
+    first = compress(tiny_params(), workdir=str(dvc_project))
+    first_md5 = md5(model)
+    second = compress(tiny_params("distill.temperature=2", "quantize.calibration_samples=30"),
+                      workdir=str(dvc_project))
+    assert second["stages"]["load"] == "skipped" and second["stages"]["distill"] == "ran"
+    assert md5(model) != first_md5
+
+    shown = json.loads(run("dvc", "exp", "show", "--json", cwd=dvc_project))
+    experiments = {
+        exp["name"]: exp["data"]["params"]["params.yaml"]["data"]
+        for baseline in shown for exp in baseline.get("experiments") or []
+        for exp in exp["revs"]
+    }
+    assert experiments[first["experiment"]]["distill"]["temperature"] == 4.0
+    assert experiments[second["experiment"]]["distill"]["temperature"] == 2
+
+    diff = run("dvc", "metrics", "diff", first["experiment"], second["experiment"], "--json", cwd=dvc_project)
+    assert "metrics/metrics.json" in json.loads(diff)
+
+    run("dvc", "exp", "apply", first["experiment"], cwd=dvc_project)
+    assert md5(model) == first_md5
+    assert "temperature: 4.0" in (dvc_project / "params.yaml").read_text()
+
+
+def test_outputs_push_to_a_local_remote_and_pull_into_a_fresh_clone(
+    prefect_server, dvc_project, tiny_params, tmp_path_factory
+):
+    store, clone = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("clone") / "project"
+    run("dvc", "remote", "add", "-d", "store", str(store), cwd=dvc_project)
+    compress(tiny_params(), workdir=str(dvc_project))
+    run("git", "add", "-A", cwd=dvc_project)
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run", cwd=dvc_project)
+
+    run("git", "clone", "-q", str(dvc_project), str(clone), cwd=dvc_project)
+    run("dvc", "pull", cwd=clone)
+    model = Path("artifacts/model.tflite")
+    assert md5(clone / model) == md5(dvc_project / model)
+
+
+def test_a_second_run_waits_for_the_first_and_leaves_its_outputs_intact(
+    prefect_server, dvc_project, tiny_params
+):
+    compress(tiny_params(), workdir=str(dvc_project))
+    model = dvc_project / "artifacts" / "model.tflite"
+    before = md5(model)
+    with workspace_lock(dvc_project):  # a first run, still going
+        second = subprocess.Popen([f"{VENV_BIN}/shrinkflow", "run"], cwd=dvc_project, env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = []
+        deadline = time.monotonic() + 300
+        while not any("waiting for it to finish" in line for line in output):
+            assert time.monotonic() < deadline and second.poll() is None, "".join(output)
+            output.append(second.stdout.readline())
+        assert md5(model) == before
+    rest, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, "".join(output) + rest
+    assert "all stages up to date" in rest
+    assert md5(model) == before
