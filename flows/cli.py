@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.set)
     # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
-    open_repo(Path(".")).close()
     check_inputs(params)
+    open_repo(Path(".")).close()
     try:
         report = compress(params)
     except InputError:

@@ -19,11 +19,10 @@ SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch, tiny_params):
-    """The working directory is a project holding a tiny params.yaml."""
-    monkeypatch.chdir(tmp_path)
-    tiny_params()
-    return tmp_path
+def project(dvc_project, monkeypatch):
+    """The working directory is a fresh project holding a tiny params.yaml."""
+    monkeypatch.chdir(dvc_project)
+    return dvc_project
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ BAD_INPUTS = {
     "final_sparsity of 1": (lambda d: ["sparsify.final_sparsity=1.0"], "final_sparsity = 1.0: Input should be less than 1"),
     "temperature of 0": (lambda d: ["distill.temperature=0"], "temperature = 0: Input should be greater than 0"),
     "calibration beyond the split": (
-        lambda d: ["quantize.calibration_samples=5000"], "calibration_samples is 5000 .* training split has 1293"
+        lambda d: ["quantize.calibration_samples=5000"], "calibration_samples is 5000 .* training split has 360"
     ),
     "unknown key": (lambda d: ["distill.temprature=2"], "distill.temprature: unknown key; allowed here: .*temperature"),
     "unprunable layer, policy error": (
@@ -109,6 +108,17 @@ def test_bad_input_exits_2_with_a_message_and_touches_nothing(case, workspace, c
     assert not Path("mlflow.db").exists()  # refused before any run was opened
 
 
+def test_a_directory_that_is_no_project_gets_told_how_to_make_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert main(["run"]) == 2
+    assert "is not a DVC project in a git repository; run `shrinkflow init`" in capsys.readouterr().err
+    assert main(["init"]) == 0
+    assert "initialised: git init, dvc init, first commit" in capsys.readouterr().out
+    assert main(["init"]) == 0
+    assert "already initialised" in capsys.readouterr().out
+
+
 def test_unknown_stage_exits_2(workspace, capsys):
     assert main(["stage", "compress-harder"]) == 2
     assert "unknown stage 'compress-harder'; stages are load, sparsify" in capsys.readouterr().err
@@ -125,7 +135,7 @@ def test_stages_run_one_by_one_from_each_others_files(project, capsys):
     for name in STAGES:
         assert main(["stage", name]) == 0, name
     out = capsys.readouterr().out
-    assert "train_samples: 1293" in out and "sparsity: 0.8" in out
+    assert "train_samples: 360" in out and "sparsity: 0.8" in out
     for path in ("artifacts/data.npz", "artifacts/teacher.h5", "artifacts/sparse.h5",
                  "artifacts/student.h5", "metrics/sparsity.json", "plots/tradeoff.png"):
         assert Path(path).stat().st_size > 0, path

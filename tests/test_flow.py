@@ -42,7 +42,7 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
     assert children["sparsify"].data.metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert parent.data.params["distill.temperature"] == "4.0"
-    assert parent.data.params["data.source"] == "digits"
+    assert parent.data.params["data.source"] == params.data.source
     assert parent.data.metrics["compression_ratio"] == pytest.approx(metrics["compression_ratio"])
     assert parent.data.metrics["final.accuracy"] == pytest.approx(metrics["final"]["accuracy"])
     assert parent.data.tags["prefect.flow_run_id"]
