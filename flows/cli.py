@@ -58,9 +58,12 @@ def init(args: argparse.Namespace) -> int:
 def stage(args: argparse.Namespace) -> int:
     from flows.params import load_params
     from flows.stages import run_stage
+    from flows.versioning import workspace_lock
     from tasks.artifacts import Workspace
 
-    metrics = run_stage(args.name, load_params(args.params, args.set), Workspace(Path(".")))
+    params = load_params(args.params, args.set)
+    with workspace_lock(Path("."), on_wait=lambda message: print(message, file=sys.stderr)):
+        metrics = run_stage(args.name, params, Workspace(Path(".")))
     for key, value in metrics.items():
         print(f"{key}: {value}")
     return 0
