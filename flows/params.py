@@ -1,4 +1,8 @@
-"""`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key."""
+"""`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key.
+
+The file's `stack:` section configures `shrinkflow up` (servers, schedule); it is not a run
+parameter, so it is read separately into a `StackConfig`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import Params
+from tasks.config import Params, StackConfig
 from tasks.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
+STACK = "stack"
 SECTIONS = {
     name for name, field in Params.model_fields.items() if issubclass(field.annotation, BaseModel)
 }
@@ -20,17 +25,27 @@ SECTIONS = {
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
     """Read `path` (optional when it is the default), apply overrides, validate once."""
-    raw = _read_yaml(path)
-    for override in overrides:
-        _apply(raw, override)
+    raw = _read_with_overrides(path, overrides)
+    raw.pop(STACK, None)
     return validate_params(raw)
 
 
+def load_stack(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> StackConfig:
+    """The `stack:` section, with `--set stack.KEY=VALUE` overrides."""
+    raw = _read_with_overrides(path, overrides).get(STACK) or {}
+    return _validated(StackConfig, raw, section=STACK)
+
+
 def validate_params(raw: Any) -> Params:
+    return _validated(Params, raw)
+
+
+def _validated(model: type[BaseModel], raw: Any, section: str = "") -> Any:
     try:
-        return Params.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise InputError("invalid params:\n" + "\n".join(_describe(e) for e in exc.errors())) from None
+        problems = "\n".join(_describe(e, model, section) for e in exc.errors())
+        raise InputError(f"invalid params:\n{problems}") from None
 
 
 def dump_params(params: Params) -> str:
@@ -47,6 +62,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _read_with_overrides(path: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    raw = _read_yaml(path)
+    for override in overrides:
+        _apply(raw, override)
+    return raw
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -79,17 +101,17 @@ def _apply(raw: dict[str, Any], override: str) -> None:
     node[leaf] = yaml.safe_load(text) if text else None
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "params"
+def _describe(error: dict[str, Any], model: type[BaseModel], section: str) -> str:
+    key = ".".join(str(part) for part in (section, *error["loc"]) if part != "") or "params"
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key; allowed here: {', '.join(_known_keys(error['loc'][:-1]))}"
+        known = ", ".join(_known_keys(model, error["loc"][:-1]))
+        return f"  {key}: unknown key; allowed here: {known}"
     message = error["msg"].removeprefix("Value error, ")
     given = "" if isinstance(error["input"], dict) else f" = {error['input']!r}"
     return f"  {key}{given}: {message}"
 
 
-def _known_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Params
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
         annotation = model.model_fields[part].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

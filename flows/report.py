@@ -12,6 +12,8 @@ def run_summary(report: dict) -> str:
     return "\n".join([
         f"stages: {done}",
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
+        f"registered as version {report['model_version']}: "
+        f"{'promoted to champion' if report['promoted'] else 'not promoted'} ({report['gate']})",
         "",
         summary_table(report["metrics"]),
     ])

@@ -142,6 +142,44 @@ class TrackingConfig(Section):
         return value
 
 
+class GateConfig(Section):
+    registered_model: str = Field(
+        "shrinkflow-int8", min_length=1, description="MLflow registered model for the INT8 model."
+    )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="Largest teacher-to-final accuracy drop a champion may have."
+    )
+    objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
+        "smaller_gzip",
+        description="How a new model must beat the champion: smaller gzip size, lower latency "
+        "(both at equal or better accuracy), or higher accuracy (ties: smaller gzip).",
+    )
+
+
+class StackConfig(Section):
+    """The local stack (`shrinkflow up`): not a run parameter, read from params.yaml's `stack:`."""
+
+    host: str = Field("127.0.0.1", description="Address both servers listen on.")
+    prefect_port: Annotated[int, Field(ge=1, le=65535)] = Field(4200, description="Prefect UI/API.")
+    mlflow_port: Annotated[int, Field(ge=1, le=65535)] = Field(5000, description="MLflow UI/API.")
+    cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
+    timezone: str = Field("UTC", description="Time zone of the cron schedule (IANA name).")
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> StackConfig:
+        from prefect.client.schemas.schedules import CronSchedule  # Prefect's own rules
+
+        try:
+            CronSchedule(cron=self.cron, timezone=self.timezone)
+        except ValueError as exc:
+            raise ValueError(
+                f"cron {self.cron!r} / timezone {self.timezone!r}: "
+                f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}; use "
+                "e.g. cron `0 2 * * *` and an IANA time zone such as `UTC` or `Europe/Berlin`"
+            ) from None
+        return self
+
+
 class Params(Section):
     """Everything a pipeline run needs: the contents of `params.yaml`."""
 
@@ -153,6 +191,7 @@ class Params(Section):
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     def __str__(self) -> str:
         d, s = self.distill, self.sparsify

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,10 @@ from tasks.data import Dataset
 from tasks.errors import InputError
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+# Told the share of epochs done, in (0, 1], after every epoch of `fit`. The flow layer sets it
+# to move a progress bar; the compute layer stays free of any orchestrator.
+epoch_listener: ContextVar[Callable[[float], None] | None] = ContextVar("epoch_listener", default=None)
 
 
 def seed_everything(seed: int) -> None:
@@ -116,13 +122,19 @@ def fit(
     callbacks: list[keras.callbacks.Callback] = (),
 ) -> keras.callbacks.History:
     """Train with a progress bar on a terminal, one line per epoch otherwise."""
+    callbacks = list(callbacks)
+    listener = epoch_listener.get()
+    if listener is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs)
+        ))
     return model.fit(
         x,
         y,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         validation_data=validation,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
 

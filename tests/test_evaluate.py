@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.config import EvaluateConfig
-from tasks.evaluate import CandidateMetrics, TFLiteClassifier, evaluate_tflite, summarize
+from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
+from tasks.tflite import TFLiteClassifier
 from tasks.quantize import convert_to_tflite
 
 

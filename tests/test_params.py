@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.params import flatten, load_params, validate_params
-from tasks.config import Params
+from flows.params import flatten, load_params, load_stack, validate_params
+from tasks.config import Params, StackConfig
 from tasks.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,9 +16,25 @@ PARAMS_YAML = REPO / "params.yaml"
 
 
 def test_repo_params_yaml_spells_out_every_default():
-    written = flatten(yaml.safe_load(PARAMS_YAML.read_text()))
-    assert written == flatten(Params().model_dump(mode="json"))
+    written = yaml.safe_load(PARAMS_YAML.read_text())
+    stack = written.pop("stack")
+    assert flatten(written) == flatten(Params().model_dump(mode="json"))
+    assert stack == StackConfig().model_dump(mode="json")
     assert load_params(PARAMS_YAML) == Params()
+    assert load_stack(PARAMS_YAML) == StackConfig()
+
+
+def test_stack_section_is_read_apart_from_the_run_params(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 3\nstack:\n  prefect_port: 4300\n")
+    assert load_params(path).seed == 3
+    assert load_stack(path, ["stack.mlflow_port=5100"]).model_dump() == (
+        StackConfig(prefect_port=4300, mlflow_port=5100).model_dump()
+    )
+    with pytest.raises(InputError, match="stack: cron '0 2 \\* \\* \\*' / timezone 'Mars': Invalid timezone"):
+        load_stack(path, ["stack.timezone=Mars"])
+    with pytest.raises(InputError, match="stack.ports: unknown key; allowed here: host, prefect_port"):
+        load_stack(path, ["stack.ports=1"])
 
 
 def test_default_path_is_params_yaml_in_the_working_directory(tmp_path, monkeypatch):

@@ -1,0 +1,74 @@
+"""What a run shows in the Prefect UI: a progress bar, a report, a candidates table, MLflow links."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from flows.report import summary_table
+from tasks.config import TrackingConfig
+from tasks.gate import Decision
+from tasks.models import epoch_listener
+
+MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"  # set by `shrinkflow up` for runs that log to sqlite
+
+
+def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when there is a UI to link to."""
+    base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+
+
+class Progress:
+    """A Prefect progress artifact over the stages, moved by training epochs within each."""
+
+    def __init__(self, stages: tuple[str, ...]):
+        self.stages = stages
+        self.artifact = create_progress_artifact(0.0, description=f"stages: {' → '.join(stages)}")
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        done = self.stages.index(name)
+        share = 100.0 / len(self.stages)
+        token = epoch_listener.set(lambda fraction: self._set(share * (done + fraction), name))
+        try:
+            yield
+        finally:
+            epoch_listener.reset(token)
+        self._set(share * (done + 1), name)
+
+    def _set(self, percent: float, stage: str) -> None:
+        update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
+
+
+def publish_results(metrics: dict, decision: Decision, version: str, model_name: str,
+                    mlflow_url: str | None) -> None:
+    """The markdown report, the table of candidates and the link to the MLflow run."""
+    link = f"[MLflow run]({mlflow_url})" if mlflow_url else "MLflow run: see `mlflow ui`"
+    verdict = "promoted to `champion`" if decision.promote else "not promoted"
+    create_markdown_artifact(
+        key="compress-report",
+        description="Teacher vs final, and the gate decision",
+        markdown="\n".join([
+            "# shrinkflow compress",
+            "```", summary_table(metrics), "```",
+            f"**Gate:** `{model_name}` version {version} {verdict}: {decision.reason}.",
+            "", link,
+        ]),
+    )
+    create_table_artifact(
+        key="compress-candidates",
+        description="Every candidate, measured by the same evaluator",
+        table=[{"candidate": name, **values} for name, values in metrics["candidates"].items()],
+    )
+    if mlflow_url:
+        create_link_artifact(key="mlflow-run", link=mlflow_url, link_text="MLflow run")
