@@ -69,6 +69,28 @@ def stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def up(args: argparse.Namespace) -> int:
+    from flows.params import load_params, load_stack
+    from flows.stack import up as start_stack
+
+    params, stack = load_params(args.params, args.set), load_stack(args.params, args.set)
+    return start_stack(params, stack, Path("."))
+
+
+def down(args: argparse.Namespace) -> int:
+    from flows.stack import down as stop_stack
+
+    return stop_stack(Path("."))
+
+
+def serve(args: argparse.Namespace) -> int:
+    from flows.params import load_params, load_stack
+    from flows.stack import serve as serve_deployments
+
+    serve_deployments(load_params(args.params, args.set), load_stack(args.params, args.set))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shrinkflow", description="Compress trained Keras models into small, fast INT8 TFLite models."
@@ -90,7 +112,17 @@ def _parser() -> argparse.ArgumentParser:
         description="git init, dvc init and a first commit, each only where missing.",
     )
     init_cmd.set_defaults(command=init)
-    for sub in (run_cmd, stage_cmd):
+    up_cmd = commands.add_parser(
+        "up", help="start Prefect and MLflow servers and serve the nightly deployment",
+        description="Start the local stack on stack.host (params.yaml's `stack:` section); "
+                    "Ctrl-C or `shrinkflow down` stops it.",
+    )
+    up_cmd.set_defaults(command=up)
+    commands.add_parser("down", help="stop the stack started by `shrinkflow up`").set_defaults(command=down)
+    serve_cmd = commands.add_parser("serve", help="serve the deployments on a running Prefect server "
+                                                  "(what `up` runs)")
+    serve_cmd.set_defaults(command=serve)
+    for sub in (run_cmd, stage_cmd, up_cmd, serve_cmd):
         sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                          help="config file (default: params.yaml; built-in defaults if absent)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -13,10 +13,17 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.publish import Progress, mlflow_run_url, publish_results
+from flows.publish import Progress, publish_results
 from flows.registry import register_and_gate
 from flows.stages import STAGES, check_inputs, stage_call
-from flows.tracking import log_outputs, log_stage, pipeline_run, stage_run, tag_versions
+from flows.tracking import (
+    log_outputs,
+    log_stage,
+    mlflow_run_url,
+    pipeline_run,
+    stage_run,
+    tag_versions,
+)
 from flows.versioning import (
     is_up_to_date,
     open_repo,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,18 +14,8 @@ from prefect.artifacts import (
 )
 
 from flows.report import summary_table
-from tasks.config import TrackingConfig
 from tasks.gate import Decision
 from tasks.models import epoch_listener
-
-MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"  # set by `shrinkflow up` for runs that log to sqlite
-
-
-def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI, when there is a UI to link to."""
-    base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
-
 
 class Progress:
     """A Prefect progress artifact over the stages, moved by training epochs within each."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 
 SQLITE = "sqlite:///"
+MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"  # set by `shrinkflow up` for runs that log to sqlite
 ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
 
 
@@ -34,6 +36,12 @@ def pipeline_run(params: Params, run_name: str | None, tags: dict[str, str]) -> 
             raise  # start_run's context ends the run as FAILED
 
 
+def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when there is a UI to link to."""
+    base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+
+
 def use_experiment(cfg: TrackingConfig) -> None:
     """Point MLflow at the configured store and experiment, creating it if needed.
 
@@ -42,9 +50,14 @@ def use_experiment(cfg: TrackingConfig) -> None:
     """
     mlflow.set_tracking_uri(cfg.uri)
     if cfg.uri.startswith(SQLITE) and mlflow.get_experiment_by_name(cfg.experiment) is None:
-        database = Path(cfg.uri.removeprefix(SQLITE)).resolve()
-        mlflow.create_experiment(cfg.experiment, (database.parent / "mlartifacts").as_uri())
+        mlflow.create_experiment(cfg.experiment, artifact_root(cfg.uri))
     mlflow.set_experiment(cfg.experiment)
+
+
+def artifact_root(sqlite_uri: str) -> str:
+    """`mlartifacts/` beside the sqlite database file, as a file URI."""
+    database = Path(sqlite_uri.removeprefix(SQLITE)).resolve()
+    return (database.parent / "mlartifacts").as_uri()
 
 
 @contextmanager

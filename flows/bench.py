@@ -1,0 +1,380 @@
+"""`shrinkflow bench`: the pipeline against the recipes tutorials print, on the same data, the same
+teacher and the same evaluator.
+
+The pipeline's own load stage runs once, in a temp workspace; every recipe then starts from its
+data split and trained teacher and ends at a .tflite, measured by `tasks.evaluate.evaluate_tflite`
+(test split, LiteRT, 1 thread, batch 1). A recipe's wall time covers teacher -> .tflite only:
+neither training the teacher nor measuring is in it. With `overhead`, the real `shrinkflow run` is
+also timed, cold and warm, in a fresh copy of the project.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import mlflow
+import numpy as np
+
+from flows.params import dump_params, flatten
+from flows.report import _pct, _size
+from flows.stages import STAGES, check_inputs, run_stage
+from flows.tracking import pipeline_run
+from flows.versioning import init_workspace
+from tasks.artifacts import Workspace, write_bytes, write_json
+from tasks.config import Params, SparsifyConfig, TrackingConfig
+from tasks.data import Dataset
+from tasks.errors import InputError
+from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
+from tasks.load import APPLICATIONS_PREFIX
+from tasks.models import read_model, seed_everything
+from tasks.plots import plot_tradeoff
+from tasks.quantize import calibration_samples, convert_to_tflite
+from tasks.sparsify import sparsify
+
+if TYPE_CHECKING:
+    import tf_keras as keras
+
+T = TypeVar("T")
+
+BENCH_JSON = Path("metrics") / "bench.json"
+BENCH_MD = Path("reports") / "bench.md"
+BENCH_PLOT = Path("plots") / "bench.png"
+REFERENCE = "fp32"
+HEADLINE = ("accuracy_drop", "compression_ratio", "speedup")
+COMPRESS_STAGES = ("sparsify", "distill", "quantize")  # teacher -> .tflite: the shrinkflow recipe
+# The tfmot pruning guide's recipe: 50 % -> 80 % polynomial decay while fine-tuning 2 epochs at
+# batch 128 with Adam's default rate. Gotcha: tasks.sparsify reaches the target at 70 % of the
+# steps (the guide at 100 %) and shrinks the update frequency to fit short runs.
+GUIDE_PRUNING = SparsifyConfig(
+    initial_sparsity=0.5, final_sparsity=0.8, frequency=100, epochs=2, batch_size=128, learning_rate=1e-3
+)
+PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
+SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("recipe", "accuracy", "vs fp32", ".tflite", "gzip", "compression", "latency p50",
+           "speedup", "wall time")
+
+
+class Built(NamedTuple):
+    """What a recipe makes: the .tflite file and the parameter count of its Keras model."""
+
+    tflite: bytes
+    params: int
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every recipe starts from: the load stage's outputs, in the pipeline's temp workspace."""
+
+    params: Params
+    ws: Workspace
+    data: Dataset
+    teacher: keras.Model
+
+
+def fp32(bench: Bench) -> Built:
+    """The teacher as an FP32 .tflite: the reference row."""
+    return _teacher_tflite(bench, None)
+
+
+def ptq_random_calib(bench: Bench) -> Built:
+    """Full-INT8 PTQ calibrated on seeded random-uniform inputs in the data's range (tutorials)."""
+    x = bench.data.x_train
+    shape = (bench.params.quantize.calibration_samples, *x.shape[1:])
+    noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), shape)
+    return _teacher_tflite(bench, noise.astype(np.float32))
+
+
+def ptq_int8(bench: Bench) -> Built:
+    """Full-INT8 PTQ calibrated on real training samples, as the pipeline calibrates."""
+    return _teacher_tflite(bench, _calibration(bench))
+
+
+def prune_ptq(bench: Bench) -> Built:
+    """The tfmot guide: magnitude pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
+    seed_everything(bench.params.seed)
+    pruned = sparsify(bench.teacher, bench.data, GUIDE_PRUNING).model
+    return Built(convert_to_tflite(pruned, _calibration(bench)), pruned.count_params())
+
+
+def shrinkflow(bench: Bench) -> Built:
+    """The pipeline with the configured params: its sparsify, distill and quantize stages."""
+    _run_stages(COMPRESS_STAGES, bench.params, bench.ws)
+    return Built(bench.ws.model.read_bytes(), read_model(bench.ws.student).count_params())
+
+
+Recipe = Callable[[Bench], Built]
+RECIPES: dict[str, Recipe] = {
+    REFERENCE: fp32,
+    "ptq-random-calib": ptq_random_calib,
+    "ptq-int8": ptq_int8,
+    "prune-ptq": prune_ptq,
+    "shrinkflow": shrinkflow,
+}
+
+
+def bench_command(params: Params, overhead: bool) -> int:
+    """`shrinkflow bench`: run the bench in this directory and print its table."""
+    print(bench_table(run_bench(params, Path("."), overhead)))
+    return 0
+
+
+def run_bench(params: Params, root: Path, overhead: bool) -> dict:
+    """Build and measure every recipe; write bench.json, bench.md and bench.png under `root`, and
+    log them with every `<recipe>.<metric>` to one MLflow run named "bench". Returns bench.json."""
+    check_inputs(params)
+    if overhead:
+        check_project(root)
+    with pipeline_run(params, "bench", {"pipeline": "bench"}), \
+            tempfile.TemporaryDirectory(prefix="shrinkflow-bench-") as tmp:
+        ws = Workspace(Path(tmp))
+        _, load_s = timed(_run_stages, ["load"], params, ws)
+        bench = Bench(params, ws, Dataset.load(ws.data), read_model(ws.teacher))
+        recipes = measure_recipes(bench)
+        document = {
+            "params": params.model_dump(mode="json"),
+            "config": str(params),
+            "machine": machine_facts(),
+            "test_samples": len(bench.data.x_test),
+            "recipes": recipes,
+        }
+        if overhead:
+            rest = [stage for stage in STAGES if stage != "load" and stage not in COMPRESS_STAGES]
+            _, rest_s = timed(_run_stages, rest, params, ws)
+            in_process_s = load_s + recipes["shrinkflow"]["wall_s"] + rest_s
+            document["overhead"] = measure_overhead(params, root, in_process_s)
+        paths = write_outputs(document, root)
+        mlflow.log_metrics(bench_metrics(document))
+        for path in paths:
+            mlflow.log_artifact(str(path))
+    return document
+
+
+def measure_recipes(bench: Bench) -> dict[str, dict[str, float]]:
+    """Build every recipe (timed), measure it with the pipeline's evaluator, compare it to fp32."""
+    measured: dict[str, tuple[CandidateMetrics, float]] = {}
+    for name, recipe in RECIPES.items():
+        built, wall_s = timed(recipe, bench)
+        metrics = evaluate_tflite(built.tflite, bench.data, bench.params.evaluate, built.params)
+        measured[name] = metrics, wall_s
+    reference = measured[REFERENCE][0]
+    return {name: _row(reference, metrics, wall_s) for name, (metrics, wall_s) in measured.items()}
+
+
+def measure_overhead(params: Params, root: Path, in_process_s: float) -> dict[str, float]:
+    """Time `shrinkflow run` twice in a fresh copy of the project: cold, then warm (all skipped).
+
+    The subprocess also pays interpreter start-up and imports, which `in_process_s` does not:
+    `import_s` times those alone (`import flows.compress` pulls in the whole stack) so the ratio
+    is reported with and without them. The cold run also creates the copy's MLflow database.
+    """
+    with tempfile.TemporaryDirectory(prefix="shrinkflow-overhead-") as tmp:
+        project = Path(tmp)
+        copy_project(params, root, project)
+        _, import_s = _timed_command([sys.executable, "-c", "import flows.compress"], project)
+        _, run_s = _timed_command([str(SHRINKFLOW), "run"], project)
+        warm_summary, warm_s = _timed_command([str(SHRINKFLOW), "run"], project)
+    return {
+        "in_process_s": in_process_s,
+        "import_s": import_s,
+        "run_s": run_s,
+        "run_ratio": run_s / in_process_s,
+        "run_ratio_without_imports": (run_s - import_s) / in_process_s,
+        "warm_run_s": warm_s,
+        "warm_ratio": warm_s / run_s,
+        "warm_all_skipped": "nothing re-ran" in warm_summary,  # flows.report.run_summary's words
+    }
+
+
+def check_project(root: Path) -> None:
+    """The overhead runs copy this project: refuse, before any work, a directory that is none."""
+    missing = [name for name in PROJECT_FILES if not (root / name).exists()]
+    if missing:
+        raise InputError(
+            f"bench --overhead copies the project, but {root.resolve()} has no {', '.join(missing)}; "
+            "run it from the project directory"
+        )
+
+
+def copy_project(params: Params, root: Path, target: Path) -> None:
+    """A fresh project in `target`: this one's dvc.yaml, .gitignore and stage sources, `params` as
+    params.yaml, then git + DVC with a first commit (as the `dvc_project` test fixture makes one)."""
+    for name in PROJECT_FILES:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(root / name, target / name)
+    write_bytes(target / "params.yaml", dump_params(relocated_params(params, root)).encode())
+    init_workspace(target)
+
+
+def relocated_params(params: Params, root: Path) -> Params:
+    """`params` for a copy of the project elsewhere: relative input paths resolved against `root`,
+    and MLflow in the copy's own sqlite file so the timed runs stay out of the configured store."""
+    moved = params.model_copy(deep=True)
+    kind, sep, location = moved.data.source.partition(":")
+    if sep:
+        moved.data.source = f"{kind}:{_absolute(location, root)}"
+    if moved.model.source != "train" and not moved.model.source.startswith(APPLICATIONS_PREFIX):
+        moved.model.source = _absolute(moved.model.source, root)
+    if moved.model.weights:
+        moved.model.weights = _absolute(moved.model.weights, root)
+    if moved.distill.student:
+        moved.distill.student = _absolute(moved.distill.student, root)
+    moved.tracking.uri = TrackingConfig().uri
+    return moved
+
+
+def machine_facts() -> dict[str, Any]:
+    return {
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow"),
+        "litert": version("ai-edge-litert"),
+    }
+
+
+def write_outputs(document: dict, root: Path) -> list[Path]:
+    """bench.json, bench.md and bench.png under `root`, each written atomically."""
+    json_path, md_path, plot_path = root / BENCH_JSON, root / BENCH_MD, root / BENCH_PLOT
+    write_json(json_path, document)
+    write_bytes(md_path, bench_markdown(document).encode())
+    plot_tradeoff(document["recipes"], plot_path)
+    return [json_path, md_path, plot_path]
+
+
+def bench_metrics(document: dict) -> dict[str, float]:
+    """`<recipe>.<metric>` for every row, and `overhead.<figure>` when measured, for MLflow."""
+    flat = flatten(document["recipes"]) | flatten(document.get("overhead", {}), "overhead.")
+    return {key: float(value) for key, value in flat.items()}
+
+
+def bench_table(document: dict) -> str:
+    """The terminal table, one row per recipe, then the overhead figures when measured."""
+    rows = [COLUMNS, *_table_cells(document)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    if "overhead" in document:
+        lines += ["", *overhead_lines(document["overhead"])]
+    return "\n".join(lines)
+
+
+def bench_markdown(document: dict) -> str:
+    """reports/bench.md: what ran where, the table, what each recipe is, the overhead."""
+    m, evaluate = document["machine"], document["params"]["evaluate"]
+    lines = [
+        "# shrinkflow bench",
+        "",
+        f"`{document['config']}` on {m['machine']}, {m['cpu_count']} CPUs, {m['date']}; "
+        f"Python {m['python']}, TensorFlow {m['tensorflow']}, LiteRT {m['litert']}.",
+        "",
+        _markdown_row(COLUMNS),
+        _markdown_row(("---", *["---:"] * (len(COLUMNS) - 1))),
+        *map(_markdown_row, _table_cells(document)),
+        "",
+        f"Every row is measured by the pipeline's evaluator on the test split "
+        f"({document['test_samples']} samples): LiteRT, 1 thread, batch 1, latency the median of "
+        f"{evaluate['latency_runs']} invokes. Compression is gzip-9 bytes relative to fp32. Wall "
+        "time runs from the trained teacher to the .tflite.",
+        "",
+        *(f"- `{name}`: {RECIPES[name].__doc__}" for name in document["recipes"]),
+    ]
+    if "overhead" in document:
+        lines += ["", "## Overhead", "", *(f"- {line}" for line in overhead_lines(document["overhead"]))]
+    return "\n".join(lines) + "\n"
+
+
+def overhead_lines(overhead: dict) -> list[str]:
+    o = overhead
+    skipped = "every stage skipped by DVC" if o["warm_all_skipped"] else "NOT every stage skipped"
+    return [
+        f"`shrinkflow run`, fresh project: {o['run_s']:.1f} s = {o['run_ratio']:.2f}x the same stages "
+        f"called in one process ({o['in_process_s']:.1f} s); {o['run_ratio_without_imports']:.2f}x "
+        f"without interpreter start-up and imports ({o['import_s']:.1f} s)",
+        f"warm re-run ({skipped}): {o['warm_run_s']:.1f} s = {o['warm_ratio']:.2f}x the first run",
+    ]
+
+
+def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """`fn`'s result and its wall time in seconds."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _run_stages(names: Iterable[str], params: Params, ws: Workspace) -> None:
+    for name in names:
+        run_stage(name, params, ws)
+
+
+def _teacher_tflite(bench: Bench, calibration: np.ndarray | None) -> Built:
+    return Built(convert_to_tflite(bench.teacher, calibration), bench.teacher.count_params())
+
+
+def _calibration(bench: Bench) -> np.ndarray:
+    return calibration_samples(bench.data, bench.params.quantize, bench.params.seed)
+
+
+def _row(reference: CandidateMetrics, metrics: CandidateMetrics, wall_s: float) -> dict[str, float]:
+    """The evaluator's metrics, the headline ratios against `reference` (as metrics.json defines
+    them for teacher vs final), and the recipe's wall time."""
+    ratios = summarize({"teacher": reference, "final": metrics})
+    return metrics.as_dict() | {key: ratios[key] for key in HEADLINE} | {"wall_s": wall_s}
+
+
+def _table_cells(document: dict) -> list[tuple[str, ...]]:
+    return [
+        (
+            name,
+            _pct(row["accuracy"]),
+            f"{-100 * row['accuracy_drop'] or 0.0:+.2f} pt",  # `or`: -0.0 shows as +0.00
+            _size(row["tflite_bytes"]),
+            _size(row["gzip_bytes"]),
+            f"{row['compression_ratio']:.1f}x",
+            f"{row['latency_p50_us']:.1f} us",
+            f"{row['speedup']:.1f}x",
+            f"{row['wall_s']:.1f} s",
+        )
+        for name, row in document["recipes"].items()
+    ]
+
+
+def _markdown_row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _timed_command(command: list[str], cwd: Path) -> tuple[str, float]:
+    """Run `command` in `cwd`: its stdout and wall time.
+
+    Gotcha: the console script imports whatever the editable install points at; PYTHONPATH puts
+    the code this process runs first, so both sides of the comparison run the same code.
+    """
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    done, seconds = timed(subprocess.run, command, cwd=cwd, env=os.environ | {"PYTHONPATH": path},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(command)}` failed in {cwd} (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
+    return done.stdout, seconds
+
+
+def _absolute(path: str, root: Path) -> str:
+    return str((root / Path(path).expanduser()).resolve())
