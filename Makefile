@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 UV      := $(BIN)/uv
 UV_VERSION := 0.13.8
+# Debian's Chromium, for the browser tests (test tools may not download browsers here).
+CHROMIUM := /usr/bin/chromium
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: run test install install-test clean
@@ -12,7 +14,7 @@ run: install
 	$(BIN)/shrinkflow init
 	$(BIN)/shrinkflow run
 
-test: install-test
+test: install-test $(CHROMIUM)
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
@@ -30,6 +32,9 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 $(VENV)/.installed-test: $(UV) pyproject.toml uv.lock
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev --extra test
 	touch $@ $(VENV)/.installed
+
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
 	rm -rf artifacts metrics reports mlflow.db .pytest_cache

@@ -45,6 +45,10 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     Inputs are checked first (no training, nothing written). Stages whose inputs, code and params
     are unchanged since DVC last recorded them are skipped. Returns the metrics, what each stage
     did, the gate decision, and the names under which DVC and MLflow recorded the run.
+
+    Args:
+        params: The pipeline configuration, as in params.yaml: one section per stage.
+        workdir: The project directory holding dvc.yaml, params.yaml and the artifacts.
     """
     logger = get_run_logger()
     logger.info("params: %s", params)

@@ -64,10 +64,10 @@ def tiny_params(tmp_path: Path, digits_npz: Path):
     runs, and MLflow in a temp sqlite file. Written to `tmp_path/params.yaml` and loaded as the
     CLI does, with `--set`-style overrides: `tiny_params("distill.enabled=false")`.
     """
-    return lambda *overrides: _write_and_load_params(tmp_path, digits_npz, overrides)
+    return lambda *overrides: write_tiny_params(tmp_path, digits_npz, *overrides)
 
 
-def _write_and_load_params(root: Path, data: Path, overrides: tuple[str, ...]) -> Params:
+def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
     from flows.params import load_params
 
     path = root / "params.yaml"
@@ -79,21 +79,36 @@ def _write_and_load_params(root: Path, data: Path, overrides: tuple[str, ...]) -
         "quantize": {"calibration_samples": 20},
         "evaluate": {"latency_runs": 200, "warmup_runs": 1},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
+        "gate": {"registered_model": "test-int8", "max_accuracy_drop": 1.0},
     }))
     return load_params(path, overrides)
 
 
-@pytest.fixture
-def dvc_project(tmp_path: Path, tiny_params) -> Path:
-    """A fresh project: this repo's dvc.yaml and stage sources, a tiny params.yaml, git + DVC."""
+def make_project(root: Path, data: Path, *overrides: str) -> Params:
+    """A fresh project in `root`: this repo's dvc.yaml and stage sources, a tiny params.yaml,
+    git + DVC initialised. Returns the params."""
     from flows.versioning import init_workspace
 
-    shutil.copy(REPO / "dvc.yaml", tmp_path)
-    shutil.copy(REPO / ".gitignore", tmp_path)
-    shutil.copytree(REPO / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
-    tiny_params()
-    init_workspace(tmp_path)
+    shutil.copy(REPO / "dvc.yaml", root)
+    shutil.copy(REPO / ".gitignore", root)
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    params = write_tiny_params(root, data, *overrides)
+    init_workspace(root)
+    return params
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path, digits_npz: Path) -> Path:
+    make_project(tmp_path, digits_npz)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def module_project(tmp_path_factory, digits_npz: Path) -> Path:
+    """A fresh project shared by the tests of one module."""
+    root = tmp_path_factory.mktemp("project")
+    make_project(root, digits_npz)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +118,3 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=300):
         yield
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(0)

@@ -1,0 +1,201 @@
+"""The local stack for real: `shrinkflow up` on free ports, a run triggered through the Prefect API as
+the UI's Run button does, checked through the MLflow REST API, the registry gate, and a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.stages import STAGES
+from tasks.data import Dataset
+from tasks.tflite import TFLiteClassifier
+
+SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+MODEL = "test-int8"
+
+
+@dataclass(frozen=True)
+class Stack:
+    root: Path
+    prefect: str
+    mlflow: str
+    deployment_id: str
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def mlflow_api(stack: Stack, endpoint: str, body: dict | None = None, **query: str) -> dict:
+    url = f"{stack.mlflow}/api/2.0/mlflow/{endpoint}"
+    return get_json(f"{url}?{urllib.parse.urlencode(query)}" if query else url, body)
+
+
+@pytest.fixture(scope="module")
+def stack(module_project: Path) -> Stack:
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    log = open(module_project / "up.log", "w")
+    process = subprocess.Popen(
+        [SHRINKFLOW, "up", "--set", f"stack.prefect_port={prefect_port}",
+         "--set", f"stack.mlflow_port={mlflow_port}"],
+        cwd=module_project, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    prefect = f"http://127.0.0.1:{prefect_port}"
+    deadline = time.monotonic() + 400
+    deployments: list = []
+    while not deployments:
+        assert process.poll() is None, (module_project / "up.log").read_text()
+        assert time.monotonic() < deadline, (module_project / "up.log").read_text()
+        time.sleep(2)
+        try:
+            deployments = get_json(f"{prefect}/api/deployments/filter", {})
+        except OSError:
+            pass
+    yield Stack(module_project, prefect, f"http://127.0.0.1:{mlflow_port}", deployments[0]["id"])
+    subprocess.run([SHRINKFLOW, "down"], cwd=module_project, env=env, check=True, timeout=120)
+    assert process.wait(timeout=60) == 0
+    log.close()
+
+
+def trigger(stack: Stack, temperature: float) -> str:
+    """What the UI's custom Run does: the form's parameters, one edited, sent to the deployment."""
+    deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
+    params = deployment["parameters"]["params"]
+    params["distill"]["temperature"] = temperature
+    with get_client(sync_client=True, httpx_settings={"base_url": f"{stack.prefect}/api"}) as client:
+        run = client.create_flow_run_from_deployment(stack.deployment_id, parameters={"params": params})
+    return str(run.id)
+
+
+def wait_for(stack: Stack, flow_run_id: str) -> dict:
+    deadline = time.monotonic() + 600
+    while True:
+        run = get_json(f"{stack.prefect}/api/flow_runs/{flow_run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        assert time.monotonic() < deadline, run["state"]
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: Stack) -> dict:
+    run = wait_for(stack, trigger(stack, temperature=3.0))
+    assert run["state"]["type"] == "COMPLETED", (stack.root / "up.log").read_text()[-5000:]
+    return run
+
+
+def mlflow_parent_run(stack: Stack, flow_run_id: str) -> dict:
+    experiment = mlflow_api(stack, "experiments/get-by-name", experiment_name="test")["experiment"]
+    found = mlflow_api(stack, "runs/search", {
+        "experiment_ids": [experiment["experiment_id"]],
+        "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+    })["runs"]
+    assert len(found) == 1
+    return found[0]
+
+
+def as_dict(entries: list[dict]) -> dict:
+    return {entry["key"]: entry["value"] for entry in entries}
+
+
+def test_a_run_from_the_ui_is_tracked_in_mlflow_with_its_override(stack, first_run):
+    run = mlflow_parent_run(stack, first_run["id"])
+    assert run["info"]["status"] == "FINISHED"
+    params, metrics, tags = (as_dict(run["data"][key]) for key in ("params", "metrics", "tags"))
+    assert params["distill.temperature"] == "3.0"  # the override, exactly like --set
+    assert {"compression_ratio", "speedup", "accuracy_drop", "final.accuracy"} <= metrics.keys()
+    assert tags["prefect.flow_run_url"].startswith(stack.prefect)
+    assert tags["dvc.experiment"] == first_run["name"]
+    children = mlflow_api(stack, "runs/search", {
+        "experiment_ids": [run["info"]["experiment_id"]],
+        "filter": f"tags.mlflow.parentRunId = '{run['info']['run_id']}'",
+    })["runs"]
+    assert sorted(c["info"]["run_name"] for c in children) == sorted(STAGES)
+    assert "temperature: 3.0" in (stack.root / "params.yaml").read_text()
+
+
+def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, first_run):
+    artifacts = get_json(f"{stack.prefect}/api/artifacts/filter",
+                         {"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}})
+    progress = [a for a in artifacts if a["type"] == "progress"]
+    assert len(progress) == 1 and progress[0]["data"] == 100.0
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    assert by_key["compress-candidates"]["type"] == "table"
+    assert "promoted to `champion`" in by_key["compress-report"]["data"]
+    assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"]["data"]  # a markdown link
+
+
+def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(stack, first_run):
+    assert mlflow_api(stack, "registered-models/alias", name=MODEL, alias="champion")[
+        "model_version"]["version"] == "1"
+    second = wait_for(stack, trigger(stack, temperature=3.0))  # same model: not smaller
+    assert second["state"]["type"] == "COMPLETED"
+    assert mlflow_api(stack, "registered-models/alias", name=MODEL, alias="champion")[
+        "model_version"]["version"] == "1"
+    version_2 = mlflow_api(stack, "model-versions/get", name=MODEL, version="2")["model_version"]
+    assert "does not beat the champion" in as_dict(version_2["tags"])["gate.rejected"]
+
+    data = Dataset.load(stack.root / "artifacts" / "data.npz")
+    np.save(stack.root / "x_test.npy", data.x_test)
+    script = ("import mlflow, numpy as np, sys; "
+              f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion'); "
+              "np.save(sys.argv[2], m.predict(np.load(sys.argv[1])))")
+    subprocess.run([sys.executable, "-c", script, "x_test.npy", "served.npy"], cwd=stack.root,
+                   env=os.environ | {"MLFLOW_TRACKING_URI": stack.mlflow}, check=True, timeout=300)
+    expected = TFLiteClassifier((stack.root / "artifacts" / "model.tflite").read_bytes()).predict(data.x_test)
+    np.testing.assert_array_equal(np.load(stack.root / "served.npy"), expected)
+
+
+def test_an_invalid_parameter_is_refused_by_the_server(stack):
+    deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
+    params = deployment["parameters"]["params"] | {"distill": {"temperature": -1.0}}
+    with get_client(sync_client=True, httpx_settings={"base_url": f"{stack.prefect}/api"}) as client:
+        with pytest.raises(Exception, match="(?i)validation|temperature"):
+            client.create_flow_run_from_deployment(stack.deployment_id, parameters={"params": params})
+
+
+def test_the_ui_shows_the_run_form_and_the_mlflow_run(stack, first_run):
+    from playwright.sync_api import sync_playwright
+
+    run = mlflow_parent_run(stack, first_run["id"])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{stack.prefect}/deployments/deployment/{stack.deployment_id}/run")
+        page.get_by_text("Softening of the soft targets", exact=False).first.wait_for(timeout=60_000)
+        assert page.get_by_text("Temperature", exact=False).count() > 0
+        page.screenshot(path=str(SCREENSHOTS / "prefect-run-form.png"), full_page=True)
+
+        page.goto(f"{stack.mlflow}/#/experiments/{run['info']['experiment_id']}/runs/"
+                  f"{run['info']['run_id']}")
+        page.get_by_text("compression_ratio", exact=False).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-run.png"), full_page=True)
+        browser.close()
