@@ -29,7 +29,7 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_after_a_run_dvc_has_nothing_to_do_and_a_rerun_skips_every_stage(
+def test_after_a_run_dvc_has_nothing_to_do_a_rerun_skips_every_stage_and_a_change_reruns_what_follows(
     prefect_server, dvc_project, tiny_params
 ):
     params = tiny_params()
@@ -55,9 +55,7 @@ def test_after_a_run_dvc_has_nothing_to_do_and_a_rerun_skips_every_stage(
     assert parent["dvc.md5.artifacts/model.tflite"] == md5(model)
     assert len(parent["mlflow.source.git.commit"]) == 40
 
-
-def test_a_changed_distill_param_reruns_distill_and_what_follows_only(prefect_server, dvc_project, tiny_params):
-    compress(tiny_params(), workdir=str(dvc_project))
+    # dvc.yaml's own verdict agrees: a changed distill param re-runs distill onwards, through DVC.
     params_file = dvc_project / "params.yaml"
     params_file.write_text(params_file.read_text().replace("temperature: 4.0", "temperature: 2.0"))
     log = run("dvc", "repro", cwd=dvc_project)
