@@ -28,7 +28,7 @@ import mlflow
 import numpy as np
 
 from flows.params import dump_params, flatten
-from flows.report import _pct, _size
+from flows.report import aligned, human_size, percent
 from flows.stages import STAGES, check_inputs, run_stage
 from flows.tracking import pipeline_run
 from flows.versioning import init_workspace
@@ -58,7 +58,8 @@ COMPRESS_STAGES = ("sparsify", "distill", "quantize")  # teacher -> .tflite: the
 # batch 128 with Adam's default rate. Gotcha: tasks.sparsify reaches the target at 70 % of the
 # steps (the guide at 100 %) and shrinks the update frequency to fit short runs.
 GUIDE_PRUNING = SparsifyConfig(
-    initial_sparsity=0.5, final_sparsity=0.8, frequency=100, epochs=2, batch_size=128, learning_rate=1e-3
+    initial_sparsity=0.5, final_sparsity=0.8, frequency=100,
+    epochs=2, batch_size=128, learning_rate=1e-3,
 )
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
@@ -103,7 +104,7 @@ def ptq_int8(bench: Bench) -> Built:
 
 
 def prune_ptq(bench: Bench) -> Built:
-    """The tfmot guide: magnitude pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
+    """The tfmot guide: pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
     seed_everything(bench.params.seed)
     pruned = sparsify(bench.teacher, bench.data, GUIDE_PRUNING).model
     return Built(convert_to_tflite(pruned, _calibration(bench)), pruned.count_params())
@@ -137,8 +138,10 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
     check_inputs(params)
     if overhead:
         check_project(root)
-    with pipeline_run(params, "bench", {"pipeline": "bench"}), \
-            tempfile.TemporaryDirectory(prefix="shrinkflow-bench-") as tmp:
+    with (
+        pipeline_run(params, "bench", {"pipeline": "bench"}),
+        tempfile.TemporaryDirectory(prefix="shrinkflow-bench-") as tmp,
+    ):
         ws = Workspace(Path(tmp))
         _, load_s = timed(_run_stages, ["load"], params, ws)
         bench = Bench(params, ws, Dataset.load(ws.data), read_model(ws.teacher))
@@ -173,7 +176,7 @@ def measure_recipes(bench: Bench) -> dict[str, dict[str, float]]:
     return {name: _row(reference, metrics, wall_s) for name, (metrics, wall_s) in measured.items()}
 
 
-def measure_overhead(params: Params, root: Path, in_process_s: float) -> dict[str, float]:
+def measure_overhead(params: Params, root: Path, in_process_s: float) -> dict[str, float | bool]:
     """Time `shrinkflow run` twice in a fresh copy of the project: cold, then warm (all skipped).
 
     The subprocess also pays interpreter start-up and imports, which `in_process_s` does not:
@@ -203,19 +206,20 @@ def check_project(root: Path) -> None:
     missing = [name for name in PROJECT_FILES if not (root / name).exists()]
     if missing:
         raise InputError(
-            f"bench --overhead copies the project, but {root.resolve()} has no {', '.join(missing)}; "
-            "run it from the project directory"
+            f"bench --overhead copies the project, but {root.resolve()} has no "
+            f"{', '.join(missing)}; run it from the project directory"
         )
 
 
 def copy_project(params: Params, root: Path, target: Path) -> None:
-    """A fresh project in `target`: this one's dvc.yaml, .gitignore and stage sources, `params` as
-    params.yaml, then git + DVC with a first commit (as the `dvc_project` test fixture makes one)."""
+    """A fresh project in `target`: this one's dvc.yaml, .gitignore and stage sources, `params`
+    as params.yaml, then git + DVC with a first commit (as the `dvc_project` fixture makes one)."""
     for name in PROJECT_FILES:
-        if (root / name).is_dir():
-            shutil.copytree(root / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy(root / name, target / name)
+            shutil.copy(source, target / name)
     write_bytes(target / "params.yaml", dump_params(relocated_params(params, root)).encode())
     init_workspace(target)
 
@@ -265,12 +269,7 @@ def bench_metrics(document: dict) -> dict[str, float]:
 
 def bench_table(document: dict) -> str:
     """The terminal table, one row per recipe, then the overhead figures when measured."""
-    rows = [COLUMNS, *_table_cells(document)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in rows
-    ]
+    lines = [aligned([COLUMNS, *_table_cells(document)])]
     if "overhead" in document:
         lines += ["", *overhead_lines(document["overhead"])]
     return "\n".join(lines)
@@ -297,17 +296,19 @@ def bench_markdown(document: dict) -> str:
         *(f"- `{name}`: {RECIPES[name].__doc__}" for name in document["recipes"]),
     ]
     if "overhead" in document:
-        lines += ["", "## Overhead", "", *(f"- {line}" for line in overhead_lines(document["overhead"]))]
+        overhead = overhead_lines(document["overhead"])
+        lines += ["", "## Overhead", "", *(f"- {line}" for line in overhead)]
     return "\n".join(lines) + "\n"
 
 
-def overhead_lines(overhead: dict) -> list[str]:
-    o = overhead
+def overhead_lines(o: dict) -> list[str]:
+    """The two overhead figures as sentences: the cold run against in-process, warm against cold."""
     skipped = "every stage skipped by DVC" if o["warm_all_skipped"] else "NOT every stage skipped"
     return [
-        f"`shrinkflow run`, fresh project: {o['run_s']:.1f} s = {o['run_ratio']:.2f}x the same stages "
-        f"called in one process ({o['in_process_s']:.1f} s); {o['run_ratio_without_imports']:.2f}x "
-        f"without interpreter start-up and imports ({o['import_s']:.1f} s)",
+        f"`shrinkflow run`, fresh project: {o['run_s']:.1f} s = {o['run_ratio']:.2f}x the same "
+        f"stages called in one process ({o['in_process_s']:.1f} s); "
+        f"{o['run_ratio_without_imports']:.2f}x without interpreter start-up and imports "
+        f"({o['import_s']:.1f} s)",
         f"warm re-run ({skipped}): {o['warm_run_s']:.1f} s = {o['warm_ratio']:.2f}x the first run",
     ]
 
@@ -343,10 +344,10 @@ def _table_cells(document: dict) -> list[tuple[str, ...]]:
     return [
         (
             name,
-            _pct(row["accuracy"]),
+            percent(row["accuracy"]),
             f"{-100 * row['accuracy_drop'] or 0.0:+.2f} pt",  # `or`: -0.0 shows as +0.00
-            _size(row["tflite_bytes"]),
-            _size(row["gzip_bytes"]),
+            human_size(row["tflite_bytes"]),
+            human_size(row["gzip_bytes"]),
             f"{row['compression_ratio']:.1f}x",
             f"{row['latency_p50_us']:.1f} us",
             f"{row['speedup']:.1f}x",
@@ -371,7 +372,8 @@ def _timed_command(command: list[str], cwd: Path) -> tuple[str, float]:
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(
-            f"`{' '.join(command)}` failed in {cwd} (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            f"`{' '.join(command)}` failed in {cwd} (exit {done.returncode}):\n"
+            f"{done.stderr[-3000:]}"
         )
     return done.stdout, seconds
 

@@ -91,6 +91,13 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    from flows.bench import bench_command
+    from flows.params import load_params
+
+    return bench_command(load_params(args.params, args.set), args.overhead)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shrinkflow", description="Compress trained Keras models into small, fast INT8 TFLite models."
@@ -122,7 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="serve the deployments on a running Prefect server "
                                                   "(what `up` runs)")
     serve_cmd.set_defaults(command=serve)
-    for sub in (run_cmd, stage_cmd, up_cmd, serve_cmd):
+    bench_cmd = commands.add_parser(
+        "bench", help="compare shrinkflow with plain PTQ and the tfmot pruning recipe",
+        description="Build fp32, ptq-random-calib, ptq-int8, prune-ptq and shrinkflow from the "
+                    "configured data and teacher, measure each with the pipeline's evaluator, write "
+                    "metrics/bench.json, reports/bench.md and plots/bench.png, log an MLflow run "
+                    "named bench.",
+    )
+    bench_cmd.add_argument("--overhead", action="store_true",
+                           help="also time `shrinkflow run` cold and warm in a fresh copy of the "
+                                "project (two more full runs)")
+    bench_cmd.set_defaults(command=bench)
+    for sub in (run_cmd, stage_cmd, up_cmd, serve_cmd, bench_cmd):
         sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                          help="config file (default: params.yaml; built-in defaults if absent)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -23,29 +23,34 @@ def summary_table(metrics: dict) -> str:
     teacher, final = metrics["teacher"], metrics["final"]
     rows = [
         ("", "teacher", "final", ""),
-        ("accuracy", _pct(teacher["accuracy"]), _pct(final["accuracy"]),
+        ("accuracy", percent(teacher["accuracy"]), percent(final["accuracy"]),
          f"{-100 * metrics['accuracy_drop']:+.2f} pt"),
         ("params", f"{teacher['params']:,}", f"{final['params']:,}", ""),
-        ("sparsity", "", _pct(final["sparsity"]), ""),
-        (".tflite size", _size(teacher["tflite_bytes"]), _size(final["tflite_bytes"]),
+        ("sparsity", "", percent(final["sparsity"]), ""),
+        (".tflite size", human_size(teacher["tflite_bytes"]), human_size(final["tflite_bytes"]),
          f"{teacher['tflite_bytes'] / final['tflite_bytes']:.1f}x smaller"),
-        ("gzip size", _size(teacher["gzip_bytes"]), _size(final["gzip_bytes"]),
+        ("gzip size", human_size(teacher["gzip_bytes"]), human_size(final["gzip_bytes"]),
          f"{metrics['compression_ratio']:.1f}x smaller"),
         ("latency p50", f"{teacher['latency_p50_us']:.1f} us", f"{final['latency_p50_us']:.1f} us",
          f"{metrics['speedup']:.1f}x faster"),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return aligned(rows)
+
+
+def aligned(rows: list[tuple[str, ...]]) -> str:
+    """Columns padded to width: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
         for row in rows
     )
 
 
-def _pct(fraction: float) -> str:
+def percent(fraction: float) -> str:
     return f"{100 * fraction:.2f} %"
 
 
-def _size(size: int) -> str:
+def human_size(size: int) -> str:
     if size < 1024:
         return f"{size} B"
     if size < 1024**2:

@@ -19,6 +19,7 @@ def plot_tradeoff(candidates: dict[str, dict[str, float]], path: Path) -> None:
         ax.scatter(m["gzip_bytes"] / 1024, m["accuracy"], s=60)
         ax.annotate(name, (m["gzip_bytes"] / 1024, m["accuracy"]), textcoords="offset points", xytext=(6, 4))
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
     ax.set_xlabel("gzip size (KiB, log scale)")
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy vs compressed size")

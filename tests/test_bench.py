@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.bench import BENCH_JSON, BENCH_MD, BENCH_PLOT, RECIPES, bench_table, relocated_params, run_bench
+from flows.bench import (
+    BENCH_JSON, BENCH_MD, BENCH_PLOT, RECIPES, bench_table, relocated_params, run_bench,
+)
 from flows.params import validate_params
 
 
-def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(tiny_params, tmp_path, monkeypatch):
+def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
+    tiny_params, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     params = tiny_params()
     document = run_bench(params, tmp_path, overhead=False)
