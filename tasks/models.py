@@ -144,8 +144,9 @@ def kernels(model: keras.Model) -> dict[str, np.ndarray]:
     found = {}
     for layer in _flat_layers(model):
         for weight in layer.weights:
-            if weight.name.split("/")[-1].split(":")[0] in KERNEL_NAMES:
-                found[f"{layer.name}/{weight.name.split('/')[-1].split(':')[0]}"] = weight.numpy()
+            short_name = weight.name.split("/")[-1].split(":")[0]  # "conv/kernel:0" -> "kernel"
+            if short_name in KERNEL_NAMES:
+                found[f"{layer.name}/{short_name}"] = weight.numpy()
     return found
 
 
