@@ -194,10 +194,10 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
 
     def __str__(self) -> str:
-        d, s = self.distill, self.sparsify
+        s, d = self.sparsify, self.distill
+        sparsify = f"{s.initial_sparsity:g}->{s.final_sparsity:g}" if s.enabled else "off"
+        distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
         return (
-            f"data={self.data.source} model={self.model.source} "
-            f"sparsify={'%g->%g' % (s.initial_sparsity, s.final_sparsity) if s.enabled else 'off'} "
-            f"distill={'width %g T=%g' % (d.width, d.temperature) if d.enabled else 'off'} "
-            f"quantize={'int8' if self.quantize.enabled else 'fp32'} seed={self.seed}"
+            f"data={self.data.source} model={self.model.source} sparsify={sparsify} "
+            f"distill={distill} quantize={'int8' if self.quantize.enabled else 'fp32'} seed={self.seed}"
         )
