@@ -29,16 +29,21 @@ LOCK_FILE = Path(".shrinkflow") / "run.lock"
 PARAMS_FILE = "params.yaml"
 # Written by DVC or by a run, and part of what an experiment records.
 EXPERIMENT_FILES = ["dvc.lock", PARAMS_FILE, "metrics", "artifacts/.gitignore", "plots/.gitignore"]
-# Commits made by `shrinkflow init` when git has no identity configured (CI machines, containers).
-FALLBACK_IDENTITY = ["-c", "user.name=shrinkflow", "-c", "user.email=shrinkflow@localhost"]
+# Set by `shrinkflow init` where git has no identity at all (CI machines, containers).
+LOCAL_IDENTITY = {"user.name": "shrinkflow", "user.email": "shrinkflow@localhost"}
 
 
 def init_workspace(root: Path) -> list[str]:
-    """Make `root` a git repository with a commit and an initialised DVC project; report steps."""
+    """Make `root` a git repository with an identity, a commit and an initialised DVC project,
+    doing only what is missing; report the steps."""
     done = []
     if not (root / ".git").exists():
         _git(root, "init", "-q")
         done.append("git init")
+    if not _has_identity(root):  # DVC commits every run as an experiment: git must know who
+        for key, value in LOCAL_IDENTITY.items():
+            _git(root, "config", key, value)
+        done.append("a repository-local git identity (shrinkflow)")
     if not (root / ".dvc").exists():
         with Repo.init(str(root)) as repo, repo.config.edit() as config:
             config["core"]["analytics"] = False  # no network here
@@ -46,24 +51,28 @@ def init_workspace(root: Path) -> list[str]:
     if subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD"], cwd=root,
                       capture_output=True).returncode != 0:
         _git(root, "add", "-A")
-        _git(root, *_identity(root), "commit", "-q", "-m", "shrinkflow: initial commit")
+        _git(root, "commit", "-q", "-m", "shrinkflow: initial commit")
         done.append("first commit")
     return done
 
 
 def open_repo(root: Path) -> Repo:
     """The DVC project at `root`, or a clear error saying how to make one."""
-    fix = f"run `shrinkflow init` in {root.resolve()} (git init, dvc init, first commit)"
+    fix = f"run `shrinkflow init` in {root.resolve()} (sets up git, DVC and a first commit)"
     if not (root / "dvc.yaml").exists():
         raise InputError(f"no dvc.yaml in {root.resolve()}; run shrinkflow from the project directory")
     try:
         repo = Repo(str(root))
     except Exception as exc:  # NotDvcRepoError, SCMError: both mean "not set up"
         raise InputError(f"{root.resolve()} is not a DVC project in a git repository; {fix}") from exc
-    if not repo.scm.no_commits:
+    if repo.scm.no_commits:
+        problem = "has no commit yet"
+    elif not _has_identity(root):
+        problem = "has no git user.name/user.email, which DVC needs to save runs as experiments"
+    else:
         return repo
     repo.close()
-    raise InputError(f"the git repository at {root.resolve()} has no commit yet; {fix}")
+    raise InputError(f"the git repository at {root.resolve()} {problem}; {fix}")
 
 
 def is_up_to_date(root: Path, stage: str) -> bool:
@@ -181,9 +190,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _identity(root: Path) -> list[str]:
-    configured = subprocess.run(["git", "config", "user.email"], cwd=root, capture_output=True)
-    return [] if configured.returncode == 0 else FALLBACK_IDENTITY
+def _has_identity(root: Path) -> bool:
+    return all(
+        subprocess.run(["git", "config", key], cwd=root, capture_output=True).returncode == 0
+        for key in LOCAL_IDENTITY
+    )
 
 
 def _git(root: Path, *args: str) -> None:

@@ -110,11 +110,17 @@ def test_bad_input_exits_2_with_a_message_and_touches_nothing(case, workspace, c
 
 def test_a_directory_that_is_no_project_gets_told_how_to_make_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")  # a machine where git knows nobody
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     assert main(["run"]) == 2
     assert "is not a DVC project in a git repository; run `shrinkflow init`" in capsys.readouterr().err
     assert main(["init"]) == 0
-    assert "initialised: git init, dvc init, first commit" in capsys.readouterr().out
+    done = capsys.readouterr().out
+    steps = ("initialised: git init", "repository-local git identity", "dvc init", "first commit")
+    assert all(step in done for step in steps), done
+    identity = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True)
+    assert identity.stdout.strip() == "shrinkflow@localhost"
     assert main(["init"]) == 0
     assert "already initialised" in capsys.readouterr().out
 
