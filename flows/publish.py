@@ -17,6 +17,7 @@ from flows.report import summary_table
 from tasks.gate import Decision
 from tasks.models import epoch_listener
 
+
 class Progress:
     """A Prefect progress artifact over the stages, moved by training epochs within each."""
 

@@ -199,3 +199,17 @@ def test_the_ui_shows_the_run_form_and_the_mlflow_run(stack, first_run):
         page.get_by_text("compression_ratio", exact=False).first.wait_for(timeout=60_000)
         page.screenshot(path=str(SCREENSHOTS / "mlflow-run.png"), full_page=True)
         browser.close()
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
+    from flows.stack import up
+    from tasks.config import Params, StackConfig
+    from tasks.errors import InputError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError, match=rf"stack.mlflow_port: 127.0.0.1:{port} is in use"):
+            up(Params(), StackConfig(prefect_port=free_port(), mlflow_port=port), tmp_path)
+    assert not (tmp_path / ".shrinkflow").exists()
