@@ -37,4 +37,4 @@ $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 clean:
-	rm -rf artifacts metrics reports mlflow.db .pytest_cache
+	rm -rf artifacts metrics plots reports mlflow.db mlartifacts test-output .pytest_cache
