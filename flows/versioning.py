@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,10 @@ from tasks.errors import InputError
 LOCK_FILE = Path(".shrinkflow") / "run.lock"
 PARAMS_FILE = "params.yaml"
 # Written by DVC or by a run, and part of what an experiment records.
-EXPERIMENT_FILES = ["dvc.lock", PARAMS_FILE, "metrics", "artifacts/.gitignore", "plots/.gitignore"]
+EXPERIMENT_FILES = [
+    "dvc.lock", PARAMS_FILE, "metrics/metrics.json", "metrics/sparsity.json",
+    "artifacts/.gitignore", "plots/.gitignore",
+]  # named one by one: `shrinkflow bench` also writes under metrics/, and that is no run's record
 # Set by `shrinkflow init` where git has no identity at all (CI machines, containers).
 LOCAL_IDENTITY = {"user.name": "shrinkflow", "user.email": "shrinkflow@localhost"}
 
@@ -146,7 +149,7 @@ def write_params_file(root: Path, params: Params) -> None:
 
 
 @contextmanager
-def workspace_lock(root: Path, on_wait: Any = print) -> Iterator[None]:
+def workspace_lock(root: Path, on_wait: Callable[[str], Any] = print) -> Iterator[None]:
     """One run per workspace: a second run waits for the first (and says so) instead of racing it."""
     path = root / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def run_evaluate(
         name: evaluate_tflite(convert_to_tflite(model), data, cfg, model.count_params())
         for name, model in models.items()
     }
-    final = read_model(ws.student)
+    final = models["distilled"] if distilled else read_model(ws.student)
     candidates["final"] = evaluate_tflite(ws.model.read_bytes(), data, cfg, final.count_params())
     document = summarize(candidates)
     write_json(ws.metrics, document)
