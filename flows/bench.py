@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import mlflow
 import numpy as np
 
-from flows.params import dump_params, flatten
+from flows.params import flatten
 from flows.report import aligned, human_size, percent
 from flows.stages import STAGES, check_inputs, run_stage
 from flows.tracking import pipeline_run
@@ -37,7 +37,7 @@ from tasks.config import Params, SparsifyConfig, TrackingConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
-from tasks.load import APPLICATIONS_PREFIX
+from tasks.inputs import APPLICATIONS_PREFIX
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_tradeoff
 from tasks.quantize import calibration_samples, convert_to_tflite
@@ -220,8 +220,7 @@ def copy_project(params: Params, root: Path, target: Path) -> None:
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target / name)
-    write_bytes(target / "params.yaml", dump_params(relocated_params(params, root)).encode())
-    init_workspace(target)
+    init_workspace(target, relocated_params(params, root))
 
 
 def relocated_params(params: Params, root: Path) -> Params:

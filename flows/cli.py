@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def init(args: argparse.Namespace) -> int:
+    from flows.params import load_params
     from flows.versioning import init_workspace
 
-    done = init_workspace(Path("."))
+    done = init_workspace(Path("."), load_params(args.params, args.set))
     print(f"initialised: {', '.join(done)}" if done else "already initialised: git, DVC, a commit")
     return 0
 
@@ -58,10 +59,11 @@ def init(args: argparse.Namespace) -> int:
 def stage(args: argparse.Namespace) -> int:
     from flows.params import load_params
     from flows.stages import run_stage
-    from flows.versioning import workspace_lock
+    from flows.versioning import check_inputs_section, workspace_lock
     from tasks.artifacts import Workspace
 
     params = load_params(args.params, args.set)
+    check_inputs_section(Path("."), params)
     with workspace_lock(Path("."), on_wait=lambda message: print(message, file=sys.stderr)):
         metrics = run_stage(args.name, params, Workspace(Path(".")))
     for key, value in metrics.items():
@@ -116,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     stage_cmd.set_defaults(command=stage)
     init_cmd = commands.add_parser(
         "init", help="make this directory a git + DVC project (what `make run` does first)",
-        description="git init, dvc init and a first commit, each only where missing.",
+        description="git init, dvc init, params.yaml with every key and its `inputs:` section, and "
+                    "a first commit, each only where missing.",
     )
     init_cmd.set_defaults(command=init)
     up_cmd = commands.add_parser(
@@ -140,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="also time `shrinkflow run` cold and warm in a fresh copy of the "
                                 "project (two more full runs)")
     bench_cmd.set_defaults(command=bench)
-    for sub in (run_cmd, stage_cmd, up_cmd, serve_cmd, bench_cmd):
+    for sub in (run_cmd, stage_cmd, init_cmd, up_cmd, serve_cmd, bench_cmd):
         sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                          help="config file (default: params.yaml; built-in defaults if absent)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

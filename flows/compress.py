@@ -7,16 +7,18 @@ experiment, MLflow tracks one parent run with a nested run per stage and holds t
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows.publish import Progress, publish_results
+from flows.publish import Announcer, Progress, publish_results
 from flows.registry import register_and_gate
+from flows.report import input_changes
+from flows.retry import RETRY_POLICY
 from flows.stages import STAGES, check_inputs, stage_call
 from flows.tracking import (
+    log_inputs,
     log_outputs,
     log_stage,
     mlflow_run_url,
@@ -25,26 +27,32 @@ from flows.tracking import (
     tag_versions,
 )
 from flows.versioning import (
+    forget_stage,
     is_up_to_date,
     open_repo,
     push_if_configured,
     record_stage,
+    recorded_inputs,
     save_experiment,
     workspace_lock,
     write_params_file,
 )
 from tasks.artifacts import Workspace
 from tasks.config import Params
+from tasks.errors import InputChanged
 from tasks.evaluate import headline
+from tasks.gate import Decision
+from tasks.inputs import read_steadily, stage_inputs
 
 
 @flow(name="compress", log_prints=True)
 def compress(params: Params = Params(), workdir: str = ".") -> dict:
     """Compress the configured teacher into an INT8 TFLite model and gate it into the registry.
 
-    Inputs are checked first (no training, nothing written). Stages whose inputs, code and params
-    are unchanged since DVC last recorded them are skipped. Returns the metrics, what each stage
-    did, the gate decision, and the names under which DVC and MLflow recorded the run.
+    Inputs are checked first (no training, nothing written). Stages whose inputs (the user's files
+    by content), code and params are unchanged since DVC last recorded them are skipped. Returns
+    the metrics, what each stage did, what changed in the inputs, the gate decision, and the names
+    under which DVC and MLflow recorded the run. A failure, and a new champion, emit Prefect events.
 
     Args:
         params: The pipeline configuration, as in params.yaml: one section per stage.
@@ -53,35 +61,38 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     logger = get_run_logger()
     logger.info("params: %s", params)
     root = Path(workdir)
-    check_inputs(params)
-    open_repo(root).close()
     name = flow_run.get_name() or "shrinkflow"
+    announcer = Announcer(name, str(flow_run.get_id() or ""))
     tags = {
-        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "prefect.flow_run_id": announcer.flow_run_id,
         "prefect.flow_run_url": flow_run.ui_url or "",
         "pipeline": "compress",
     }
-    with workspace_lock(root, on_wait=logger.warning):
-        write_params_file(root, params)
-        with pipeline_run(params, name, tags) as run:
+    with announcer.failures():
+        open_repo(root).close()
+        with workspace_lock(root, on_wait=logger.warning), pipeline_run(params, name, tags) as run:
+            announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
+                                                  run.info.run_id)
+            check_inputs(params)
+            before = recorded_inputs(root, params)
+            write_params_file(root, params)
             progress = Progress(STAGES)
             stages = {}
             for stage in STAGES:
                 with progress.stage(stage):
-                    stages[stage] = _run_or_skip(stage, params, root, logger)
-            ws = Workspace(root)
-            metrics = json.loads(ws.metrics.read_text())
-            save_experiment(root, name)
-            tag_versions(root, name, push_if_configured(root))
-            log_outputs(ws, headline(metrics))
-            version, decision = register_and_gate(params.gate, ws.model, metrics)
-            logger.info("gate: version %s %s: %s", version,
-                        "promoted to champion" if decision.promote else "not promoted", decision.reason)
-        url = mlflow_run_url(params.tracking, run.info.experiment_id, run.info.run_id)
-        publish_results(metrics, decision, version, params.gate.registered_model, url)
+                    stages[stage] = run_or_skip(stage, params, root)
+            after = recorded_inputs(root, params)
+            changes = input_changes(before, after)
+            log_inputs(after, changes)
+            metrics, version, decision = record_run(params, root, name)
+        publish_results(metrics, decision, version, params.gate.registered_model,
+                        announcer.mlflow_url)
+    if decision.promote:
+        announcer.promoted(params.gate.registered_model, version, decision.reason)
     return {
         "metrics": metrics,
         "stages": stages,
+        "inputs_changed": changes,
         "experiment": name,
         "mlflow_run_id": run.info.run_id,
         "model_version": version,
@@ -90,14 +101,41 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     }
 
 
-def _run_or_skip(stage: str, params: Params, root: Path, logger: logging.Logger) -> str:
-    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date."""
+@task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
+def run_or_skip(stage: str, params: Params, root: Path) -> str:
+    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date.
+
+    The user files the stage reads must not change from before it reads them until DVC has
+    hashed them: otherwise dvc.lock would vouch for outputs made from other content. Such a
+    change forgets the stage in dvc.lock and raises `InputChanged`, which Prefect retries.
+    """
     with stage_run(stage):
         if is_up_to_date(root, stage):
-            logger.info("%s: up to date, skipped", stage)
+            get_run_logger().info("%s: up to date, skipped", stage)
             log_stage({}, skipped=True)
             return "skipped"
-        task, kwargs = stage_call(stage, params, Workspace(root))
-        log_stage(task(**kwargs))
-        record_stage(root, stage)
+        stage_task, kwargs = stage_call(stage, params, Workspace(root))
+        try:
+            with read_steadily(stage_inputs(params).get(stage, {})):
+                log_stage(stage_task(**kwargs))
+                record_stage(root, stage)
+        except InputChanged:
+            forget_stage(root, stage)
+            raise
         return "ran"
+
+
+@task(name="record", **RETRY_POLICY)
+def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decision]:
+    """The run as a DVC experiment (pushed if a remote is set), its outputs in MLflow, the model
+    registered and gated."""
+    ws = Workspace(root)
+    metrics = json.loads(ws.metrics.read_text())
+    save_experiment(root, name)
+    tag_versions(root, name, push_if_configured(root))
+    log_outputs(ws, headline(metrics))
+    version, decision = register_and_gate(params.gate, ws.model, metrics)
+    get_run_logger().info("gate: version %s %s: %s", version,
+                          "promoted to champion" if decision.promote else "not promoted",
+                          decision.reason)
+    return metrics, version, decision

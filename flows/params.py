@@ -1,7 +1,8 @@
 """`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key.
 
 The file's `stack:` section configures `shrinkflow up` (servers, schedule); it is not a run
-parameter, so it is read separately into a `StackConfig`.
+parameter, so it is read separately into a `StackConfig`. Its `inputs:` section is derived from the
+run parameters for DVC (flows/versioning.py) and is not read back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tasks.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
 STACK = "stack"
+INPUTS = "inputs"
 SECTIONS = {
     name for name, field in Params.model_fields.items() if issubclass(field.annotation, BaseModel)
 }
@@ -27,6 +29,7 @@ def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> P
     """Read `path` (optional when it is the default), apply overrides, validate once."""
     raw = _read_with_overrides(path, overrides)
     raw.pop(STACK, None)
+    raw.pop(INPUTS, None)
     return validate_params(raw)
 
 

@@ -1,10 +1,13 @@
-"""What a run shows in the Prefect UI: a progress bar, a report, a candidates table, MLflow links."""
+"""What a run shows in the Prefect UI (a progress bar, a report, a candidates table, MLflow links)
+and the events that tell people about it (infra/automations.yaml turns them into notifications)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
+from prefect.events import emit_event
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -62,3 +65,39 @@ def publish_results(metrics: dict, decision: Decision, version: str, model_name:
     )
     if mlflow_url:
         create_link_artifact(key="mlflow-run", link=mlflow_url, link_text="MLflow run")
+
+
+RUN_FAILED = "shrinkflow.run.failed"
+CHAMPION_PROMOTED = "shrinkflow.champion.promoted"
+
+
+@dataclass
+class Announcer:
+    """Emits a run's Prefect events, each naming the run, the reason and the MLflow run's link."""
+
+    run_name: str
+    flow_run_id: str
+    mlflow_url: str | None = None  # known once the MLflow run exists
+
+    @contextmanager
+    def failures(self) -> Iterator[None]:
+        """Emit `shrinkflow.run.failed` for any error raised in the block, then re-raise it."""
+        try:
+            yield
+        except Exception as exc:
+            self._emit(RUN_FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def promoted(self, model_name: str, version: str, reason: str) -> None:
+        self._emit(CHAMPION_PROMOTED, f"{model_name} version {version} is the new champion: {reason}")
+
+    def _emit(self, event: str, reason: str) -> None:
+        emit_event(
+            event=event,
+            resource={"prefect.resource.id": f"shrinkflow.run.{self.flow_run_id}",
+                      "prefect.resource.name": self.run_name},
+            related=[{"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
+                      "prefect.resource.role": "flow-run"}] if self.flow_run_id else None,
+            payload={"run_name": self.run_name, "reason": reason,
+                     "mlflow_url": self.mlflow_url or "none (the run failed before its MLflow run)"},
+        )

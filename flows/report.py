@@ -1,6 +1,11 @@
-"""The summary printed at the end of a run: what ran, where it is recorded, teacher vs final."""
+"""The summary printed at the end of a run: what ran, what changed, where it is recorded, teacher
+vs final."""
 
 from __future__ import annotations
+
+from flows.versioning import Fingerprint
+
+DIGEST_SHOWN = 8  # hex digits of an md5 in messages
 
 
 def run_summary(report: dict) -> str:
@@ -11,12 +16,31 @@ def run_summary(report: dict) -> str:
         done = ", ".join(f"{stage} {status}" for stage, status in stages.items())
     return "\n".join([
         f"stages: {done}",
+        *report["inputs_changed"],
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
         f"registered as version {report['model_version']}: "
         f"{'promoted to champion' if report['promoted'] else 'not promoted'} ({report['gate']})",
         "",
         summary_table(report["metrics"]),
     ])
+
+
+def input_changes(before: dict[str, Fingerprint], after: dict[str, Fingerprint]) -> list[str]:
+    """One line per input whose file or content differs from the last run's record, e.g.
+    `model.source changed: md5 f914ab12… → 2f11cd34…`. A first run has nothing to compare."""
+    lines = []
+    for key, new in after.items():
+        old = before.get(key)
+        if old is None or old == new:
+            continue
+        digests = f"md5 {_short(old.md5)} → {_short(new.md5)}"
+        where = "" if old.path == new.path else f"{old.path} → {new.path}, "
+        lines.append(f"{key} changed: {where}{digests}")
+    return lines
+
+
+def _short(md5: str) -> str:
+    return f"{md5[:DIGEST_SHOWN]}…{'.dir' if md5.endswith('.dir') else ''}"
 
 
 def summary_table(metrics: dict) -> str:

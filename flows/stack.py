@@ -97,7 +97,8 @@ def down(root: Path) -> int:
 
 
 def serve(params: Params, stack: StackConfig) -> None:
-    """Serve `compress/nightly` on its cron; the project's params are the form's defaults.
+    """Apply the notification automations, then serve `compress/nightly` on its cron; the
+    project's params are the form's defaults.
 
     The schedule is not paused on shutdown, so it survives a restart of the stack. At most one
     compression runs at a time: further runs wait in Prefect's queue.
@@ -106,6 +107,9 @@ def serve(params: Params, stack: StackConfig) -> None:
     from prefect.schedules import Cron
 
     from flows.compress import compress
+    from flows.notifications import apply_notifications
+
+    print(apply_notifications(Path.cwd()), flush=True)
 
     deployment = compress.to_deployment(
         name="nightly",

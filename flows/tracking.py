@@ -12,7 +12,7 @@ import mlflow
 from mlflow.entities import Run
 
 from flows.params import dump_params, flatten
-from flows.versioning import git_commit, output_md5s
+from flows.versioning import Fingerprint, git_commit, output_md5s
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 
@@ -81,6 +81,14 @@ def tag_versions(root: Path, experiment: str, remote: str | None) -> None:
         "dvc.remote": remote or "",
         **{f"dvc.md5.{path}": md5 for path, md5 in output_md5s(root).items()},
     })
+
+
+def log_inputs(inputs: dict[str, Fingerprint], changes: list[str]) -> None:
+    """Each user input's path and DVC digest as tags; what changed since the last run as the
+    run's description (the first thing the MLflow UI shows)."""
+    mlflow.set_tags({f"input.{key}.{field}": value for key, found in inputs.items()
+                     for field, value in (("path", found.path), ("md5", found.md5))})
+    mlflow.set_tag("mlflow.note.content", "\n".join(changes) or "inputs unchanged since the last run")
 
 
 def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:

@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +21,31 @@ from dvc.repo import Repo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from flows.params import flatten
+from flows.params import INPUTS, flatten
 from tasks.artifacts import atomic_path
 from tasks.config import Params
 from tasks.errors import InputError
+from tasks.inputs import stage_inputs
 
 LOCK_FILE = Path(".shrinkflow") / "run.lock"
 PARAMS_FILE = "params.yaml"
+DVC_LOCK = "dvc.lock"
+INPUTS_COMMENT = """\
+Written by shrinkflow from the keys above; do not edit. dvc.yaml lists these paths as deps,
+so DVC tracks the files (and folders) by content. A built-in source names its stage's code."""
 # Written by DVC or by a run, and part of what an experiment records.
 EXPERIMENT_FILES = [
-    "dvc.lock", PARAMS_FILE, "metrics/metrics.json", "metrics/sparsity.json",
+    DVC_LOCK, PARAMS_FILE, "metrics/metrics.json", "metrics/sparsity.json",
     "artifacts/.gitignore", "plots/.gitignore",
 ]  # named one by one: `shrinkflow bench` also writes under metrics/, and that is no run's record
 # Set by `shrinkflow init` where git has no identity at all (CI machines, containers).
 LOCAL_IDENTITY = {"user.name": "shrinkflow", "user.email": "shrinkflow@localhost"}
 
 
-def init_workspace(root: Path) -> list[str]:
-    """Make `root` a git repository with an identity, a commit and an initialised DVC project,
-    doing only what is missing; report the steps."""
+def init_workspace(root: Path, params: Params) -> list[str]:
+    """Make `root` a git repository with an identity, a commit, an initialised DVC project and a
+    params.yaml that holds `params` (with its `inputs:`), doing only what is missing; report the
+    steps."""
     done = []
     if not (root / ".git").exists():
         _git(root, "init", "-q")
@@ -51,6 +58,8 @@ def init_workspace(root: Path) -> list[str]:
         with Repo.init(str(root)) as repo, repo.config.edit() as config:
             config["core"]["analytics"] = False  # no network here
         done.append("dvc init")
+    if write_params_file(root, params):
+        done.append(f"{PARAMS_FILE} completed")
     if subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD"], cwd=root,
                       capture_output=True).returncode != 0:
         _git(root, "add", "-A")
@@ -108,7 +117,7 @@ def push_if_configured(root: Path) -> str | None:
 
 def output_md5s(root: Path) -> dict[str, str]:
     """The md5 DVC recorded for every stage output, by path."""
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lock = _lock(root)
     return {
         out["path"]: out["md5"]
         for stage in lock["stages"].values()
@@ -117,12 +126,75 @@ def output_md5s(root: Path) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What DVC recorded for one input: its path and content hash (md5, `.dir` for folders)."""
+
+    path: str
+    md5: str
+
+
+def inputs_section(params: Params) -> dict[str, dict[str, str]]:
+    """params.yaml's `inputs:`: every input key's file, for dvc.yaml's templated deps.
+
+    DVC cannot template a part of a string (`npz:PATH`) nor skip a dep, so each key gets a
+    path of its own; a built-in source (digits, train, no weights or student file) names its
+    stage's module, already a dep of that stage, which keeps the dep valid and changes nothing.
+    """
+    section: dict[str, dict[str, str]] = {}
+    for stage, files in stage_inputs(params).items():
+        for key, path in files.items():
+            group, name = key.split(".")
+            section.setdefault(group, {})[name] = str(path or Path("tasks") / f"{stage}.py")
+    return section
+
+
+def check_inputs_section(root: Path, params: Params) -> None:
+    """Refuse to run a stage (`dvc repro`) when params.yaml's `inputs:` no longer matches the keys
+    it is derived from: DVC would track the wrong files."""
+    raw = yaml.safe_load((root / PARAMS_FILE).read_text()) if (root / PARAMS_FILE).exists() else {}
+    stale = [
+        key for key, path in flatten(inputs_section(params)).items()
+        if flatten((raw or {}).get(INPUTS) or {}).get(key) != path
+    ]
+    if stale:
+        raise InputError(
+            f"{PARAMS_FILE}: inputs.{', inputs.'.join(stale)} out of step with "
+            f"{', '.join(stale)} (edited by hand or by `dvc exp run -S`?); run `shrinkflow init` "
+            "to bring the inputs section in step, then repeat the command"
+        )
+
+
+def recorded_inputs(root: Path, params: Params) -> dict[str, Fingerprint]:
+    """The fingerprint dvc.lock holds for each user input file, by config key (built-ins left out).
+
+    Read from DVC's own record, so a large input is hashed once per run, by DVC.
+    """
+    lock = _lock(root).get("stages", {}) if (root / DVC_LOCK).exists() else {}
+    found = {}
+    for stage, files in stage_inputs(params).items():
+        deps = {dep["path"]: dep for dep in lock.get(stage, {}).get("deps", [])}
+        for key, path in files.items():
+            dep = deps.get(str(path)) if path else None
+            if dep and "md5" in dep:
+                found[key] = Fingerprint(dep["path"], dep["md5"])
+    return found
+
+
+def forget_stage(root: Path, stage: str) -> None:
+    """Drop `stage` from dvc.lock, so DVC runs it again: what it recorded cannot be trusted."""
+    lock = _lock(root)
+    lock.get("stages", {}).pop(stage, None)
+    with atomic_path(root / DVC_LOCK) as tmp:
+        tmp.write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
 def git_commit(root: Path) -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                           text=True, check=True).stdout.strip()
 
 
-def write_params_file(root: Path, params: Params) -> None:
+def write_params_file(root: Path, params: Params) -> bool:
     """Make params.yaml hold exactly `params`: DVC reads the params a stage ran with from there.
 
     As with `dvc exp run --set-param`, overrides are written into the file (comments kept, keys
@@ -130,10 +202,13 @@ def write_params_file(root: Path, params: Params) -> None:
     """
     path = root / PARAMS_FILE
     round_trip = YAML()
+    round_trip.preserve_quotes = True
     document = round_trip.load(path) if path.exists() else None
     document = document if isinstance(document, dict) else CommentedMap()
-    changed = False
-    for key, value in flatten(params.model_dump(mode="json")).items():
+    new_section = INPUTS not in document
+    changed = new_section
+    wanted = flatten(params.model_dump(mode="json") | {INPUTS: inputs_section(params)})
+    for key, value in wanted.items():
         *sections, leaf = key.split(".")
         node = document
         for section in sections:
@@ -143,9 +218,12 @@ def write_params_file(root: Path, params: Params) -> None:
         if leaf not in node or _plain(node[leaf]) != value:
             node[leaf] = value
             changed = True
+    if new_section:
+        document.yaml_set_comment_before_after_key(INPUTS, before=INPUTS_COMMENT)
     if changed:
         with atomic_path(path) as tmp, open(tmp, "w") as f:
             round_trip.dump(document, f)
+    return changed
 
 
 @contextmanager
@@ -182,6 +260,10 @@ def _repo(root: Path) -> Iterator[Repo]:
             yield repo
     finally:
         os.chdir(previous)
+
+
+def _lock(root: Path) -> dict[str, Any]:
+    return yaml.safe_load((root / DVC_LOCK).read_text()) or {}
 
 
 def _plain(value: Any) -> Any:

@@ -17,6 +17,7 @@ from tasks.artifacts import Workspace, copy_file
 from tasks.config import DistillConfig, SparsifyConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
+from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
     fit,
     outputs_probabilities,
@@ -157,7 +158,8 @@ def run_distill(seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws:
     seed_everything(seed)
     teacher = read_model(ws.teacher)
     if cfg.student:
-        student = read_model(cfg.student, "distill.student")
+        with read_steadily(distill_inputs(cfg)):
+            student = read_model(cfg.student, "distill.student")
     elif cfg.width == 1.0:
         student = read_model(ws.sparse)
     else:

@@ -6,3 +6,7 @@ class InputError(ValueError):
 
     Raised before any expensive work; the CLI prints the message without a traceback and exits 2.
     """
+
+
+class InputChanged(RuntimeError):
+    """An input file changed while a stage read it (a writer still at work): worth a retry."""

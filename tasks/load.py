@@ -12,6 +12,7 @@ from tasks.artifacts import Workspace
 from tasks.config import DataConfig, ModelConfig
 from tasks.data import Dataset, load_data
 from tasks.errors import InputError
+from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
 from tasks.models import (
     build_cnn,
     check_compatible,
@@ -21,8 +22,6 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
-
-APPLICATIONS_PREFIX = "keras.applications."
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,8 @@ def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
 def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
     """Stage: write the split data set and the trained teacher."""
     seed_everything(seed)
-    inputs = open_inputs(data_cfg, model_cfg, seed)
+    with read_steadily(load_inputs(data_cfg, model_cfg)):
+        inputs = open_inputs(data_cfg, model_cfg, seed)
     teacher = inputs.teacher
     if inputs.needs_training:
         teacher = train_teacher(teacher, inputs.data, model_cfg)

@@ -91,9 +91,10 @@ def make_project(root: Path, data: Path, *overrides: str) -> Params:
 
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copy(REPO / ".gitignore", root)
-    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("tasks", "infra"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = write_tiny_params(root, data, *overrides)
-    init_workspace(root)
+    init_workspace(root, params)
     return params
 
 
