@@ -170,21 +170,24 @@ def recorded_inputs(root: Path, params: Params) -> dict[str, Fingerprint]:
 
     Read from DVC's own record, so a large input is hashed once per run, by DVC.
     """
-    lock = _lock(root).get("stages", {}) if (root / DVC_LOCK).exists() else {}
+    lock = _lock(root).get("stages", {})
     found = {}
     for stage, files in stage_inputs(params).items():
-        deps = {dep["path"]: dep for dep in lock.get(stage, {}).get("deps", [])}
+        # DVC writes a dep inside the project relative to it, whatever the path given
+        deps = {(root / dep["path"]).resolve(): dep for dep in lock.get(stage, {}).get("deps", [])}
         for key, path in files.items():
-            dep = deps.get(str(path)) if path else None
+            dep = deps.get((root / path).resolve()) if path else None
             if dep and "md5" in dep:
-                found[key] = Fingerprint(dep["path"], dep["md5"])
+                found[key] = Fingerprint(str(path), dep["md5"])
     return found
 
 
 def forget_stage(root: Path, stage: str) -> None:
     """Drop `stage` from dvc.lock, so DVC runs it again: what it recorded cannot be trusted."""
     lock = _lock(root)
-    lock.get("stages", {}).pop(stage, None)
+    if stage not in lock.get("stages", {}):
+        return
+    del lock["stages"][stage]
     with atomic_path(root / DVC_LOCK) as tmp:
         tmp.write_text(yaml.safe_dump(lock, sort_keys=False))
 
@@ -263,7 +266,8 @@ def _repo(root: Path) -> Iterator[Repo]:
 
 
 def _lock(root: Path) -> dict[str, Any]:
-    return yaml.safe_load((root / DVC_LOCK).read_text()) or {}
+    path = root / DVC_LOCK
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def _plain(value: Any) -> Any:

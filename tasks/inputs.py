@@ -71,7 +71,7 @@ def wait_until_settled(files: dict[str, Path], quiet: float = QUIET_SECONDS,
         waited = time.time() - newest
         if waited >= quiet:
             return state
-        if time.monotonic() > deadline:
+        if time.monotonic() + quiet - waited > deadline:
             raise InputChanged(f"{', '.join(files)}: still being modified after {timeout:.0f} s; "
                                "run again once the writer has finished")
         time.sleep(quiet - waited)
