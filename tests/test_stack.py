@@ -1,8 +1,10 @@
 """The local stack for real: `shrinkflow up` on free ports, a run triggered through the Prefect API as
-the UI's Run button does, checked through the MLflow REST API, the registry gate, and a browser."""
+the UI's Run button does, checked through the MLflow REST API, the registry gate, a browser, new
+data picked up by the deployment, and the notifications a real local webhook receives."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -12,15 +14,19 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 
+from conftest import make_project
 from flows.stages import STAGES
 from tasks.data import Dataset
 from tasks.tflite import TFLiteClassifier
+from test_input_changes import digits_npz
 
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
@@ -54,38 +60,82 @@ def mlflow_api(stack: Stack, endpoint: str, body: dict | None = None, **query: s
     return get_json(f"{url}?{urllib.parse.urlencode(query)}" if query else url, body)
 
 
+class Webhook(ThreadingHTTPServer):
+    """A real HTTP receiver on loopback: keeps the JSON body of every POST."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        received = self.messages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    def about(self, run_name: str, timeout: float = 180) -> list[dict]:
+        """The messages naming `run_name`, once at least one has arrived."""
+        deadline = time.monotonic() + timeout
+        while not (found := [m for m in self.messages if run_name in m["text"]]):
+            assert time.monotonic() < deadline, f"no message about {run_name}: {self.messages}"
+            time.sleep(1)
+        time.sleep(3)  # a duplicate would arrive about as fast
+        return [m for m in self.messages if run_name in m["text"]]
+
+
 @pytest.fixture(scope="module")
-def stack(module_project: Path) -> Stack:
+def webhook() -> Webhook:
+    server = Webhook()
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def nightly_project(tmp_path_factory) -> Path:
+    """A project whose data file the nightly job refreshes in place."""
+    root = tmp_path_factory.mktemp("project")
+    make_project(root, digits_npz(root / "nightly.npz", start=0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(nightly_project: Path, webhook: Webhook) -> Stack:
     prefect_port, mlflow_port = free_port(), free_port()
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    log = open(module_project / "up.log", "w")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                        "SHRINKFLOW_NOTIFY_URL": webhook.url}
+    log = open(nightly_project / "up.log", "w")
     process = subprocess.Popen(
         [SHRINKFLOW, "up", "--set", f"stack.prefect_port={prefect_port}",
          "--set", f"stack.mlflow_port={mlflow_port}"],
-        cwd=module_project, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=nightly_project, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     prefect = f"http://127.0.0.1:{prefect_port}"
     deadline = time.monotonic() + 400
     deployments: list = []
     while not deployments:
-        assert process.poll() is None, (module_project / "up.log").read_text()
-        assert time.monotonic() < deadline, (module_project / "up.log").read_text()
+        assert process.poll() is None, (nightly_project / "up.log").read_text()
+        assert time.monotonic() < deadline, (nightly_project / "up.log").read_text()
         time.sleep(2)
         try:
             deployments = get_json(f"{prefect}/api/deployments/filter", {})
         except OSError:
             pass
-    yield Stack(module_project, prefect, f"http://127.0.0.1:{mlflow_port}", deployments[0]["id"])
-    subprocess.run([SHRINKFLOW, "down"], cwd=module_project, env=env, check=True, timeout=120)
+    yield Stack(nightly_project, prefect, f"http://127.0.0.1:{mlflow_port}", deployments[0]["id"])
+    subprocess.run([SHRINKFLOW, "down"], cwd=nightly_project, env=env, check=True, timeout=120)
     assert process.wait(timeout=60) == 0
     log.close()
 
 
-def trigger(stack: Stack, temperature: float) -> str:
-    """What the UI's custom Run does: the form's parameters, one edited, sent to the deployment."""
+def trigger(stack: Stack, temperature: float = 3.0, data_source: str | None = None) -> str:
+    """What the UI's custom Run does: the form's parameters, some edited, sent to the deployment."""
     deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
     params = deployment["parameters"]["params"]
     params["distill"]["temperature"] = temperature
+    params["data"]["source"] = data_source or params["data"]["source"]
     with get_client(sync_client=True, httpx_settings={"base_url": f"{stack.prefect}/api"}) as client:
         run = client.create_flow_run_from_deployment(stack.deployment_id, parameters={"params": params})
     return str(run.id)
@@ -168,6 +218,41 @@ def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(sta
                    env=os.environ | {"MLFLOW_TRACKING_URI": stack.mlflow}, check=True, timeout=300)
     expected = TFLiteClassifier((stack.root / "artifacts" / "model.tflite").read_bytes()).predict(data.x_test)
     np.testing.assert_array_equal(np.load(stack.root / "served.npy"), expected)
+
+
+def test_a_new_champion_and_a_failed_run_each_send_one_message(stack, first_run, webhook):
+    (promoted,) = webhook.about(first_run["name"])
+    assert "promoted a new champion" in promoted["subject"]
+    assert f"{MODEL} version 1 is the new champion: first model" in promoted["text"]
+    assert f"MLflow run: {stack.mlflow}/#/experiments/" in promoted["text"]
+
+    failed_run = wait_for(stack, trigger(stack, data_source="npz:/nowhere/nightly.npz"))
+    assert failed_run["state"]["type"] == "FAILED"
+    (failed,) = webhook.about(failed_run["name"])
+    assert f"shrinkflow run {failed_run['name']} failed" == failed["subject"]
+    assert "InputError: data.source: /nowhere/nightly.npz does not exist" in failed["text"]
+    mlflow_run = mlflow_parent_run(stack, failed_run["id"])
+    assert mlflow_run["info"]["status"] == "FAILED"
+    assert f"/runs/{mlflow_run['info']['run_id']}" in failed["text"]
+
+
+def test_data_replaced_in_place_is_picked_up_by_the_next_deployment_run(stack, first_run):
+    data = stack.root / "nightly.npz"
+    old = hashlib.md5(data.read_bytes()).hexdigest()
+    digits_npz(data, start=400)  # the job that feeds the nightly run wrote new data
+    new = hashlib.md5(data.read_bytes()).hexdigest()
+    run = wait_for(stack, trigger(stack))
+    assert run["state"]["type"] == "COMPLETED"
+    parent = mlflow_parent_run(stack, run["id"])
+    tags = as_dict(parent["data"]["tags"])
+    assert tags["mlflow.note.content"] == f"data.source changed: md5 {old[:8]}… → {new[:8]}…"
+    assert tags["input.data.source.md5"] == new
+    children = mlflow_api(stack, "runs/search", {
+        "experiment_ids": [parent["info"]["experiment_id"]],
+        "filter": f"tags.mlflow.parentRunId = '{parent['info']['run_id']}'",
+    })["runs"]
+    assert {c["info"]["run_name"]: as_dict(c["data"]["tags"])["skipped"] for c in children} == \
+        dict.fromkeys(STAGES, "false")
 
 
 def test_an_invalid_parameter_is_refused_by_the_server(stack):
