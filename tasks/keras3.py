@@ -49,7 +49,9 @@ def read_keras3(source: ModelSource, who: str, trust_code: bool) -> tf_keras.Mod
 
     original = keras.saving.load_model(source.path, compile=False, safe_mode=not trust_code)
     config = original.get_config()
-    layers = {entry["config"]["name"]: _layer(entry, original, source, who) for entry in config["layers"]}
+    layers = {
+        entry["config"]["name"]: _layer(entry, original, source, who) for entry in config["layers"]
+    }
     model = _wire(config, layers)
     for layer in original.layers:
         try:
@@ -68,7 +70,9 @@ def _refusal(source: ModelSource, who: str, name: str, class_name: str, problem:
     )
 
 
-def _layer(entry: dict[str, Any], original: Any, source: ModelSource, who: str) -> tf_keras.layers.Layer:
+def _layer(
+    entry: dict[str, Any], original: Any, source: ModelSource, who: str
+) -> tf_keras.layers.Layer:
     """The tf_keras layer of the same class, built from the Keras 3 layer's stored config."""
     class_name, name = entry["class_name"], entry["config"]["name"]
     cls = getattr(tf_keras.layers, class_name, None)
@@ -116,18 +120,18 @@ def _wire(config: Graph, layers: dict[str, tf_keras.layers.Layer]) -> tf_keras.M
     if "input_layers" not in config:
         return tf_keras.Sequential(list(layers.values()), name=config["name"])
     nodes = {entry["config"]["name"]: entry["inbound_nodes"] for entry in config["layers"]}
-    outputs: dict[tuple[str, int], Any] = {}
+    results: dict[tuple[str, int], Any] = {}  # (layer, node index) -> what that call returned
 
     def tensor(name: str, index: int, tensor_index: int) -> Any:
-        if (name, index) not in outputs:
+        if (name, index) not in results:
             layer = layers[name]
             if isinstance(layer, tf_keras.layers.InputLayer):
-                outputs[name, index] = layer.output
+                results[name, index] = layer.output
             else:
                 node = nodes[name][index]
                 kwargs = {k: v for k, v in node["kwargs"].items() if k != "training" and v is not None}
-                outputs[name, index] = layer(*resolve(node["args"]), **resolve(kwargs))
-        result = outputs[name, index]
+                results[name, index] = layer(*resolve(node["args"]), **resolve(kwargs))
+        result = results[name, index]
         return result[tensor_index] if isinstance(result, (list, tuple)) else result
 
     def resolve(value: Any) -> Any:
@@ -143,18 +147,20 @@ def _wire(config: Graph, layers: dict[str, tf_keras.layers.Layer]) -> tf_keras.M
         found = [tensor(*ref) for ref in ([spec] if isinstance(spec[0], str) else spec)]
         return found[0] if len(found) == 1 else found
 
-    return tf_keras.Model(ends(config["input_layers"]), ends(config["output_layers"]), name=config["name"])
+    inputs, outputs = ends(config["input_layers"]), ends(config["output_layers"])
+    return tf_keras.Model(inputs, outputs, name=config["name"])
 
 
 def _check_agreement(original: Any, model: tf_keras.Model, source: ModelSource, who: str) -> None:
     """Both models must give the same outputs (within TOLERANCE) on a fixed random batch."""
     rng = np.random.default_rng(0)
-    batch = [
-        rng.random((CHECK_SAMPLES, *(dim or FREE_DIM for dim in x.shape[1:]))).astype(x.dtype.as_numpy_dtype)
-        for x in model.inputs
-    ]
+    batch = []
+    for spec in model.inputs:
+        shape = (CHECK_SAMPLES, *(dim or FREE_DIM for dim in spec.shape[1:]))
+        batch.append(rng.random(shape).astype(spec.dtype.as_numpy_dtype))
     x = batch[0] if len(batch) == 1 else batch
-    pairs = zip(tf.nest.flatten(original(x, training=False)), tf.nest.flatten(model(x, training=False)))
+    expected, actual = original(x, training=False), model(x, training=False)
+    pairs = zip(tf.nest.flatten(expected), tf.nest.flatten(actual))
     difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
     if not difference <= TOLERANCE:  # also catches NaN
         raise InputError(

@@ -50,7 +50,7 @@ class StoredModel:
 
 
 def model_source(path: str | Path) -> ModelSource:
-    """What `path` holds and which Keras wrote it; raises ValueError/OSError on unreadable files."""
+    """What `path` holds and which Keras wrote it (for a file `read_model` has accepted)."""
     return stored_model(Path(path)).source
 
 
@@ -114,13 +114,19 @@ def _code_objects(value: Any) -> Iterator[str]:
         for item in value:
             yield from _code_objects(item)
     elif isinstance(value, dict):
-        # Lambdas as bytecode: {"class_name": "__lambda__", ...}, or {"value": [code, defaults, closure]}
-        if value.get("class_name") == "__lambda__" or (value.keys() == {"value"} and isinstance(value["value"], list)):
+        if _is_lambda(value):
             yield "a Python lambda"
         elif "class_name" in value and _is_custom(value):
             yield f"a custom object ({value['class_name']})"
         for item in value.values():
             yield from _code_objects(item)
+
+
+def _is_lambda(obj: dict[str, Any]) -> bool:
+    """A function stored as bytecode: Keras 3's `__lambda__` object, or the older
+    `{"value": [code, defaults, closure]}` that tf_keras (and Keras 3) write for a lambda activation."""
+    legacy = obj.keys() == {"value"} and isinstance(obj["value"], list)
+    return legacy or obj.get("class_name") == "__lambda__"
 
 
 def _is_custom(obj: dict[str, Any]) -> bool:
@@ -133,7 +139,8 @@ def _is_custom(obj: dict[str, Any]) -> bool:
 
 def _is_built_in_layer(class_name: Any) -> bool:
     """For legacy HDF5 configs, which name no module: a layer class tf_keras itself provides."""
-    return class_name in BUILT_IN_CLASSES or isinstance(getattr(keras.layers, str(class_name), None), type)
+    layer_class = getattr(keras.layers, str(class_name), None)
+    return class_name in BUILT_IN_CLASSES or isinstance(layer_class, type)
 
 
 def _layers(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -156,7 +163,7 @@ def _savedmodel_config(path: Path) -> dict[str, Any]:
     """
     metadata_file = path / "keras_metadata.pb"
     if not metadata_file.is_file():
-        raise ValueError("the directory has no keras_metadata.pb (not a SavedModel written by Keras)")
+        raise ValueError("the directory has no keras_metadata.pb (no SavedModel written by Keras)")
     metadata = saved_metadata_pb2.SavedMetadata.FromString(metadata_file.read_bytes())
     root = next(node for node in metadata.nodes if node.node_path == "root")
     return json.loads(root.metadata)

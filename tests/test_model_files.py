@@ -107,6 +107,13 @@ def test_keras3_residual_model_keeps_its_graph(keras3):
     assert len(add.input) == 2  # the skip connection is wired, not dropped
 
 
+def test_keras3_model_that_converts_to_other_outputs_is_refused(keras3, monkeypatch):
+    monkeypatch.setattr(keras.layers.Dense, "set_weights", lambda self, weights: None)
+    with pytest.raises(InputError, match=r"model.source: .*residual.keras \(Keras 3\.[0-9.]+\) rebuilt "
+                                         r"in tf_keras gives other outputs .*max abs difference"):
+        read_model(keras3 / "residual.keras", "model.source")
+
+
 def test_keras3_layer_without_a_tf_keras_twin_is_refused_by_name(keras3):
     with pytest.raises(InputError, match=r"layer 'rms' \(RMSNormalization\) has no tf_keras "
                                          r"equivalent; re-save the model with tf_keras, or drop layer 'rms'"):
