@@ -101,7 +101,7 @@ def _code_in_layer(layer: dict[str, Any]) -> str | None:
     name = repr(layer.get("name") or layer.get("config", {}).get("name", "?"))
     if class_name == "Lambda":
         return f"a Lambda layer {name}"
-    if _is_custom(layer) or ("module" not in layer and not _is_built_in_layer(class_name)):
+    if _is_custom(layer) or (layer.get("module") is None and not _is_built_in_layer(class_name)):
         return f"a custom layer {name} ({class_name})"
     own_config = {k: v for k, v in layer.get("config", {}).items() if k not in NESTED_LAYER_KEYS}
     found = next(_code_objects(own_config), None)
@@ -138,7 +138,8 @@ def _is_custom(obj: dict[str, Any]) -> bool:
 
 
 def _is_built_in_layer(class_name: Any) -> bool:
-    """For legacy HDF5 configs, which name no module: a layer class tf_keras itself provides."""
+    """For configs that name no module (legacy HDF5; classes defined in a script's __main__): a
+    layer class tf_keras itself provides."""
     layer_class = getattr(keras.layers, str(class_name), None)
     return class_name in BUILT_IN_CLASSES or isinstance(layer_class, type)
 

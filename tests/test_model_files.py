@@ -140,6 +140,18 @@ def test_code_in_a_model_file_runs_only_when_trusted(lambda_file):
     assert model.output_shape == (None, 10)
 
 
+@pytest.mark.parametrize("module", ["__main__", "my_layers"])  # a training script's class: no module
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_custom_layer_is_refused_by_name_even_inside_a_nested_model(tmp_path, suffix, module):
+    twice = type("Twice", (keras.layers.Layer,), {"call": lambda self, x: 2 * x, "__module__": module})
+    inner = keras.Sequential([keras.Input((4,)), twice(name="twice")], name="inner")
+    path = tmp_path / f"custom{suffix}"
+    keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)]).save(path)
+    with pytest.raises(InputError, match=r"distill.student: .* has a custom layer 'twice' \(Twice\), "
+                                         r".*set model.trust_code: true"):
+        read_model(path, "distill.student")
+
+
 def test_keras3_teacher_goes_through_the_load_stage(keras3, tmp_path):
     ws = Workspace(tmp_path)
     run_load(0, DataConfig(), ModelConfig(source=str(keras3 / "sequential.keras")), ws)
