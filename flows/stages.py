@@ -25,7 +25,11 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
     calls = {
         "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
         "sparsify": (sparsify_task, {"seed": p.seed, "cfg": p.sparsify}),
-        "distill": (distill_task, {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify}),
+        "distill": (
+            distill_task,
+            {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify,
+             "trust_code": p.model.trust_code},
+        ),
         "quantize": (quantize_task, {"seed": p.seed, "cfg": p.quantize}),
         "evaluate": (
             evaluate_task,
@@ -51,7 +55,8 @@ def check_inputs(params: Params) -> None:
         check_prunable(inputs.teacher, params.sparsify)
     if params.distill.enabled:
         if params.distill.student:
-            check_student(read_model(params.distill.student, "distill.student"), inputs.teacher)
+            student = read_model(params.distill.student, "distill.student", params.model.trust_code)
+            check_student(student, inputs.teacher)
         elif params.distill.width < 1.0:
             derive_student(inputs.teacher, params.distill.width)
     if params.quantize.enabled:

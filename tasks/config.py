@@ -67,13 +67,18 @@ class DataConfig(Section):
 class ModelConfig(Training):
     source: str = Field(
         "train",
-        description="`train` (built-in CNN trained on the data) | a `.keras`/`.h5` file or "
-        "SavedModel directory | `keras.applications.NAME`.",
+        description="`train` (built-in CNN trained on the data) | a `.keras`/`.h5` file (Keras 3 "
+        "files are rebuilt in tf_keras) or SavedModel directory | `keras.applications.NAME`.",
     )
     weights: str | None = Field(
         None, description="Local weights file for keras.applications; none = train it here."
     )
     epochs: PositiveInt = Field(15, description="Teacher training epochs (source: train).")
+    trust_code: bool = Field(
+        False,
+        description="Allow Lambda layers and custom objects in model files (model.source, "
+        "distill.student) to run their code when loaded (only for files you trust).",
+    )
 
 
 class SparsifyConfig(Training):

@@ -150,8 +150,13 @@ def _width_key(layer: keras.layers.Layer) -> str | None:
     return next((key for key in ("filters", "units") if isinstance(config.get(key), int)), None)
 
 
-def run_distill(seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged."""
+def run_distill(
+    seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws: Workspace, trust_code: bool = False
+) -> dict[str, float]:
+    """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged.
+
+    `trust_code` (model.trust_code) lets a distill.student file with Lambda layers or custom
+    objects load."""
     if not cfg.enabled:
         copy_file(ws.sparse, ws.student)
         return {}
@@ -159,7 +164,7 @@ def run_distill(seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws:
     teacher = read_model(ws.teacher)
     if cfg.student:
         with read_steadily(distill_inputs(cfg)):
-            student = read_model(cfg.student, "distill.student")
+            student = read_model(cfg.student, "distill.student", trust_code)
     elif cfg.width == 1.0:
         student = read_model(ws.sparse)
     else:

@@ -52,7 +52,7 @@ def _teacher(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
         return build_cnn(data.input_shape, data.num_classes), True
     if cfg.source.startswith(APPLICATIONS_PREFIX):
         return _application(cfg, data)
-    return read_model(cfg.source, "model.source"), False
+    return read_model(cfg.source, "model.source", cfg.trust_code), False
 
 
 def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:

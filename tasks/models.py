@@ -16,6 +16,8 @@ from tasks.artifacts import atomic_path
 from tasks.config import Training
 from tasks.data import Dataset
 from tasks.errors import InputError
+from tasks.keras3 import read_keras3
+from tasks.model_files import code_refused, refuse_code, stored_model
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -51,21 +53,37 @@ def build_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     return keras.Sequential([keras.Input(input_shape), *blocks], name="teacher_cnn")
 
 
-def read_model(path: str | Path, key: str | None = None) -> keras.Model:
-    """Load a .keras / .h5 file or SavedModel directory.
+def read_model(path: str | Path, key: str | None = None, trust_code: bool = False) -> keras.Model:
+    """Load a .keras / .h5 file or SavedModel directory as a tf_keras model.
 
-    `key` names the config entry the path came from; without one, the path is a stage input.
+    `key` names the config entry the path came from (a user's file); without one, the path is a
+    stage input the pipeline wrote itself from a model that already passed the checks below, and
+    it is loaded as it is. A user's file is checked before anything is deserialised: Lambda layers
+    and custom objects are refused unless `trust_code` (tf_keras runs an .h5 Lambda's code while
+    loading; `safe_mode` covers .keras files only). Keras 3 files are rebuilt in tf_keras (see
+    tasks/keras3.py); `model_source(path)` tells the flow which Keras wrote a file and whether it
+    was converted.
     """
     path = Path(path).expanduser()
+    who = key or "stage input"
     if not path.exists():
         fix = "give a .keras, .h5 or SavedModel path" if key else "run the stages before this one"
-        raise InputError(f"{key or 'stage input'}: {path} does not exist; {fix}")
+        raise InputError(f"{who}: {path} does not exist; {fix}")
     try:
-        return keras.models.load_model(path, compile=False)
+        stored = stored_model(path)
+        if key and not trust_code:
+            refuse_code(stored, key)
+        if stored.source.converted:
+            return read_keras3(stored.source, who, trust_code)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
+    except InputError:
+        raise
     except Exception as exc:  # h5py, zipfile, protobuf and deserialisation errors alike
+        if "safe_mode" in str(exc):  # Keras's own safe mode caught code the check above missed
+            raise code_refused(who, path, "a Python function that Keras's safe mode refuses") from exc
         raise InputError(
-            f"{key or 'stage input'}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
-            "Expected a .keras/.h5 file or SavedModel directory saved by tf_keras (Keras 2)"
+            f"{who}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
+            "Expected a .keras/.h5 file or SavedModel directory saved by Keras"
         ) from exc
 
 

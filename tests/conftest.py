@@ -50,6 +50,32 @@ def trained_cnn(tiny_cnn, digits: Dataset):
 
 
 @pytest.fixture(scope="session")
+def marker_lambda():
+    """`marker_lambda(marker)`: source of an identity lambda that creates `marker` when it runs
+    (constants only, so Keras stores it as bytecode with nothing to look up when it loads)."""
+    return lambda marker: f"lambda t: (open({str(marker)!r}, 'w').close(), t)[1]"
+
+
+@pytest.fixture
+def lambda_model(marker_lambda):
+    """Make a tf_keras model file (.h5 or .keras by the path's suffix) for (8, 8, 1) samples whose
+    Lambda layer `side_effect` creates `marker` whenever its code runs: `lambda_model(path, marker)`.
+    Building the model runs the code once; that marker is removed before returning."""
+    import tf_keras as keras
+
+    def make(path: Path, marker: Path) -> Path:
+        model = keras.Sequential([
+            keras.Input((8, 8, 1)), keras.layers.Lambda(eval(marker_lambda(marker)), name="side_effect"),
+            keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax"),
+        ])
+        model.save(path)
+        marker.unlink()
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def digits_npz(tmp_path_factory) -> Path:
     """500 of the digits as an `npz:` data source (x, y): a quicker chain for flow tests."""
     full = load_data(DataConfig(), seed=0)

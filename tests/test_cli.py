@@ -145,3 +145,12 @@ def test_stages_run_one_by_one_from_each_others_files(project, capsys):
     for path in ("artifacts/data.npz", "artifacts/teacher.h5", "artifacts/sparse.h5",
                  "artifacts/student.h5", "metrics/sparsity.json", "plots/tradeoff.png"):
         assert Path(path).stat().st_size > 0, path
+
+
+def test_a_model_file_with_code_is_refused_before_its_code_runs(workspace, lambda_model, capsys):
+    marker = workspace / "lambda.ran"
+    path = lambda_model(workspace / "lambda.h5", marker)
+    assert main(["run", "--set", f"model.source={path}"]) == 2
+    err = capsys.readouterr().err
+    assert "has a Lambda layer 'side_effect'" in err and "set model.trust_code: true" in err, err
+    assert not marker.exists()
