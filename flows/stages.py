@@ -11,6 +11,7 @@ from tasks.config import Params
 from tasks.distill import check_student, derive_student, distill_task
 from tasks.errors import InputError
 from tasks.evaluate import evaluate_task
+from tasks.inputs import stage_inputs, wait_until_settled
 from tasks.load import load_task, open_inputs
 from tasks.models import read_model
 from tasks.quantize import calibration_samples, quantize_task
@@ -49,7 +50,12 @@ def run_stage(name: str, params: Params, ws: Workspace) -> dict[str, float]:
 
 
 def check_inputs(params: Params) -> None:
-    """Every check that needs no training: bad input fails here, before any work or any write."""
+    """Every check that needs no training: bad input fails here, before any work or any write.
+
+    Waits first until no input file is still being written: a half-written teacher is no bad input.
+    """
+    wait_until_settled({key: path for files in stage_inputs(params).values()
+                        for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)

@@ -47,41 +47,52 @@ def stage_inputs(params: Params) -> dict[str, dict[str, Path | None]]:
 
 def snapshot(paths: list[Path]) -> Snapshot:
     """Size and modification time of every file under `paths` (folders walked, missing: empty)."""
-    files = (f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []))
-    return {str(f): (s.st_size, s.st_mtime_ns) for f in files if f.is_file() for s in [f.stat()]}
+    files = []
+    for path in paths:
+        files.extend([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else [])
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()}
 
 
 @contextmanager
 def read_steadily(files: dict[str, Path | None]) -> Iterator[None]:
     """Wait until no input has changed for `QUIET_SECONDS`, run the body, then raise
     `InputChanged` naming the key if any input changed while the body read it."""
-    named = {key: path for key, path in files.items() if path is not None}
-    before = wait_until_settled(named)
+    before = wait_until_settled(files)
     yield
-    check_unchanged(named, before)
+    check_unchanged(files, before)
 
 
-def wait_until_settled(files: dict[str, Path], quiet: float = QUIET_SECONDS,
+def wait_until_settled(files: dict[str, Path | None], quiet: float = QUIET_SECONDS,
                        timeout: float = SETTLE_TIMEOUT_SECONDS) -> Snapshot:
-    """The inputs' snapshot once none has been modified for `quiet` seconds."""
+    """The inputs' snapshot once none has changed for `quiet` seconds (None: no file).
+
+    Files last modified longer ago pass at once; a recent one (or one dated in the future, as a
+    skewed clock on a shared mount makes it) must stay unchanged for `quiet` seconds.
+    """
+    files = _present(files)
     deadline = time.monotonic() + timeout
-    while True:
-        state = snapshot(list(files.values()))
-        newest = max((mtime for _, mtime in state.values()), default=0) / 1e9
-        waited = time.time() - newest
-        if waited >= quiet:
-            return state
-        if time.monotonic() + quiet - waited > deadline:
+    state = snapshot(list(files.values()))
+    newest = max((mtime for _, mtime in state.values()), default=0) / 1e9
+    while time.time() - newest < quiet:
+        if time.monotonic() + quiet > deadline:
             raise InputChanged(f"{', '.join(files)}: still being modified after {timeout:.0f} s; "
                                "run again once the writer has finished")
-        time.sleep(quiet - waited)
+        time.sleep(quiet)
+        previous, state = state, snapshot(list(files.values()))
+        if state == previous:
+            break
+    return state
 
 
-def check_unchanged(files: dict[str, Path], before: Snapshot) -> None:
+def check_unchanged(files: dict[str, Path | None], before: Snapshot) -> None:
     """Raise `InputChanged` naming the key and path of any input that differs from `before`."""
-    for key, path in files.items():
+    for key, path in _present(files).items():
         prefix = str(path)
         old = {f: v for f, v in before.items() if f == prefix or f.startswith(prefix + "/")}
         if snapshot([path]) != old:
             raise InputChanged(f"{key}: {path} changed while it was being read (a writer still at "
                                "work?); nothing read from it was kept")
+
+
+def _present(files: dict[str, Path | None]) -> dict[str, Path]:
+    return {key: path for key, path in files.items() if path is not None}

@@ -83,8 +83,12 @@ def test_a_file_added_to_an_input_folder_counts_as_a_change(tmp_path):
 def test_a_file_still_being_written_is_read_only_once_it_has_been_quiet(tmp_path):
     teacher = tmp_path / "teacher.h5"
     teacher.write_bytes(b"half a model")  # modified just now: a writer may still be at work
+    started = time.monotonic()
     wait_until_settled({"model.source": teacher}, quiet=1.0)
-    assert time.time() - teacher.stat().st_mtime >= 1.0
+    assert time.monotonic() - started >= 1.0  # watched it for the quiet period first
+    in_an_hour = time.time() + 3600  # a skewed clock on a shared mount: settled once unchanged
+    os.utime(teacher, (in_an_hour, in_an_hour))
+    wait_until_settled({"model.source": teacher}, quiet=0.5)
     with pytest.raises(InputChanged, match="model.source: still being modified"):
         os.utime(teacher)
         wait_until_settled({"model.source": teacher}, quiet=5.0, timeout=0.5)

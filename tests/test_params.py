@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from flows.params import flatten, load_params, load_stack, validate_params
+from flows.versioning import inputs_section
 from tasks.config import Params, StackConfig
 from tasks.errors import InputError
 
@@ -18,6 +19,7 @@ PARAMS_YAML = REPO / "params.yaml"
 def test_repo_params_yaml_spells_out_every_default():
     written = yaml.safe_load(PARAMS_YAML.read_text())
     stack = written.pop("stack")
+    assert written.pop("inputs") == inputs_section(Params())  # what a run writes: DVC's deps
     assert flatten(written) == flatten(Params().model_dump(mode="json"))
     assert stack == StackConfig().model_dump(mode="json")
     assert load_params(PARAMS_YAML) == Params()
