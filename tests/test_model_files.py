@@ -159,3 +159,21 @@ def test_keras3_teacher_goes_through_the_load_stage(keras3, tmp_path):
     assert model_source(ws.teacher).keras_version.startswith("2.")
     expected = np.load(keras3 / "sequential.npz")
     np.testing.assert_allclose(teacher.predict(expected["x"], verbose=0), expected["y"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("sequential", []),
+    ("residual", []),
+    ("lambda", ["model.trust_code=true"]),  # trusted: its code may run, and the run proceeds
+])
+def test_keras3_teachers_go_through_the_whole_flow(
+    name, overrides, keras3, prefect_server, dvc_project, tiny_params
+):
+    from flows.compress import compress
+    from flows.stages import STAGES
+
+    params = tiny_params(f"model.source={keras3 / f'{name}.keras'}", *overrides)
+    report = compress(params, workdir=str(dvc_project))
+    assert report["stages"] == dict.fromkeys(STAGES, "ran")
+    assert (dvc_project / "artifacts" / "model.tflite").stat().st_size > 0
+    assert 0 <= report["metrics"]["final"]["accuracy"] <= 1
