@@ -134,7 +134,8 @@ def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decisi
     save_experiment(root, name)
     tag_versions(root, name, push_if_configured(root))
     log_outputs(ws, headline(metrics))
-    version, decision = register_and_gate(params.gate, ws.model, metrics)
+    version, decision = register_and_gate(params.gate, params.evaluate, ws,
+                                          metrics["accuracy_drop"])
     get_run_logger().info("gate: version %s %s: %s", version,
                           "promoted to champion" if decision.promote else "not promoted",
                           decision.reason)
