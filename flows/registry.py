@@ -40,36 +40,43 @@ class Champion:
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
                       accuracy_drop: float) -> tuple[str, Decision]:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
-    move `champion` to it if it passes the gate; otherwise tag the version with why not.
-
-    The champion's own tags were measured on its run's data (perhaps other data, another teacher),
-    so the gate downloads its .tflite and measures it again here, beside the new model, with the
-    evaluator's code on this run's test split. Both measurements go on the version and the run.
-    """
-    model = ws.model.read_bytes()
-    data = Dataset.load(ws.data)
-    measured = {"candidate": measure_tflite(model, data, evaluate)}
+    move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
+    gate measured goes on the version (as tags) and the run (as metrics)."""
     champion = _champion(cfg.registered_model)
-    refusal = not_comparable(cfg, _task(champion.tflite), _task(model)) if champion else None
-    if champion and not refusal:
-        measured["champion"] = measure_tflite(champion.tflite, data, evaluate)
-    decision = refusal or judge(cfg, measured["candidate"], accuracy_drop, measured.get("champion"))
-
+    decision, measured = _gate(cfg, evaluate, ws, accuracy_drop, champion)
     version = _register(cfg.registered_model, ws.model)
-    record = {f"gate.{who}.{key}": value for who, values in measured.items()
-              for key, value in values.items()}
-    mlflow.log_metrics(record)
-    tags = {"gate.decision": decision.reason} | (
-        {"gate.champion.version": champion.version} if champion else {})
+    tags = {"gate.decision": decision.reason}
+    if champion:
+        tags["gate.champion.version"] = champion.version
+    mlflow.log_metrics(measured)
     mlflow.set_tags(tags)
     client = MlflowClient()
-    for key, value in (record | tags).items():
+    for key, value in (measured | tags).items():
         client.set_model_version_tag(cfg.registered_model, version, key, str(value))
     if decision.promote:
         client.set_registered_model_alias(cfg.registered_model, CHAMPION, version)
     else:
         client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
     return version, decision
+
+
+def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, accuracy_drop: float,
+          champion: Champion | None) -> tuple[Decision, dict[str, float]]:
+    """The decision, and what it rests on as `gate.candidate.*` / `gate.champion.*` metrics.
+
+    The champion's own tags were measured on its run's data (perhaps other data, another teacher),
+    so it is measured again here, beside the new model, in this process, with the evaluator's code
+    on this run's test split. A champion for other inputs or classes is not measured at all.
+    """
+    model = ws.model.read_bytes()
+    data = Dataset.load(ws.data)
+    measured = {"candidate": measure_tflite(model, data, evaluate)}
+    refusal = not_comparable(cfg, _task(champion.tflite), _task(model)) if champion else None
+    if champion and not refusal:
+        measured["champion"] = measure_tflite(champion.tflite, data, evaluate)
+    decision = refusal or judge(cfg, measured["candidate"], accuracy_drop, measured.get("champion"))
+    return decision, {f"gate.{who}.{key}": value for who, values in measured.items()
+                      for key, value in values.items()}
 
 
 def _register(name: str, tflite: Path) -> str:
