@@ -18,6 +18,7 @@ from flows.report import input_changes
 from flows.retry import RETRY_POLICY
 from flows.stages import STAGES, check_inputs, stage_call
 from flows.tracking import (
+    log_data_and_teacher,
     log_inputs,
     log_outputs,
     log_stage,
@@ -84,6 +85,7 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
             after = recorded_inputs(root, params)
             changes = input_changes(before, after)
             log_inputs(after, changes)
+            log_data_and_teacher(params, Workspace(root))
             metrics, version, decision = record_run(params, root, name)
         publish_results(metrics, decision, version, params.gate.registered_model,
                         announcer.mlflow_url)
