@@ -19,7 +19,7 @@ class TFLitePyfunc(mlflow.pyfunc.PythonModel):
     float outputs (dequantized for INT8 models), one row per sample, via the same LiteRT runner."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from tflite import TFLiteClassifier  # the model's code/ folder is on sys.path only now
+        from tflite import TFLiteClassifier  # code/tflite.py: on sys.path when loading, not logging
 
         self.classifier = TFLiteClassifier(Path(context.artifacts["tflite"]).read_bytes())
 

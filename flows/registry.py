@@ -19,7 +19,7 @@ from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.data import Dataset
 from tasks.evaluate import measure_tflite
-from tasks.gate import Decision, Task, judge, not_comparable
+from tasks.gate import Decision, Interface, judge, not_comparable
 from tasks.tflite import TFLiteClassifier
 
 CHAMPION = "champion"
@@ -71,7 +71,8 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, accuracy_dro
     model = ws.model.read_bytes()
     data = Dataset.load(ws.data)
     measured = {"candidate": measure_tflite(model, data, evaluate)}
-    refusal = not_comparable(cfg, _task(champion.tflite), _task(model)) if champion else None
+    refusal = (not_comparable(cfg, _interface(champion.tflite), _interface(model))
+               if champion else None)
     if champion and not refusal:
         measured["champion"] = measure_tflite(champion.tflite, data, evaluate)
     decision = refusal or judge(cfg, measured["candidate"], accuracy_drop, measured.get("champion"))
@@ -108,7 +109,7 @@ def _champion(name: str) -> Champion | None:
         return Champion(str(version), (path / artifact).read_bytes())
 
 
-def _task(tflite: bytes) -> Task:
+def _interface(tflite: bytes) -> Interface:
     classifier = TFLiteClassifier(tflite)
     shape = classifier.input["shape"]
-    return Task(tuple(int(d) for d in shape[1:]), int(classifier.output["shape"][-1]))
+    return Interface(tuple(int(d) for d in shape[1:]), int(classifier.output["shape"][-1]))

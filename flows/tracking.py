@@ -130,8 +130,8 @@ def log_datasets(data: Dataset, source: str, path: Path | None) -> None:
     name = path.name if path else source
     for split, context in SPLITS.items():
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        dataset = mlflow.data.from_numpy(x, targets=y, source=origin, name=name, digest=digest(x, y))
-        mlflow.log_input(dataset, context=context)
+        mlflow.log_input(mlflow.data.from_numpy(x, targets=y, source=origin, name=name,
+                                                digest=digest(x, y)), context=context)
 
 
 def digest(x: np.ndarray, y: np.ndarray) -> str:

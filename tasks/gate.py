@@ -14,7 +14,7 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Task:
+class Interface:
     """What a classifier is for: the shape of one input sample and its number of classes."""
 
     input_shape: tuple[int, ...]
@@ -24,7 +24,7 @@ class Task:
         return f"inputs {self.input_shape} / {self.num_classes} classes"
 
 
-def not_comparable(cfg: GateConfig, champion: Task, candidate: Task) -> Decision | None:
+def not_comparable(cfg: GateConfig, champion: Interface, candidate: Interface) -> Decision | None:
     """A refusal when the champion was made for another task than the new model (its accuracy on
     this run's data would mean nothing); None when the two can be measured side by side."""
     if champion == candidate:

@@ -57,7 +57,8 @@ def champion(tmp_path_factory, digits: Dataset) -> Path:
     root = tmp_path_factory.mktemp("registry")
     previous = mlflow.get_tracking_uri()
     use_experiment(TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"))
-    assert register(root / "champion", digits) == ("1", Decision(True, "first model within the accuracy gate"))
+    first = Decision(True, "first model within the accuracy gate")
+    assert register(root / "champion", digits) == ("1", first)
     yield root / "champion"
     mlflow.set_tracking_uri(previous)
 
@@ -83,11 +84,12 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
 def model_venv(champion, tmp_path_factory) -> Path:
     """A fresh virtualenv with only the registered model's requirements.txt, from PyPI (uv's cache
     makes it quick after the first time; CI needs PyPI access). Returns its python."""
-    model = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion",
-                                                     dst_path=str(tmp_path_factory.mktemp("model"))))
+    model = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}@champion", dst_path=str(tmp_path_factory.mktemp("model"))))
     assert not {"uv.lock", "pyproject.toml"} & {p.name for p in model.iterdir()}  # not shrinkflow's
     venv = tmp_path_factory.mktemp("model-venv")
-    subprocess.run([UV, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120)
+    subprocess.run([UV, "venv", "-q", "--python", sys.executable, str(venv)],
+                   check=True, timeout=120)
     subprocess.run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
                     "-r", str(model / "requirements.txt")], check=True, timeout=900)
     return venv / "bin" / "python"
@@ -95,10 +97,12 @@ def model_venv(champion, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_the_champion_loads_and_predicts_without_shrinkflow_installed(champion, model_venv, digits, tmp_path):
+    """The slow one: a virtualenv built from PyPI (seconds with uv's cache, minutes without)."""
     np.save(tmp_path / "x.npy", digits.x_test[:8])
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],
-           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # no PYTHONPATH: shrinkflow unreachable
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],  # no PYTHONPATH: no shrinkflow
+           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     subprocess.run([str(model_venv), "-c", SERVE, f"models:/{NAME}@champion", "x.npy", "y.npy"],
                    cwd=tmp_path, env=env, check=True, timeout=300)
-    expected = TFLiteClassifier((champion / "artifacts" / "model.tflite").read_bytes()).predict(digits.x_test[:8])
+    tflite = (champion / "artifacts" / "model.tflite").read_bytes()
+    expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
