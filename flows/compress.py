@@ -18,6 +18,7 @@ from flows.report import input_changes
 from flows.retry import RETRY_POLICY
 from flows.stages import STAGES, check_inputs, stage_call
 from flows.tracking import (
+    log_data_and_teacher,
     log_inputs,
     log_outputs,
     log_stage,
@@ -84,6 +85,7 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
             after = recorded_inputs(root, params)
             changes = input_changes(before, after)
             log_inputs(after, changes)
+            log_data_and_teacher(params, Workspace(root))
             metrics, version, decision = record_run(params, root, name)
         publish_results(metrics, decision, version, params.gate.registered_model,
                         announcer.mlflow_url)
@@ -134,7 +136,8 @@ def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decisi
     save_experiment(root, name)
     tag_versions(root, name, push_if_configured(root))
     log_outputs(ws, headline(metrics))
-    version, decision = register_and_gate(params.gate, ws.model, metrics)
+    version, decision = register_and_gate(params.gate, params.evaluate, ws,
+                                          metrics["accuracy_drop"])
     get_run_logger().info("gate: version %s %s: %s", version,
                           "promoted to champion" if decision.promote else "not promoted",
                           decision.reason)

@@ -1,7 +1,9 @@
-"""MLflow: one parent run per pipeline run, a nested run per stage, the config as params."""
+"""MLflow: one parent run per pipeline run, a nested run per stage, the config as params, the
+data splits as datasets."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import traceback
 from collections.abc import Iterator
@@ -9,14 +11,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+import numpy as np
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Run
 
 from flows.params import dump_params, flatten
 from flows.versioning import Fingerprint, git_commit, output_md5s
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
+from tasks.data import Dataset
+from tasks.inputs import load_inputs
+from tasks.model_files import ModelSource, model_source
 
 SQLITE = "sqlite:///"
+SPLITS = {"train": "train", "val": "validation", "test": "test"}  # Dataset field -> MLflow context
 MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"  # set by `shrinkflow up` for runs that log to sqlite
 ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
 
@@ -98,3 +108,45 @@ def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
         mlflow.log_artifact(str(path))
     for plot in sorted(ws.plots.glob("*.png")):
         mlflow.log_artifact(str(plot), artifact_path="plots")
+
+
+def log_data_and_teacher(params: Params, ws: Workspace) -> None:
+    """The splits the run used (artifacts/data.npz) as MLflow datasets, and how a teacher file was
+    read, so that runs on other data or another teacher show it."""
+    inputs = load_inputs(params.data, params.model)
+    log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
+    if inputs["model.source"] is not None:  # a file, not built here
+        mlflow.set_tags(teacher_tags(model_source(inputs["model.source"])))
+
+
+def log_datasets(data: Dataset, source: str, path: Path | None) -> None:
+    """Each split as a dataset input of the active run, with context train / validation / test.
+
+    The digest is our own MD5 of every value: MLflow's own numpy digest hashes only the first
+    10,000 values, so two image sets differing after the first few images would look the same.
+    """
+    origin: DatasetSource = (LocalArtifactDatasetSource(str(path.resolve())) if path
+                             else CodeDatasetSource({"data.source": source}))
+    name = path.name if path else source
+    for split, context in SPLITS.items():
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        mlflow.log_input(mlflow.data.from_numpy(x, targets=y, source=origin, name=name,
+                                                digest=digest(x, y)), context=context)
+
+
+def digest(x: np.ndarray, y: np.ndarray) -> str:
+    """MD5 of a split's shapes, dtypes and values."""
+    md5 = hashlib.md5()
+    for array in (x, y):
+        md5.update(f"{array.shape}{array.dtype}".encode())
+        md5.update(array.tobytes())
+    return md5.hexdigest()
+
+
+def teacher_tags(source: ModelSource) -> dict[str, str]:
+    """The teacher file's format, the Keras that wrote it and whether it was rebuilt in tf_keras."""
+    return {
+        "teacher.format": source.format,
+        "teacher.keras_version": source.keras_version or "unknown (a SavedModel does not say)",
+        "teacher.converted": str(source.converted).lower(),
+    }

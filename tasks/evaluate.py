@@ -53,16 +53,21 @@ def weight_sparsity(model: bytes) -> float:
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
     """Measure one candidate on the test split; `params` comes from its Keras form."""
+    return CandidateMetrics(params=params, **measure_tflite(model, data, cfg))
+
+
+def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig) -> dict[str, float]:
+    """Everything the evaluator measures that needs only the .tflite file (the gate measures the
+    registered champion this way): accuracy on the test split, sparsity, sizes, latency."""
     classifier = TFLiteClassifier(model)
     predicted = classifier.predict(data.x_test).argmax(axis=-1)
-    return CandidateMetrics(
-        accuracy=float(np.mean(predicted == data.y_test)),
-        params=params,
-        sparsity=weight_sparsity(model),
-        tflite_bytes=len(model),
-        gzip_bytes=len(gzip.compress(model, compresslevel=9)),
-        latency_p50_us=classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
-    )
+    return {
+        "accuracy": float(np.mean(predicted == data.y_test)),
+        "sparsity": weight_sparsity(model),
+        "tflite_bytes": len(model),
+        "gzip_bytes": len(gzip.compress(model, compresslevel=9)),
+        "latency_p50_us": classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
+    }
 
 
 def summarize(candidates: dict[str, CandidateMetrics]) -> dict:

@@ -1,5 +1,9 @@
 """Running .tflite models with the LiteRT interpreter: the evaluator and the registered model
-use this one class, so a served model returns exactly what was measured. Needs no TensorFlow."""
+use this one class, so a served model returns exactly what was measured.
+
+The registered model carries this file alone (as `tflite.py`, see flows/pyfunc_model.py): import
+nothing here but numpy, ai_edge_litert and the standard library.
+"""
 
 from __future__ import annotations
 

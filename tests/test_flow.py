@@ -1,14 +1,22 @@
 """The whole chain as a Prefect flow on a real (temporary) Prefect server, tracked in a real MLflow."""
 
+import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from mlflow import MlflowClient
 
+from conftest import make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
+from flows.tracking import teacher_tags
+from tasks.config import DataConfig
+from tasks.data import Dataset, load_data
+from tasks.model_files import ModelSource
+from tasks.tflite import TFLiteClassifier
 
 
 def runs_by_parent(uri: str) -> tuple[list, dict]:
@@ -78,3 +86,71 @@ def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, dvc
     assert "converter exploded" in parent.data.tags["error"]
     assert children["quantize"].info.status == "FAILED"
     assert "evaluate" not in children
+
+
+@pytest.fixture(scope="module")
+def two_runs(prefect_server, tmp_path_factory, digits_npz, digits) -> dict:
+    """Two runs of one project with a tf_keras .h5 teacher (sparsify and distill off, for speed):
+    the first on 500 digits makes the champion, the second on 500 other digits meets it."""
+    import tf_keras as keras
+
+    files = tmp_path_factory.mktemp("inputs")
+    keras.utils.set_random_seed(0)
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(10, activation="softmax")])
+    teacher.compile("adam", "sparse_categorical_crossentropy")
+    teacher.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
+    teacher.save(files / "teacher.h5")
+    full = load_data(DataConfig(), seed=0)
+    np.savez(files / "other.npz", x=full.x_train[500:1000], y=full.y_train[500:1000])
+
+    root = tmp_path_factory.mktemp("project")
+    settings = (f"model.source={files / 'teacher.h5'}", "sparsify.enabled=false",
+                "distill.enabled=false")
+    make_project(root, digits_npz, *settings)
+    first = compress(write_tiny_params(root, digits_npz, *settings), workdir=str(root))
+    champion = (root / "artifacts" / "model.tflite").read_bytes()
+    params = write_tiny_params(root, files / "other.npz", *settings)
+    second = compress(params, workdir=str(root))
+    client = MlflowClient(params.tracking.uri)
+    return {"runs": [client.get_run(r["mlflow_run_id"]) for r in (first, second)],
+            "reports": (first, second), "champion": champion, "client": client,
+            "data": Dataset.load(root / "artifacts" / "data.npz")}
+
+
+def test_the_champion_is_measured_again_on_the_new_runs_test_split(two_runs):
+    (first, second), data = two_runs["reports"], two_runs["data"]
+    assert first["promoted"] and second["model_version"] == "2"
+    predicted = TFLiteClassifier(two_runs["champion"]).predict(data.x_test).argmax(axis=1)
+    accuracy = float(np.mean(predicted == data.y_test))
+    assert accuracy != first["metrics"]["final"]["accuracy"]  # else the test could not tell them apart
+    recorded = two_runs["runs"][1].data
+    assert recorded.metrics["gate.champion.accuracy"] == accuracy
+    assert recorded.metrics["gate.candidate.accuracy"] == second["metrics"]["final"]["accuracy"]
+    assert recorded.tags["gate.champion.version"] == "1"
+    tags = two_runs["client"].get_model_version("test-int8", "2").tags
+    assert float(tags["gate.champion.accuracy"]) == accuracy and tags["gate.champion.version"] == "1"
+    assert tags["gate.champion.gzip_bytes"] == str(len(gzip.compress(two_runs["champion"], 9)))
+    assert tags["gate.decision"] == second["gate"]
+
+
+def datasets_by_context(run) -> dict:
+    return {{tag.key: tag.value for tag in logged.tags}["mlflow.data.context"]: logged.dataset
+            for logged in run.inputs.dataset_inputs}
+
+
+def test_the_runs_log_their_splits_as_datasets_that_differ_with_the_data(two_runs, digits_npz):
+    inputs = [datasets_by_context(run) for run in two_runs["runs"]]
+    assert [set(by_context) for by_context in inputs] == [{"train", "validation", "test"}] * 2
+    assert all(inputs[0][c].digest != inputs[1][c].digest for c in ("train", "validation", "test"))
+    assert inputs[0]["test"].name == "digits500.npz" and inputs[1]["test"].name == "other.npz"
+    assert str(digits_npz) in inputs[0]["train"].source
+
+
+def test_a_teacher_file_is_recorded_with_its_format_and_keras_version(two_runs):
+    tags = two_runs["runs"][0].data.tags
+    assert tags["teacher.format"] == "h5" and tags["teacher.converted"] == "false"
+    assert tags["teacher.keras_version"].startswith("2.")
+    keras3 = teacher_tags(ModelSource(Path("m.keras"), "keras", "3.11.0", converted=True))
+    assert keras3 == {"teacher.format": "keras", "teacher.keras_version": "3.11.0",
+                      "teacher.converted": "true"}

@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.config import GateConfig
-from tasks.gate import judge
+from tasks.gate import Interface, judge, not_comparable
 
 CHAMPION = {"accuracy": 0.97, "gzip_bytes": 20_000, "latency_p50_us": 3.0}
 
@@ -34,3 +34,15 @@ def test_the_accuracy_gate_comes_first_and_the_first_model_within_it_wins():
     refused = judge(cfg, tiny, accuracy_drop=0.02, champion=CHAMPION)
     assert not refused.promote and "accuracy drop 0.0200 exceeds gate.max_accuracy_drop 0.01" in refused.reason
     assert judge(cfg, tiny, accuracy_drop=0.01, champion=None).promote
+
+
+def test_a_champion_for_another_task_is_not_comparable_and_the_refusal_names_the_setting():
+    cfg = GateConfig(registered_model="shrinkflow-int8")
+    digits = Interface((8, 8, 1), 10)
+    assert not_comparable(cfg, Interface((8, 8, 1), 10), digits) is None
+    for champion in (Interface((32, 32, 3), 100), Interface((8, 8, 1), 12)):
+        refusal = not_comparable(cfg, champion, digits)
+        assert not refusal.promote
+        assert f"the champion of gate.registered_model 'shrinkflow-int8' takes {champion}" in refusal.reason
+        assert "--set gate.registered_model=shrinkflow-int8-<task>" in refusal.reason
+    assert str(Interface((32, 32, 3), 100)) == "inputs (32, 32, 3) / 100 classes"

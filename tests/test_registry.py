@@ -1,0 +1,108 @@
+"""The registry as the flow uses it (`register_and_gate` in a temp sqlite store, no flow around it):
+a champion made for other data is never replaced, and the registered model loads and predicts in
+a fresh virtualenv that holds only the model's own requirements."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from flows.registry import register_and_gate
+from flows.tracking import use_experiment
+from tasks.artifacts import Workspace, write_bytes
+from tasks.config import EvaluateConfig, GateConfig, TrackingConfig
+from tasks.data import Dataset
+from tasks.gate import Decision
+from tasks.quantize import convert_to_tflite
+from tasks.tflite import TFLiteClassifier
+
+NAME = "digits-int8"
+UV = str(Path(sys.executable).parent / "uv")
+SERVE = """
+import importlib.util, sys
+import mlflow, numpy as np
+assert importlib.util.find_spec("tasks") is None and importlib.util.find_spec("tensorflow") is None
+model = mlflow.pyfunc.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
+"""
+
+
+def register(root: Path, data: Dataset) -> tuple[str, Decision]:
+    """Register a small INT8 dense model for `data` (written to `root` as the flow's artifacts)
+    through the flow's own `register_and_gate`, in a new run."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(data.input_shape), keras.layers.Flatten(),
+                              keras.layers.Dense(data.num_classes, activation="softmax")])
+    ws = Workspace(root)
+    data.save(ws.data)
+    write_bytes(ws.model, convert_to_tflite(model, data.x_train[:20]))
+    with mlflow.start_run():
+        return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
+                                 EvaluateConfig(latency_runs=200, warmup_runs=1), ws, 0.0)
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, digits: Dataset) -> Path:
+    """A store whose `NAME@champion` is a model for the digits; returns the champion's workspace."""
+    root = tmp_path_factory.mktemp("registry")
+    previous = mlflow.get_tracking_uri()
+    use_experiment(TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"))
+    first = Decision(True, "first model within the accuracy gate")
+    assert register(root / "champion", digits) == ("1", first)
+    yield root / "champion"
+    mlflow.set_tracking_uri(previous)
+
+
+def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_setting(champion, digits, tmp_path):
+    smaller = replace(digits, **{f"x_{split}": getattr(digits, f"x_{split}")[:, ::2, ::2]
+                                 for split in ("train", "val", "test")})
+    version, decision = register(tmp_path, smaller)
+    assert not decision.promote
+    assert decision.reason == (
+        f"the champion of gate.registered_model '{NAME}' takes inputs (8, 8, 1) / 10 classes, this "
+        "run's model inputs (4, 4, 1) / 10 classes: not comparable; use a registered model name "
+        f"per task, e.g. --set gate.registered_model={NAME}-<task>")
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    tags = client.get_model_version(NAME, version).tags
+    assert tags["gate.rejected"] == decision.reason and tags["gate.champion.version"] == "1"
+    assert "gate.champion.accuracy" not in tags  # never measured on data it cannot take
+    assert float(tags["gate.candidate.accuracy"]) >= 0
+
+
+@pytest.fixture(scope="module")
+def model_venv(champion, tmp_path_factory) -> Path:
+    """A fresh virtualenv with only the registered model's requirements.txt, from PyPI (uv's cache
+    makes it quick after the first time; CI needs PyPI access). Returns its python."""
+    model = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}@champion", dst_path=str(tmp_path_factory.mktemp("model"))))
+    assert not {"uv.lock", "pyproject.toml"} & {p.name for p in model.iterdir()}  # not shrinkflow's
+    venv = tmp_path_factory.mktemp("model-venv")
+    subprocess.run([UV, "venv", "-q", "--python", sys.executable, str(venv)],
+                   check=True, timeout=120)
+    subprocess.run([UV, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    "-r", str(model / "requirements.txt")], check=True, timeout=900)
+    return venv / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_the_champion_loads_and_predicts_without_shrinkflow_installed(champion, model_venv, digits, tmp_path):
+    """The slow one: a virtualenv built from PyPI (seconds with uv's cache, minutes without)."""
+    np.save(tmp_path / "x.npy", digits.x_test[:8])
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],  # no PYTHONPATH: no shrinkflow
+           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    subprocess.run([str(model_venv), "-c", SERVE, f"models:/{NAME}@champion", "x.npy", "y.npy"],
+                   cwd=tmp_path, env=env, check=True, timeout=300)
+    tflite = (champion / "artifacts" / "model.tflite").read_bytes()
+    expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
