@@ -169,6 +169,8 @@ def test_keras3_teacher_goes_through_the_load_stage(keras3, tmp_path):
 def test_keras3_teachers_go_through_the_whole_flow(
     name, overrides, keras3, prefect_server, dvc_project, tiny_params
 ):
+    from mlflow import MlflowClient
+
     from flows.compress import compress
     from flows.stages import STAGES
 
@@ -177,3 +179,5 @@ def test_keras3_teachers_go_through_the_whole_flow(
     assert report["stages"] == dict.fromkeys(STAGES, "ran")
     assert (dvc_project / "artifacts" / "model.tflite").stat().st_size > 0
     assert 0 <= report["metrics"]["final"]["accuracy"] <= 1
+    tags = MlflowClient(params.tracking.uri).get_run(report["mlflow_run_id"]).data.tags
+    assert tags["teacher.converted"] == "true" and tags["teacher.keras_version"].startswith("3.")
