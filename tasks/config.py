@@ -16,6 +16,7 @@ DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
+StudentInit = Literal["teacher", "random"]
 
 
 class Section(BaseModel):
@@ -109,6 +110,11 @@ class DistillConfig(Training):
     enabled: bool = Field(True, description="Distill the dense teacher into the student.")
     width: float = Field(
         0.25, gt=0, le=1, description="Student width vs teacher (1.0 = the sparsified model)."
+    )
+    init: StudentInit = Field(
+        "teacher",
+        description="Width-scaled student's weights: `teacher` (each layer keeps the teacher's "
+        "channels with the largest L1 norms) | `random` (fresh initialisation).",
     )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
