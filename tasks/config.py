@@ -90,6 +90,12 @@ class SparsifyConfig(Training):
     initial_sparsity: float = Field(0.5, ge=0, lt=1, description="Sparsity at the first step.")
     final_sparsity: float = Field(0.8, ge=0, lt=1, description="Sparsity reached at the end.")
     frequency: PositiveInt = Field(10, description="Steps between mask updates.")
+    allocation: Literal["uniform", "size_aware"] = Field(
+        "uniform",
+        description="Sparsity per layer: the target everywhere, or `size_aware` (Erdos-Renyi-"
+        "Kernel: small layers such as the first conv and the classifier stay denser, the same "
+        "zeros overall).",
+    )
     unsupported_layers: Literal["skip", "error"] = Field(
         "skip", description="Layers tfmot cannot prune: leave them dense, or stop."
     )

@@ -27,12 +27,12 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
-from tasks.sparsify import check_prunable, pruning_schedule, training_steps, wrap_for_pruning
+from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 
 EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 
 
-def derive_student(source: keras.Model, width: float, init: StudentInit = "random") -> keras.Model:
+def derive_student(source: keras.Model, width: float, init: StudentInit) -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide.
 
     `filters` and `units` are scaled; the output layer (the last layer that has either) keeps its
@@ -128,7 +128,7 @@ def distill(
     if sparsify_cfg.enabled:
         skipped = check_prunable(student, sparsify_cfg)
         steps = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
-        student = wrap_for_pruning(student, pruning_schedule(sparsify_cfg, steps), skipped)
+        student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
     student.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
