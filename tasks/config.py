@@ -91,7 +91,7 @@ class SparsifyConfig(Training):
     final_sparsity: float = Field(0.8, ge=0, lt=1, description="Sparsity reached at the end.")
     frequency: PositiveInt = Field(10, description="Steps between mask updates.")
     allocation: Literal["uniform", "size_aware"] = Field(
-        "uniform",
+        "size_aware",
         description="Sparsity per layer: the target everywhere, or `size_aware` (Erdos-Renyi-"
         "Kernel: small layers such as the first conv and the classifier stay denser, the same "
         "zeros overall).",

@@ -155,6 +155,9 @@ def run_distill(
 ) -> dict[str, float]:
     """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged.
 
+    A width-scaled student is derived from the dense teacher, not the sparse model: measured
+    (README, Benchmarks) it did as well or better, and the sparse model's damage is not inherited.
+
     `trust_code` (model.trust_code) lets a distill.student file with Lambda layers or custom
     objects load."""
     if not cfg.enabled:
