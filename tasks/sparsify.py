@@ -87,7 +87,7 @@ def layer_targets(layers: list[keras.layers.Layer], cfg: SparsifyConfig) -> dict
     dense and the others share its zeros, so the total number of zeros is the same.
     """
     shapes = {layer.name: _pruned_shapes(layer) for layer in layers}
-    shapes = {name: s for name, s in shapes.items() if s}  # BatchNorm, DepthwiseConv2D: none
+    shapes = {name: s for name, s in shapes.items() if s}  # e.g. BatchNorm, DepthwiseConv2D
     if cfg.allocation == "uniform" or cfg.final_sparsity == 0:
         return dict.fromkeys(shapes, cfg.final_sparsity)
     sizes = {name: sum(math.prod(shape) for shape in s) for name, s in shapes.items()}
@@ -159,6 +159,8 @@ def _pruned_shapes(layer: keras.layers.Layer) -> list[tuple[int, ...]]:
     """Shapes of the weights tfmot prunes in `layer` (Dense/Conv: the kernel; Separable: the
     pointwise kernel; DepthwiseConv2D: none). Gotcha: `make_prunable` adds that method to the
     layer itself, so call this on a copy."""
+    if not _prunable(layer):
+        return []
     if not isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
         PruneRegistry.make_prunable(layer)
     return [tuple(weight.shape) for weight in layer.get_prunable_weights()]
