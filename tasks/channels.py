@@ -61,7 +61,8 @@ def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
             try:
                 student_layer.set_weights([_sliced(w, indices) for w in layer.weights])
             except ValueError as exc:  # the student's shapes disagree with the channels followed
-                raise _unsupported(layer, f"its sliced weights do not fit the student ({exc})") from exc
+                reason = f"its sliced weights do not fit the student ({exc})"
+                raise _unsupported(layer, reason) from exc
 
 
 def _inbound(model: keras.Model) -> dict[str, list[str]]:
@@ -72,7 +73,8 @@ def _inbound(model: keras.Model) -> dict[str, list[str]]:
     inbound = {}
     for spec in model.get_config()["layers"]:
         if len(spec["inbound_nodes"]) > 1:
-            raise _unsupported(model.get_layer(spec["name"]), "it is shared (called more than once)")
+            layer = model.get_layer(spec["name"])
+            raise _unsupported(layer, "it is shared (called more than once)")
         inbound[spec["name"]] = [node[0] for nodes in spec["inbound_nodes"] for node in nodes]
     return inbound
 

@@ -34,8 +34,9 @@ def test_teacher_init_copies_the_top_l1_channels_on_both_sides(tiny_cnn):
     student = derive_student(tiny_cnn, width=0.5, init="teacher")
     conv, dense, out = (tiny_cnn.get_layer(name).get_weights() for name in ("conv", "dense", "out"))
     conv_kept, dense_kept = top_l1(conv[0], 4), top_l1(dense[0], 16)
-    np.testing.assert_array_equal(student.get_layer("conv").get_weights()[0], conv[0][..., conv_kept])
-    np.testing.assert_array_equal(student.get_layer("conv").get_weights()[1], conv[1][conv_kept])
+    copied_conv = student.get_layer("conv").get_weights()
+    np.testing.assert_array_equal(copied_conv[0], conv[0][..., conv_kept])
+    np.testing.assert_array_equal(copied_conv[1], conv[1][conv_kept])
     # flatten: the (6, 6) positions of each kept conv channel feed the dense layer
     rows = dense[0].reshape(6, 6, 8, 32)[:, :, conv_kept][..., dense_kept].reshape(-1, 16)
     np.testing.assert_array_equal(student.get_layer("dense").get_weights()[0], rows)
@@ -56,7 +57,8 @@ def residual_model() -> keras.Model:
         layers.Conv2D(8, 3, padding="same", name="stem")(inputs)))
     branch = layers.ReLU()(layers.BatchNormalization(name="a_bn")(
         layers.Conv2D(8, 3, padding="same", name="a")(stem)))
-    branch = layers.BatchNormalization(name="b_bn")(layers.Conv2D(8, 3, padding="same", name="b")(branch))
+    branch = layers.Conv2D(8, 3, padding="same", name="b")(branch)
+    branch = layers.BatchNormalization(name="b_bn")(branch)
     merged = layers.ReLU()(layers.Add(name="add")([stem, branch]))
     outputs = layers.Dense(10, name="out")(layers.GlobalAveragePooling2D()(merged))
     model = keras.Model(inputs, outputs)
