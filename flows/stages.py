@@ -64,6 +64,6 @@ def check_inputs(params: Params) -> None:
             student = read_model(params.distill.student, "distill.student", params.model.trust_code)
             check_student(student, inputs.teacher)
         elif params.distill.width < 1.0:
-            derive_student(inputs.teacher, params.distill.width)
+            derive_student(inputs.teacher, params.distill.width, params.distill.init)
     if params.quantize.enabled:
         calibration_samples(inputs.data, params.quantize, params.seed)

@@ -16,6 +16,7 @@ DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
+StudentInit = Literal["teacher", "random"]
 
 
 class Section(BaseModel):
@@ -89,6 +90,12 @@ class SparsifyConfig(Training):
     initial_sparsity: float = Field(0.5, ge=0, lt=1, description="Sparsity at the first step.")
     final_sparsity: float = Field(0.8, ge=0, lt=1, description="Sparsity reached at the end.")
     frequency: PositiveInt = Field(10, description="Steps between mask updates.")
+    allocation: Literal["uniform", "size_aware"] = Field(
+        "size_aware",
+        description="Sparsity per layer: the target everywhere, or `size_aware` (Erdos-Renyi-"
+        "Kernel: small layers such as the first conv and the classifier stay denser, the same "
+        "zeros overall).",
+    )
     unsupported_layers: Literal["skip", "error"] = Field(
         "skip", description="Layers tfmot cannot prune: leave them dense, or stop."
     )
@@ -109,6 +116,11 @@ class DistillConfig(Training):
     enabled: bool = Field(True, description="Distill the dense teacher into the student.")
     width: float = Field(
         0.25, gt=0, le=1, description="Student width vs teacher (1.0 = the sparsified model)."
+    )
+    init: StudentInit = Field(
+        "teacher",
+        description="Width-scaled student's weights: `teacher` (each layer keeps the teacher's "
+        "channels with the largest L1 norms) | `random` (fresh initialisation).",
     )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")

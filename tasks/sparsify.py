@@ -60,19 +60,46 @@ def check_prunable(model: keras.Model, cfg: SparsifyConfig) -> list[str]:
     return skipped
 
 
-def pruning_schedule(cfg: SparsifyConfig, total_steps: int) -> tfmot.sparsity.keras.PruningSchedule:
+def pruning_schedule(
+    cfg: SparsifyConfig, total_steps: int, final_sparsity: float | None = None
+) -> tfmot.sparsity.keras.PruningSchedule:
     """The configured schedule, sized so the target is reached before training ends.
 
     Masks only change on steps that are multiples of `frequency`, so the end step is rounded to
-    one; with fewer steps than `frequency` the frequency shrinks to fit.
+    one; with fewer steps than `frequency` the frequency shrinks to fit. `final_sparsity` replaces
+    the configured target for one layer; the initial sparsity is scaled with it.
     """
+    final = cfg.final_sparsity if final_sparsity is None else final_sparsity
     frequency = max(1, min(cfg.frequency, total_steps // 2))
     if cfg.schedule == "constant":
-        return tfmot.sparsity.keras.ConstantSparsity(cfg.final_sparsity, 0, frequency=frequency)
+        return tfmot.sparsity.keras.ConstantSparsity(final, 0, frequency=frequency)
+    initial = cfg.initial_sparsity * final / cfg.final_sparsity if cfg.final_sparsity else 0.0
     end_step = max(frequency, int(total_steps * RAMP_SHARE) // frequency * frequency)
-    return tfmot.sparsity.keras.PolynomialDecay(
-        cfg.initial_sparsity, cfg.final_sparsity, 0, end_step, frequency=frequency
-    )
+    return tfmot.sparsity.keras.PolynomialDecay(initial, final, 0, end_step, frequency=frequency)
+
+
+def layer_targets(layers: list[keras.layers.Layer], cfg: SparsifyConfig) -> dict[str, float]:
+    """Final sparsity of each layer to prune, by name, for `cfg.final_sparsity` over them all.
+
+    `uniform`: the target everywhere. `size_aware`: Erdos-Renyi-Kernel (Evci et al., 2020, RigL):
+    a layer's density is proportional to the sum of its kernel's dimensions over its size, so
+    small layers (first conv, classifier) stay denser; a layer that would be denser than 1 stays
+    dense and the others share its zeros, so the total number of zeros is the same.
+    """
+    shapes = {layer.name: _pruned_shapes(layer) for layer in layers}
+    shapes = {name: s for name, s in shapes.items() if s}  # e.g. BatchNorm, DepthwiseConv2D
+    if cfg.allocation == "uniform" or cfg.final_sparsity == 0:
+        return dict.fromkeys(shapes, cfg.final_sparsity)
+    sizes = {name: sum(math.prod(shape) for shape in s) for name, s in shapes.items()}
+    scores = {name: sum(sum(shape) for shape in s) / sizes[name] for name, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        kept = (1 - cfg.final_sparsity) * sum(sizes.values()) - sum(sizes[n] for n in dense)
+        scale = kept / sum(scores[n] * sizes[n] for n in shapes if n not in dense)
+        over = [n for n in shapes if n not in dense and scale * scores[n] > 1]
+        if not over:
+            return {n: 0.0 if n in dense else 1 - scale * scores[n] for n in shapes}
+        dense.add(max(over, key=scores.get))
 
 
 def training_steps(samples: int, epochs: int, batch_size: int) -> int:
@@ -80,20 +107,24 @@ def training_steps(samples: int, epochs: int, batch_size: int) -> int:
 
 
 def wrap_for_pruning(
-    model: keras.Model, schedule: tfmot.sparsity.keras.PruningSchedule, skip: list[str]
+    model: keras.Model, cfg: SparsifyConfig, total_steps: int, skip: list[str]
 ) -> keras.Model:
-    """Wrap every prunable layer (weights kept) in `prune_low_magnitude`; others stay dense."""
+    """Wrap every prunable layer (weights kept) in `prune_low_magnitude` with its own schedule
+    (`layer_targets`); a layer allocated no sparsity and unprunable layers stay dense."""
     for layer in skip:
         log.warning("sparsify: leaving %s dense: tfmot cannot prune it", layer)
     skip_names = {entry.split(" ")[0] for entry in skip}
-
-    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if layer.name in skip_names or not layer.weights:
-            return layer
-        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
-
     copy = keras.models.clone_model(model)  # wrapping reuses layers: keep the caller's model intact
     copy.set_weights(model.get_weights())
+    prunable = [layer for layer in copy.layers if layer.weights and layer.name not in skip_names]
+    targets = layer_targets(prunable, cfg)
+
+    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if not targets.get(layer.name):
+            return layer
+        schedule = pruning_schedule(cfg, total_steps, targets[layer.name])
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
     return keras.models.clone_model(copy, clone_function=wrap)
 
 
@@ -101,7 +132,7 @@ def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseRe
     """Fine-tune `model` on the labels while magnitude pruning drives it to the target sparsity."""
     skipped = check_prunable(model, cfg)
     total = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
-    pruned = wrap_for_pruning(model, pruning_schedule(cfg, total), skipped)
+    pruned = wrap_for_pruning(model, cfg, total, skipped)
     compile_classifier(pruned, cfg.learning_rate)
     fit(
         pruned,
@@ -123,6 +154,16 @@ def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseRe
 def _prunable(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)
 
+
+def _pruned_shapes(layer: keras.layers.Layer) -> list[tuple[int, ...]]:
+    """Shapes of the weights tfmot prunes in `layer` (Dense/Conv: the kernel; Separable: the
+    pointwise kernel; DepthwiseConv2D: none). Gotcha: `make_prunable` adds that method to the
+    layer itself, so call this on a copy."""
+    if not _prunable(layer):
+        return []
+    if not isinstance(layer, tfmot.sparsity.keras.PrunableLayer):
+        PruneRegistry.make_prunable(layer)
+    return [tuple(weight.shape) for weight in layer.get_prunable_weights()]
 
 
 def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:

@@ -1,22 +1,109 @@
 """Distillation: the student's shape, the loss, and a sparse student that learns."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tasks.config import DistillConfig, SparsifyConfig
+from flows.params import load_params
+from tasks.config import DistillConfig, ModelConfig, SparsifyConfig
 from tasks.distill import DistillationLoss, derive_student, distill
 from tasks.errors import InputError
+from tasks.load import train_teacher
 from tasks.models import overall_sparsity
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
 def test_derived_student_is_narrower_everywhere_but_the_output(tiny_cnn):
-    student = derive_student(tiny_cnn, width=0.5)
+    student = derive_student(tiny_cnn, width=0.5, init="random")
     widths = {layer.name: layer.get_config().get("filters") or layer.get_config().get("units")
               for layer in student.layers}
     assert widths == {"conv": 4, "flatten": None, "dense": 16, "out": 10}
     assert student.input_shape == tiny_cnn.input_shape
+
+
+def top_l1(kernel: np.ndarray, keep: int) -> np.ndarray:
+    """The output channels with the largest L1 norms, ascending."""
+    return np.sort(np.argsort(-np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0))[:keep])
+
+
+def test_teacher_init_copies_the_top_l1_channels_on_both_sides(tiny_cnn):
+    student = derive_student(tiny_cnn, width=0.5, init="teacher")
+    conv, dense, out = (tiny_cnn.get_layer(name).get_weights() for name in ("conv", "dense", "out"))
+    conv_kept, dense_kept = top_l1(conv[0], 4), top_l1(dense[0], 16)
+    copied_conv = student.get_layer("conv").get_weights()
+    np.testing.assert_array_equal(copied_conv[0], conv[0][..., conv_kept])
+    np.testing.assert_array_equal(copied_conv[1], conv[1][conv_kept])
+    # flatten: the (6, 6) positions of each kept conv channel feed the dense layer
+    rows = dense[0].reshape(6, 6, 8, 32)[:, :, conv_kept][..., dense_kept].reshape(-1, 16)
+    np.testing.assert_array_equal(student.get_layer("dense").get_weights()[0], rows)
+    np.testing.assert_array_equal(student.get_layer("dense").get_weights()[1], dense[1][dense_kept])
+    np.testing.assert_array_equal(student.get_layer("out").get_weights()[0], out[0][dense_kept])
+    np.testing.assert_array_equal(student.get_layer("out").get_weights()[1], out[1])  # all classes
+
+
+def residual_model() -> keras.Model:
+    """Conv-BN-ReLU stem, a Conv-BN-ReLU-Conv-BN branch added back to it, pooled Dense head.
+
+    Kernels are scaled so the stem alone would keep channels {0, 1, 6, 7}, the branch's last conv
+    alone {2, 3, 6, 7}, and the two together {0, 1, 2, 3}; BatchNorm weights differ per channel.
+    """
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    stem = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(
+        layers.Conv2D(8, 3, padding="same", name="stem")(inputs)))
+    branch = layers.ReLU()(layers.BatchNormalization(name="a_bn")(
+        layers.Conv2D(8, 3, padding="same", name="a")(stem)))
+    branch = layers.Conv2D(8, 3, padding="same", name="b")(branch)
+    branch = layers.BatchNormalization(name="b_bn")(branch)
+    merged = layers.ReLU()(layers.Add(name="add")([stem, branch]))
+    outputs = layers.Dense(10, name="out")(layers.GlobalAveragePooling2D()(merged))
+    model = keras.Model(inputs, outputs)
+    norms = {"stem": [10, 9, 1, 1, 0, 0, 2, 2], "a": range(8), "b": [0, 0, 10, 9, 0, 0, 2, 2]}
+    for name, norm in norms.items():  # channel c's L1 norm is norm[c]
+        kernel, bias = model.get_layer(name).get_weights()
+        scaled = np.ones_like(kernel) / kernel[..., 0].size * np.array(norm, np.float32)
+        model.get_layer(name).set_weights([scaled, bias])
+    for name in ("stem_bn", "a_bn", "b_bn"):  # gamma, beta, mean, variance (> 0)
+        model.get_layer(name).set_weights([np.arange(8, dtype=np.float32) + k for k in range(1, 5)])
+    return model
+
+
+def test_residual_student_keeps_the_same_channels_on_both_sides_of_the_add(digits):
+    teacher = residual_model()
+    student = derive_student(teacher, width=0.5, init="teacher")
+    shared, own = [0, 1, 2, 3], [4, 5, 6, 7]  # summed L1 of stem + b; a's own largest
+    for name, kept in (("stem", shared), ("b", shared), ("a", own)):
+        np.testing.assert_array_equal(student.get_layer(name).get_weights()[0][0, 0, 0],
+                                      teacher.get_layer(name).get_weights()[0][0, 0, 0, kept])
+    for name, kept in (("stem_bn", shared), ("b_bn", shared), ("a_bn", own)):
+        for copied, original in zip(student.get_layer(name).get_weights(),
+                                    teacher.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(copied, original[kept])
+    a_kernel = teacher.get_layer("a").get_weights()[0]  # reads the stem's kept channels
+    np.testing.assert_array_equal(student.get_layer("a").get_weights()[0],
+                                  a_kernel[:, :, shared][..., own])
+    assert student.predict(digits.x_val, verbose=0).shape == (len(digits.x_val), 10)
+
+
+def test_teacher_init_inherits_what_the_teacher_knows(digits, tiny_cnn):
+    teacher = train_teacher(tiny_cnn, digits, ModelConfig(epochs=10, learning_rate=3e-3))
+
+    def accuracy(model: keras.Model) -> float:
+        return (model.predict(digits.x_val, verbose=0).argmax(axis=1) == digits.y_val).mean()
+
+    assert accuracy(teacher) > 0.85
+    # before any distillation; measured on seeds 0-2: teacher init >= 0.90, random <= 0.12
+    assert accuracy(derive_student(teacher, width=0.75, init="teacher")) > 0.6
+    assert accuracy(derive_student(teacher, width=0.75, init="random")) < 0.3  # chance: 0.1
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(InputError, match=r"distill\.init = 'pretrained'.*'teacher' or 'random'"):
+        load_params(PARAMS_YAML, ["distill.init=pretrained"])
 
 
 def test_loss_is_cross_entropy_at_alpha_one_and_kl_at_alpha_zero():
@@ -36,7 +123,7 @@ def test_loss_is_cross_entropy_at_alpha_one_and_kl_at_alpha_zero():
 
 
 def test_distilled_student_learns_and_is_as_sparse_as_the_target(digits, trained_cnn):
-    student = derive_student(trained_cnn, width=0.5)
+    student = derive_student(trained_cnn, width=0.5, init="random")
     cfg = DistillConfig(epochs=4, learning_rate=3e-3)
     result = distill(trained_cnn, student, digits, cfg, SparsifyConfig(final_sparsity=0.7))
     assert overall_sparsity(result) == pytest.approx(0.7, abs=0.01)

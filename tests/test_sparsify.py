@@ -5,12 +5,13 @@ import tf_keras as keras
 
 from tasks.config import SparsifyConfig
 from tasks.errors import InputError
-from tasks.sparsify import pruning_schedule, sparsify
+from tasks.sparsify import layer_targets, pruning_schedule, sparsify
 
 
 @pytest.mark.parametrize("schedule", ["polynomial_decay", "constant"])
 def test_sparsify_reaches_the_target_and_strips_the_wrappers(digits, trained_cnn, schedule):
-    cfg = SparsifyConfig(epochs=2, schedule=schedule, final_sparsity=0.75, frequency=5)
+    cfg = SparsifyConfig(epochs=2, schedule=schedule, final_sparsity=0.75, frequency=5,
+                         allocation="uniform")
     result = sparsify(trained_cnn, digits, cfg)
     assert result.sparsity == pytest.approx(0.75, abs=0.01)
     assert set(result.layer_sparsity) == {"conv/kernel", "dense/kernel", "out/kernel"}
@@ -20,6 +21,19 @@ def test_sparsify_reaches_the_target_and_strips_the_wrappers(digits, trained_cnn
     ]
     predicted = result.model.predict(digits.x_val, verbose=0).argmax(axis=1)
     assert (predicted == digits.y_val).mean() > 0.3  # still a classifier: chance is 0.1
+
+
+def test_size_aware_allocation_keeps_small_layers_denser_at_the_same_overall_sparsity(
+    digits, trained_cnn
+):
+    cfg = SparsifyConfig(epochs=2, final_sparsity=0.75, frequency=5, allocation="size_aware")
+    result = sparsify(trained_cnn, digits, cfg)
+    assert result.sparsity == pytest.approx(0.75, abs=0.01)
+    layers = result.layer_sparsity  # conv: 72 weights, out: 320, dense: 9216
+    assert layers["conv/kernel"] < 0.75 and layers["out/kernel"] < 0.75 < layers["dense/kernel"]
+    targets = layer_targets(trained_cnn.layers, cfg)
+    assert targets["conv"] == 0.0  # would be denser than dense: left dense, its zeros moved
+    assert set(targets) == {"conv", "dense", "out"}  # Flatten has nothing to prune
 
 
 def test_polynomial_schedule_ends_on_a_mask_update_before_training_ends():
@@ -42,7 +56,8 @@ def prelu_model(digits):
 
 
 def test_unprunable_layer_is_skipped_and_named(digits):
-    result = sparsify(prelu_model(digits), digits, SparsifyConfig(epochs=1, final_sparsity=0.6))
+    cfg = SparsifyConfig(epochs=1, final_sparsity=0.6, allocation="uniform")
+    result = sparsify(prelu_model(digits), digits, cfg)
     assert result.skipped_layers == ["prelu (PReLU)"]
     assert result.layer_sparsity["dense/kernel"] == pytest.approx(0.6, abs=0.02)
     prelu = result.model.get_layer("prelu")

@@ -1,0 +1,211 @@
+"""Initialise a narrower student from its teacher: every layer keeps the teacher's most important
+channels, with their weights.
+
+Importance is the L1 norm of a channel's kernel slice (Li et al., 2017, "Pruning Filters for
+Efficient ConvNets"). The kept channels are followed through the graph so that every weight is
+sliced on both sides: a layer's own output channels and the input channels of the layers that read
+them (BatchNorm and depthwise kernels follow their input; a Dense after Flatten reads every spatial
+position of each kept channel). Layers whose outputs meet in an elementwise merge (a residual
+`Add`) must keep the same channels: they are ranked together, by their summed L1 norms.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import tf_keras as keras
+
+from tasks.errors import InputError
+
+Kind = Literal["input", "width", "output", "merge", "concat", "flatten", "depthwise", "same"]
+# How each weight is sliced: (axis, which indices). "mid" are a separable conv's depthwise outputs.
+SLICES: dict[str, tuple[tuple[int, str], ...]] = {
+    "kernel": ((-2, "in"), (-1, "out")),
+    "depthwise_kernel": ((-2, "in"),),
+    "pointwise_kernel": ((-2, "mid"), (-1, "out")),
+    "bias": ((-1, "out"),),
+    **{name: ((-1, "out"),) for name in ("gamma", "beta", "moving_mean", "moving_variance")},
+}
+MODEL_INPUT = ""  # the inbound name of a Sequential model's first layer
+
+
+def width_key(layer: keras.layers.Layer) -> str | None:
+    """`filters` or `units`: the config key that sets how many channels a layer outputs."""
+    config = layer.get_config()
+    return next((key for key in ("filters", "units") if isinstance(config.get(key), int)), None)
+
+
+def output_layer(model: keras.Model) -> keras.layers.Layer:
+    """The last layer with a width: it keeps its size so the student predicts the same classes."""
+    return [layer for layer in model.layers if width_key(layer)][-1]
+
+
+def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
+    """Set `student`'s weights to `source`'s, sliced to the channels with the largest L1 norms.
+
+    `student` is `source`'s architecture with narrower layers of the same names (`derive_student`).
+    """
+    inbound = _inbound(source)
+    output = output_layer(source)
+    kinds = {layer.name: _kind(layer, output) for layer in source.layers}
+    kept = _kept_channels(source, student, inbound, kinds)
+    outputs = {MODEL_INPUT: np.arange(source.input_shape[-1])}
+    for layer in source.layers:
+        inputs = [outputs[name] for name in inbound[layer.name]]
+        outputs[layer.name] = _output_channels(layer, kinds[layer.name], inputs, kept)
+        if layer.weights:
+            indices = {"in": inputs[0], "out": outputs[layer.name]}
+            indices["mid"] = _repeat(inputs[0], _depth_multiplier(layer))
+            student_layer = student.get_layer(layer.name)
+            try:
+                student_layer.set_weights([_sliced(w, indices) for w in layer.weights])
+            except ValueError as exc:  # the student's shapes disagree with the channels followed
+                reason = f"its sliced weights do not fit the student ({exc})"
+                raise _unsupported(layer, reason) from exc
+
+
+def _inbound(model: keras.Model) -> dict[str, list[str]]:
+    """Each layer's input layers by name (Sequential: the one before; the first: MODEL_INPUT)."""
+    if isinstance(model, keras.Sequential):
+        names = [layer.name for layer in model.layers]
+        return {name: [before] for before, name in zip([MODEL_INPUT, *names], names)}
+    inbound = {}
+    for spec in model.get_config()["layers"]:
+        if len(spec["inbound_nodes"]) > 1:
+            layer = model.get_layer(spec["name"])
+            raise _unsupported(layer, "it is shared (called more than once)")
+        inbound[spec["name"]] = [node[0] for nodes in spec["inbound_nodes"] for node in nodes]
+    return inbound
+
+
+def _kind(layer: keras.layers.Layer, output: keras.layers.Layer) -> Kind:
+    """How `layer` maps the channels of its inputs to those of its output."""
+    if isinstance(layer, keras.layers.InputLayer):
+        return "input"
+    if isinstance(layer, keras.Model):
+        raise _unsupported(layer, "it is a nested model")
+    if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                          keras.layers.Conv3DTranspose)):
+        raise _unsupported(layer, "its kernel stores output channels before input channels")
+    if unknown := [w.name for w in layer.weights if _short_name(w) not in SLICES]:
+        raise _unsupported(layer, f"it has weights {unknown} with no known channel axis")
+    if width_key(layer):
+        return "output" if layer is output else "width"
+    if isinstance(layer, keras.layers.Concatenate):
+        if layer.axis not in (-1, len(layer.output_shape) - 1):
+            raise _unsupported(layer, "it concatenates on an axis other than the channels")
+        return "concat"
+    if isinstance(layer, keras.layers.Flatten):
+        return "flatten"
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "depthwise"
+    if _is_merge(layer):
+        return "merge"
+    if layer.input_shape[-1] != layer.output_shape[-1]:
+        raise _unsupported(layer, "its output has a different number of channels than its input")
+    return "same"
+
+
+def _kept_channels(
+    source: keras.Model, student: keras.Model, inbound: dict[str, list[str]], kinds: dict[str, Kind]
+) -> dict[str, np.ndarray]:
+    """The source channels each width layer keeps, ascending, as many as its student layer has."""
+    groups = _merged_groups(source, inbound, kinds)
+    importance: dict[str, np.ndarray] = {}
+    for name, group in groups.items():
+        importance[group] = importance.get(group, 0) + _l1_norms(source.get_layer(name))
+    kept = {}
+    for group, norms in importance.items():
+        size = student.get_layer(group).get_config()[width_key(student.get_layer(group))]
+        kept[group] = np.sort(np.argsort(-norms, kind="stable")[:size])
+    return {name: kept[group] for name, group in groups.items()}
+
+
+def _merged_groups(
+    model: keras.Model, inbound: dict[str, list[str]], kinds: dict[str, Kind]
+) -> dict[str, str]:
+    """Each width layer's group: the layer itself, or one representative for all the width layers
+    whose channels meet in an elementwise merge (through BatchNorm, activations, pooling...)."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    carried: dict[str, str | None] = {MODEL_INPUT: None}  # the width layer an output's channels are
+    for layer in model.layers:
+        kind, sources = kinds[layer.name], [carried[name] for name in inbound[layer.name]]
+        if kind == "width":
+            parent[layer.name] = carried[layer.name] = layer.name
+        elif kind in ("same", "depthwise") or (kind == "merge" and None not in sources):
+            for other in sources[1:]:
+                parent[root(other)] = root(sources[0])
+            carried[layer.name] = sources[0]
+        else:
+            carried[layer.name] = None
+    return {name: root(name) for name in parent}
+
+
+def _output_channels(
+    layer: keras.layers.Layer, kind: Kind, inputs: list[np.ndarray], kept: dict[str, np.ndarray]
+) -> np.ndarray:
+    """The source channels of `layer`'s output that the student keeps, in the student's order."""
+    if kind == "input" or kind == "output":
+        return np.arange(layer.output.shape[-1])
+    if kind == "width":
+        return kept[layer.name]
+    if kind == "depthwise":
+        return _repeat(inputs[0], _depth_multiplier(layer))
+    if kind == "flatten":  # channels last: position p of channel c lands at p * channels + c
+        positions = int(np.prod(layer.input_shape[1:-1]))
+        channels = layer.input_shape[-1]
+        return (np.arange(positions)[:, None] * channels + inputs[0][None, :]).ravel()
+    if kind == "concat":
+        offsets = np.cumsum([0, *(shape[-1] for shape in layer.input_shape[:-1])])
+        return np.concatenate([channels + offset for channels, offset in zip(inputs, offsets)])
+    if kind == "merge" and any(not np.array_equal(inputs[0], other) for other in inputs[1:]):
+        raise _unsupported(layer, "its inputs keep different channels")
+    return inputs[0]
+
+
+def _l1_norms(layer: keras.layers.Layer) -> np.ndarray:
+    """L1 norm of each output channel's kernel slice (a separable conv's pointwise kernel)."""
+    weights = {_short_name(w): w.numpy() for w in layer.weights}
+    kernel = weights.get("pointwise_kernel", weights.get("kernel"))
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def _sliced(weight: np.ndarray, indices: dict[str, np.ndarray]) -> np.ndarray:
+    value = weight.numpy()
+    for axis, which in SLICES[_short_name(weight)]:
+        value = np.take(value, indices[which], axis=axis)
+    return value
+
+
+def _repeat(channels: np.ndarray, multiplier: int) -> np.ndarray:
+    """Depthwise outputs of `channels`: input channel c makes outputs c * m ... c * m + m - 1."""
+    return (channels[:, None] * multiplier + np.arange(multiplier)[None, :]).ravel()
+
+
+def _depth_multiplier(layer: keras.layers.Layer) -> int:
+    return getattr(layer, "depth_multiplier", 1)
+
+
+def _is_merge(layer: keras.layers.Layer) -> bool:
+    """Elementwise merges (Add, Subtract, Multiply, Average, Maximum, Minimum)."""
+    merges = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
+              keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
+    return isinstance(layer, merges)
+
+
+def _short_name(weight) -> str:
+    return weight.name.split("/")[-1].split(":")[0]  # "block1/conv/kernel:0" -> "kernel"
+
+
+def _unsupported(layer: keras.layers.Layer, reason: str) -> InputError:
+    return InputError(
+        f"distill.init: teacher cannot copy channels through {layer.name} "
+        f"({type(layer).__name__}): {reason}; use distill.init: random"
+    )
