@@ -18,7 +18,7 @@ from tasks.errors import InputChanged
 
 APPLICATIONS_PREFIX = "keras.applications."
 BUILT_IN_MODELS = ("train",)
-QUIET_SECONDS = 2.0  # a file modified more recently than this may still be being written
+QUIET_SECONDS = 1.0  # a file modified more recently than this may still be being written
 SETTLE_TIMEOUT_SECONDS = 600.0
 
 Snapshot = dict[str, tuple[int, int]]  # file -> (size, mtime_ns)

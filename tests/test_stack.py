@@ -241,7 +241,7 @@ def test_data_replaced_in_place_is_picked_up_by_the_next_deployment_run(stack, f
     old = hashlib.md5(data.read_bytes()).hexdigest()
     digits_npz(data, start=400)  # the job that feeds the nightly run wrote new data
     new = hashlib.md5(data.read_bytes()).hexdigest()
-    run = wait_for(stack, trigger(stack))
+    run = wait_for(stack, trigger(stack))  # the same form as the first run: only the data changed
     assert run["state"]["type"] == "COMPLETED"
     parent = mlflow_parent_run(stack, run["id"])
     tags = as_dict(parent["data"]["tags"])
