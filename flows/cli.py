@@ -25,14 +25,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.compress import compress
     from flows.params import load_params
+
+    params = load_params(args.params, args.set)  # bad params: refused before the heavy imports
+
+    from flows.compress import compress
     from flows.report import run_summary
     from flows.stages import check_inputs
     from flows.versioning import open_repo
     from tasks.errors import InputError
 
-    params = load_params(args.params, args.set)
     # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
     check_inputs(params)
     open_repo(Path(".")).close()

@@ -107,8 +107,6 @@ def test_a_teacher_replaced_in_place_is_seen_by_dvc_and_the_flow_alike(
     write_model(small_teacher(hidden=48), teacher)  # retrained and overwritten by the training job
     aged(teacher)
     assert str(teacher) in json.dumps(dvc_status(dvc_project)["load"])
-    plan = run("dvc", "repro", "--dry", cwd=dvc_project)
-    assert all(f"Running stage '{stage}'" in plan for stage in STAGES)  # load onwards
     assert "Running stage 'load'" in run("dvc", "repro", "load", cwd=dvc_project)  # DVC alone
 
     again = compress(params, workdir=str(dvc_project))  # the flow takes over where DVC stopped

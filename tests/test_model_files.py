@@ -162,9 +162,8 @@ def test_keras3_teacher_goes_through_the_load_stage(keras3, tmp_path):
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("sequential", []),
     ("residual", []),
-    ("lambda", ["model.trust_code=true"]),  # trusted: its code may run, and the run proceeds
+    ("lambda", ["model.trust_code=true"]),  # a Sequential; trusted: its code may run, the run proceeds
 ])
 def test_keras3_teachers_go_through_the_whole_flow(
     name, overrides, keras3, prefect_server, dvc_project, tiny_params
