@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prefect.events import emit_event
 from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
@@ -15,6 +14,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.events import emit_event
 
 from flows.report import summary_table
 from tasks.gate import Decision

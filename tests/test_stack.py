@@ -79,7 +79,7 @@ class Webhook(ThreadingHTTPServer):
     def about(self, run_name: str, timeout: float = 180) -> list[dict]:
         """The messages naming `run_name`, once at least one has arrived."""
         deadline = time.monotonic() + timeout
-        while not (found := [m for m in self.messages if run_name in m["text"]]):
+        while not any(run_name in m["text"] for m in self.messages):
             assert time.monotonic() < deadline, f"no message about {run_name}: {self.messages}"
             time.sleep(1)
         time.sleep(3)  # a duplicate would arrive about as fast
