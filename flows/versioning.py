@@ -152,11 +152,10 @@ def inputs_section(params: Params) -> dict[str, dict[str, str]]:
 def check_inputs_section(root: Path, params: Params) -> None:
     """Refuse to run a stage (`dvc repro`) when params.yaml's `inputs:` no longer matches the keys
     it is derived from: DVC would track the wrong files."""
-    raw = yaml.safe_load((root / PARAMS_FILE).read_text()) if (root / PARAMS_FILE).exists() else {}
-    stale = [
-        key for key, path in flatten(inputs_section(params)).items()
-        if flatten((raw or {}).get(INPUTS) or {}).get(key) != path
-    ]
+    path = root / PARAMS_FILE
+    written = (yaml.safe_load(path.read_text()) or {}).get(INPUTS) if path.exists() else None
+    recorded = flatten(written or {})
+    stale = [key for key, file in flatten(inputs_section(params)).items() if recorded.get(key) != file]
     if stale:
         raise InputError(
             f"{PARAMS_FILE}: inputs.{', inputs.'.join(stale)} out of step with "
@@ -209,7 +208,7 @@ def write_params_file(root: Path, params: Params) -> bool:
     document = round_trip.load(path) if path.exists() else None
     document = document if isinstance(document, dict) else CommentedMap()
     new_section = INPUTS not in document
-    changed = new_section
+    changed = False
     wanted = flatten(params.model_dump(mode="json") | {INPUTS: inputs_section(params)})
     for key, value in wanted.items():
         *sections, leaf = key.split(".")
