@@ -35,7 +35,7 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         "evaluate": (
             evaluate_task,
             {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
-             "quantize_mode": p.quantize.mode if p.quantize.enabled else "fp32"},
+             "quantize_mode": p.quantize.effective_mode},
         ),
     }
     if name not in calls:

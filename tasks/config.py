@@ -149,6 +149,11 @@ class QuantizeConfig(Section):
     )
 
     @property
+    def effective_mode(self) -> str:
+        """`mode`, or `fp32` when quantization is off."""
+        return self.mode if self.enabled else "fp32"
+
+    @property
     def needs_calibration(self) -> bool:
         return self.enabled and self.mode in ("int8", "int16x8", "mixed")
 
@@ -231,6 +236,5 @@ class Params(Section):
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
         return (
             f"data={self.data.source} model={self.model.source} sparsify={sparsify} "
-            f"distill={distill} quantize={self.quantize.mode if self.quantize.enabled else 'fp32'} "
-            f"seed={self.seed}"
+            f"distill={distill} quantize={self.quantize.effective_mode} seed={self.seed}"
         )

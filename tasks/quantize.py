@@ -69,8 +69,10 @@ def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndar
     mode = cfg.mode if cfg.enabled else "fp32"
     try:
         tflite = convert_to_tflite(model, mode, calibration)
-    except RuntimeError as exc:  # e.g. "Quantization to 16x8-bit not yet supported for op: 'ELU'"
-        raise _cannot_run(mode, exc) from None
+    except RuntimeError as exc:  # "Quantization to 16x8-bit not yet supported for op: 'ELU'"
+        if mode == "int16x8":
+            raise _cannot_run(mode, exc) from None
+        raise
     check_runs(tflite, mode, calibration[0])
     return QuantizedModel(tflite, mode)
 
