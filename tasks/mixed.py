@@ -10,7 +10,6 @@ stay float. One calibration (tensor min/max on real samples) serves every recipe
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +91,7 @@ def quantizable_ops(float_tflite: bytes) -> list[QuantizableOp]:
 
 
 def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Split,
-                    max_accuracy_drop: float, runs: Callable[[bytes], None]) -> MixedModel:
+                    max_accuracy_drop: float) -> MixedModel:
     """Measure each op alone at each precision, then choose the plan:
 
     1. every op INT8; while the drop (validation accuracy of the FP32 model minus the plan's)
@@ -100,11 +99,12 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
     2. INT4 weights, largest layers first, on every op whose INT4 alone stays within the budget,
        each kept only if the whole model still does.
 
-    `runs(tflite)` raises if LiteRT cannot run a model: a precision that fails it is not offered.
+    Every measurement runs the model in LiteRT with its default delegate (XNNPACK): a precision
+    LiteRT cannot run for an op is not offered for it.
     """
     mixer = Mixer(float_tflite, calibration, validation)
     reference = validation_accuracy(float_tflite, validation)
-    alone = {op.scope: _alone(mixer, op, runs) for op in mixer.ops}
+    alone = {op.scope: _alone(mixer, op) for op in mixer.ops}
 
     def within(accuracy: float) -> bool:
         return reference - accuracy <= max_accuracy_drop
@@ -123,8 +123,6 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
         trial_accuracy = mixer.accuracy(trial)
         if within(trial_accuracy):
             plan, accuracy = trial, trial_accuracy
-    tflite = mixer.quantize(plan)
-    runs(tflite)
     layers = [
         {"layer": op.layer, "op": op.op, "scope": op.scope, "params": op.params,
          "bytes": 4 * op.params,
@@ -134,7 +132,7 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
     ]
     sensitivity = {"fp32_validation_error": 1.0 - reference, "validation_error": 1.0 - accuracy,
                    "max_accuracy_drop": max_accuracy_drop, "layers": layers}
-    return MixedModel(tflite, plan, sensitivity)
+    return MixedModel(mixer.quantize(plan), plan, sensitivity)
 
 
 def validation_accuracy(tflite: bytes, validation: Split) -> float:
@@ -142,16 +140,14 @@ def validation_accuracy(tflite: bytes, validation: Split) -> float:
     return float(np.mean(TFLiteClassifier(tflite).predict(x).argmax(axis=-1) == y))
 
 
-def _alone(mixer: Mixer, op: QuantizableOp, runs: Callable[[bytes], None]) -> dict[str, float]:
+def _alone(mixer: Mixer, op: QuantizableOp) -> dict[str, float]:
     """Validation accuracy with only `op` quantized, per precision LiteRT can run."""
     accuracies = {}
     for precision in op.precisions:
-        tflite = mixer.quantize({op.scope: precision})
         try:
-            runs(tflite)
-        except RuntimeError:
+            accuracies[precision] = mixer.accuracy({op.scope: precision})
+        except (RuntimeError, ValueError):  # LiteRT has no kernel for it
             continue
-        accuracies[precision] = validation_accuracy(tflite, mixer.validation)
     return accuracies
 
 

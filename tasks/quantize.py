@@ -63,18 +63,22 @@ def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndar
     """
     if cfg.enabled and cfg.mode == "mixed":
         fp32 = convert_to_tflite(model)
-        mixed = mixed_precision(fp32, calibration, validation, cfg.max_accuracy_drop,
-                                lambda tflite: check_runs(tflite, "mixed", calibration[0]))
-        return QuantizedModel(mixed.tflite, "mixed", mixed.sensitivity)
-    mode = cfg.mode if cfg.enabled else "fp32"
+        mixed = mixed_precision(fp32, calibration, validation, cfg.max_accuracy_drop)
+        quantized = QuantizedModel(mixed.tflite, "mixed", mixed.sensitivity)
+    else:
+        quantized = QuantizedModel(_convert(model, cfg.effective_mode, calibration),
+                                   cfg.effective_mode)
+    check_runs(quantized.tflite, quantized.mode, calibration[0])
+    return quantized
+
+
+def _convert(model: keras.Model, mode: Precision, calibration: np.ndarray) -> bytes:
     try:
-        tflite = convert_to_tflite(model, mode, calibration)
+        return convert_to_tflite(model, mode, calibration)
     except RuntimeError as exc:  # "Quantization to 16x8-bit not yet supported for op: 'ELU'"
         if mode == "int16x8":
             raise _cannot_run(mode, exc) from None
         raise
-    check_runs(tflite, mode, calibration[0])
-    return QuantizedModel(tflite, mode)
 
 
 def convert_to_tflite(model: keras.Model, mode: Precision = "fp32",
