@@ -44,7 +44,7 @@ def weight_sparsity(model: bytes) -> float:
     zeros = total = 0
     for tensor in flatbuffer.subgraphs[0].tensors:
         buffer = flatbuffer.buffers[tensor.buffer].data
-        if buffer is None or len(tensor.shape) < 2 or tensor.type not in WEIGHT_TYPES | {INT4: 0}:
+        if buffer is None or len(tensor.shape) < 2 or tensor.type not in (*WEIGHT_TYPES, INT4):
             continue
         values = _weights(tensor, bytes(buffer))
         zeros += int(np.sum(values == 0))
