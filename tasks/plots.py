@@ -69,7 +69,7 @@ def plot_quant_sensitivity(sensitivity: dict, path: Path) -> None:
     ax.set_ylabel("validation error")
     ax.set_title(f"Per-op quantization sensitivity (chosen: validation error "
                  f"{sensitivity['validation_error']:.3f})")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
 
 
