@@ -33,14 +33,14 @@ from flows.stages import STAGES, check_inputs, run_stage
 from flows.tracking import pipeline_run
 from flows.versioning import init_workspace
 from tasks.artifacts import Workspace, write_bytes, write_json
-from tasks.config import Params, SparsifyConfig, TrackingConfig
+from tasks.config import Params, QuantizeConfig, SparsifyConfig, TrackingConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
 from tasks.inputs import APPLICATIONS_PREFIX
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_tradeoff
-from tasks.quantize import calibration_samples, convert_to_tflite
+from tasks.quantize import calibration_samples, convert_to_tflite, quantize_model
 from tasks.sparsify import sparsify
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Bench:
 
 def fp32(bench: Bench) -> Built:
     """The teacher as an FP32 .tflite: the reference row."""
-    return _teacher_tflite(bench, None)
+    return Built(convert_to_tflite(bench.teacher), bench.teacher.count_params())
 
 
 def ptq_random_calib(bench: Bench) -> Built:
@@ -95,19 +95,41 @@ def ptq_random_calib(bench: Bench) -> Built:
     x = bench.data.x_train
     shape = (bench.params.quantize.calibration_samples, *x.shape[1:])
     noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), shape)
-    return _teacher_tflite(bench, noise.astype(np.float32))
+    return Built(convert_to_tflite(bench.teacher, "int8", noise.astype(np.float32)),
+                 bench.teacher.count_params())
 
 
 def ptq_int8(bench: Bench) -> Built:
     """Full-INT8 PTQ calibrated on real training samples, as the pipeline calibrates."""
-    return _teacher_tflite(bench, _calibration(bench))
+    return _teacher_in(bench, "int8")
+
+
+def ptq_dynamic(bench: Bench) -> Built:
+    """Dynamic-range PTQ: INT8 weights, float activations and I/O, no calibration."""
+    return _teacher_in(bench, "dynamic")
+
+
+def ptq_float16(bench: Bench) -> Built:
+    """Float16 weights, float compute and I/O."""
+    return _teacher_in(bench, "float16")
+
+
+def ptq_int16x8(bench: Bench) -> Built:
+    """INT16 activations, INT8 weights, int16 I/O, calibrated on real samples (slow on x86)."""
+    return _teacher_in(bench, "int16x8")
+
+
+def mixed(bench: Bench) -> Built:
+    """The teacher in quantize.mode mixed: per op INT4/INT8 weights or float (AI Edge Quantizer),
+    chosen on the validation split within quantize.max_accuracy_drop."""
+    return _teacher_in(bench, "mixed")
 
 
 def prune_ptq(bench: Bench) -> Built:
     """The tfmot guide: pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
     seed_everything(bench.params.seed)
     pruned = sparsify(bench.teacher, bench.data, GUIDE_PRUNING).model
-    return Built(convert_to_tflite(pruned, _calibration(bench)), pruned.count_params())
+    return Built(convert_to_tflite(pruned, "int8", _calibration(bench)), pruned.count_params())
 
 
 def shrinkflow(bench: Bench) -> Built:
@@ -121,6 +143,10 @@ RECIPES: dict[str, Recipe] = {
     REFERENCE: fp32,
     "ptq-random-calib": ptq_random_calib,
     "ptq-int8": ptq_int8,
+    "ptq-dynamic": ptq_dynamic,
+    "ptq-float16": ptq_float16,
+    "ptq-int16x8": ptq_int16x8,
+    "mixed": mixed,
     "prune-ptq": prune_ptq,
     "shrinkflow": shrinkflow,
 }
@@ -324,8 +350,12 @@ def _run_stages(names: Iterable[str], params: Params, ws: Workspace) -> None:
         run_stage(name, params, ws)
 
 
-def _teacher_tflite(bench: Bench, calibration: np.ndarray | None) -> Built:
-    return Built(convert_to_tflite(bench.teacher, calibration), bench.teacher.count_params())
+def _teacher_in(bench: Bench, mode: str) -> Built:
+    """The teacher through the quantize stage's own conversion, in `mode`."""
+    cfg = bench.params.quantize.model_copy(update={"enabled": True, "mode": mode})
+    validation = (bench.data.x_val, bench.data.y_val)
+    quantized = quantize_model(bench.teacher, cfg, _calibration(bench), validation)
+    return Built(quantized.tflite, bench.teacher.count_params())
 
 
 def _calibration(bench: Bench) -> np.ndarray:
@@ -342,7 +372,7 @@ def _row(reference: CandidateMetrics, metrics: CandidateMetrics, wall_s: float) 
 def _table_cells(document: dict) -> list[tuple[str, ...]]:
     return [
         (
-            name,
+            _label(name, document),
             percent(row["accuracy"]),
             f"{-100 * row['accuracy_drop'] or 0.0:+.2f} pt",  # `or`: -0.0 shows as +0.00
             human_size(row["tflite_bytes"]),
@@ -354,6 +384,13 @@ def _table_cells(document: dict) -> list[tuple[str, ...]]:
         )
         for name, row in document["recipes"].items()
     ]
+
+
+def _label(name: str, document: dict) -> str:
+    """The recipe's name; the pipeline's row also shows its quantization mode."""
+    if name != "shrinkflow":
+        return name
+    return f"{name} ({QuantizeConfig(**document['params']['quantize']).effective_mode})"
 
 
 def _markdown_row(cells: Iterable[str]) -> str:

@@ -87,7 +87,8 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
             log_inputs(after, changes)
             log_data_and_teacher(params, Workspace(root))
             metrics, version, decision = record_run(params, root, name)
-        publish_results(metrics, decision, version, params.gate.registered_model,
+        sensitivity = json.loads(Workspace(root).quant_sensitivity.read_text())
+        publish_results(metrics, sensitivity, decision, version, params.gate.registered_model,
                         announcer.mlflow_url)
     if decision.promote:
         announcer.promoted(params.gate.registered_model, version, decision.reason)

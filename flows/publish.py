@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import summary_table
+from flows.report import sensitivity_rows, summary_table
 from tasks.gate import Decision
 from tasks.models import epoch_listener
 
@@ -43,9 +43,10 @@ class Progress:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
 
 
-def publish_results(metrics: dict, decision: Decision, version: str, model_name: str,
-                    mlflow_url: str | None) -> None:
-    """The markdown report, the table of candidates and the link to the MLflow run."""
+def publish_results(metrics: dict, sensitivity: dict, decision: Decision, version: str,
+                    model_name: str, mlflow_url: str | None) -> None:
+    """The markdown report, the table of candidates, the per-op quantization sensitivity (when
+    measured) and the link to the MLflow run."""
     link = f"[MLflow run]({mlflow_url})" if mlflow_url else "MLflow run: see `mlflow ui`"
     verdict = "promoted to `champion`" if decision.promote else "not promoted"
     create_markdown_artifact(
@@ -63,6 +64,14 @@ def publish_results(metrics: dict, decision: Decision, version: str, model_name:
         description="Every candidate, measured by the same evaluator",
         table=[{"candidate": name, **values} for name, values in metrics["candidates"].items()],
     )
+    if sensitivity["layers"]:
+        create_table_artifact(
+            key="quant-sensitivity",
+            description=f"quantize.mode {sensitivity['mode']}: validation error with only that op "
+            f"quantized, and the precision each op got (validation error "
+            f"{sensitivity['validation_error']:.4f}, fp32 {sensitivity['fp32_validation_error']:.4f})",
+            table=sensitivity_rows(sensitivity),
+        )
     if mlflow_url:
         create_link_artifact(key="mlflow-run", link=mlflow_url, link_text="MLflow run")
 

@@ -57,8 +57,26 @@ def summary_table(metrics: dict) -> str:
          f"{metrics['compression_ratio']:.1f}x smaller"),
         ("latency p50", f"{teacher['latency_p50_us']:.1f} us", f"{final['latency_p50_us']:.1f} us",
          f"{metrics['speedup']:.1f}x faster"),
+        ("quantization", "fp32", metrics["quantization"]["mode"],
+         layer_precisions(metrics["quantization"]["layer_precisions"])),
     ]
     return aligned(rows)
+
+
+def layer_precisions(counts: dict[str, int]) -> str:
+    """`3 int4, 2 int8 layers`: how many weight layers the model stores at each precision."""
+    return ", ".join(f"{n} {precision}" for precision, n in sorted(counts.items())) + " layers"
+
+
+def sensitivity_rows(sensitivity: dict) -> list[dict]:
+    """quant_sensitivity.json as table rows: one per op, its validation error with only that op
+    quantized at each precision, and the precision it got."""
+    return [
+        {"layer": layer["layer"], "op": layer["op"], "bytes": layer["bytes"],
+         **{f"error {p}": round(e, 4) for p, e in layer["validation_error"].items()},
+         "precision": layer["precision"]}
+        for layer in sensitivity["layers"]
+    ]
 
 
 def aligned(rows: list[tuple[str, ...]]) -> str:

@@ -14,7 +14,7 @@ from tasks.evaluate import evaluate_task
 from tasks.inputs import stage_inputs, wait_until_settled
 from tasks.load import load_task, open_inputs
 from tasks.models import read_model
-from tasks.quantize import calibration_samples, quantize_task
+from tasks.quantize import calibration_samples, check_quantizable, quantize_task
 from tasks.sparsify import check_prunable, sparsify_task
 
 STAGES = ("load", "sparsify", "distill", "quantize", "evaluate")
@@ -34,7 +34,8 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         "quantize": (quantize_task, {"seed": p.seed, "cfg": p.quantize}),
         "evaluate": (
             evaluate_task,
-            {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled},
+            {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
+             "quantize_mode": p.quantize.effective_mode},
         ),
     }
     if name not in calls:
@@ -59,11 +60,13 @@ def check_inputs(params: Params) -> None:
     inputs = open_inputs(params.data, params.model, params.seed)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
+    quantized = inputs.teacher  # a student derived by width has the teacher's layer types
     if params.distill.enabled:
         if params.distill.student:
-            student = read_model(params.distill.student, "distill.student", params.model.trust_code)
-            check_student(student, inputs.teacher)
+            quantized = read_model(params.distill.student, "distill.student", params.model.trust_code)
+            check_student(quantized, inputs.teacher)
         elif params.distill.width < 1.0:
             derive_student(inputs.teacher, params.distill.width, params.distill.init)
-    if params.quantize.enabled:
+    if params.quantize.needs_calibration:
         calibration_samples(inputs.data, params.quantize, params.seed)
+    check_quantizable(quantized, params.quantize, inputs.data.x_train)

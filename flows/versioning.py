@@ -36,7 +36,7 @@ so DVC tracks the files (and folders) by content. A built-in source names its st
 # Written by DVC or by a run, and part of what an experiment records.
 EXPERIMENT_FILES = [
     DVC_LOCK, PARAMS_FILE, "metrics/metrics.json", "metrics/sparsity.json",
-    "artifacts/.gitignore", "plots/.gitignore",
+    "metrics/quant_sensitivity.json", "artifacts/.gitignore", "plots/.gitignore",
 ]  # named one by one: `shrinkflow bench` also writes under metrics/, and that is no run's record
 # Set by `shrinkflow init` where git has no identity at all (CI machines, containers).
 LOCAL_IDENTITY = {"user.name": "shrinkflow", "user.email": "shrinkflow@localhost"}

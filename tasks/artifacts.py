@@ -35,7 +35,7 @@ class Workspace:
 
     @property
     def model(self) -> Path:
-        """The deployable INT8 model."""
+        """The deployable model, in quantize.mode."""
         return self.root / "artifacts" / "model.tflite"
 
     @property
@@ -45,6 +45,11 @@ class Workspace:
     @property
     def sparsity(self) -> Path:
         return self.root / "metrics" / "sparsity.json"
+
+    @property
+    def quant_sensitivity(self) -> Path:
+        """Per-op validation error at each precision (measured for quantize.mode mixed)."""
+        return self.root / "metrics" / "quant_sensitivity.json"
 
     @property
     def plots(self) -> Path:

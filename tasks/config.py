@@ -132,10 +132,30 @@ class DistillConfig(Training):
 
 
 class QuantizeConfig(Section):
-    enabled: bool = Field(True, description="Full-integer INT8 (off: FP32 .tflite).")
+    model_config = ConfigDict(use_attribute_docstrings=True)  # the docstring under `mode`
+
+    enabled: bool = Field(True, description="Quantize in `mode` (off: FP32 .tflite).")
+    mode: Literal["int8", "int16x8", "dynamic", "float16", "mixed"] = "int8"
+    """`int8`: full integer, int8 I/O | `int16x8`: int16 activations, int8 weights, int16 I/O
+    (slow on x86) | `dynamic`: int8 weights, float activations and I/O | `float16`: float16
+    weights, float I/O | `mixed`: per layer INT4/INT8 weights or float, chosen by measured
+    sensitivity within `max_accuracy_drop`."""
     calibration_samples: PositiveInt = Field(
         200, description="Real training samples used to calibrate activation ranges."
     )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1,
+        description="mixed: largest validation-accuracy drop allowed vs the FP32 student.",
+    )
+
+    @property
+    def effective_mode(self) -> str:
+        """`mode`, or `fp32` when quantization is off."""
+        return self.mode if self.enabled else "fp32"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.enabled and self.mode in ("int8", "int16x8", "mixed")
 
 
 class EvaluateConfig(Section):
@@ -216,5 +236,5 @@ class Params(Section):
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
         return (
             f"data={self.data.source} model={self.model.source} sparsify={sparsify} "
-            f"distill={distill} quantize={'int8' if self.quantize.enabled else 'fp32'} seed={self.seed}"
+            f"distill={distill} quantize={self.quantize.effective_mode} seed={self.seed}"
         )

@@ -14,10 +14,11 @@ from tasks.config import EvaluateConfig
 from tasks.data import Dataset
 from tasks.models import layer_sparsity, read_model
 from tasks.plots import plot_layer_sparsity, plot_tradeoff
-from tasks.quantize import convert_to_tflite
+from tasks.quantize import convert_to_tflite, precision_counts
 from tasks.tflite import TFLiteClassifier
 
 WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}  # tflite TensorType codes
+INT4 = 17  # two weights per byte
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,20 @@ def weight_sparsity(model: bytes) -> float:
     zeros = total = 0
     for tensor in flatbuffer.subgraphs[0].tensors:
         buffer = flatbuffer.buffers[tensor.buffer].data
-        if buffer is None or len(tensor.shape) < 2 or tensor.type not in WEIGHT_TYPES:
+        if buffer is None or len(tensor.shape) < 2 or tensor.type not in (*WEIGHT_TYPES, INT4):
             continue
-        values = np.frombuffer(bytes(buffer), dtype=WEIGHT_TYPES[tensor.type])
+        values = _weights(tensor, bytes(buffer))
         zeros += int(np.sum(values == 0))
         total += values.size
     return zeros / total if total else 0.0
+
+
+def _weights(tensor, buffer: bytes) -> np.ndarray:
+    """A weight tensor's stored values; INT4 nibbles unpacked (zero is zero in two's complement)."""
+    if tensor.type != INT4:
+        return np.frombuffer(buffer, dtype=WEIGHT_TYPES[tensor.type])
+    packed = np.frombuffer(buffer, dtype=np.uint8)
+    return np.stack([packed & 0x0F, packed >> 4], axis=-1).ravel()[: int(np.prod(tensor.shape))]
 
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
@@ -84,11 +93,12 @@ def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
 
 
 def run_evaluate(
-    cfg: EvaluateConfig, sparsified: bool, distilled: bool, ws: Workspace
+    cfg: EvaluateConfig, sparsified: bool, distilled: bool, quantize_mode: str, ws: Workspace
 ) -> dict[str, float]:
     """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
 
-    Writes metrics.json and the plots; returns the headline metrics.
+    Writes metrics.json (with the final model's quantization mode and how many weight layers it
+    stores at each precision) and the plots; returns the headline metrics.
     """
     data = Dataset.load(ws.data)
     keras_models = {"teacher": ws.teacher}
@@ -102,8 +112,11 @@ def run_evaluate(
         for name, model in models.items()
     }
     final = models["distilled"] if distilled else read_model(ws.student)
-    candidates["final"] = evaluate_tflite(ws.model.read_bytes(), data, cfg, final.count_params())
-    document = summarize(candidates)
+    deployed = ws.model.read_bytes()
+    candidates["final"] = evaluate_tflite(deployed, data, cfg, final.count_params())
+    document = summarize(candidates) | {
+        "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)}
+    }
     write_json(ws.metrics, document)
     plot_tradeoff(document["candidates"], ws.plots / "tradeoff.png")
     per_layer = {"sparsified": layer_sparsity(models["sparsified"])} if sparsified else {}

@@ -44,6 +44,35 @@ def plot_layer_sparsity(layers: dict[str, dict[str, float]], path: Path) -> None
     _save(fig, path)
 
 
+def plot_quant_sensitivity(sensitivity: dict, path: Path) -> None:
+    """Validation error per op with only that op quantized, one bar per precision; the FP32
+    error as a line; each op labelled with the precision the model got. Without layers (modes
+    other than mixed) the figure says so."""
+    layers = sensitivity["layers"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(layers)), 4))
+    if not layers:
+        ax.text(0.5, 0.5, f"quantize.mode {sensitivity['mode']}: no per-op sensitivity measured",
+                ha="center", va="center")
+        ax.set_axis_off()
+        _save(fig, path)
+        return
+    precisions = sorted({p for layer in layers for p in layer["validation_error"]})
+    width = 0.8 / len(precisions)
+    for i, precision in enumerate(precisions):
+        xs = [j + i * width for j in range(len(layers))]
+        ax.bar(xs, [layer["validation_error"].get(precision, 0.0) for layer in layers],
+               width=width, label=f"only this op {precision}")
+    ax.axhline(sensitivity["fp32_validation_error"], color="black", linestyle="--", label="fp32")
+    ax.set_xticks([j + width * (len(precisions) - 1) / 2 for j in range(len(layers))])
+    ax.set_xticklabels([f"{layer['layer']} {layer['op'].lower()}\n-> {layer['precision']}"
+                        for layer in layers], rotation=45, ha="right")
+    ax.set_ylabel("validation error")
+    ax.set_title(f"Per-op quantization sensitivity (chosen: validation error "
+                 f"{sensitivity['validation_error']:.3f})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -1,20 +1,44 @@
-"""TFLite conversion: full-integer INT8 calibrated on real samples, or plain FP32."""
+"""TFLite conversion in every quantization mode (see `QuantizeConfig.mode`), or plain FP32.
+
+`quantize_model` is the one way to turn a Keras model into a quantized .tflite: the quantize stage
+calls it, and so can anything else (a search trial, the bench). Every model it returns has run
+once in the LiteRT interpreter with its default delegate (XNNPACK where it applies).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
 from prefect import task
 
-from tasks.artifacts import Workspace, write_bytes
+from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import QuantizeConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
+from tasks.mixed import Mixer, Split, mixed_precision
 from tasks.models import read_model
+from tasks.plots import plot_quant_sensitivity
+from tasks.tflite import TFLiteClassifier
+
+Precision = Literal["fp32", "int8", "int16x8", "dynamic", "float16"]  # the converter's own modes
+TYPE_NAMES = {0: "float", 1: "float16", 7: "int16", 9: "int8", 17: "int4"}  # tflite TensorType
+INT16X8 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A .tflite in its mode; for `mixed` also the per-op sensitivity that chose its plan."""
+
+    tflite: bytes
+    mode: str
+    sensitivity: dict | None = None
 
 
 def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.ndarray:
@@ -29,19 +53,120 @@ def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.nda
     return data.x_train[chosen]
 
 
-def convert_to_tflite(model: keras.Model, calibration: np.ndarray | None = None) -> bytes:
-    """FP32 .tflite, or with `calibration` full-integer INT8 with int8 input and output.
+def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray,
+                   validation: Split) -> QuantizedModel:
+    """`model` as a .tflite in `cfg.mode` (FP32 when not `cfg.enabled`), checked to run in LiteRT.
+
+    `calibration` are real training samples (ignored by `dynamic` and `float16`); `validation`
+    is what `mixed` measures its choices on (never the test split). A mode LiteRT cannot run for
+    this model raises InputError naming the mode.
+    """
+    if cfg.enabled and cfg.mode == "mixed":
+        fp32 = convert_to_tflite(model)
+        mixed = mixed_precision(fp32, calibration, validation, cfg.max_accuracy_drop)
+        quantized = QuantizedModel(mixed.tflite, "mixed", mixed.sensitivity)
+    else:
+        quantized = QuantizedModel(_convert(model, cfg.effective_mode, calibration),
+                                   cfg.effective_mode)
+    check_runs(quantized.tflite, quantized.mode, calibration[0])
+    return quantized
+
+
+def _convert(model: keras.Model, mode: Precision, calibration: np.ndarray) -> bytes:
+    try:
+        return convert_to_tflite(model, mode, calibration)
+    except RuntimeError as exc:  # "Quantization to 16x8-bit not yet supported for op: 'ELU'"
+        if mode == "int16x8":
+            raise _cannot_run(mode, exc) from None
+        raise
+
+
+def convert_to_tflite(model: keras.Model, mode: Precision = "fp32",
+                      calibration: np.ndarray | None = None) -> bytes:
+    """The TFLite converter in one of its modes: FP32; `int8` (full integer, int8 I/O); `int16x8`
+    (int16 activations and I/O, int8 weights); `dynamic` (int8 weights, float activations and
+    I/O); `float16` (float16 weights, float I/O). `int8` and `int16x8` calibrate on `calibration`.
 
     Weights are quantized symmetrically (zero point 0), so pruned zeros stay exact zeros.
     """
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if calibration is not None:
+    if mode != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in ("int8", "int16x8"):
+        io_type = tf.int8 if mode == "int8" else tf.int16
         converter.representative_dataset = lambda: _one_at_a_time(calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8" else INT16X8
+        ]
+        converter.inference_input_type = converter.inference_output_type = io_type
     return converter.convert()
+
+
+def check_runs(tflite: bytes, mode: str, sample: np.ndarray) -> None:
+    """Invoke the model once on a real sample in LiteRT with its default delegate (XNNPACK)."""
+    try:
+        TFLiteClassifier(tflite).predict(sample[None])
+    except (RuntimeError, ValueError) as exc:
+        raise _cannot_run(mode, exc) from None
+
+
+def _cannot_run(mode: str, exc: Exception) -> InputError:
+    return InputError(
+        f"quantize.mode {mode}: LiteRT cannot run this model in that mode "
+        f"({str(exc).strip().splitlines()[0]}); use quantize.mode int8, dynamic or float16, "
+        "or change the layer it names"
+    )
+
+
+def check_quantizable(model: keras.Model, cfg: QuantizeConfig, samples: np.ndarray) -> None:
+    """The cheap pre-check for the modes not every model can take, on `model` as it is (untrained
+    weights do) and two samples: `int16x8` converts and runs once (the converter lacks 16x8
+    kernels for some ops, e.g. ELU); `mixed` needs AEQ to read and calibrate the model (ops it
+    cannot quantize stay float, so they never stop it). Raises InputError naming the mode."""
+    if not cfg.enabled or cfg.mode not in ("int16x8", "mixed"):
+        return
+    if cfg.mode == "int16x8":
+        quantize_model(model, cfg, samples[:2], (samples[:0], np.zeros(0)))
+        return
+    try:
+        Mixer(convert_to_tflite(model), samples[:2], (samples[:0], np.zeros(0)))
+    except (RuntimeError, ValueError) as exc:
+        raise _cannot_run("mixed", exc) from None
+
+
+def layer_precisions(tflite: bytes) -> dict[str, str]:
+    """Each op holding constant weights of rank >= 2 (conv and dense kernels), by scope, and the
+    type those weights are stored in: `int4`, `int8`, `float16` or `float`.
+
+    Weights stored compressed and decoded by a DEQUANTIZE op (float16 mode) count at their
+    stored type.
+    """
+    model = fb.read_model(bytearray(tflite))
+    graph = model.subgraphs[0]
+
+    def name(op) -> str | None:
+        return fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+
+    stored_as = {op.outputs[0]: op.inputs[0] for op in graph.operators if name(op) == "DEQUANTIZE"}
+    precisions = {}
+    for op in graph.operators:
+        if name(op) == "DEQUANTIZE":
+            continue
+        for index in filter(lambda i: i >= 0, op.inputs):  # -1: an omitted optional input
+            stored = graph.tensors[stored_as.get(index, index)]
+            if len(stored.shape) >= 2 and model.buffers[stored.buffer].data is not None:
+                precisions[fb.get_op_scope(op, graph.tensors)] = TYPE_NAMES.get(stored.type, "other")
+    return precisions
+
+
+def precision_counts(tflite: bytes) -> dict[str, int]:
+    """How many weight layers are stored at each precision, e.g. {"int4": 2, "int8": 3}."""
+    counts: dict[str, int] = {}
+    for precision in layer_precisions(tflite).values():
+        counts[precision] = counts.get(precision, 0) + 1
+    return counts
 
 
 def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
@@ -50,12 +175,17 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 
 def run_quantize(seed: int, cfg: QuantizeConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: student -> model.tflite (INT8, or FP32 when disabled)."""
+    """Stage: student -> model.tflite in `cfg.mode` (FP32 when disabled), and the per-op
+    sensitivity (json + plot; measured for `mixed`, an empty list of layers otherwise)."""
     student = read_model(ws.student)
-    calibration = calibration_samples(Dataset.load(ws.data), cfg, seed) if cfg.enabled else None
-    model = convert_to_tflite(student, calibration)
-    write_bytes(ws.model, model)
-    return {"tflite_bytes": len(model)}
+    data = Dataset.load(ws.data)
+    calibration = calibration_samples(data, cfg, seed) if cfg.needs_calibration else data.x_train[:1]
+    quantized = quantize_model(student, cfg, calibration, (data.x_val, data.y_val))
+    sensitivity = {"mode": quantized.mode, "layers": []} | (quantized.sensitivity or {})
+    write_bytes(ws.model, quantized.tflite)
+    write_json(ws.quant_sensitivity, sensitivity)
+    plot_quant_sensitivity(sensitivity, ws.plots / "quant_sensitivity.png")
+    return {"tflite_bytes": len(quantized.tflite)}
 
 
 quantize_task = task(run_quantize, name="quantize")

@@ -28,15 +28,18 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert row["latency_p50_us"] > 0 and row["wall_s"] > 0, name
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
-    for name in ("ptq-random-calib", "ptq-int8", "prune-ptq", "shrinkflow"):
+    for name in ("ptq-random-calib", "ptq-int8", "ptq-dynamic", "ptq-int16x8", "mixed",
+                 "prune-ptq", "shrinkflow"):
         assert rows[name]["tflite_bytes"] < fp32["tflite_bytes"] / 2, name
+    assert rows["ptq-float16"]["tflite_bytes"] < fp32["tflite_bytes"] * 0.6
     assert rows["prune-ptq"]["sparsity"] == pytest.approx(0.8, abs=0.02)
     assert rows["shrinkflow"]["params"] < fp32["params"]  # the narrow student, not the teacher
     assert "overhead" not in document
 
     assert json.loads((tmp_path / BENCH_JSON).read_text()) == document
     markdown = (tmp_path / BENCH_MD).read_text()
-    assert all(f"| {name} |" in markdown for name in RECIPES)
+    labels = [name if name != "shrinkflow" else "shrinkflow (int8)" for name in RECIPES]
+    assert all(f"| {label} |" in markdown for label in labels)  # the pipeline's row: its mode
     assert (tmp_path / BENCH_PLOT).stat().st_size > 0
     table = bench_table(document).splitlines()
     assert len(table) == 1 + len(RECIPES) and table[1].startswith("fp32 ")

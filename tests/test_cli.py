@@ -88,6 +88,14 @@ BAD_INPUTS = {
     "calibration beyond the split": (
         lambda d: ["quantize.calibration_samples=5000"], "calibration_samples is 5000 .* training split has 360"
     ),
+    "unknown quantize mode": (
+        lambda d: ["quantize.mode=int2"], "quantize.mode = 'int2': Input should be 'int8', 'int16x8'"
+    ),
+    "int16x8 with an op LiteRT has no 16x8 kernel for": (
+        lambda d: ["quantize.mode=int16x8",
+                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(8), keras.layers.Activation('elu')])}"],
+        "quantize.mode int16x8: LiteRT cannot run this model in that mode .*'ELU'",
+    ),
     "unknown key": (lambda d: ["distill.temprature=2"], "distill.temprature: unknown key; allowed here: .*temperature"),
     "unprunable layer, policy error": (
         lambda d: ["sparsify.unsupported_layers=error",

@@ -18,7 +18,7 @@ def test_fp32_predictions_match_keras(digits, trained_cnn):
 
 
 def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_cnn):
-    int8 = TFLiteClassifier(convert_to_tflite(trained_cnn, digits.x_train[:50]))
+    int8 = TFLiteClassifier(convert_to_tflite(trained_cnn, "int8", digits.x_train[:50]))
     outputs = int8.predict(digits.x_test)
     assert outputs.dtype == np.float32 and outputs.shape == (60, 10)
     assert outputs.sum(axis=1) == pytest.approx(np.ones(60), abs=0.05)  # softmax, dequantized
@@ -27,7 +27,7 @@ def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_c
 
 
 def test_candidate_metrics_are_measured(digits, trained_cnn):
-    model = convert_to_tflite(trained_cnn, digits.x_train[:50])
+    model = convert_to_tflite(trained_cnn, "int8", digits.x_train[:50])
     metrics = evaluate_tflite(model, digits, EvaluateConfig(latency_runs=200, warmup_runs=5), 123)
     predicted = TFLiteClassifier(model).predict(digits.x_test).argmax(axis=1)
     assert metrics.accuracy == pytest.approx(np.mean(predicted == digits.y_test))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 from mlflow import MlflowClient
+from prefect.artifacts import Artifact
 
 from conftest import make_project, write_tiny_params
 from flows.compress import compress
@@ -57,18 +58,25 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert parent.info.run_id == report["mlflow_run_id"]
     client = MlflowClient(params.tracking.uri)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"model.tflite", "metrics.json", "params.yaml", "plots"} <= logged
+    assert {"model.tflite", "metrics.json", "quant_sensitivity.json", "params.yaml", "plots"} <= logged
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/sparsity.png", "plots/tradeoff.png"}
+    assert plots == {"plots/sparsity.png", "plots/tradeoff.png", "plots/quant_sensitivity.png"}
+    assert metrics["quantization"] == {"mode": "int8", "layer_precisions": {"int8": 5}}
 
 
 def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, dvc_project, tiny_params):
-    params = tiny_params("sparsify.enabled=false", "distill.enabled=false")
+    """In mode mixed with room to spare: every conv and dense kernel INT4, its sensitivity shown."""
+    params = tiny_params("sparsify.enabled=false", "distill.enabled=false", "quantize.mode=mixed",
+                         "quantize.max_accuracy_drop=1.0")
     metrics = compress(params, workdir=str(dvc_project))["metrics"]
     assert set(metrics["candidates"]) == {"teacher", "final"}
     assert metrics["final"]["params"] == metrics["teacher"]["params"]
-    assert metrics["final"]["sparsity"] < 0.05
-    assert metrics["final"]["tflite_bytes"] < metrics["teacher"]["tflite_bytes"] / 3
+    assert metrics["final"]["sparsity"] < 0.2  # unpruned: only weights INT4 rounds to zero
+    assert metrics["final"]["tflite_bytes"] < metrics["teacher"]["tflite_bytes"] / 6
+    assert metrics["quantization"] == {"mode": "mixed", "layer_precisions": {"int4": 5}}
+    sensitivity = json.loads((dvc_project / "metrics" / "quant_sensitivity.json").read_text())
+    shown = Artifact.get("quant-sensitivity")
+    assert shown is not None and len(json.loads(shown.data)) == len(sensitivity["layers"]) > 5
 
 
 def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, dvc_project, tiny_params, monkeypatch):

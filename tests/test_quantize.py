@@ -1,18 +1,31 @@
-"""INT8 conversion: int8 in and out, real calibration samples, pruned zeros kept."""
+"""Conversion in every mode: I/O types, real calibration samples, pruned zeros kept, the model
+runs in LiteRT, and mixed precision's plan, budget and sensitivity."""
+
+import json
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from tasks.config import QuantizeConfig, SparsifyConfig
+from tasks.artifacts import Workspace
+from tasks.config import EvaluateConfig, QuantizeConfig, SparsifyConfig
 from tasks.errors import InputError
-from tasks.evaluate import weight_sparsity
-from tasks.quantize import calibration_samples, convert_to_tflite
+from tasks.evaluate import measure_tflite, weight_sparsity
+from tasks.mixed import quantizable_ops, validation_accuracy
+from tasks.models import write_model
+from tasks.quantize import (
+    calibration_samples,
+    convert_to_tflite,
+    layer_precisions,
+    quantize_model,
+    run_quantize,
+)
 from tasks.sparsify import sparsify
+from tasks.tflite import TFLiteClassifier
 
 
 def test_int8_model_takes_and_returns_int8(digits, trained_cnn):
-    model = convert_to_tflite(trained_cnn, digits.x_train[:20])
+    model = convert_to_tflite(trained_cnn, "int8", digits.x_train[:20])
     interpreter = Interpreter(model_content=model)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
@@ -23,8 +36,8 @@ def test_int8_model_takes_and_returns_int8(digits, trained_cnn):
 
 def test_pruned_zeros_stay_zeros(digits, trained_cnn):
     sparse = sparsify(trained_cnn, digits, SparsifyConfig(epochs=1, final_sparsity=0.8)).model
-    assert weight_sparsity(convert_to_tflite(sparse, digits.x_train[:20])) == pytest.approx(0.8, abs=0.01)
-    assert weight_sparsity(convert_to_tflite(trained_cnn, digits.x_train[:20])) < 0.05
+    assert weight_sparsity(convert_to_tflite(sparse, "int8", digits.x_train[:20])) == pytest.approx(0.8, abs=0.01)
+    assert weight_sparsity(convert_to_tflite(trained_cnn, "int8", digits.x_train[:20])) < 0.05
 
 
 def test_calibration_draws_real_training_samples_repeatably(digits):
@@ -39,3 +52,89 @@ def test_calibration_draws_real_training_samples_repeatably(digits):
 def test_more_calibration_samples_than_the_split_is_refused(digits):
     with pytest.raises(InputError, match="calibration_samples is 301 .* at most 300"):
         calibration_samples(digits, QuantizeConfig(calibration_samples=301), seed=0)
+
+
+@pytest.fixture(scope="module")
+def residual(digits):
+    """A trained tiny residual CNN: Conv2D, DepthwiseConv2D, Add, Dense (shared by the module)."""
+    import tf_keras as keras
+
+    from tasks.config import ModelConfig
+    from tasks.load import train_teacher
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(digits.input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="dense")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="out")(x)
+    return train_teacher(keras.Model(inputs, outputs), digits, ModelConfig(epochs=8))
+
+
+def keras_accuracy(model, digits) -> float:
+    return float(np.mean(model.predict(digits.x_test, verbose=0).argmax(-1) == digits.y_test))
+
+
+IO_TYPES = {"int8": np.int8, "int16x8": np.int16, "dynamic": np.float32, "float16": np.float32}
+WEIGHTS = {"int8": {"int8"}, "int16x8": {"int8"}, "dynamic": {"int8", "float"}, "float16": {"float16"}}
+
+
+@pytest.mark.parametrize("mode", IO_TYPES)
+def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, residual, digits):
+    quantized = quantize_model(residual, QuantizeConfig(mode=mode), digits.x_train[:50],
+                               (digits.x_val, digits.y_val))
+    classifier = TFLiteClassifier(quantized.tflite)
+    assert classifier.input["dtype"] == classifier.output["dtype"] == IO_TYPES[mode]
+    measured = measure_tflite(quantized.tflite, digits, EvaluateConfig(latency_runs=200, warmup_runs=1))
+    assert measured["accuracy"] == pytest.approx(keras_accuracy(residual, digits), abs=0.05)
+    precisions = layer_precisions(quantized.tflite)
+    assert len(precisions) == 4  # conv, depthwise, dense, out
+    assert set(precisions.values()) <= WEIGHTS[mode] and "float" not in set(precisions.values()) - WEIGHTS[mode]
+
+
+def test_mixed_chooses_within_the_budget_and_the_model_matches_its_plan(residual, digits):
+    validation = (digits.x_val, digits.y_val)
+    fp32 = validation_accuracy(convert_to_tflite(residual), validation)
+    cfg = QuantizeConfig(mode="mixed", max_accuracy_drop=0.02)
+    quantized = quantize_model(residual, cfg, digits.x_train[:50], validation)
+    layers = quantized.sensitivity["layers"]
+    weighted = [layer for layer in layers if layer["params"]]
+    assert [layer["layer"] for layer in weighted] == ["conv", "depthwise", "dense", "out"]
+    assert {layer["op"] for layer in layers} >= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "FULLY_CONNECTED"}
+    assert all(set(layer["validation_error"]) <= {"int4", "int8"} for layer in layers)
+    stored = layer_precisions(quantized.tflite)
+    assert {layer["scope"]: layer["precision"] for layer in weighted} == stored
+    assert fp32 - validation_accuracy(quantized.tflite, validation) <= 0.02
+    assert 1 - validation_accuracy(quantized.tflite, validation) == pytest.approx(
+        quantized.sensitivity["validation_error"])
+    assert TFLiteClassifier(quantized.tflite).predict(digits.x_test[:5]).shape == (5, 10)
+
+
+def test_mixed_with_room_stores_int4_weights_and_shrinks_below_int8(residual, digits):
+    validation = (digits.x_val, digits.y_val)
+    loose = quantize_model(residual, QuantizeConfig(mode="mixed", max_accuracy_drop=1.0),
+                           digits.x_train[:50], validation)
+    int8 = quantize_model(residual, QuantizeConfig(), digits.x_train[:50], validation)
+    stored = {layer["layer"]: layer["precision"] for layer in loose.sensitivity["layers"]
+              if layer["params"]}
+    # AEQ's policy offers no INT4 for DEPTHWISE_CONV_2D: it stays INT8
+    assert stored == {"conv": "int4", "depthwise": "int8", "dense": "int4", "out": "int4"}
+    assert sorted(layer_precisions(loose.tflite).values()) == sorted(stored.values())
+    assert len(loose.tflite) < len(int8.tflite)
+    assert weight_sparsity(loose.tflite) < 0.2  # INT4 nibbles are unpacked, not read as bytes
+
+
+def test_quantize_stage_writes_the_model_the_sensitivity_and_its_plot(residual, digits, tmp_path):
+    ws = Workspace(tmp_path)
+    digits.save(ws.data)
+    write_model(residual, ws.student)
+    run_quantize(0, QuantizeConfig(mode="mixed", calibration_samples=50), ws)
+    sensitivity = json.loads(ws.quant_sensitivity.read_text())
+    assert sensitivity["mode"] == "mixed"
+    assert len(sensitivity["layers"]) == len(quantizable_ops(convert_to_tflite(residual)))
+    assert (ws.plots / "quant_sensitivity.png").stat().st_size > 0
+    assert TFLiteClassifier(ws.model.read_bytes()).predict(digits.x_test[:1]).shape == (1, 10)
+    run_quantize(0, QuantizeConfig(mode="float16"), ws)
+    assert json.loads(ws.quant_sensitivity.read_text()) == {"mode": "float16", "layers": []}

@@ -45,7 +45,7 @@ def register(root: Path, data: Dataset) -> tuple[str, Decision]:
                               keras.layers.Dense(data.num_classes, activation="softmax")])
     ws = Workspace(root)
     data.save(ws.data)
-    write_bytes(ws.model, convert_to_tflite(model, data.x_train[:20]))
+    write_bytes(ws.model, convert_to_tflite(model, "int8", data.x_train[:20]))
     with mlflow.start_run():
         return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
                                  EvaluateConfig(latency_runs=200, warmup_runs=1), ws, 0.0)
