@@ -17,6 +17,7 @@ DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
+QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
 
 
 class Section(BaseModel):
@@ -132,14 +133,14 @@ class DistillConfig(Training):
 
 
 class QuantizeConfig(Section):
-    model_config = ConfigDict(use_attribute_docstrings=True)  # the docstring under `mode`
-
     enabled: bool = Field(True, description="Quantize in `mode` (off: FP32 .tflite).")
-    mode: Literal["int8", "int16x8", "dynamic", "float16", "mixed"] = "int8"
-    """`int8`: full integer, int8 I/O | `int16x8`: int16 activations, int8 weights, int16 I/O
-    (slow on x86) | `dynamic`: int8 weights, float activations and I/O | `float16`: float16
-    weights, float I/O | `mixed`: per layer INT4/INT8 weights or float, chosen by measured
-    sensitivity within `max_accuracy_drop`."""
+    mode: QuantizeMode = Field(
+        "int8",
+        description="`int8`: full integer, int8 I/O | `int16x8`: int16 activations, int8 weights, "
+        "int16 I/O (slow on x86) | `dynamic`: int8 weights, float activations and I/O | "
+        "`float16`: float16 weights, float I/O | `mixed`: per layer INT4/INT8 weights or float, "
+        "chosen by measured sensitivity within `max_accuracy_drop`.",
+    )
     calibration_samples: PositiveInt = Field(
         200, description="Real training samples used to calibrate activation ranges."
     )
