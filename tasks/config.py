@@ -96,8 +96,16 @@ class SparsifyConfig(Training):
         "Kernel: small layers such as the first conv and the classifier stay denser, the same "
         "zeros overall).",
     )
+    pattern: Literal["unstructured", "2:4"] = Field(
+        "unstructured",
+        description="Where the zeros go: `unstructured` (anywhere, by magnitude, to the targets "
+        "above) | `2:4` (2 zeros in every 4 weights along a layer's input dimension: a fixed 50 % "
+        "per eligible layer; the targets, schedule and allocation do not apply).",
+    )
     unsupported_layers: Literal["skip", "error"] = Field(
-        "skip", description="Layers tfmot cannot prune: leave them dense, or stop."
+        "skip",
+        description="Layers tfmot cannot prune (with `2:4`: also those whose input dimension is "
+        "not a multiple of 4): leave them dense, or stop.",
     )
     epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
     learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
@@ -133,9 +141,29 @@ class DistillConfig(Training):
 
 class QuantizeConfig(Section):
     enabled: bool = Field(True, description="Full-integer INT8 (off: FP32 .tflite).")
+    mode: Literal["int8", "int16x8", "dynamic", "float16", "mixed"] = "int8"
     calibration_samples: PositiveInt = Field(
         200, description="Real training samples used to calibrate activation ranges."
     )
+    qat_epochs: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Quantization-aware fine-tuning epochs before the INT8 conversion, on the "
+        "distillation loss with the sparsity kept (0 = off: post-training quantization only).",
+    )
+    qat_learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="Adam learning rate of the quantization-aware fine-tuning."
+    )
+
+    @model_validator(mode="after")
+    def _qat_needs_int8(self) -> QuantizeConfig:
+        if self.qat_epochs and not (self.enabled and self.mode == "int8"):
+            used = f"mode {self.mode}" if self.enabled else "enabled: false"
+            raise ValueError(
+                f"qat_epochs {self.qat_epochs} trains for the full-integer INT8 conversion, "
+                f"but quantize has {used}; set quantize.qat_epochs: 0, or quantize.enabled: true "
+                "with quantize.mode: int8"
+            )
+        return self
 
 
 class EvaluateConfig(Section):

@@ -11,10 +11,11 @@ import tf_keras as keras
 from prefect import task
 
 from tasks.artifacts import Workspace, write_bytes
-from tasks.config import QuantizeConfig
+from tasks.config import DistillConfig, QuantizeConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
-from tasks.models import read_model
+from tasks.models import read_model, seed_everything
+from tasks.qat import quantization_aware_training
 
 
 def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.ndarray:
@@ -49,10 +50,17 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [sample[None].astype(np.float32)]
 
 
-def run_quantize(seed: int, cfg: QuantizeConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: student -> model.tflite (INT8, or FP32 when disabled)."""
+def run_quantize(
+    seed: int, cfg: QuantizeConfig, distill_cfg: DistillConfig, ws: Workspace
+) -> dict[str, float]:
+    """Stage: student -> model.tflite (INT8, or FP32 when disabled), after quantization-aware
+    training against the teacher when `qat_epochs` is set."""
     student = read_model(ws.student)
-    calibration = calibration_samples(Dataset.load(ws.data), cfg, seed) if cfg.enabled else None
+    data = Dataset.load(ws.data)
+    if cfg.qat_epochs:
+        seed_everything(seed)
+        student = quantization_aware_training(student, read_model(ws.teacher), data, cfg, distill_cfg)
+    calibration = calibration_samples(data, cfg, seed) if cfg.enabled else None
     model = convert_to_tflite(student, calibration)
     write_bytes(ws.model, model)
     return {"tflite_bytes": len(model)}
