@@ -40,6 +40,7 @@ from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
 from tasks.inputs import APPLICATIONS_PREFIX
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_tradeoff
+from tasks.qat import quantization_aware_training
 from tasks.quantize import calibration_samples, convert_to_tflite
 from tasks.sparsify import sparsify
 
@@ -61,6 +62,7 @@ GUIDE_PRUNING = SparsifyConfig(
     initial_sparsity=0.5, final_sparsity=0.8, frequency=100,
     epochs=2, batch_size=128, learning_rate=1e-3,
 )
+BENCH_QAT_EPOCHS = 2  # the qat row's epochs when quantize.qat_epochs is 0 (off)
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +118,18 @@ def shrinkflow(bench: Bench) -> Built:
     return Built(bench.ws.model.read_bytes(), read_model(bench.ws.student).count_params())
 
 
+def qat(bench: Bench) -> Built:
+    """shrinkflow's student after quantization-aware training on the distillation loss
+    (quantize.qat_epochs, or BENCH_QAT_EPOCHS when that is 0), then INT8. Wall time: QAT and
+    conversion only, on top of shrinkflow's."""
+    cfg = bench.params.quantize.model_copy(
+        update={"qat_epochs": bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS}
+    )
+    student = read_model(bench.ws.student)
+    trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, bench.params.distill)
+    return Built(convert_to_tflite(trained, _calibration(bench)), student.count_params())
+
+
 Recipe = Callable[[Bench], Built]
 RECIPES: dict[str, Recipe] = {
     REFERENCE: fp32,
@@ -123,6 +137,7 @@ RECIPES: dict[str, Recipe] = {
     "ptq-int8": ptq_int8,
     "prune-ptq": prune_ptq,
     "shrinkflow": shrinkflow,
+    "qat": qat,  # after shrinkflow: it starts from its student
 }
 
 

@@ -110,6 +110,13 @@ class SparsifyConfig(Training):
     epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
     learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
 
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _unquoted_2_4(cls, value: object) -> object:
+        """YAML 1.1 (PyYAML: params.yaml, `--set`) reads an unquoted 2:4 as the base-60 number
+        2 * 60 + 4 = 124; take it as the pattern it was meant to be."""
+        return "2:4" if value == 2 * 60 + 4 else value
+
     @model_validator(mode="after")
     def _sparsity_grows(self) -> SparsifyConfig:
         if self.schedule == "polynomial_decay" and self.initial_sparsity > self.final_sparsity:

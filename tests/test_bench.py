@@ -28,10 +28,12 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert row["latency_p50_us"] > 0 and row["wall_s"] > 0, name
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
-    for name in ("ptq-random-calib", "ptq-int8", "prune-ptq", "shrinkflow"):
+    for name in ("ptq-random-calib", "ptq-int8", "prune-ptq", "shrinkflow", "qat"):
         assert rows[name]["tflite_bytes"] < fp32["tflite_bytes"] / 2, name
     assert rows["prune-ptq"]["sparsity"] == pytest.approx(0.8, abs=0.02)
     assert rows["shrinkflow"]["params"] < fp32["params"]  # the narrow student, not the teacher
+    assert rows["qat"]["params"] == rows["shrinkflow"]["params"]  # the same student, QAT on top
+    assert rows["qat"]["sparsity"] == pytest.approx(rows["shrinkflow"]["sparsity"], abs=0.002)
     assert "overhead" not in document
 
     assert json.loads((tmp_path / BENCH_JSON).read_text()) == document
