@@ -1,6 +1,7 @@
 """Quantization-aware training and the 2:4 pattern: zeros kept through QAT into the .tflite, the
 distillation loss during QAT, and the layers that are refused or left dense."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, Sparsify
 from tasks.distill import DistillationLoss, derive_student, distill
 from tasks.errors import InputError
 from tasks.evaluate import blocks_2_4, evaluate_tflite, weight_sparsity, weight_tensors
-from tasks.models import kernels, overall_sparsity, write_model
+from tasks.models import kernels, overall_sparsity, read_model, write_model
 from tasks.qat import quantization_aware_training, quantize_aware
 from tasks.quantize import convert_to_tflite
 from tasks.sparsify import check_prunable, sparsify
@@ -41,21 +42,35 @@ def assert_zeros_kept(student: keras.Model, model: bytes) -> None:
     assert weight_sparsity(model) == pytest.approx(overall_sparsity(student), abs=0.002)
 
 
-def test_2_4_student_keeps_the_pattern_through_qat_into_the_int8_tflite(digits, trained_cnn, tmp_path):
-    student = derive_student(trained_cnn, width=0.5, init="teacher")
-    student = distill(trained_cnn, student, digits, DistillConfig(epochs=1), TWO_FOUR)
-    found = kernels(student)
-    assert np.all(found["conv/kernel"] != 0)  # 1 input channel: left dense, not half-pruned
+def assert_2_4(model: keras.Model) -> None:
+    """tiny_cnn's layout: the 1-channel conv left dense, the rest exactly 2 zeros in every 4."""
+    found = kernels(model)
+    assert np.all(found["conv/kernel"] != 0)  # not half-pruned by tfmot's padded blocks
     for name in ("dense/kernel", "out/kernel"):
         assert np.all(zeros_per_block(found[name]) == 2), name
-    assert blocks_2_4(convert_to_tflite(student, digits.x_train[:20])) == 1.0  # post-training
 
-    ws = Workspace(tmp_path)  # the quantize stage, QAT on, from the files it reads
+
+def test_2_4_pattern_holds_from_the_stages_through_qat_into_the_int8_tflite(
+    digits, trained_cnn, tmp_path
+):
+    ws = Workspace(tmp_path)
     digits.save(ws.data)
     write_model(trained_cnn, ws.teacher)
+    params = load_params(PARAMS_YAML, [
+        "sparsify.pattern=2:4", "sparsify.epochs=1", "quantize.qat_epochs=1",
+        "quantize.calibration_samples=20",
+    ])
+    run_stage("sparsify", params, ws)
+    assert_2_4(read_model(ws.sparse))
+    report = json.loads(ws.sparsity.read_text())
+    assert (report["pattern"], report["skipped"]) == ("2:4", [CONV_SKIPPED])
+
+    student = derive_student(trained_cnn, width=0.5, init="teacher")
+    student = distill(trained_cnn, student, digits, DistillConfig(epochs=1), params.sparsify)
+    assert_2_4(student)
+    assert blocks_2_4(convert_to_tflite(student, digits.x_train[:20])) == 1.0  # post-training
     write_model(student, ws.student)
-    params = load_params(PARAMS_YAML, ["quantize.qat_epochs=1", "quantize.calibration_samples=20"])
-    run_stage("quantize", params, ws)
+    run_stage("quantize", params, ws)  # QAT on
     model = ws.model.read_bytes()
     interpreter = Interpreter(model_content=model)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
