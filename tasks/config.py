@@ -246,10 +246,12 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
 
     def __str__(self) -> str:
-        s, d = self.sparsify, self.distill
-        sparsify = f"{s.initial_sparsity:g}->{s.final_sparsity:g}" if s.enabled else "off"
+        s, d, q = self.sparsify, self.distill, self.quantize
+        sparsify = "2:4" if s.pattern == "2:4" else f"{s.initial_sparsity:g}->{s.final_sparsity:g}"
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
+        quantize = ("int8" if q.enabled else "fp32") + (f"+qat{q.qat_epochs}" if q.qat_epochs else "")
         return (
-            f"data={self.data.source} model={self.model.source} sparsify={sparsify} "
-            f"distill={distill} quantize={'int8' if self.quantize.enabled else 'fp32'} seed={self.seed}"
+            f"data={self.data.source} model={self.model.source} "
+            f"sparsify={sparsify if s.enabled else 'off'} distill={distill} quantize={quantize} "
+            f"seed={self.seed}"
         )
