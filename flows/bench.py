@@ -62,7 +62,7 @@ GUIDE_PRUNING = SparsifyConfig(
     initial_sparsity=0.5, final_sparsity=0.8, frequency=100,
     epochs=2, batch_size=128, learning_rate=1e-3,
 )
-BENCH_QAT_EPOCHS = 2  # the qat row's epochs when quantize.qat_epochs is 0 (off)
+BENCH_QAT_EPOCHS = 4  # the qat row's epochs when quantize.qat_epochs is 0 (off)
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
