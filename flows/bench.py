@@ -126,7 +126,8 @@ def qat(bench: Bench) -> Built:
         update={"qat_epochs": bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS}
     )
     student = read_model(bench.ws.student)
-    trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, bench.params.distill)
+    distill = bench.params.distill
+    trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, distill)
     return Built(convert_to_tflite(trained, _calibration(bench)), student.count_params())
 
 

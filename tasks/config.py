@@ -249,7 +249,7 @@ class Params(Section):
         s, d, q = self.sparsify, self.distill, self.quantize
         sparsify = "2:4" if s.pattern == "2:4" else f"{s.initial_sparsity:g}->{s.final_sparsity:g}"
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
-        quantize = ("int8" if q.enabled else "fp32") + (f"+qat{q.qat_epochs}" if q.qat_epochs else "")
+        quantize = ("int8" if q.enabled else "fp32") + (f"+qat{q.qat_epochs}" * bool(q.qat_epochs))
         return (
             f"data={self.data.source} model={self.model.source} "
             f"sparsify={sparsify if s.enabled else 'off'} distill={distill} quantize={quantize} "

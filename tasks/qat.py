@@ -47,9 +47,9 @@ def quantization_aware_training(
     """`student` fine-tuned for `cfg.qat_epochs` with fake quantization, ready for the INT8
     converter (which then takes the trained ranges). Batch size: distill's."""
     model = quantize_aware(student)
-    loss_cfg = distill_cfg if distill_cfg.enabled else distill_cfg.model_copy(update={"alpha": 1.0})
-    training = Training(
-        epochs=cfg.qat_epochs, batch_size=distill_cfg.batch_size, learning_rate=cfg.qat_learning_rate
-    )
+    labels_only = {"alpha": 1.0}
+    loss_cfg = distill_cfg if distill_cfg.enabled else distill_cfg.model_copy(update=labels_only)
+    training = Training(epochs=cfg.qat_epochs, batch_size=distill_cfg.batch_size,
+                        learning_rate=cfg.qat_learning_rate)
     fit_to_teacher(model, teacher, data, loss_cfg, training)
     return model

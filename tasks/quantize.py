@@ -59,7 +59,8 @@ def run_quantize(
     data = Dataset.load(ws.data)
     if cfg.qat_epochs:
         seed_everything(seed)
-        student = quantization_aware_training(student, read_model(ws.teacher), data, cfg, distill_cfg)
+        teacher = read_model(ws.teacher)
+        student = quantization_aware_training(student, teacher, data, cfg, distill_cfg)
     calibration = calibration_samples(data, cfg, seed) if cfg.enabled else None
     model = convert_to_tflite(student, calibration)
     write_bytes(ws.model, model)

@@ -85,7 +85,8 @@ def test_2_4_pattern_holds_from_the_stages_through_qat_into_the_int8_tflite(
 def test_qat_keeps_unstructured_zeros_and_trains_on_the_distillation_loss(digits, trained_cnn):
     sparse = sparsify(trained_cnn, digits, SparsifyConfig(epochs=1, allocation="uniform")).model
     cfg = DistillConfig(temperature=3.0, alpha=0.2)
-    trained = quantization_aware_training(sparse, trained_cnn, digits, QuantizeConfig(qat_epochs=1), cfg)
+    qat = QuantizeConfig(qat_epochs=1)
+    trained = quantization_aware_training(sparse, trained_cnn, digits, qat, cfg)
     assert isinstance(trained.loss, DistillationLoss)
     assert (trained.loss.temperature, trained.loss.alpha) == (3.0, 0.2)
     model = convert_to_tflite(trained, digits.x_train[:20])
@@ -127,7 +128,8 @@ def test_qat_is_refused_for_conversions_other_than_int8():
 def test_2_4_leaves_a_layer_without_4_inputs_dense_or_refuses_it(tiny_cnn):
     assert check_prunable(tiny_cnn, TWO_FOUR) == [CONV_SKIPPED]
     refuse = SparsifyConfig(pattern="2:4", unsupported_layers="error")
-    with pytest.raises(InputError, match=r"conv \(Conv2D: input dimension 1 .* not a multiple of 4\) "
-                                         r"with sparsify.pattern 2:4; set sparsify.unsupported_layers: skip"):
+    message = (r"conv \(Conv2D: input dimension 1 .* not a multiple of 4\) with sparsify.pattern "
+               r"2:4; set sparsify.unsupported_layers: skip")
+    with pytest.raises(InputError, match=message):
         check_prunable(tiny_cnn, refuse)
     assert check_prunable(tiny_cnn, SparsifyConfig()) == []  # unstructured prunes it
