@@ -69,6 +69,8 @@ def check_inputs(params: Params) -> None:
             check_student(student, inputs.teacher)
         elif params.distill.width < 1.0:
             student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
+        if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
+            check_prunable(student, params.sparsify)
     if params.quantize.enabled:
         calibration_samples(inputs.data, params.quantize, params.seed)
     if params.quantize.qat_epochs:
