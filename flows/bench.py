@@ -40,6 +40,7 @@ from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
 from tasks.inputs import APPLICATIONS_PREFIX
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_tradeoff
+from tasks.qat import quantization_aware_training
 from tasks.quantize import calibration_samples, convert_to_tflite, quantize_model
 from tasks.sparsify import sparsify
 
@@ -61,6 +62,7 @@ GUIDE_PRUNING = SparsifyConfig(
     initial_sparsity=0.5, final_sparsity=0.8, frequency=100,
     epochs=2, batch_size=128, learning_rate=1e-3,
 )
+BENCH_QAT_EPOCHS = 4  # the qat row's epochs when quantize.qat_epochs is 0 (off)
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,19 @@ def shrinkflow(bench: Bench) -> Built:
     return Built(bench.ws.model.read_bytes(), read_model(bench.ws.student).count_params())
 
 
+def qat(bench: Bench) -> Built:
+    """shrinkflow's student after quantization-aware training on the distillation loss
+    (quantize.qat_epochs, or BENCH_QAT_EPOCHS when that is 0), then INT8. Wall time: QAT and
+    conversion only, on top of shrinkflow's."""
+    cfg = bench.params.quantize.model_copy(
+        update={"qat_epochs": bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS}
+    )
+    student = read_model(bench.ws.student)
+    distill = bench.params.distill
+    trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, distill)
+    return Built(convert_to_tflite(trained, "int8", _calibration(bench)), student.count_params())
+
+
 Recipe = Callable[[Bench], Built]
 RECIPES: dict[str, Recipe] = {
     REFERENCE: fp32,
@@ -149,6 +164,7 @@ RECIPES: dict[str, Recipe] = {
     "mixed": mixed,
     "prune-ptq": prune_ptq,
     "shrinkflow": shrinkflow,
+    "qat": qat,  # after shrinkflow: it starts from its student
 }
 
 

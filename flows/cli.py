@@ -136,10 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.set_defaults(command=serve)
     bench_cmd = commands.add_parser(
         "bench", help="compare shrinkflow with plain PTQ and the tfmot pruning recipe",
-        description="Build fp32, ptq-random-calib, ptq-int8, prune-ptq and shrinkflow from the "
-                    "configured data and teacher, measure each with the pipeline's evaluator, write "
-                    "metrics/bench.json, reports/bench.md and plots/bench.png, log an MLflow run "
-                    "named bench.",
+        description="Build fp32, ptq-random-calib, ptq-int8, prune-ptq, shrinkflow and qat from "
+                    "the configured data and teacher, measure each with the pipeline's evaluator, "
+                    "write metrics/bench.json, reports/bench.md and plots/bench.png, log an MLflow "
+                    "run named bench.",
     )
     bench_cmd.add_argument("--overhead", action="store_true",
                            help="also time `shrinkflow run` cold and warm in a fresh copy of the "

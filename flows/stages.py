@@ -14,6 +14,7 @@ from tasks.evaluate import evaluate_task
 from tasks.inputs import stage_inputs, wait_until_settled
 from tasks.load import load_task, open_inputs
 from tasks.models import read_model
+from tasks.qat import quantize_aware
 from tasks.quantize import calibration_samples, check_quantizable, quantize_task
 from tasks.sparsify import check_prunable, sparsify_task
 
@@ -31,7 +32,9 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
             {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify,
              "trust_code": p.model.trust_code},
         ),
-        "quantize": (quantize_task, {"seed": p.seed, "cfg": p.quantize}),
+        "quantize": (
+            quantize_task, {"seed": p.seed, "cfg": p.quantize, "distill_cfg": p.distill}
+        ),
         "evaluate": (
             evaluate_task,
             {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
@@ -60,13 +63,17 @@ def check_inputs(params: Params) -> None:
     inputs = open_inputs(params.data, params.model, params.seed)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
-    quantized = inputs.teacher  # a student derived by width has the teacher's layer types
+    student = inputs.teacher  # the architecture quantize receives, untrained
     if params.distill.enabled:
         if params.distill.student:
             quantized = read_model(params.distill.student, "distill.student", params.model.trust_code)
             check_student(quantized, inputs.teacher)
         elif params.distill.width < 1.0:
-            derive_student(inputs.teacher, params.distill.width, params.distill.init)
+            student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
+        if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
+            check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:
         calibration_samples(inputs.data, params.quantize, params.seed)
-    check_quantizable(quantized, params.quantize, inputs.data.x_train)
+    check_quantizable(student, params.quantize, inputs.data.x_train)
+    if params.quantize.qat_epochs:
+        quantize_aware(student)

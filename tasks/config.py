@@ -97,11 +97,26 @@ class SparsifyConfig(Training):
         "Kernel: small layers such as the first conv and the classifier stay denser, the same "
         "zeros overall).",
     )
+    pattern: Literal["unstructured", "2:4"] = Field(
+        "unstructured",
+        description="Where the zeros go: `unstructured` (anywhere, by magnitude, to the targets "
+        "above) | `2:4` (2 zeros in every 4 weights along a layer's input dimension: a fixed 50 % "
+        "per eligible layer; the targets, schedule and allocation do not apply).",
+    )
     unsupported_layers: Literal["skip", "error"] = Field(
-        "skip", description="Layers tfmot cannot prune: leave them dense, or stop."
+        "skip",
+        description="Layers tfmot cannot prune (with `2:4`: also those whose input dimension is "
+        "not a multiple of 4): leave them dense, or stop.",
     )
     epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
     learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _unquoted_2_4(cls, value: object) -> object:
+        """YAML 1.1 (PyYAML: params.yaml, `--set`) reads an unquoted 2:4 as the base-60 number
+        2 * 60 + 4 = 124; take it as the pattern it was meant to be."""
+        return "2:4" if value == 2 * 60 + 4 else value
 
     @model_validator(mode="after")
     def _sparsity_grows(self) -> SparsifyConfig:
@@ -148,6 +163,14 @@ class QuantizeConfig(Section):
         0.01, ge=0, le=1,
         description="mixed: largest validation-accuracy drop allowed vs the FP32 student.",
     )
+    qat_epochs: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Quantization-aware fine-tuning epochs before the INT8 conversion, on the "
+        "distillation loss with the sparsity kept (0 = off: post-training quantization only).",
+    )
+    qat_learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="Adam learning rate of the quantization-aware fine-tuning."
+    )
 
     @property
     def effective_mode(self) -> str:
@@ -157,6 +180,17 @@ class QuantizeConfig(Section):
     @property
     def needs_calibration(self) -> bool:
         return self.enabled and self.mode in ("int8", "int16x8", "mixed")
+
+    @model_validator(mode="after")
+    def _qat_needs_int8(self) -> QuantizeConfig:
+        if self.qat_epochs and not (self.enabled and self.mode == "int8"):
+            used = f"mode {self.mode}" if self.enabled else "enabled: false"
+            raise ValueError(
+                f"qat_epochs {self.qat_epochs} trains for the full-integer INT8 conversion, "
+                f"but quantize has {used}; set quantize.qat_epochs: 0, or quantize.enabled: true "
+                "with quantize.mode: int8"
+            )
+        return self
 
 
 class EvaluateConfig(Section):
@@ -232,10 +266,12 @@ class Params(Section):
     gate: GateConfig = Field(default_factory=GateConfig)
 
     def __str__(self) -> str:
-        s, d = self.sparsify, self.distill
-        sparsify = f"{s.initial_sparsity:g}->{s.final_sparsity:g}" if s.enabled else "off"
+        s, d, q = self.sparsify, self.distill, self.quantize
+        sparsify = "2:4" if s.pattern == "2:4" else f"{s.initial_sparsity:g}->{s.final_sparsity:g}"
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
+        quantize = ("int8" if q.enabled else "fp32") + (f"+qat{q.qat_epochs}" * bool(q.qat_epochs))
         return (
-            f"data={self.data.source} model={self.model.source} sparsify={sparsify} "
-            f"distill={distill} quantize={self.quantize.effective_mode} seed={self.seed}"
+            f"data={self.data.source} model={self.model.source} "
+            f"sparsify={sparsify if s.enabled else 'off'} distill={distill} quantize={quantize} "
+            f"seed={self.seed}"
         )

@@ -15,7 +15,7 @@ from prefect import task
 
 from tasks.artifacts import Workspace, copy_file
 from tasks.channels import copy_top_channels, output_layer, width_key
-from tasks.config import DistillConfig, SparsifyConfig, StudentInit
+from tasks.config import DistillConfig, SparsifyConfig, StudentInit, Training
 from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.inputs import distill_inputs, read_steadily
@@ -123,27 +123,41 @@ def distill(
     leaves this stage as sparse as the sparsify target.
     """
     check_student(student, teacher)
-    probabilities = outputs_probabilities(student)
     callbacks = []
     if sparsify_cfg.enabled:
         skipped = check_prunable(student, sparsify_cfg)
         steps = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
         student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+    fit_to_teacher(student, teacher, data, cfg, cfg, callbacks)
+    return tfmot.sparsity.keras.strip_pruning(student) if sparsify_cfg.enabled else student
+
+
+def fit_to_teacher(
+    student: keras.Model,
+    teacher: keras.Model,
+    data: Dataset,
+    cfg: DistillConfig,
+    training: Training,
+    callbacks: list[keras.callbacks.Callback] = (),
+) -> None:
+    """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and train it
+    (`training`: epochs, batch size, rate) on the labels packed with the teacher's logits.
+
+    Distillation and quantization-aware fine-tuning (tasks/qat.py) both train this way."""
     student.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss=DistillationLoss(cfg.temperature, cfg.alpha, probabilities),
+        optimizer=keras.optimizers.Adam(training.learning_rate),
+        loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
         metrics=[packed_accuracy],
     )
     fit(
         student,
         data.x_train,
         _pack(data.y_train, logits(teacher, data.x_train)),
-        cfg,
+        training,
         validation=(data.x_val, _pack(data.y_val, logits(teacher, data.x_val))),
         callbacks=callbacks,
     )
-    return tfmot.sparsity.keras.strip_pruning(student) if sparsify_cfg.enabled else student
 
 
 def _pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:

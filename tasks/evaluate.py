@@ -29,27 +29,45 @@ class CandidateMetrics:
     tflite_bytes: int
     gzip_bytes: int
     latency_p50_us: float
+    blocks_2_4: float  # share of 4-weight blocks with >= 2 zeros: the `2:4` pattern kept
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
-def weight_sparsity(model: bytes) -> float:
-    """Fraction of exact zeros in the weight tensors (constant, 2-D or more) of a .tflite file.
+def weight_tensors(model: bytes) -> list[np.ndarray]:
+    """The weight tensors (constant, 2-D or more) of a .tflite file, in their stored layout.
 
-    Read from the flatbuffer itself, so it shows what the deployed file holds: INT8 weights are
-    quantized with zero point 0, and pruned zeros must survive as exact zeros.
+    Read from the flatbuffer itself, so they show what the deployed file holds: INT8 weights are
+    quantized with zero point 0, and pruned zeros must survive as exact zeros. TFLite stores
+    Conv2D kernels as [out, height, width, in] and fully connected ones as [out, in].
     """
     flatbuffer = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    zeros = total = 0
+    found = []
     for tensor in flatbuffer.subgraphs[0].tensors:
         buffer = flatbuffer.buffers[tensor.buffer].data
         if buffer is None or len(tensor.shape) < 2 or tensor.type not in (*WEIGHT_TYPES, INT4):
             continue
-        values = _weights(tensor, bytes(buffer))
-        zeros += int(np.sum(values == 0))
-        total += values.size
-    return zeros / total if total else 0.0
+        found.append(_weights(tensor, bytes(buffer)).reshape(tensor.shape))
+    return found
+
+
+def weight_sparsity(model: bytes) -> float:
+    """Fraction of exact zeros in the weight tensors of a .tflite file."""
+    weights = weight_tensors(model)
+    total = sum(w.size for w in weights)
+    return sum(int(np.sum(w == 0)) for w in weights) / total if total else 0.0
+
+
+def blocks_2_4(model: bytes) -> float:
+    """Share of the blocks of 4 consecutive weights along the input dimension (the last axis)
+    that hold at least 2 zeros: 1.0 when every weight tensor whose input dimension is a multiple
+    of 4 keeps the `2:4` pattern (the others cannot hold it and are not counted)."""
+    blocks = [w.reshape(-1, 4) for w in weight_tensors(model) if w.shape[-1] % 4 == 0]
+    if not blocks:
+        return 0.0
+    zeros = np.concatenate([np.sum(b == 0, axis=1) for b in blocks])
+    return float(np.mean(zeros >= 2))
 
 
 def _weights(tensor, buffer: bytes) -> np.ndarray:
@@ -73,6 +91,7 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig) -> dict[str
     return {
         "accuracy": float(np.mean(predicted == data.y_test)),
         "sparsity": weight_sparsity(model),
+        "blocks_2_4": blocks_2_4(model),
         "tflite_bytes": len(model),
         "gzip_bytes": len(gzip.compress(model, compresslevel=9)),
         "latency_p50_us": classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),

@@ -19,12 +19,13 @@ from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 from prefect import task
 
 from tasks.artifacts import Workspace, write_bytes, write_json
-from tasks.config import QuantizeConfig
+from tasks.config import DistillConfig, QuantizeConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.mixed import Mixer, Split, mixed_precision
-from tasks.models import read_model
+from tasks.models import read_model, seed_everything
 from tasks.plots import plot_quant_sensitivity
+from tasks.qat import quantization_aware_training
 from tasks.tflite import TFLiteClassifier
 
 Precision = Literal["fp32", "int8", "int16x8", "dynamic", "float16"]  # the converter's own modes
@@ -174,11 +175,18 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [sample[None].astype(np.float32)]
 
 
-def run_quantize(seed: int, cfg: QuantizeConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: student -> model.tflite in `cfg.mode` (FP32 when disabled), and the per-op
-    sensitivity (json + plot; measured for `mixed`, an empty list of layers otherwise)."""
+def run_quantize(
+    seed: int, cfg: QuantizeConfig, distill_cfg: DistillConfig, ws: Workspace
+) -> dict[str, float]:
+    """Stage: student -> model.tflite in `cfg.mode` (FP32 when disabled), after quantization-aware
+    training against the teacher when `qat_epochs` is set; and the per-op sensitivity (json +
+    plot; measured for `mixed`, an empty list of layers otherwise)."""
     student = read_model(ws.student)
     data = Dataset.load(ws.data)
+    if cfg.qat_epochs:
+        seed_everything(seed)
+        teacher = read_model(ws.teacher)
+        student = quantization_aware_training(student, teacher, data, cfg, distill_cfg)
     calibration = calibration_samples(data, cfg, seed) if cfg.needs_calibration else data.x_train[:1]
     quantized = quantize_model(student, cfg, calibration, (data.x_val, data.y_val))
     sensitivity = {"mode": quantized.mode, "layers": []} | (quantized.sensitivity or {})

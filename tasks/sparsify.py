@@ -1,4 +1,9 @@
-"""Sparse fine-tuning: tfmot magnitude pruning on the labels, then `strip_pruning`."""
+"""Sparse fine-tuning: tfmot magnitude pruning on the labels, then `strip_pruning`.
+
+Two patterns: `unstructured` (zeros anywhere, per-layer targets on a schedule) and `2:4` (tfmot's
+`sparsity_m_by_n=(2, 4)`: 2 zeros in every block of 4 weights along the input dimension, the last
+axis of a TFLite weight tensor, so sparse kernels can skip them).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Polynomial decay reaches the target at this share of the steps; the rest fine-tunes at target.
 RAMP_SHARE = 0.7
+M_BY_N = (2, 4)  # the `2:4` pattern: 2 zeros in every block of 4
 
 
 @dataclass(frozen=True)
@@ -40,22 +46,33 @@ class SparseResult:
     skipped_layers: list[str]
 
 
-def unprunable_layers(model: keras.Model) -> list[str]:
-    """Layers with weights that tfmot cannot prune, as `name (Type)`."""
-    return [
-        f"{layer.name} ({type(layer).__name__})"
-        for layer in model.layers
-        if layer.weights and not _prunable(layer)
-    ]
+def unprunable_layers(model: keras.Model, cfg: SparsifyConfig) -> list[str]:
+    """Layers with weights that tfmot cannot prune in `cfg.pattern`, as `name (Type[: why])`.
+
+    `2:4` also needs each pruned kernel's input dimension (axis -2: Conv2D's input channels,
+    Dense's inputs) to be a multiple of 4, and a 2-D or 4-D kernel: tfmot pads a short last block
+    (a 1-channel first conv keeps all its weights) and cannot rearrange other ranks.
+    """
+    unprunable = []
+    for layer in keras.models.clone_model(model).layers:  # `_pruned_shapes` changes its layer
+        kind = type(layer).__name__
+        if layer.weights and not _prunable(layer):
+            unprunable.append(f"{layer.name} ({kind})")
+        elif cfg.pattern == "2:4" and any(_breaks_blocks(s) for s in _pruned_shapes(layer)):
+            dims = ", ".join(f"{s[-2]} of {s}" for s in _pruned_shapes(layer))
+            unprunable.append(f"{layer.name} ({kind}: input dimension {dims} is not a multiple "
+                              f"of {M_BY_N[1]})")
+    return unprunable
 
 
 def check_prunable(model: keras.Model, cfg: SparsifyConfig) -> list[str]:
     """Apply the `unsupported_layers` policy: return the layers to skip, or refuse them."""
-    skipped = unprunable_layers(model)
+    skipped = unprunable_layers(model, cfg)
     if skipped and cfg.unsupported_layers == "error":
         raise InputError(
-            f"sparsify: tfmot cannot prune {', '.join(skipped)}; set "
-            "sparsify.unsupported_layers: skip to leave them dense, or replace them"
+            f"sparsify: tfmot cannot prune {', '.join(skipped)} with sparsify.pattern "
+            f"{cfg.pattern}; set sparsify.unsupported_layers: skip to leave them dense, or "
+            "replace them"
         )
     return skipped
 
@@ -109,8 +126,10 @@ def training_steps(samples: int, epochs: int, batch_size: int) -> int:
 def wrap_for_pruning(
     model: keras.Model, cfg: SparsifyConfig, total_steps: int, skip: list[str]
 ) -> keras.Model:
-    """Wrap every prunable layer (weights kept) in `prune_low_magnitude` with its own schedule
-    (`layer_targets`); a layer allocated no sparsity and unprunable layers stay dense."""
+    """Wrap every prunable layer (weights kept) in `prune_low_magnitude`: `unstructured` with its
+    own schedule (`layer_targets`; a layer allocated no sparsity stays dense), `2:4` with tfmot's
+    m-by-n masks. Gotcha: tfmot sets m-by-n masks once, at the first step, and ignores the
+    schedule. Unprunable layers (`skip`) stay dense."""
     for layer in skip:
         log.warning("sparsify: leaving %s dense: tfmot cannot prune it", layer)
     skip_names = {entry.split(" ")[0] for entry in skip}
@@ -120,6 +139,8 @@ def wrap_for_pruning(
     targets = layer_targets(prunable, cfg)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if cfg.pattern == "2:4" and layer.name in targets:
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, sparsity_m_by_n=M_BY_N)
         if not targets.get(layer.name):
             return layer
         schedule = pruning_schedule(cfg, total_steps, targets[layer.name])
@@ -155,6 +176,11 @@ def _prunable(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, tfmot.sparsity.keras.PrunableLayer) or PruneRegistry.supports(layer)
 
 
+def _breaks_blocks(shape: tuple[int, ...]) -> bool:
+    """True when tfmot's `2:4` blocks along axis -2 of a kernel of this shape would not fit."""
+    return len(shape) not in (2, 4) or shape[-2] % M_BY_N[1] != 0
+
+
 def _pruned_shapes(layer: keras.layers.Layer) -> list[tuple[int, ...]]:
     """Shapes of the weights tfmot prunes in `layer` (Dense/Conv: the kernel; Separable: the
     pointwise kernel; DepthwiseConv2D: none). Gotcha: `make_prunable` adds that method to the
@@ -178,7 +204,8 @@ def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, flo
         copy_file(ws.teacher, ws.sparse)
     write_json(
         ws.sparsity,
-        {"sparsity": result.sparsity, "layers": result.layer_sparsity, "skipped": result.skipped_layers},
+        {"pattern": cfg.pattern, "sparsity": result.sparsity, "layers": result.layer_sparsity,
+         "skipped": result.skipped_layers},
     )
     return {"sparsity": result.sparsity}
 

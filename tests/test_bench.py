@@ -29,11 +29,13 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
     for name in ("ptq-random-calib", "ptq-int8", "ptq-dynamic", "ptq-int16x8", "mixed",
-                 "prune-ptq", "shrinkflow"):
+                 "prune-ptq", "shrinkflow", "qat"):
         assert rows[name]["tflite_bytes"] < fp32["tflite_bytes"] / 2, name
     assert rows["ptq-float16"]["tflite_bytes"] < fp32["tflite_bytes"] * 0.6
     assert rows["prune-ptq"]["sparsity"] == pytest.approx(0.8, abs=0.02)
     assert rows["shrinkflow"]["params"] < fp32["params"]  # the narrow student, not the teacher
+    assert rows["qat"]["params"] == rows["shrinkflow"]["params"]  # the same student, QAT on top
+    assert rows["qat"]["sparsity"] == pytest.approx(rows["shrinkflow"]["sparsity"], abs=0.002)
     assert "overhead" not in document
 
     assert json.loads((tmp_path / BENCH_JSON).read_text()) == document

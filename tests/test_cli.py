@@ -102,6 +102,24 @@ BAD_INPUTS = {
                    f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(8), keras.layers.PReLU(name='prelu')])}"],
         r"cannot prune prelu \(PReLU\)",
     ),
+    "2:4 on a layer with 1 input channel, policy error": (
+        lambda d: ["sparsify.pattern=2:4", "sparsify.unsupported_layers=error"],
+        r"cannot prune conv1 \(Conv2D: input dimension 1 .* not a multiple of 4\)",
+    ),
+    "2:4 on a narrower student's layer, policy error": (
+        lambda d: ["sparsify.pattern=2:4", "sparsify.unsupported_layers=error", "distill.width=0.125",
+                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(16)])}"],
+        r"\(Dense: input dimension 2 of \(2, 10\) is not a multiple of 4\)",  # the teacher's: 16
+    ),
+    "QAT for a float16 conversion": (
+        lambda d: ["quantize.qat_epochs=1", "quantize.mode=float16"],
+        "quantize.qat_epochs: 0, or quantize.enabled: true with quantize.mode: int8",
+    ),
+    "QAT on a layer tfmot cannot quantize": (
+        lambda d: ["quantize.qat_epochs=1", "distill.init=random",
+                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(8), keras.layers.PReLU(name='prelu')])}"],
+        r"cannot quantize layer prelu \(PReLU\) .* set quantize.qat_epochs: 0",
+    ),
 }
 
 

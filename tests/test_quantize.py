@@ -8,7 +8,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from tasks.artifacts import Workspace
-from tasks.config import EvaluateConfig, QuantizeConfig, SparsifyConfig
+from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, SparsifyConfig
 from tasks.errors import InputError
 from tasks.evaluate import measure_tflite, weight_sparsity
 from tasks.mixed import quantizable_ops, validation_accuracy
@@ -130,11 +130,11 @@ def test_quantize_stage_writes_the_model_the_sensitivity_and_its_plot(residual, 
     ws = Workspace(tmp_path)
     digits.save(ws.data)
     write_model(residual, ws.student)
-    run_quantize(0, QuantizeConfig(mode="mixed", calibration_samples=50), ws)
+    run_quantize(0, QuantizeConfig(mode="mixed", calibration_samples=50), DistillConfig(), ws)
     sensitivity = json.loads(ws.quant_sensitivity.read_text())
     assert sensitivity["mode"] == "mixed"
     assert len(sensitivity["layers"]) == len(quantizable_ops(convert_to_tflite(residual)))
     assert (ws.plots / "quant_sensitivity.png").stat().st_size > 0
     assert TFLiteClassifier(ws.model.read_bytes()).predict(digits.x_test[:1]).shape == (1, 10)
-    run_quantize(0, QuantizeConfig(mode="float16"), ws)
+    run_quantize(0, QuantizeConfig(mode="float16"), DistillConfig(), ws)
     assert json.loads(ws.quant_sensitivity.read_text()) == {"mode": "float16", "layers": []}
