@@ -24,11 +24,11 @@ MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 def check_postgres(key: str, url: str) -> None:
     """Connect once to the database at `url` (SQLAlchemy's `+asyncpg` form accepted)."""
-    import psycopg2
+    import psycopg
 
     try:
-        psycopg2.connect(url.replace(ASYNCPG, POSTGRES), connect_timeout=CONNECT_TIMEOUT_S).close()
-    except psycopg2.OperationalError as exc:
+        psycopg.connect(url.replace(ASYNCPG, POSTGRES), connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
         fix = ("set PGPASSWORD to the database user's password" if "password" in reason
                else "start the database server or correct the URL")

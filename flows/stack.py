@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -109,11 +110,14 @@ def up(params: Params, stack: StackConfig, root: Path) -> int:
     ]
     try:
         _wait_until_up([f"{prefect_url}/api/health", f"{mlflow_url}/health"], processes)
-        processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env, cwd=root))
+        if stack.serve:
+            processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env,
+                                              cwd=root))
         (root / PID_FILE).write_text(str(os.getpid()))
-        print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n"
-              "Serving deployment compress/nightly. Ctrl-C or `shrinkflow down` stops the stack.",
-              flush=True)
+        serving = ("Serving deployment compress/nightly." if stack.serve else
+                   "Not serving deployments (stack.serve: false): workers run them.")
+        print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n{serving} "
+              "Ctrl-C or `shrinkflow down` stops the stack.", flush=True)
         _wait_for_stop(processes)
     finally:
         _stop(processes)
@@ -205,6 +209,9 @@ def _mlflow_auth(root: Path, env: dict[str, str]) -> list[str]:
     path = root / MLFLOW_AUTH_FILE
     path.write_text("[mlflow]\ndefault_permission = READ\n"
                     f"database_uri = sqlite:///{path.with_suffix('.db').resolve()}\n")
+    # Signs the CSRF tokens of the auth app's forms; one per start unless the team sets its own
+    # (it must when several MLflow server processes share the load).
+    env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     env |= {"MLFLOW_AUTH_CONFIG_PATH": str(path.resolve()),
             "MLFLOW_AUTH_ADMIN_USERNAME": env[MLFLOW_CREDENTIALS[0]],
             "MLFLOW_AUTH_ADMIN_PASSWORD": env[MLFLOW_CREDENTIALS[1]]}

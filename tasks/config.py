@@ -222,6 +222,11 @@ class StackConfig(Section):
     mlflow_port: Annotated[int, Field(ge=1, le=65535)] = Field(5000, description="MLflow UI/API.")
     cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
     timezone: str = Field("UTC", description="Time zone of the cron schedule (IANA name).")
+    serve: bool = Field(
+        True,
+        description="Serve the nightly deployment from `up` itself; off when `prefect worker`s "
+        "run it from a work pool (`shrinkflow deploy`).",
+    )
     prefect_database: Annotated[SecretFreeUrl | None, _url_scheme("postgresql+asyncpg://")] = Field(
         None,
         description="Prefect server database `postgresql+asyncpg://USER@HOST:PORT/DB` "
