@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -198,14 +199,19 @@ def answers(team: Team) -> bool:
 
 @pytest.fixture(scope="module")
 def worker(team: Team):
-    """`shrinkflow deploy` infra/prefect.yaml to a process pool, and a real worker on it."""
-    created = run_cli(team, BIN / "prefect", "work-pool", "create", POOL, "--type", "process")
-    assert created.returncode == 0, created.stdout + created.stderr
+    """A real worker on a process pool (it creates the pool), and infra/prefect.yaml deployed to
+    it by `shrinkflow deploy`."""
+    log = open(team.root / "worker.log", "w")
+    process = subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", POOL, "--type", "process"], cwd=team.root,
+        env=team.env | {"PREFECT_WORKER_QUERY_SECONDS": "2"}, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not prefect_api(team, "work_pools/filter", {}):
+        assert process.poll() is None and time.monotonic() < deadline, \
+            (team.root / "worker.log").read_text()
+        time.sleep(2)
     deployed = run_cli(team, SHRINKFLOW, "deploy")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    log = open(team.root / "worker.log", "w")
-    process = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", POOL], cwd=team.root,
-                               env=team.env, stdout=log, stderr=subprocess.STDOUT)
     (deployment,) = prefect_api(team, "deployments/filter", {})
     yield deployment
     process.terminate()
@@ -401,3 +407,57 @@ def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypat
                        "auth; set PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_USERNAME, "
                        "MLFLOW_TRACKING_PASSWORD"):
         up(Params(), StackConfig(host="0.0.0.0"), tmp_path)
+
+
+INFRA = REPO / "infra"
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def readme_table(first_column: str) -> dict[str, list[str]]:
+    """The rows of infra/README.md's table whose header starts with `first_column`."""
+    lines = (INFRA / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} "))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            return rows
+        name, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[name] = cells
+
+
+def test_the_compose_file_names_only_its_services_and_says_what_the_readme_says():
+    text = (INFRA / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]  # the worker's anchor is merged here
+    table = readme_table("service")
+    assert set(table) == set(services)
+    for name, service in services.items():
+        image, port, _ = table[name]
+        assert service["image"] == image, name
+        assert [p.split(":")[0] for p in service.get("ports", [])] == ([] if port == "-" else [port])
+        assert set(service.get("depends_on", [])) <= set(services), name
+    for host, port in re.findall(r"(?:://|@)([a-z][a-z0-9-]*):(\d+)", text):
+        assert host in services and table[host][1] == port, (host, port)  # in-network URLs
+    secrets_used = set(re.findall(r"\$\{(\w+):\?", text))
+    assert secrets_used == set(readme_table("variable"))
+    assert f"--pool {POOL} " in services["worker"]["command"] + " "
+    prefect_file = yaml.safe_load((INFRA / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in prefect_file["deployments"]} == {POOL}
+
+
+def test_the_image_is_built_from_the_lock_with_the_makefiles_uv():
+    dockerfile = (INFRA / "Dockerfile").read_text()
+    uv_version = re.search(r"^UV_VERSION := (\S+)", (REPO / "Makefile").read_text(), re.M)[1]
+    assert f"ghcr.io/astral-sh/uv:{uv_version} " in dockerfile
+    assert "COPY pyproject.toml uv.lock" in dockerfile
+    assert dockerfile.count("uv sync --frozen --no-dev") == 2
+
+
+@pytest.mark.parametrize("template", ["k8s-work-pool.json", "docker-work-pool.json"])
+def test_a_work_pool_job_template_fills_every_placeholder_from_its_variables(template):
+    base = json.loads((INFRA / template).read_text())
+    assert set(base) == {"job_configuration", "variables"}  # Prefect's base_job_template
+    used = set(PLACEHOLDER.findall(json.dumps(base["job_configuration"])))
+    properties = base["variables"]["properties"]
+    assert used <= set(properties), used - set(properties)
+    assert {"command", "env", "image"} <= used
+    assert properties["image"]["default"] == readme_table("service")["worker"][0]
