@@ -58,7 +58,9 @@ class Postgres:
         return f"{driver}://{DB_USER}@127.0.0.1:{self.port}/{database}"
 
     def ctl(self, *args: str) -> None:
-        as_postgres_user(PG_BIN / "pg_ctl", "-D", self.home / "data", "-w", *args)
+        """pg_ctl; the server's output goes to its log (an inherited pipe would never close)."""
+        as_postgres_user(PG_BIN / "pg_ctl", "-D", self.home / "data", "-l", self.home / "log",
+                         "-w", *args)
 
 
 def as_postgres_user(*command: str | Path) -> None:
@@ -89,7 +91,7 @@ def postgres(environment) -> Postgres:
     as_postgres_user(PG_BIN / "initdb", "-D", home / "data", "-U", DB_USER, "-A", "scram-sha-256",
                      "--pwfile", home / "password", "--no-sync")
     server = Postgres(home, free_port())
-    server.ctl("-o", f"-p {server.port} -k {home} -h 127.0.0.1", "-l", str(home / "log"), "start")
+    server.ctl("-o", f"-p {server.port} -k {home} -h 127.0.0.1", "start")
     with psycopg.connect(server.url("postgres"), autocommit=True) as connection:
         for database in ("prefect", "mlflow"):  # outside a transaction, hence autocommit
             connection.execute(f"CREATE DATABASE {database}")
@@ -328,26 +330,33 @@ def test_requests_without_the_right_credentials_are_refused_by_both_servers(team
         assert refused.value.code == 401, (url, auth)
 
 
-def test_a_run_with_wrong_mlflow_credentials_is_refused_before_training(team, tmp_path):
-    env = team.env | {"MLFLOW_TRACKING_PASSWORD": "wrong"}
-    done = subprocess.run([SHRINKFLOW, "run"], cwd=team.root, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    assert f"tracking.uri: {team.mlflow} refused the credentials (HTTP 401)" in done.stderr
-    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in done.stderr
+def test_wrong_mlflow_credentials_are_refused_before_a_run_trains(team, monkeypatch):
+    from flows.stages import check_inputs
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    with pytest.raises(InputError) as refused:
+        check_inputs(load_params(team.root / "params.yaml"))
+    assert str(refused.value) == (
+        f"tracking.uri: {team.mlflow} refused the credentials (HTTP 401); set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of that server")
 
 
 def test_a_work_pool_that_does_not_exist_is_refused_by_deploy(team, tmp_path):
-    project = tmp_path / "elsewhere"
-    (project / "infra").mkdir(parents=True)
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from flows.stack import check_work_pools
+
     prefect_file = yaml.safe_load((team.root / "infra" / "prefect.yaml").read_text())
     prefect_file["deployments"][0]["work_pool"]["name"] = "nowhere"
-    (project / "infra" / "prefect.yaml").write_text(yaml.safe_dump(prefect_file))
-    done = run_cli(team, SHRINKFLOW, "deploy", cwd=project)
-    assert done.returncode == 2, done.stdout + done.stderr
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(prefect_file))
+    with temporary_settings({PREFECT_API_URL: f"{team.prefect}/api",
+                             PREFECT_API_AUTH_STRING: CREDENTIALS["PREFECT_API_AUTH_STRING"]}):
+        with pytest.raises(InputError) as refused:
+            check_work_pools(tmp_path / "prefect.yaml")
+        check_work_pools(team.root / "infra" / "prefect.yaml")  # the real one: its pool exists
     assert ("deployment 'nightly' names work pool 'nowhere', which does not exist on "
             f"{team.prefect}/api; create it with `prefect work-pool create nowhere --type process`"
-            ) in done.stderr
+            ) in str(refused.value)
 
 
 def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgres, s3, tmp_path,
@@ -379,15 +388,12 @@ def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgre
     assert not (tmp_path / ".shrinkflow").exists()
 
 
-def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path, digits_npz):
+def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path):
+    from flows.stages import check_inputs
+
     url = f"postgresql://{DB_USER}@127.0.0.1:{free_port()}/mlflow"
-    make_project(tmp_path, digits_npz)
-    done = subprocess.run([SHRINKFLOW, "run", "--set", f"tracking.uri={url}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"})
-    assert done.returncode == 2, done.stderr
-    assert f"tracking.uri: cannot connect to PostgreSQL at {url}" in done.stderr
-    assert not (tmp_path / "artifacts" / "data.npz").exists()
+    with pytest.raises(InputError, match=f"tracking.uri: cannot connect to PostgreSQL at {url}"):
+        check_inputs(load_params(overrides=[f"tracking.uri={url}"]))
 
 
 def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypatch):
