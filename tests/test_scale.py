@@ -389,6 +389,25 @@ def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgre
     assert not (tmp_path / ".shrinkflow").exists()
 
 
+def test_an_unreachable_dvc_remote_or_missing_bucket_is_refused_before_training(tmp_path, s3,
+                                                                                digits_npz):
+    from dvc.repo import Repo
+
+    from flows.versioning import open_repo
+
+    make_project(tmp_path, digits_npz)
+    closed = f"http://127.0.0.1:{free_port()}"
+    for endpoint, bucket, problem in ((closed, BUCKET, f"cannot reach S3 at s3://{BUCKET}/dvc "
+                                       f"(endpoint {closed})"),
+                                      (s3, "missing", "S3 refused s3://missing/dvc")):
+        with Repo(str(tmp_path)) as repo, repo.config.edit() as config:
+            config["remote"]["storage"] = {"url": f"s3://{bucket}/dvc", "endpointurl": endpoint}
+            config["core"]["remote"] = "storage"
+        with pytest.raises(InputError, match=re.escape(f"DVC remote 'storage' (.dvc/config): "
+                                                       f"{problem}")):
+            open_repo(tmp_path)
+
+
 def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path):
     from flows.stages import check_inputs
 
