@@ -269,6 +269,8 @@ def test_a_worker_run_is_recorded_in_postgres_with_its_artifacts_on_s3(team, fir
     assert parent["info"]["status"] == "FINISHED"
     assert tags(parent)["dvc.experiment"] == first_run["name"]
     assert tags(parent)["dvc.remote"] == "storage"
+    logged = {param["key"]: param["value"] for param in parent["data"]["params"]}
+    assert logged["model.epochs"] == "1"  # the project's params.yaml, made the defaults by deploy
     # Both servers keep their state in Postgres, not in a sqlite file of the project.
     assert rows(postgres, "prefect", "SELECT state_type FROM flow_run WHERE id = %s",
                 first_run["id"]) == [("COMPLETED",)]
