@@ -72,8 +72,9 @@ def check_http(key: str, url: str, health: str) -> None:
         urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S).close()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
+            variables = " and ".join(MLFLOW_CREDENTIALS)
             raise InputError(f"{key}: {url} refused the credentials (HTTP {exc.code}); set "
-                             f"{' and '.join(MLFLOW_CREDENTIALS)} to a user of that server") from None
+                             f"{variables} to a user of that server") from None
         raise InputError(f"{key}: {url} answered HTTP {exc.code} at /{health}") from None
     except OSError as exc:
         raise InputError(f"{key}: cannot reach {url}: {getattr(exc, 'reason', exc)}; start the "

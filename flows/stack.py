@@ -34,7 +34,7 @@ from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")
 PID_FILE = STATE / "stack.pid"
-MLFLOW_AUTH_FILE = STATE / "mlflow-auth.ini"  # no secret in it: the admin comes from the environment
+MLFLOW_AUTH_FILE = STATE / "mlflow-auth.ini"  # no secret in it: the admin is in the environment
 PREFECT_FILE = Path("infra") / "prefect.yaml"
 PREFECT_AUTH = "PREFECT_API_AUTH_STRING"
 STARTUP_TIMEOUT_S = 300  # Prefect's first start migrates its database: slow on a busy 2-core box

@@ -178,7 +178,8 @@ def team(tmp_path_factory, digits_npz, postgres, s3, environment) -> Team:
     subprocess.run(["git", "commit", "-qam", "DVC remote on S3"], cwd=root, check=True)
 
     log = open(root / "up.log", "w")
-    up = subprocess.Popen([SHRINKFLOW, "up"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    up = subprocess.Popen([SHRINKFLOW, "up"], cwd=root, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
     stack = Team(root, prefect, mlflow, env)
     deadline = time.monotonic() + 400
     while not ((root / ".shrinkflow" / "stack.pid").exists() and answers(stack)):
@@ -259,11 +260,13 @@ def rows(postgres: Postgres, database: str, query: str, *args: str) -> list[tupl
 def s3_keys(endpoint: str, prefix: str) -> list[str]:
     import boto3
 
-    listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-def test_a_worker_run_is_recorded_in_postgres_with_its_artifacts_on_s3(team, first_run, postgres, s3):
+def test_a_worker_run_is_recorded_in_postgres_with_its_artifacts_on_s3(team, first_run, postgres,
+                                                                       s3):
     (parent,) = mlflow_runs(team, f"tags.`prefect.flow_run_id` = '{first_run['id']}'")
     run_id = parent["info"]["run_id"]
     assert parent["info"]["status"] == "FINISHED"
@@ -461,7 +464,8 @@ def test_the_compose_file_names_only_its_services_and_says_what_the_readme_says(
     for name, service in services.items():
         image, port, _ = table[name]
         assert service["image"] == image, name
-        assert [p.split(":")[0] for p in service.get("ports", [])] == ([] if port == "-" else [port])
+        published = [mapping.split(":")[0] for mapping in service.get("ports", [])]
+        assert published == ([] if port == "-" else [port]), name
         assert set(service.get("depends_on", [])) <= set(services), name
     for host, port in re.findall(r"(?:://|@)([a-z][a-z0-9-]*):(\d+)", text):
         assert host in services and table[host][1] == port, (host, port)  # in-network URLs
