@@ -6,6 +6,8 @@ UV      := $(BIN)/uv
 UV_VERSION := 0.13.8
 # Debian's Chromium, for the browser tests (test tools may not download browsers here).
 CHROMIUM := /usr/bin/chromium
+# Debian's PostgreSQL 15, for the team-stack tests (they start their own cluster in a temp dir).
+PG_CTL := /usr/lib/postgresql/15/bin/pg_ctl
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: run test install install-test clean
@@ -14,7 +16,7 @@ run: install
 	$(BIN)/shrinkflow init
 	$(BIN)/shrinkflow run
 
-test: install-test $(CHROMIUM)
+test: install-test $(CHROMIUM) $(PG_CTL)
 	$(BIN)/pytest
 
 install: $(VENV)/.installed
@@ -35,6 +37,9 @@ $(VENV)/.installed-test: $(UV) pyproject.toml uv.lock
 
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+$(PG_CTL):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15
 
 clean:
 	rm -rf artifacts metrics plots reports mlflow.db mlartifacts test-output .pytest_cache

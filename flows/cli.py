@@ -87,6 +87,13 @@ def down(args: argparse.Namespace) -> int:
     return stop_stack(Path("."))
 
 
+def deploy(args: argparse.Namespace) -> int:
+    from flows.params import load_params
+    from flows.stack import deploy as deploy_to_pools
+
+    return deploy_to_pools(load_params(args.params, args.set), Path("."))
+
+
 def serve(args: argparse.Namespace) -> int:
     from flows.params import load_params, load_stack
     from flows.stack import serve as serve_deployments
@@ -131,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     up_cmd.set_defaults(command=up)
     commands.add_parser("down", help="stop the stack started by `shrinkflow up`").set_defaults(command=down)
+    deploy_cmd = commands.add_parser(
+        "deploy", help="deploy infra/prefect.yaml to its work pool for `prefect worker`s",
+        description="Check that the work pools exist on PREFECT_API_URL, then `prefect deploy` "
+                    "infra/prefect.yaml's deployments with this project's params as defaults.",
+    )
+    deploy_cmd.set_defaults(command=deploy)
     serve_cmd = commands.add_parser("serve", help="serve the deployments on a running Prefect server "
                                                   "(what `up` runs)")
     serve_cmd.set_defaults(command=serve)
@@ -145,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="also time `shrinkflow run` cold and warm in a fresh copy of the "
                                 "project (two more full runs)")
     bench_cmd.set_defaults(command=bench)
-    for sub in (run_cmd, stage_cmd, init_cmd, up_cmd, serve_cmd, bench_cmd):
+    for sub in (run_cmd, stage_cmd, init_cmd, up_cmd, deploy_cmd, serve_cmd, bench_cmd):
         sub.add_argument("--params", type=Path, default=Path("params.yaml"), metavar="FILE",
                          help="config file (default: params.yaml; built-in defaults if absent)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import Params, StackConfig
+from tasks.config import CREDENTIALS_IN_URL, Params, StackConfig
 from tasks.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -110,7 +110,8 @@ def _describe(error: dict[str, Any], model: type[BaseModel], section: str) -> st
         known = ", ".join(_known_keys(model, error["loc"][:-1]))
         return f"  {key}: unknown key; allowed here: {known}"
     message = error["msg"].removeprefix("Value error, ")
-    given = "" if isinstance(error["input"], dict) else f" = {error['input']!r}"
+    hidden = isinstance(error["input"], dict) or error["type"] == CREDENTIALS_IN_URL
+    given = "" if hidden else f" = {error['input']!r}"
     return f"  {key}{given}: {message}"
 
 

@@ -1,13 +1,22 @@
-"""`shrinkflow up` / `down`: a Prefect server, an MLflow server and the served deployments.
+"""`shrinkflow up` / `down`: a Prefect server, an MLflow server and the served deployments;
+`shrinkflow deploy`: infra/prefect.yaml's deployments on a work pool, for `prefect worker`s.
 
-Everything listens on the configured host (127.0.0.1 by default) and keeps its state in the project:
-Prefect's database under `.shrinkflow/prefect`, MLflow's in the `tracking.uri` sqlite file with its
-artifacts beside it. `up` stays in the foreground; Ctrl-C or `shrinkflow down` stops all three.
+Everything listens on the configured host (127.0.0.1 by default). On one machine the state stays
+in the project: Prefect's database under `.shrinkflow/prefect`, MLflow's in the `tracking.uri`
+sqlite file with its artifacts beside it. A team points `stack.prefect_database` and
+`stack.mlflow_backend` at PostgreSQL and `stack.artifacts` at S3; every store is checked before
+anything starts. `up` stays in the foreground; Ctrl-C or `shrinkflow down` stops all three.
+
+Auth is on whenever its credentials are in the environment, and required off loopback: Prefect's
+server auth string (PREFECT_API_AUTH_STRING, `user:password`) and MLflow's basic-auth app, whose
+admin is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the same variables its clients read).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,12 +25,18 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
+from flows.connections import MLFLOW_CREDENTIALS, check_postgres, check_s3
 from flows.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
-from tasks.config import Params, StackConfig
+from tasks.config import LOOPBACK, Params, StackConfig
 from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")
 PID_FILE = STATE / "stack.pid"
+MLFLOW_AUTH_FILE = STATE / "mlflow-auth.ini"  # no secret in it: the admin is in the environment
+PREFECT_FILE = Path("infra") / "prefect.yaml"
+PREFECT_AUTH = "PREFECT_API_AUTH_STRING"
 STARTUP_TIMEOUT_S = 300  # Prefect's first start migrates its database: slow on a busy 2-core box
 STOP_TIMEOUT_S = 30
 
@@ -32,43 +47,77 @@ def urls(stack: StackConfig) -> tuple[str, str]:
 
 
 def stack_env(stack: StackConfig, root: Path) -> dict[str, str]:
-    """Environment for every process of the stack: where Prefect keeps state and is reached."""
+    """Environment for every process of the stack: where Prefect keeps state and is reached, where
+    the stores are. Passwords stay in the variables they came in (PGPASSWORD, AWS_*, ...)."""
     prefect_url, mlflow_url = urls(stack)
-    return os.environ | {
+    env = os.environ | {
         "PREFECT_HOME": str((root / STATE / "prefect").resolve()),
         "PREFECT_API_URL": f"{prefect_url}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         MLFLOW_UI_ENV: mlflow_url,
     }
+    if stack.prefect_database:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = stack.prefect_database
+    if stack.s3_endpoint:
+        env["MLFLOW_S3_ENDPOINT_URL"] = stack.s3_endpoint
+    if PREFECT_AUTH in env:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = env[PREFECT_AUTH]
+    return env
+
+
+def check_stack(params: Params, stack: StackConfig) -> None:
+    """Everything `up` needs, checked before it starts anything: credentials off loopback, a
+    tracking.uri the served runs can log to, reachable stores, free ports."""
+    missing = [name for name in (PREFECT_AUTH, *MLFLOW_CREDENTIALS) if not os.environ.get(name)]
+    if stack.host not in LOOPBACK and missing:
+        raise InputError(f"stack.host is {stack.host}, not loopback: both servers need auth; set "
+                         f"{', '.join(missing)} in the environment (see infra/README.md)")
+    if params.tracking.uri.startswith(SQLITE) == bool(stack.mlflow_backend):
+        raise InputError(
+            f"tracking.uri is {params.tracking.uri!r}: `shrinkflow up` serves either the local "
+            "sqlite store (tracking.uri sqlite:///FILE, no stack.mlflow_backend) or "
+            "stack.mlflow_backend, with tracking.uri the stack's MLflow server "
+            f"({urls(stack)[1]}) so that the served runs log there")
+    if stack.mlflow_backend and not stack.artifacts:
+        raise InputError("stack.mlflow_backend is set but stack.artifacts is not: a shared "
+                         "database needs a shared artifact store; set stack.artifacts to s3://...")
+    for key in ("prefect_database", "mlflow_backend"):
+        if getattr(stack, key):
+            check_postgres(f"stack.{key}", getattr(stack, key))
+    if stack.artifacts:
+        check_s3("stack.artifacts", stack.artifacts, stack.s3_endpoint)
+    for name, port in (("prefect_port", stack.prefect_port), ("mlflow_port", stack.mlflow_port)):
+        _check_free(stack.host, port, name)
 
 
 def up(params: Params, stack: StackConfig, root: Path) -> int:
     """Start the stack, print its URLs once both servers answer, wait for Ctrl-C or `down`."""
-    if not params.tracking.uri.startswith(SQLITE):
-        raise InputError(f"tracking.uri is {params.tracking.uri!r}: `shrinkflow up` serves a local "
-                         "sqlite store (sqlite:///mlflow.db); against a remote MLflow, run Prefect only")
-    for name, port in (("prefect_port", stack.prefect_port), ("mlflow_port", stack.mlflow_port)):
-        _check_free(stack.host, port, name)
+    check_stack(params, stack)
     (root / STATE / "prefect").mkdir(parents=True, exist_ok=True)
     env = stack_env(stack, root)
     prefect_url, mlflow_url = urls(stack)
     python = sys.executable
+    backend = stack.mlflow_backend or params.tracking.uri
+    mlflow_auth = _mlflow_auth(root, env) if all(env.get(n) for n in MLFLOW_CREDENTIALS) else []
     processes = [
         subprocess.Popen([python, "-m", "prefect", "server", "start", "--host", stack.host,
                           "--port", str(stack.prefect_port)], env=env, cwd=root),
         subprocess.Popen([python, "-m", "mlflow", "server", "--host", stack.host,
-                          "--port", str(stack.mlflow_port), "--workers", "1",
-                          "--backend-store-uri", params.tracking.uri,
-                          "--artifacts-destination", artifact_root(params.tracking.uri)],
+                          "--port", str(stack.mlflow_port), "--workers", "1", *mlflow_auth,
+                          "--backend-store-uri", backend,
+                          "--artifacts-destination", stack.artifacts or artifact_root(backend)],
                          env=env, cwd=root),
     ]
     try:
         _wait_until_up([f"{prefect_url}/api/health", f"{mlflow_url}/health"], processes)
-        processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env, cwd=root))
+        if stack.serve:
+            processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env,
+                                              cwd=root))
         (root / PID_FILE).write_text(str(os.getpid()))
-        print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n"
-              "Serving deployment compress/nightly. Ctrl-C or `shrinkflow down` stops the stack.",
-              flush=True)
+        serving = ("Serving deployment compress/nightly." if stack.serve else
+                   "Not serving deployments (stack.serve: false): workers run them.")
+        print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n{serving} "
+              "Ctrl-C or `shrinkflow down` stops the stack.", flush=True)
         _wait_for_stop(processes)
     finally:
         _stop(processes)
@@ -96,6 +145,39 @@ def down(root: Path) -> int:
     return 0
 
 
+def deploy(params: Params, root: Path) -> int:
+    """`prefect deploy` every deployment of infra/prefect.yaml to its work pool, with this
+    project's params and directory as the run form's defaults (a scheduled run uses them)."""
+    prefect_file = root / PREFECT_FILE
+    check_work_pools(prefect_file)
+    defaults = {"params": params.model_dump(mode="json"), "workdir": str(root.resolve())}
+    return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+                           "--prefect-file", str(prefect_file), "--params", json.dumps(defaults)],
+                          cwd=root).returncode
+
+
+def check_work_pools(prefect_file: Path) -> None:
+    """Every work pool the deployments of `prefect_file` name exists on the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    deployments = yaml.safe_load(prefect_file.read_text())["deployments"]
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            pool = deployment["work_pool"]["name"]
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                raise InputError(
+                    f"{prefect_file}: deployment {deployment['name']!r} names work pool {pool!r}, "
+                    f"which does not exist on {PREFECT_API_URL.value()}; create it with "
+                    f"`prefect work-pool create {pool} --type process`") from None
+            except OSError as exc:
+                raise InputError(f"PREFECT_API_URL: cannot reach {PREFECT_API_URL.value()}: "
+                                 f"{exc}; start the Prefect server or set the URL") from None
+
+
 def serve(params: Params, stack: StackConfig) -> None:
     """Apply the notification automations, then serve `compress/nightly` on its cron; the
     project's params are the form's defaults.
@@ -119,6 +201,21 @@ def serve(params: Params, stack: StackConfig) -> None:
         description="Nightly compression of the configured teacher (params.yaml).",
     )
     prefect_serve(deployment, pause_on_shutdown=False)
+
+
+def _mlflow_auth(root: Path, env: dict[str, str]) -> list[str]:
+    """MLflow's basic-auth app: its users in `.shrinkflow/mlflow-auth.db`, its admin the
+    environment's MLflow credentials (read only on the first start; then change it by the API)."""
+    path = root / MLFLOW_AUTH_FILE
+    path.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{path.with_suffix('.db').resolve()}\n")
+    # Signs the CSRF tokens of the auth app's forms; one per start unless the team sets its own
+    # (it must when several MLflow server processes share the load).
+    env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    env |= {"MLFLOW_AUTH_CONFIG_PATH": str(path.resolve()),
+            "MLFLOW_AUTH_ADMIN_USERNAME": env[MLFLOW_CREDENTIALS[0]],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": env[MLFLOW_CREDENTIALS[1]]}
+    return ["--app-name", "basic-auth"]
 
 
 def _check_free(host: str, port: int, key: str) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import Task
 
+from flows.connections import check_tracking_uri
 from tasks.artifacts import Workspace
 from tasks.config import Params
 from tasks.distill import check_student, derive_student, distill_task
@@ -58,6 +59,7 @@ def check_inputs(params: Params) -> None:
 
     Waits first until no input file is still being written: a half-written teacher is no bad input.
     """
+    check_tracking_uri("tracking.uri", params.tracking.uri)
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)

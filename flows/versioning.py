@@ -21,6 +21,7 @@ from dvc.repo import Repo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from flows.connections import check_s3
 from flows.params import INPUTS, flatten
 from tasks.artifacts import atomic_path
 from tasks.config import Params
@@ -82,9 +83,23 @@ def open_repo(root: Path) -> Repo:
     elif not _has_identity(root):
         problem = "has no git user.name/user.email, which DVC needs to save runs as experiments"
     else:
+        try:
+            check_remote(repo)
+        except InputError:
+            repo.close()
+            raise
         return repo
     repo.close()
     raise InputError(f"the git repository at {root.resolve()} {problem}; {fix}")
+
+
+def check_remote(repo: Repo) -> None:
+    """The default DVC remote, when it is on S3, is reachable with the environment's keys: a run
+    pushes to it at its end, and finding out then would waste the training."""
+    name = repo.config["core"].get("remote")
+    remote = repo.config["remote"].get(name, {}) if name else {}
+    if remote.get("url", "").startswith("s3://"):
+        check_s3(f"DVC remote {name!r} (.dvc/config)", remote["url"], remote.get("endpointurl"))
 
 
 def is_up_to_date(root: Path, stage: str) -> bool:

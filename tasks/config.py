@@ -9,11 +9,40 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
 
+CREDENTIALS_IN_URL = "credentials_in_url"  # an error whose value is not repeated (flows/params.py)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _no_password(url: str | None) -> str | None:
+    """Refuse `scheme://user:password@host`: secrets come from the environment, never from
+    params.yaml (which DVC, git and MLflow all record)."""
+    if url and urlsplit(url).password is not None:
+        raise PydanticCustomError(
+            CREDENTIALS_IN_URL,
+            "holds a password; remove it: credentials come from the environment (PGPASSWORD, "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD)",
+        )
+    return url
+
+
+def _url_scheme(*schemes: str):
+    """A validator: the URL starts with one of `schemes`."""
+    def check(url: str | None) -> str | None:
+        if url is not None and not url.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)}")
+        return url
+    return AfterValidator(check)
+
+
+SecretFreeUrl = Annotated[str, AfterValidator(_no_password)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
@@ -201,7 +230,11 @@ class EvaluateConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (never ./mlruns).")
+    uri: SecretFreeUrl = Field(
+        "sqlite:///mlflow.db",
+        description="MLflow tracking URI: `sqlite:///FILE`, `postgresql://USER@HOST:PORT/DB` or an "
+        "http(s) server (never ./mlruns; passwords from the environment, never in the URI).",
+    )
     experiment: str = Field("shrinkflow", min_length=1, description="MLflow experiment name.")
 
     @field_validator("uri")
@@ -229,13 +262,44 @@ class GateConfig(Section):
 
 
 class StackConfig(Section):
-    """The local stack (`shrinkflow up`): not a run parameter, read from params.yaml's `stack:`."""
+    """The stack (`shrinkflow up`): not a run parameter, read from params.yaml's `stack:`.
 
-    host: str = Field("127.0.0.1", description="Address both servers listen on.")
+    The stores default to sqlite files and local artifacts (one machine); a team points them at
+    PostgreSQL and S3 (infra/README.md). URLs only: passwords come from the environment.
+    """
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address both servers listen on; any other than loopback needs credentials "
+        "in the environment (PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_USERNAME/PASSWORD).",
+    )
     prefect_port: Annotated[int, Field(ge=1, le=65535)] = Field(4200, description="Prefect UI/API.")
     mlflow_port: Annotated[int, Field(ge=1, le=65535)] = Field(5000, description="MLflow UI/API.")
     cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
     timezone: str = Field("UTC", description="Time zone of the cron schedule (IANA name).")
+    serve: bool = Field(
+        True,
+        description="Serve the nightly deployment from `up` itself; off when `prefect worker`s "
+        "run it from a work pool (`shrinkflow deploy`).",
+    )
+    prefect_database: Annotated[SecretFreeUrl | None, _url_scheme("postgresql+asyncpg://")] = Field(
+        None,
+        description="Prefect server database `postgresql+asyncpg://USER@HOST:PORT/DB` "
+        "(password: PGPASSWORD); none = sqlite under .shrinkflow/prefect.",
+    )
+    mlflow_backend: Annotated[SecretFreeUrl | None, _url_scheme("postgresql://")] = Field(
+        None,
+        description="MLflow server backend store `postgresql://USER@HOST:PORT/DB` (password: "
+        "PGPASSWORD); none = the `tracking.uri` sqlite file.",
+    )
+    artifacts: Annotated[SecretFreeUrl | None, _url_scheme("s3://")] = Field(
+        None,
+        description="MLflow server artifact store `s3://BUCKET/PREFIX` (keys: AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY); none = mlartifacts/ beside the sqlite file.",
+    )
+    s3_endpoint: SecretFreeUrl | None = Field(
+        None, description="URL of an S3-compatible store (MinIO, ...); none = AWS S3."
+    )
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> StackConfig:
