@@ -31,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
 
     from flows.compress import compress
     from flows.report import run_summary
-    from flows.stages import check_inputs
+    from flows.stages import check_changed_inputs
     from flows.versioning import open_repo
     from tasks.errors import InputError
 
     # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
-    check_inputs(params)
     open_repo(Path(".")).close()
+    check_changed_inputs(params, Path("."))
     try:
         report = compress(params)
     except InputError:

@@ -16,7 +16,7 @@ from flows.publish import Announcer, Progress, publish_results
 from flows.registry import register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
-from flows.stages import STAGES, check_inputs, stage_call
+from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.tracking import (
     log_data_and_teacher,
     log_inputs,
@@ -74,7 +74,7 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         with workspace_lock(root, on_wait=logger.warning), pipeline_run(params, name, tags) as run:
             announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
                                                   run.info.run_id)
-            check_inputs(params)
+            check_changed_inputs(params, root)
             before = recorded_inputs(root, params)
             write_params_file(root, params)
             progress = Progress(STAGES)

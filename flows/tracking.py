@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -23,7 +24,9 @@ from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 from tasks.data import Dataset
 from tasks.inputs import load_inputs
-from tasks.model_files import ModelSource, model_source
+
+if TYPE_CHECKING:
+    from tasks.model_files import ModelSource
 
 SQLITE = "sqlite:///"
 SPLITS = {"train": "train", "val": "validation", "test": "test"}  # Dataset field -> MLflow context
@@ -116,6 +119,8 @@ def log_data_and_teacher(params: Params, ws: Workspace) -> None:
     inputs = load_inputs(params.data, params.model)
     log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
     if inputs["model.source"] is not None:  # a file, not built here
+        from tasks.model_files import model_source  # tf_keras: imported for a teacher file only
+
         mlflow.set_tags(teacher_tags(model_source(inputs["model.source"])))
 
 
