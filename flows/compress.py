@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.states import Crashed
 
 from flows.publish import Announcer, Progress, publish_results
 from flows.registry import register_and_gate
@@ -18,12 +21,15 @@ from flows.report import input_changes
 from flows.retry import RETRY_POLICY
 from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.tracking import (
+    KILLED_TAG,
+    close_killed_runs,
     log_data_and_teacher,
     log_inputs,
     log_outputs,
     log_stage,
     mlflow_run_url,
     pipeline_run,
+    process_tags,
     stage_run,
     tag_versions,
 )
@@ -39,7 +45,7 @@ from flows.versioning import (
     write_params_file,
 )
 from tasks.artifacts import Workspace
-from tasks.config import Params
+from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
 from tasks.evaluate import headline
 from tasks.gate import Decision
@@ -68,25 +74,28 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         "prefect.flow_run_id": announcer.flow_run_id,
         "prefect.flow_run_url": flow_run.ui_url or "",
         "pipeline": "compress",
+        **process_tags(root),
     }
     with announcer.failures():
         open_repo(root).close()
-        with workspace_lock(root, on_wait=logger.warning), pipeline_run(params, name, tags) as run:
-            announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
-                                                  run.info.run_id)
-            check_changed_inputs(params, root)
-            before = recorded_inputs(root, params)
-            write_params_file(root, params)
-            progress = Progress(STAGES)
-            stages = {}
-            for stage in STAGES:
-                with progress.stage(stage):
-                    stages[stage] = run_or_skip(stage, params, root)
-            after = recorded_inputs(root, params)
-            changes = input_changes(before, after)
-            log_inputs(after, changes)
-            log_data_and_teacher(params, Workspace(root))
-            metrics, version, decision = record_run(params, root, name)
+        with workspace_lock(root, on_wait=logger.warning):
+            close_killed(params.tracking, root)
+            with pipeline_run(params, name, tags) as run:
+                announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
+                                                      run.info.run_id)
+                check_changed_inputs(params, root)
+                before = recorded_inputs(root, params)
+                write_params_file(root, params)
+                progress = Progress(STAGES)
+                stages = {}
+                for stage in STAGES:
+                    with progress.stage(stage):
+                        stages[stage] = run_or_skip(stage, params, root)
+                after = recorded_inputs(root, params)
+                changes = input_changes(before, after)
+                log_inputs(after, changes)
+                log_data_and_teacher(params, Workspace(root))
+                metrics, version, decision = record_run(params, root, name)
         publish_results(metrics, decision, version, params.gate.registered_model,
                         announcer.mlflow_url)
     if decision.promote:
@@ -101,6 +110,29 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         "promoted": decision.promote,
         "gate": decision.reason,
     }
+
+
+def close_killed(tracking: TrackingConfig, root: Path) -> None:
+    """Close the runs of this workspace that a killed process left RUNNING: in MLflow (KILLED),
+    and in Prefect (Crashed), when its flow run is on this Prefect server."""
+    for killed in close_killed_runs(tracking, root):
+        note = killed.data.tags[KILLED_TAG]
+        get_run_logger().warning("MLflow run %s %s", killed.info.run_id, note)
+        flow_run_id = killed.data.tags.get("prefect.flow_run_id")
+        if flow_run_id:
+            crash_flow_run(flow_run_id, note)
+
+
+def crash_flow_run(flow_run_id: str, note: str) -> None:
+    """Set the flow run Crashed if Prefect still has it Running. A flow run of another server
+    (the temporary one, then the stack's) is not found here and is left alone."""
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        except ObjectNotFound:
+            return
+        if state and state.is_running():
+            client.set_flow_run_state(UUID(flow_run_id), Crashed(message=note), force=True)
 
 
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)

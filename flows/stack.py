@@ -3,10 +3,12 @@
 Everything listens on the configured host (127.0.0.1 by default) and keeps its state in the project:
 Prefect's database under `.shrinkflow/prefect`, MLflow's in the `tracking.uri` sqlite file with its
 artifacts beside it. `up` stays in the foreground; Ctrl-C or `shrinkflow down` stops all three.
+While it runs, `shrinkflow run` in the project sends its flow runs and MLflow logging to it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flows.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
@@ -21,9 +24,44 @@ from tasks.config import Params, StackConfig
 from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")
-PID_FILE = STATE / "stack.pid"
+PID_FILE = STATE / "stack.pid"  # JSON: the `up` process, its URLs and the store it serves
 STARTUP_TIMEOUT_S = 300  # Prefect's first start migrates its database: slow on a busy 2-core box
 STOP_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """What `up` wrote in the pid file once both servers answered."""
+
+    pid: int
+    prefect_url: str
+    mlflow_url: str
+    tracking_uri: str  # the sqlite store its MLflow server serves, by absolute path
+
+
+def running_stack(root: Path) -> RunningStack | None:
+    """The stack `shrinkflow up` runs for the project at `root`, or None when none is up."""
+    path = root / PID_FILE
+    if not path.exists():
+        return None
+    stack = RunningStack(**json.loads(path.read_text()))
+    try:
+        os.kill(stack.pid, 0)
+    except ProcessLookupError:
+        return None  # killed without a chance to remove its pid file
+    return stack
+
+
+def use_running_stack(root: Path, tracking_uri: str) -> RunningStack | None:
+    """Send this process's flow runs to the stack running for `root`, if one is up, and its MLflow
+    logging to the stack's server when that serves `tracking_uri`: one process writes the sqlite
+    file. Set before Prefect is imported (it reads its settings once)."""
+    stack = running_stack(root)
+    if stack:
+        os.environ["PREFECT_API_URL"] = f"{stack.prefect_url}/api"
+        if _absolute(tracking_uri) == stack.tracking_uri:
+            os.environ[MLFLOW_UI_ENV] = stack.mlflow_url
+    return stack
 
 
 def urls(stack: StackConfig) -> tuple[str, str]:
@@ -65,7 +103,8 @@ def up(params: Params, stack: StackConfig, root: Path) -> int:
     try:
         _wait_until_up([f"{prefect_url}/api/health", f"{mlflow_url}/health"], processes)
         processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env, cwd=root))
-        (root / PID_FILE).write_text(str(os.getpid()))
+        running = RunningStack(os.getpid(), prefect_url, mlflow_url, _absolute(params.tracking.uri))
+        (root / PID_FILE).write_text(json.dumps(asdict(running)))
         print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n"
               "Serving deployment compress/nightly. Ctrl-C or `shrinkflow down` stops the stack.",
               flush=True)
@@ -82,9 +121,8 @@ def down(root: Path) -> int:
     if not path.exists():
         print("no stack is running here")
         return 0
-    pid = int(path.read_text())
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(json.loads(path.read_text())["pid"], signal.SIGTERM)
     except ProcessLookupError:
         path.unlink(missing_ok=True)
         print("no stack is running here (removed a stale pid file)")
@@ -119,6 +157,11 @@ def serve(params: Params, stack: StackConfig) -> None:
         description="Nightly compression of the configured teacher (params.yaml).",
     )
     prefect_serve(deployment, pause_on_shutdown=False)
+
+
+def _absolute(sqlite_uri: str) -> str:
+    """A sqlite URI by the database file's absolute path (a relative one is relative to the cwd)."""
+    return SQLITE + str(Path(sqlite_uri.removeprefix(SQLITE)).resolve())
 
 
 def _check_free(host: str, port: int, key: str) -> None:
