@@ -66,7 +66,7 @@ def process_tags(root: Path) -> dict[str, str]:
 def close_killed_runs(cfg: TrackingConfig, root: Path) -> list[Run]:
     """Mark KILLED, with a note, the parent runs of the workspace `root` (and their stage runs)
     still RUNNING though their process on this host is gone: killed (SIGKILL, out of memory)
-    before MLflow could end them. Returns the parent runs closed, as they were.
+    before MLflow could end them. Returns the parent runs closed.
 
     Call with the workspace lock held: a live run of this workspace would hold it.
     """
@@ -90,7 +90,7 @@ def close_killed_runs(cfg: TrackingConfig, root: Path) -> list[Run]:
             client.set_tag(closed.info.run_id, KILLED_TAG, note)
             client.set_tag(closed.info.run_id, NOTE_TAG, f"{earlier}\n\n{note}" if earlier else note)
             client.set_terminated(closed.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-    return orphans
+    return [client.get_run(run.info.run_id) for run in orphans]
 
 
 def _alive(pid: int) -> bool:
