@@ -24,6 +24,7 @@ from conftest import make_project
 from flows.tracking import KILLED_TAG, NOTE_TAG, PID_TAG
 
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
+DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def stage_runs(client: MlflowClient, parent: Run) -> list[Run]:
@@ -36,7 +37,8 @@ def wait_for_stage_run(client: MlflowClient, root: Path, victim: subprocess.Pope
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert victim.poll() is None, "the run ended before it could be killed"
-        experiment = client.get_experiment_by_name("test") if (root / "mlflow.db").exists() else None
+        database = (root / "mlflow.db").exists()
+        experiment = client.get_experiment_by_name("test") if database else None
         parents = client.search_runs([experiment.experiment_id],
                                      f"tags.`{PID_TAG}` = '{victim.pid}'") if experiment else []
         if parents and stage_runs(client, parents[0]):
@@ -112,6 +114,6 @@ def test_a_run_with_nothing_changed_imports_no_tensorflow_and_is_still_recorded(
     runs = k.client.search_runs([k.killed.info.experiment_id], "tags.pipeline = 'compress'",
                                 order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["dvc.experiment"] in noop.stdout
-    experiments = subprocess.run([str(Path(sys.executable).parent / "dvc"), "exp", "list", "--name-only"], cwd=k.root,
+    experiments = subprocess.run([DVC, "exp", "list", "--name-only"], cwd=k.root,
                                  capture_output=True, text=True, check=True).stdout.split()
     assert runs[0].data.tags["dvc.experiment"] in experiments
