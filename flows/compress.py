@@ -83,14 +83,14 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
             with pipeline_run(params, name, tags) as run:
                 announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
                                                       run.info.run_id)
-                check_changed_inputs(params, root)
+                changed = check_changed_inputs(params, root)
                 before = recorded_inputs(root, params)
                 write_params_file(root, params)
                 progress = Progress(STAGES)
                 stages = {}
                 for stage in STAGES:
                     with progress.stage(stage):
-                        stages[stage] = run_or_skip(stage, params, root)
+                        stages[stage] = run_or_skip(stage, params, root, changed)
                 after = recorded_inputs(root, params)
                 changes = input_changes(before, after)
                 log_inputs(after, changes)
@@ -136,15 +136,16 @@ def crash_flow_run(flow_run_id: str, note: str) -> None:
 
 
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
-def run_or_skip(stage: str, params: Params, root: Path) -> str:
-    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date.
+def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) -> str:
+    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date (`changed`
+    False: DVC said so of every stage before the run, with the workspace locked since).
 
     The user files the stage reads must not change from before it reads them until DVC has
     hashed them: otherwise dvc.lock would vouch for outputs made from other content. Such a
     change forgets the stage in dvc.lock and raises `InputChanged`, which Prefect retries.
     """
     with stage_run(stage):
-        if is_up_to_date(root, stage):
+        if not changed or is_up_to_date(root, stage):
             get_run_logger().info("%s: up to date, skipped", stage)
             log_stage({}, skipped=True)
             return "skipped"

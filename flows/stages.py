@@ -82,9 +82,11 @@ def check_inputs(params: Params) -> None:
         calibration_samples(inputs.data, params.quantize, params.seed)
 
 
-def check_changed_inputs(params: Params, root: Path) -> None:
+def check_changed_inputs(params: Params, root: Path) -> bool:
     """`check_inputs`, unless nothing changed since DVC recorded the last run: inputs DVC vouches
     for were checked by that run, and checking again would load TensorFlow and the teacher for
-    a run that skips every stage."""
-    if not nothing_changed(root, params):
+    a run that skips every stage. Returns whether anything changed."""
+    changed = not nothing_changed(root, params)
+    if changed:
         check_inputs(params)
+    return changed
