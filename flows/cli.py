@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from threading import Thread
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -29,15 +30,24 @@ def run(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.set)  # bad params: refused before the heavy imports
 
+    from flows.stack import use_running_stack
+    from flows.stages import check_changed_inputs
+    from flows.versioning import open_repo
+
+    # In-process, so the run keeps this terminal, its overrides and its exit code; with the stack
+    # up it is still a flow run of the stack's Prefect server, in its UI.
+    stack = use_running_stack(Path("."), params.tracking.uri)
+    # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
+    open_repo(Path(".")).close()
+    check_changed_inputs(params, Path("."))
+    prefect_ready = None if stack else _start_temporary_prefect()
+
     from flows.compress import compress
     from flows.report import run_summary
-    from flows.stages import check_inputs
-    from flows.versioning import open_repo
     from tasks.errors import InputError
 
-    # Fail fast, before Prefect starts; the flow checks again for runs from the UI or a schedule.
-    check_inputs(params)
-    open_repo(Path(".")).close()
+    if prefect_ready:
+        prefect_ready.join()
     try:
         report = compress(params)
     except InputError:
@@ -47,6 +57,21 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(run_summary(report))
     return 0
+
+
+def _start_temporary_prefect() -> Thread | None:
+    """Start Prefect's temporary server, unless an API URL is configured, in the background while
+    the flow's modules load: it takes seconds, most of them in its own process. Prefect's client
+    then finds it running (one per process, stopped at exit)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
+    thread.start()
+    return thread
 
 
 def init(args: argparse.Namespace) -> int:

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from uuid import UUID
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.states import Crashed
 
 from flows.publish import Announcer, Progress, publish_results
 from flows.registry import register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
-from flows.stages import STAGES, check_inputs, stage_call
+from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.tracking import (
+    KILLED_TAG,
+    close_killed_runs,
     log_data_and_teacher,
     log_inputs,
     log_outputs,
     log_stage,
     mlflow_run_url,
     pipeline_run,
+    process_tags,
     stage_run,
     tag_versions,
 )
@@ -39,7 +45,7 @@ from flows.versioning import (
     write_params_file,
 )
 from tasks.artifacts import Workspace
-from tasks.config import Params
+from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
 from tasks.evaluate import headline
 from tasks.gate import Decision
@@ -68,25 +74,28 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         "prefect.flow_run_id": announcer.flow_run_id,
         "prefect.flow_run_url": flow_run.ui_url or "",
         "pipeline": "compress",
+        **process_tags(root),
     }
     with announcer.failures():
         open_repo(root).close()
-        with workspace_lock(root, on_wait=logger.warning), pipeline_run(params, name, tags) as run:
-            announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
-                                                  run.info.run_id)
-            check_inputs(params)
-            before = recorded_inputs(root, params)
-            write_params_file(root, params)
-            progress = Progress(STAGES)
-            stages = {}
-            for stage in STAGES:
-                with progress.stage(stage):
-                    stages[stage] = run_or_skip(stage, params, root)
-            after = recorded_inputs(root, params)
-            changes = input_changes(before, after)
-            log_inputs(after, changes)
-            log_data_and_teacher(params, Workspace(root))
-            metrics, version, decision = record_run(params, root, name)
+        with workspace_lock(root, on_wait=logger.warning):
+            close_killed(params.tracking, root)
+            with pipeline_run(params, name, tags) as run:
+                announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
+                                                      run.info.run_id)
+                changed = check_changed_inputs(params, root)
+                before = recorded_inputs(root, params)
+                write_params_file(root, params)
+                progress = Progress(STAGES)
+                stages = {}
+                for stage in STAGES:
+                    with progress.stage(stage):
+                        stages[stage] = run_or_skip(stage, params, root, changed)
+                after = recorded_inputs(root, params)
+                changes = input_changes(before, after)
+                log_inputs(after, changes)
+                log_data_and_teacher(params, Workspace(root))
+                metrics, version, decision = record_run(params, root, name)
         sensitivity = json.loads(Workspace(root).quant_sensitivity.read_text())
         publish_results(metrics, sensitivity, decision, version, params.gate.registered_model,
                         announcer.mlflow_url)
@@ -104,16 +113,40 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     }
 
 
+def close_killed(tracking: TrackingConfig, root: Path) -> None:
+    """Close the runs of this workspace that a killed process left RUNNING: in MLflow (KILLED),
+    and in Prefect (Crashed), when its flow run is on this Prefect server."""
+    for killed in close_killed_runs(tracking, root):
+        note = killed.data.tags[KILLED_TAG]
+        get_run_logger().warning("MLflow run %s %s", killed.info.run_id, note)
+        flow_run_id = killed.data.tags.get("prefect.flow_run_id")
+        if flow_run_id:
+            crash_flow_run(flow_run_id, note)
+
+
+def crash_flow_run(flow_run_id: str, note: str) -> None:
+    """Set the flow run Crashed if Prefect still has it Running. A flow run of another server
+    (the temporary one, then the stack's) is not found here and is left alone."""
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+        except ObjectNotFound:
+            return
+        if state and state.is_running():
+            client.set_flow_run_state(UUID(flow_run_id), Crashed(message=note), force=True)
+
+
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)
-def run_or_skip(stage: str, params: Params, root: Path) -> str:
-    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date.
+def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) -> str:
+    """Run `stage` and record it in DVC, or skip it when DVC says it is up to date (`changed`
+    False: DVC said so of every stage before the run, with the workspace locked since).
 
     The user files the stage reads must not change from before it reads them until DVC has
     hashed them: otherwise dvc.lock would vouch for outputs made from other content. Such a
     change forgets the stage in dvc.lock and raises `InputChanged`, which Prefect retries.
     """
     with stage_run(stage):
-        if is_up_to_date(root, stage):
+        if not changed or is_up_to_date(root, stage):
             get_run_logger().info("%s: up to date, skipped", stage)
             log_stage({}, skipped=True)
             return "skipped"

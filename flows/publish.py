@@ -18,7 +18,7 @@ from prefect.events import emit_event
 
 from flows.report import sensitivity_rows, summary_table
 from tasks.gate import Decision
-from tasks.models import epoch_listener
+from tasks.progress import epoch_listener
 
 
 class Progress:

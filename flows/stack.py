@@ -10,6 +10,7 @@ anything starts. `up` stays in the foreground; Ctrl-C or `shrinkflow down` stops
 Auth is on whenever its credentials are in the environment, and required off loopback: Prefect's
 server auth string (PREFECT_API_AUTH_STRING, `user:password`) and MLflow's basic-auth app, whose
 admin is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (the same variables its clients read).
+While it runs, `shrinkflow run` in the project sends its flow runs and MLflow logging to it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -33,12 +35,47 @@ from tasks.config import LOOPBACK, Params, StackConfig
 from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")
-PID_FILE = STATE / "stack.pid"
+PID_FILE = STATE / "stack.pid"  # JSON: the `up` process, its URLs and the store it serves
 MLFLOW_AUTH_FILE = STATE / "mlflow-auth.ini"  # no secret in it: the admin is in the environment
 PREFECT_FILE = Path("infra") / "prefect.yaml"
 PREFECT_AUTH = "PREFECT_API_AUTH_STRING"
 STARTUP_TIMEOUT_S = 300  # Prefect's first start migrates its database: slow on a busy 2-core box
 STOP_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """What `up` wrote in the pid file once both servers answered."""
+
+    pid: int
+    prefect_url: str
+    mlflow_url: str
+    tracking_uri: str  # the sqlite store its MLflow server serves, by absolute path
+
+
+def running_stack(root: Path) -> RunningStack | None:
+    """The stack `shrinkflow up` runs for the project at `root`, or None when none is up."""
+    path = root / PID_FILE
+    if not path.exists():
+        return None
+    stack = RunningStack(**json.loads(path.read_text()))
+    try:
+        os.kill(stack.pid, 0)
+    except ProcessLookupError:
+        return None  # killed without a chance to remove its pid file
+    return stack
+
+
+def use_running_stack(root: Path, tracking_uri: str) -> RunningStack | None:
+    """Send this process's flow runs to the stack running for `root`, if one is up, and its MLflow
+    logging to the stack's server when that serves `tracking_uri`: one process writes the sqlite
+    file. Set before Prefect is imported (it reads its settings once)."""
+    stack = running_stack(root)
+    if stack:
+        os.environ["PREFECT_API_URL"] = f"{stack.prefect_url}/api"
+        if _absolute(tracking_uri) == stack.tracking_uri:
+            os.environ[MLFLOW_UI_ENV] = stack.mlflow_url
+    return stack
 
 
 def urls(stack: StackConfig) -> tuple[str, str]:
@@ -113,7 +150,8 @@ def up(params: Params, stack: StackConfig, root: Path) -> int:
         if stack.serve:
             processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env,
                                               cwd=root))
-        (root / PID_FILE).write_text(str(os.getpid()))
+        running = RunningStack(os.getpid(), prefect_url, mlflow_url, _absolute(params.tracking.uri))
+        (root / PID_FILE).write_text(json.dumps(asdict(running)))
         serving = ("Serving deployment compress/nightly." if stack.serve else
                    "Not serving deployments (stack.serve: false): workers run them.")
         print(f"Prefect UI: {prefect_url}\nMLflow UI:  {mlflow_url}\n{serving} "
@@ -131,9 +169,8 @@ def down(root: Path) -> int:
     if not path.exists():
         print("no stack is running here")
         return 0
-    pid = int(path.read_text())
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(json.loads(path.read_text())["pid"], signal.SIGTERM)
     except ProcessLookupError:
         path.unlink(missing_ok=True)
         print("no stack is running here (removed a stale pid file)")
@@ -216,6 +253,14 @@ def _mlflow_auth(root: Path, env: dict[str, str]) -> list[str]:
             "MLFLOW_AUTH_ADMIN_USERNAME": env[MLFLOW_CREDENTIALS[0]],
             "MLFLOW_AUTH_ADMIN_PASSWORD": env[MLFLOW_CREDENTIALS[1]]}
     return ["--app-name", "basic-auth"]
+
+
+def _absolute(tracking_uri: str) -> str:
+    """A sqlite URI by the database file's absolute path (a relative one is relative to the cwd);
+    a server URI as it is."""
+    if not tracking_uri.startswith(SQLITE):
+        return tracking_uri
+    return SQLITE + str(Path(tracking_uri.removeprefix(SQLITE)).resolve())
 
 
 def _check_free(host: str, port: int, key: str) -> None:

@@ -1,29 +1,35 @@
-"""The chain, once: stage order, which config sections each stage gets, and the cheap pre-checks."""
+"""The chain, once: stage order, which config sections each stage gets, and the cheap pre-checks.
+
+The stage modules (TensorFlow, tfmot) are imported by the functions that need them: a run whose
+stages are all up to date never imports them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect import Task
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flows.connections import check_tracking_uri
+from flows.versioning import nothing_changed
 from tasks.artifacts import Workspace
 from tasks.config import Params
-from tasks.distill import check_student, derive_student, distill_task
 from tasks.errors import InputError
-from tasks.evaluate import evaluate_task
 from tasks.inputs import stage_inputs, wait_until_settled
-from tasks.load import load_task, open_inputs
-from tasks.models import read_model
-from tasks.qat import quantize_aware
-from tasks.quantize import calibration_samples, check_quantizable, quantize_task
-from tasks.sparsify import check_prunable, sparsify_task
+
+if TYPE_CHECKING:
+    from prefect import Task
 
 STAGES = ("load", "sparsify", "distill", "quantize", "evaluate")
 
 
 def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str, Any]]:
     """The task for stage `name` and its arguments: only the sections that stage reads."""
+    from tasks.distill import distill_task
+    from tasks.evaluate import evaluate_task
+    from tasks.load import load_task
+    from tasks.quantize import quantize_task
+    from tasks.sparsify import sparsify_task
+
     p = params
     calls = {
         "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
@@ -60,6 +66,13 @@ def check_inputs(params: Params) -> None:
     Waits first until no input file is still being written: a half-written teacher is no bad input.
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
+    from tasks.distill import check_student, derive_student
+    from tasks.load import open_inputs
+    from tasks.models import read_model
+    from tasks.qat import quantize_aware
+    from tasks.quantize import calibration_samples, check_quantizable
+    from tasks.sparsify import check_prunable
+
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
@@ -68,8 +81,8 @@ def check_inputs(params: Params) -> None:
     student = inputs.teacher  # the architecture quantize receives, untrained
     if params.distill.enabled:
         if params.distill.student:
-            quantized = read_model(params.distill.student, "distill.student", params.model.trust_code)
-            check_student(quantized, inputs.teacher)
+            student = read_model(params.distill.student, "distill.student", params.model.trust_code)
+            check_student(student, inputs.teacher)
         elif params.distill.width < 1.0:
             student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
@@ -79,3 +92,13 @@ def check_inputs(params: Params) -> None:
     check_quantizable(student, params.quantize, inputs.data.x_train)
     if params.quantize.qat_epochs:
         quantize_aware(student)
+
+
+def check_changed_inputs(params: Params, root: Path) -> bool:
+    """`check_inputs`, unless nothing changed since DVC recorded the last run: inputs DVC vouches
+    for were checked by that run, and checking again would load TensorFlow and the teacher for
+    a run that skips every stage. Returns whether anything changed."""
+    changed = not nothing_changed(root, params)
+    if changed:
+        check_inputs(params)
+    return changed

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 
 from flows.params import dump_params, flatten
 from flows.versioning import Fingerprint, git_commit, output_md5s
@@ -23,11 +26,19 @@ from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 from tasks.data import Dataset
 from tasks.inputs import load_inputs
-from tasks.model_files import ModelSource, model_source
+
+if TYPE_CHECKING:
+    from tasks.model_files import ModelSource
 
 SQLITE = "sqlite:///"
 SPLITS = {"train": "train", "val": "validation", "test": "test"}  # Dataset field -> MLflow context
-MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"  # set by `shrinkflow up` for runs that log to sqlite
+# The MLflow server of `shrinkflow up` in front of the sqlite store: set for the stack's own
+# processes, and by `shrinkflow run` while the stack runs. Runs log through it.
+MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"
+# Who runs a pipeline run: what tells a run left RUNNING by a killed process from a live one.
+HOST_TAG, PID_TAG, WORKSPACE_TAG = "shrinkflow.host", "shrinkflow.pid", "shrinkflow.workspace"
+KILLED_TAG = "shrinkflow.killed"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
 
 
@@ -46,6 +57,52 @@ def pipeline_run(params: Params, run_name: str | None, tags: dict[str, str]) -> 
             raise  # start_run's context ends the run as FAILED
 
 
+def process_tags(root: Path) -> dict[str, str]:
+    """This process and its workspace, for `close_killed_runs` to find the run if it is killed."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            WORKSPACE_TAG: str(root.resolve())}
+
+
+def close_killed_runs(cfg: TrackingConfig, root: Path) -> list[Run]:
+    """Mark KILLED, with a note, the parent runs of the workspace `root` (and their stage runs)
+    still RUNNING though their process on this host is gone: killed (SIGKILL, out of memory)
+    before MLflow could end them. Returns the parent runs closed.
+
+    Call with the workspace lock held: a live run of this workspace would hold it.
+    """
+    use_experiment(cfg)
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(cfg.experiment).experiment_id
+    host = socket.gethostname()
+    running = "attributes.status = 'RUNNING'"
+    orphans = [run for run in client.search_runs(
+        [experiment], f"{running} and tags.`{HOST_TAG}` = '{host}' and "
+                      f"tags.`{WORKSPACE_TAG}` = '{root.resolve()}'")
+        if not _alive(int(run.data.tags[PID_TAG]))]
+    noticed = datetime.now(UTC).isoformat(timespec="seconds")
+    for run in orphans:
+        note = (f"killed: process {run.data.tags[PID_TAG]} on {host} ended without closing this "
+                f"run; noticed by process {os.getpid()} at {noticed}")
+        stages = client.search_runs(
+            [experiment], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'")
+        for closed in (*stages, run):
+            earlier = closed.data.tags.get(NOTE_TAG)
+            client.set_tag(closed.info.run_id, KILLED_TAG, note)
+            client.set_tag(closed.info.run_id, NOTE_TAG, f"{earlier}\n\n{note}" if earlier else note)
+            client.set_terminated(closed.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return [client.get_run(run.info.run_id) for run in orphans]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI, when there is a UI to link to."""
     base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
@@ -58,10 +115,17 @@ def use_experiment(cfg: TrackingConfig) -> None:
     With a local sqlite store the artifacts go to `mlartifacts/` beside the database file
     (MLflow's default would be `./mlruns`, easily mistaken for the refused file store).
     """
-    mlflow.set_tracking_uri(cfg.uri)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
     if cfg.uri.startswith(SQLITE) and mlflow.get_experiment_by_name(cfg.experiment) is None:
         mlflow.create_experiment(cfg.experiment, artifact_root(cfg.uri))
     mlflow.set_experiment(cfg.experiment)
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """Where runs log: `cfg.uri`, or the stack's MLflow server when it serves that sqlite store,
+    so that only the server writes the file (two writers of one sqlite file lock each other out)."""
+    served = os.environ.get(MLFLOW_UI_ENV)
+    return served if served and cfg.uri.startswith(SQLITE) else cfg.uri
 
 
 def artifact_root(sqlite_uri: str) -> str:
@@ -117,6 +181,8 @@ def log_data_and_teacher(params: Params, ws: Workspace) -> None:
     inputs = load_inputs(params.data, params.model)
     log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
     if inputs["model.source"] is not None:  # a file, not built here
+        from tasks.model_files import model_source  # tf_keras: imported for a teacher file only
+
         mlflow.set_tags(teacher_tags(model_source(inputs["model.source"])))
 
 

@@ -217,6 +217,24 @@ def write_params_file(root: Path, params: Params) -> bool:
     As with `dvc exp run --set-param`, overrides are written into the file (comments kept, keys
     missing from the file added), so dvc.lock and the experiment record what really ran.
     """
+    document, changed = _params_document(root, params)
+    if changed:
+        with atomic_path(root / PARAMS_FILE) as tmp, open(tmp, "w") as f:
+            YAML().dump(document, f)
+    return changed
+
+
+def nothing_changed(root: Path, params: Params) -> bool:
+    """Whether a run with `params` would skip every stage: params.yaml already holds them and DVC
+    says every stage is up to date (inputs by content, code, params and outputs as recorded)."""
+    if _params_document(root, params)[1]:
+        return False
+    with _repo(root) as repo:
+        return not repo.status()
+
+
+def _params_document(root: Path, params: Params) -> tuple[CommentedMap, bool]:
+    """params.yaml (comments kept) updated to hold `params` and their `inputs:`; whether it changed."""
     path = root / PARAMS_FILE
     round_trip = YAML()
     round_trip.preserve_quotes = True
@@ -237,10 +255,7 @@ def write_params_file(root: Path, params: Params) -> bool:
             changed = True
     if new_section:
         document.yaml_set_comment_before_after_key(INPUTS, before=INPUTS_COMMENT)
-    if changed:
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            round_trip.dump(document, f)
-    return changed
+    return document, changed
 
 
 @contextmanager

@@ -1,4 +1,8 @@
-"""Data sets: the built-in digits, npz files and image folders, split and checked the same way."""
+"""Data sets: the built-in digits, npz files and image folders, split and checked the same way.
+
+scikit-learn (seconds to import) is imported where data is read and split: loading saved splits
+(`Dataset.load`) needs numpy only.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from tasks.artifacts import atomic_path
 from tasks.config import DataConfig
@@ -49,6 +51,8 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
     """Read, scale, split and check the configured data set."""
     kind, _, location = cfg.source.partition(":")
     if kind == "digits":
+        from sklearn.datasets import load_digits
+
         digits = load_digits()
         x = (digits.images / 16.0)[..., None]
         return _checked(_split_xy(x, digits.target, cfg, seed), cfg.source)
@@ -137,6 +141,8 @@ def _stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> lis
             f"data.source: found {len(counts)} class(es); a classifier needs at least two"
         )
     stratify = y if counts.min() >= 2 else None  # stratifying needs two samples of every class
+    from sklearn.model_selection import train_test_split
+
     try:
         return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as exc:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable
-from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +16,9 @@ from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.keras3 import read_keras3
 from tasks.model_files import code_refused, refuse_code, stored_model
+from tasks.progress import epoch_listener
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
-
-# Told the share of epochs done, in (0, 1], after every epoch of `fit`. The flow layer sets it
-# to move a progress bar; the compute layer stays free of any orchestrator.
-epoch_listener: ContextVar[Callable[[float], None] | None] = ContextVar("epoch_listener", default=None)
-
 
 def seed_everything(seed: int) -> None:
     """Make weight init, shuffling and dropout repeatable (CPU kernels are then deterministic)."""

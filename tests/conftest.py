@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import prefect.main  # noqa: F401  (its logging dictConfig closes all handlers: not inside a test)
 import pytest
 import yaml
 

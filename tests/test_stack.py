@@ -188,6 +188,30 @@ def test_a_run_from_the_ui_is_tracked_in_mlflow_with_its_override(stack, first_r
     assert "temperature: 3.0" in (stack.root / "params.yaml").read_text()
 
 
+def test_the_cli_runs_its_flow_on_the_stack_and_logs_through_its_mlflow_server(stack, first_run):
+    """`shrinkflow run` beside `up`: a flow run of the stack's Prefect (no temporary server), its
+    MLflow runs created through the stack's MLflow server (its access log), not in the sqlite file
+    behind the server's back. The project is as the first run left it: nothing to re-run."""
+    creations = lambda: (stack.root / "up.log").read_text().count("POST /api/2.0/mlflow/runs/create")
+    before = creations()
+    done = subprocess.run([SHRINKFLOW, "run"], cwd=stack.root, capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "temporary server" not in done.stderr
+    assert "all stages up to date: nothing re-ran" in done.stdout
+    experiment = mlflow_api(stack, "experiments/get-by-name", experiment_name="test")["experiment"]
+    (run,) = mlflow_api(stack, "runs/search", {
+        "experiment_ids": [experiment["experiment_id"]], "max_results": 1,
+        "filter": "tags.pipeline = 'compress'", "order_by": ["attributes.start_time DESC"],
+    })["runs"]
+    tags = as_dict(run["data"]["tags"])
+    assert run["info"]["run_id"] in done.stdout and run["info"]["status"] == "FINISHED"
+    flow_run = get_json(f"{stack.prefect}/api/flow_runs/{tags['prefect.flow_run_id']}")
+    assert flow_run["state"]["type"] == "COMPLETED" and flow_run["deployment_id"] is None
+    assert tags["prefect.flow_run_url"].startswith(stack.prefect)
+    assert creations() - before == 1 + len(STAGES)
+
+
 def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, first_run):
     artifacts = get_json(f"{stack.prefect}/api/artifacts/filter",
                          {"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}})

@@ -1,0 +1,11 @@
+"""Training progress for whoever listens, without TensorFlow: the flow imports this for every stage,
+the training code (tasks/models.py) only when a stage really trains."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+
+# Told the share of epochs done, in (0, 1], after every epoch of `fit`. The flow layer sets it
+# to move a progress bar; the compute layer stays free of any orchestrator.
+epoch_listener: ContextVar[Callable[[float], None] | None] = ContextVar("epoch_listener", default=None)

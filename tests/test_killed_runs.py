@@ -1,0 +1,119 @@
+"""A run killed with SIGKILL cannot end its MLflow runs or its Prefect flow run: the next run in the
+workspace closes them (MLflow KILLED with a note, Prefect Crashed). A run after that, with nothing
+changed, skips every stage without importing TensorFlow, and is still recorded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+
+from conftest import make_project
+from flows.tracking import KILLED_TAG, NOTE_TAG, PID_TAG
+
+SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def stage_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    return client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def wait_for_stage_run(client: MlflowClient, root: Path, victim: subprocess.Popen) -> Run:
+    """The parent run of the `victim` process, once it has opened a stage run."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert victim.poll() is None, "the run ended before it could be killed"
+        database = (root / "mlflow.db").exists()
+        experiment = client.get_experiment_by_name("test") if database else None
+        parents = client.search_runs([experiment.experiment_id],
+                                     f"tags.`{PID_TAG}` = '{victim.pid}'") if experiment else []
+        if parents and stage_runs(client, parents[0]):
+            return parents[0]
+        time.sleep(0.5)
+    raise AssertionError("no MLflow run with a stage run after 300 s")
+
+
+@dataclass(frozen=True)
+class KilledAndRerun:
+    root: Path
+    env: dict[str, str]
+    client: MlflowClient
+    victim_pid: int
+    killed: Run  # as it was just before the next run
+    rerun: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(tmp_path_factory, digits_npz, prefect_server) -> KilledAndRerun:
+    """A real `shrinkflow run` killed with SIGKILL once it runs a stage, then a second run."""
+    root = tmp_path_factory.mktemp("killed")
+    make_project(root, digits_npz, "sparsify.enabled=false", "distill.enabled=false")
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    with open(root / "killed.log", "w") as log:
+        victim = subprocess.Popen([SHRINKFLOW, "run"], cwd=root, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            parent = wait_for_stage_run(client, root, victim)
+        finally:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+    killed = client.get_run(parent.info.run_id)
+    rerun = subprocess.run([SHRINKFLOW, "run"], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return KilledAndRerun(root, env, client, victim.pid, killed, rerun)
+
+
+def test_the_next_run_closes_a_killed_runs_mlflow_runs_and_flow_run(killed_and_rerun):
+    k = killed_and_rerun
+    assert k.killed.info.status == "RUNNING"  # nobody closed it before the next run
+    note = (f"killed: process {k.victim_pid} on {socket.gethostname()} ended without closing "
+            "this run; noticed by process ")
+    closed = k.client.get_run(k.killed.info.run_id)
+    assert closed.info.status == "KILLED"
+    assert closed.data.tags[KILLED_TAG].startswith(note), closed.data.tags
+    assert note in closed.data.tags[NOTE_TAG]
+    assert note in k.rerun.stderr  # the next run says so in its log
+    stages = stage_runs(k.client, closed)
+    assert stages and {run.info.status for run in stages} == {"KILLED"}
+    latest = k.client.search_runs([closed.info.experiment_id],
+                                  "attributes.status = 'FINISHED' and tags.pipeline = 'compress'")
+    assert len(latest) == 1 and KILLED_TAG not in latest[0].data.tags  # the new run is untouched
+
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(closed.data.tags["prefect.flow_run_id"]))
+    assert flow_run.state.type.value == "CRASHED"
+    assert flow_run.state.message.startswith(note)
+
+
+def test_a_run_with_nothing_changed_imports_no_tensorflow_and_is_still_recorded(killed_and_rerun):
+    k = killed_and_rerun
+    noop = subprocess.run([sys.executable, "-X", "importtime", SHRINKFLOW, "run"], cwd=k.root,
+                          env=k.env, capture_output=True, text=True, timeout=300)
+    assert noop.returncode == 0, noop.stderr[-3000:]
+    assert "all stages up to date: nothing re-ran" in noop.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in noop.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "mlflow" in imported and not imported & {"tensorflow", "tf_keras", "sklearn",
+                                                    "tensorflow_model_optimization", "matplotlib"}
+    runs = k.client.search_runs([k.killed.info.experiment_id], "tags.pipeline = 'compress'",
+                                order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["dvc.experiment"] in noop.stdout
+    experiments = subprocess.run([DVC, "exp", "list", "--name-only"], cwd=k.root,
+                                 capture_output=True, text=True, check=True).stdout.split()
+    assert runs[0].data.tags["dvc.experiment"] in experiments
