@@ -16,6 +16,7 @@ from flows.publish import Announcer, Progress, publish_results
 from flows.registry import register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
+from flows.search import search_refusal
 from flows.stages import STAGES, check_inputs, stage_call
 from flows.tracking import (
     log_data_and_teacher,
@@ -137,7 +138,7 @@ def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decisi
     tag_versions(root, name, push_if_configured(root))
     log_outputs(ws, headline(metrics))
     version, decision = register_and_gate(params.gate, params.evaluate, ws,
-                                          metrics["accuracy_drop"])
+                                          metrics["accuracy_drop"], search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", version,
                           "promoted to champion" if decision.promote else "not promoted",
                           decision.reason)

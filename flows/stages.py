@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import Task
 
+from flows.search import check_search, chosen_params, search_task
 from tasks.artifacts import Workspace
 from tasks.config import Params
 from tasks.distill import check_student, derive_student, distill_task
@@ -17,14 +18,19 @@ from tasks.models import read_model
 from tasks.quantize import calibration_samples, quantize_task
 from tasks.sparsify import check_prunable, sparsify_task
 
-STAGES = ("load", "sparsify", "distill", "quantize", "evaluate")
+STAGES = ("load", "search", "sparsify", "distill", "quantize", "evaluate")
+BEFORE_CHOICE = ("load", "search")
 
 
 def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str, Any]]:
-    """The task for stage `name` and its arguments: only the sections that stage reads."""
-    p = params
+    """The task for stage `name` and its arguments: only the sections that stage reads. The
+    stages after the search read them with the search's chosen keys applied."""
+    if name not in STAGES:
+        raise InputError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    p = params if name in BEFORE_CHOICE else chosen_params(params, ws)
     calls = {
         "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
+        "search": (search_task, {"params": p}),
         "sparsify": (sparsify_task, {"seed": p.seed, "cfg": p.sparsify}),
         "distill": (
             distill_task,
@@ -37,8 +43,6 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
             {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled},
         ),
     }
-    if name not in calls:
-        raise InputError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     task, kwargs = calls[name]
     return task, kwargs | {"ws": ws}
 
@@ -67,3 +71,5 @@ def check_inputs(params: Params) -> None:
             derive_student(inputs.teacher, params.distill.width, params.distill.init)
     if params.quantize.enabled:
         calibration_samples(inputs.data, params.quantize, params.seed)
+    if params.search.enabled:
+        check_search(params, inputs.teacher, inputs.data)

@@ -21,9 +21,11 @@ from tasks.model_files import code_refused, refuse_code, stored_model
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
-# Told the share of epochs done, in (0, 1], after every epoch of `fit`. The flow layer sets it
-# to move a progress bar; the compute layer stays free of any orchestrator.
-epoch_listener: ContextVar[Callable[[float], None] | None] = ContextVar("epoch_listener", default=None)
+# Told the share of epochs done, in (0, 1], and the epoch's Keras logs (loss, val_* metrics)
+# after every epoch of `fit`. The flow layer sets it to move a progress bar, a search trial to
+# stop hopeless training early (by raising); the compute layer stays free of any orchestrator.
+EpochListener = Callable[[float, dict[str, float]], None]
+epoch_listener: ContextVar[EpochListener | None] = ContextVar("epoch_listener", default=None)
 
 
 def seed_everything(seed: int) -> None:
@@ -144,7 +146,7 @@ def fit(
     listener = epoch_listener.get()
     if listener is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs)
+            on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs, logs or {})
         ))
     return model.fit(
         x,

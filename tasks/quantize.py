@@ -49,11 +49,15 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [sample[None].astype(np.float32)]
 
 
+def quantize_model(student: keras.Model, data: Dataset, cfg: QuantizeConfig, seed: int) -> bytes:
+    """The quantize stage's compute, shared with the search's trials: `student` as a .tflite."""
+    calibration = calibration_samples(data, cfg, seed) if cfg.enabled else None
+    return convert_to_tflite(student, calibration)
+
+
 def run_quantize(seed: int, cfg: QuantizeConfig, ws: Workspace) -> dict[str, float]:
     """Stage: student -> model.tflite (INT8, or FP32 when disabled)."""
-    student = read_model(ws.student)
-    calibration = calibration_samples(Dataset.load(ws.data), cfg, seed) if cfg.enabled else None
-    model = convert_to_tflite(student, calibration)
+    model = quantize_model(read_model(ws.student), Dataset.load(ws.data), cfg, seed)
     write_bytes(ws.model, model)
     return {"tflite_bytes": len(model)}
 

@@ -1,0 +1,395 @@
+"""The search stage: an Optuna study over the recipe whose trials are Prefect tasks on Dask.
+
+The study lives in this process. It asks Optuna for a choice, submits a trial task to the Dask
+cluster (a local one, or the scheduler at `search.dask_address`) and tells Optuna the result when
+it comes back, keeping as many trials in flight as the cluster has worker threads. Workers read
+only the workspace's data and teacher files (once per process; a remote cluster needs the
+workspace on a shared filesystem) and never touch Optuna's storage or MLflow.
+
+Why Optuna's multi-objective TPE: few trials over categorical choices with a constraint (NSGA-II
+wants populations of ~50); objectives validation accuracy, gzip bytes and latency; the accuracy
+drop a constraint (`Trial.set_constraint`). Its RDB storage (sqlite in .shrinkflow/) lets a killed
+search resume: the study is named after everything that decides a trial's outcome, so the same
+search finds its finished trials again and runs only the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import mlflow
+import optuna
+from distributed import get_worker
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect_dask import DaskTaskRunner
+
+from tasks.artifacts import Workspace, write_json
+from tasks.config import Params, SearchConfig
+from tasks.data import Dataset
+from tasks.errors import InputError
+from tasks.evaluate import CandidateMetrics, evaluate_tflite
+from tasks.gate import Decision
+from tasks.plots import plot_pareto
+from tasks.quantize import convert_to_tflite
+from tasks.search import (
+    Choice,
+    HopelessTrial,
+    apply_choice,
+    cached_inputs,
+    choose,
+    run_trial_or_stop,
+    search_space,
+    trial_memory_bytes,
+)
+
+if TYPE_CHECKING:
+    import tf_keras as keras
+
+STUDY_DB = Path(".shrinkflow") / "search.db"
+OBJECTIVES = {"accuracy": "maximize", "gzip_bytes": "minimize", "latency_p50_us": "minimize"}
+# Keys that change how long or where a search runs, or which point it keeps, not what a trial
+# measures: a study resumed with other values is the same study.
+RUN_CONTROL = {"trials", "dask_address", "workers", "timeout_minutes", "require_feasible",
+               "objective"}
+SEARCHED_STAGES = ("sparsify", "distill", "quantize")
+CONNECT_TIMEOUT_S = 5
+CLOSEST_SHOWN = 3
+
+
+class NoFeasibleTrial(RuntimeError):
+    """No trial met search.max_accuracy_drop, and search.require_feasible is set: the run fails."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a trial task sends back: where it ran, and its metrics or why it was stopped."""
+
+    worker: str
+    metrics: dict[str, float] | None = None
+    stopped: str | None = None
+
+
+def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
+    """The search's pre-checks, before any training: the searched stages are on, the space is not
+    empty, a trial fits a local worker's memory, the Dask scheduler answers."""
+    cfg = params.search
+    off = [f"{stage}.enabled" for stage in SEARCHED_STAGES if not getattr(params, stage).enabled]
+    if off or params.distill.student:
+        settings = off + (["distill.student"] if params.distill.student else [])
+        raise InputError(f"search.enabled: the search chooses the sparsify, distill and quantize "
+                         f"settings, but {', '.join(settings)} is set; turn the stages on and "
+                         "leave distill.student empty, or set search.enabled: false")
+    search_space(cfg, params, teacher)
+    if cfg.dask_address:
+        check_reachable(cfg.dask_address)
+    else:
+        check_memory(cfg, trial_memory_bytes(teacher, data, params.distill.batch_size))
+
+
+def check_reachable(address: str) -> None:
+    """A TCP connection to the scheduler, so a wrong address fails before any training."""
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=CONNECT_TIMEOUT_S):
+            return
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"search.dask_address: no Dask scheduler answers at {address!r} ({exc}); "
+                         "start one (`dask scheduler`), fix the address (tcp://HOST:PORT) or "
+                         "leave it empty for a local cluster") from None
+
+
+def check_memory(cfg: SearchConfig, trial_bytes: int) -> None:
+    """Each local worker gets an equal share of the machine's memory (Dask's own default limit)."""
+    workers = local_workers(cfg)
+    share = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // workers
+    if trial_bytes > share:
+        raise InputError(f"search.workers: a trial needs about {trial_bytes / 2**30:.2f} GiB, but "
+                         f"{workers} local workers get {share / 2**30:.2f} GiB each; set "
+                         f"search.workers to at most {max(1, workers * share // trial_bytes)}, "
+                         "use smaller data or a smaller teacher, or a cluster (search.dask_address)")
+
+
+def local_workers(cfg: SearchConfig) -> int:
+    return cfg.workers or os.cpu_count() or 1
+
+
+def task_runner(cfg: SearchConfig) -> DaskTaskRunner:
+    if cfg.dask_address:
+        return DaskTaskRunner(address=cfg.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": local_workers(cfg), "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": ":0"})
+
+
+def run_search(params: Params, ws: Workspace) -> dict[str, float]:
+    """Stage: artifacts/chosen.json (the keys the stages after it take from the chosen trial) and
+    artifacts/search/ (trials.json, pareto.png). Off: no keys, the configured recipe runs."""
+    if not params.search.enabled:
+        (ws.search / "pareto.png").unlink(missing_ok=True)
+        write_json(ws.search / "trials.json", {"trials": []})
+        write_json(ws.chosen, {"keys": {}})
+        return {}
+    active = mlflow.active_run()
+    searching = search.with_options(task_runner=task_runner(params.search))
+    return searching(params, str(ws.root), active.info.run_id if active else None)
+
+
+search_task = task(run_search, name="search")
+
+
+def chosen_params(params: Params, ws: Workspace) -> Params:
+    """`params` as the stages after the search run them: with the chosen trial's keys."""
+    if not ws.chosen.exists():
+        raise InputError(f"stage input: {ws.chosen} does not exist; run the search stage first")
+    return apply_choice(params, json.loads(ws.chosen.read_text())["keys"])
+
+
+def search_refusal(ws: Workspace) -> Decision | None:
+    """A gate refusal when the search found no trial within its budget, else None."""
+    chosen = json.loads(ws.chosen.read_text())
+    return None if chosen.get("feasible", True) else Decision(False, chosen["reason"])
+
+
+@flow(name="search", log_prints=True)
+def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> dict[str, float]:
+    """Search the recipe space for the best model within search.max_accuracy_drop.
+
+    Args:
+        params: The pipeline configuration; its `search` section sets the space and budget.
+        workdir: The project directory holding artifacts/data.npz and artifacts/teacher.h5.
+        mlflow_parent: The MLflow run the trials' runs nest under (none: not tracked).
+    """
+    cfg, ws = params.search, Workspace(Path(workdir))
+    data, teacher = cached_inputs(ws.data, ws.teacher)
+    space = search_space(cfg, params, teacher)
+    reference = evaluate_tflite(convert_to_tflite(teacher), data.for_selection(), params.evaluate,
+                                teacher.count_params())
+    floor = reference.accuracy - cfg.max_accuracy_drop
+    study = open_study(ws, params, space)
+    run_trials(study, params, workdir, space, floor, mlflow_parent)
+    return publish(study, params, ws, space, reference, mlflow_parent)
+
+
+def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.Study:
+    """The study for this exact search, created or resumed from the workspace's sqlite storage;
+    trials a killed search left running are marked failed (their work is lost)."""
+    (ws.root / STUDY_DB).parent.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
+    study = optuna.create_study(
+        storage=f"sqlite:///{(ws.root / STUDY_DB).resolve()}", study_name=study_name(ws, params, space),
+        directions=list(OBJECTIVES.values()), sampler=sampler, load_if_exists=True,
+    )
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)
+    return study
+
+
+def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
+    """A digest of what decides a trial's outcome: inputs' content, space and settings."""
+    settings = params.model_dump(mode="json", include={"seed", *SEARCHED_STAGES, "evaluate"})
+    settings["search"] = params.search.model_dump(mode="json", exclude=RUN_CONTROL)
+    md5 = hashlib.md5(json.dumps([settings, space], sort_keys=True).encode())
+    for path in (ws.data, ws.teacher):
+        md5.update(path.read_bytes())
+    return f"search-{md5.hexdigest()[:16]}"
+
+
+def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
+               floor: float, mlflow_parent: str | None) -> None:
+    """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
+    the same search count) or `search.timeout_minutes` passed. A choice already measured is not
+    trained again: Optuna is told the earlier result."""
+    cfg, logger = params.search, get_run_logger()
+    distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    measured = {_key(t.params): t for t in done if t.state == TrialState.COMPLETE}
+    todo = max(0, cfg.trials - len(done))
+    deadline = time.monotonic() + cfg.timeout_minutes * 60 if cfg.timeout_minutes else math.inf
+    in_flight = max(1, sum(FlowRunContext.get().task_runner.client.nthreads().values()))
+    progress = create_progress_artifact(100.0 * len(done) / cfg.trials,
+                                        description=f"search: {len(done)}/{cfg.trials} trials")
+    pending: dict[PrefectFuture, optuna.Trial] = {}
+    while todo or pending:
+        while todo and len(pending) < in_flight and time.monotonic() < deadline:
+            trial, todo = study.ask(distributions), todo - 1
+            if _key(trial.params) in measured:
+                repeat(study, trial, measured[_key(trial.params)], floor)
+                continue
+            pending[trial_task.submit(trial.number, trial.params, params, workdir,
+                                      floor - cfg.prune_margin)] = trial
+        if not pending:
+            break
+        future = next(as_completed(list(pending)))
+        trial = pending.pop(future)
+        frozen = finish(study, trial, future, floor)
+        if frozen.state == TrialState.COMPLETE:
+            measured[_key(frozen.params)] = frozen
+        logger.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
+                    _describe(frozen))
+        log_trial(mlflow_parent, frozen)
+        finished = cfg.trials - todo - len(pending)
+        update_progress_artifact(progress, 100.0 * finished / cfg.trials,
+                                 description=f"search: {finished}/{cfg.trials} trials")
+
+
+@task(name="trial", task_run_name="trial {number}")
+def trial_task(number: int, choice: Choice, params: Params, workdir: str,
+               stop_below: float) -> Outcome:
+    """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
+    split; stopped early (not failed) when hopeless."""
+    ws = Workspace(Path(workdir))
+    data, teacher = cached_inputs(ws.data, ws.teacher)
+    worker = get_worker().address
+    try:
+        metrics = run_trial_or_stop(teacher, data, apply_choice(params, choice), stop_below)
+    except HopelessTrial as stop:
+        return Outcome(worker, stopped=str(stop))
+    return Outcome(worker, metrics=metrics.as_dict())
+
+
+def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture,
+           floor: float) -> FrozenTrial:
+    """Tell Optuna how the trial ended: complete (values, constraint), stopped early, or failed."""
+    try:
+        outcome: Outcome = future.result()
+    except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert)
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        return study.tell(trial, state=TrialState.FAIL)
+    trial.set_user_attr("worker", outcome.worker)
+    if outcome.stopped:
+        trial.set_user_attr("stopped", outcome.stopped)
+        return study.tell(trial, state=TrialState.PRUNED)
+    for key, value in outcome.metrics.items():
+        trial.set_user_attr(key, value)
+    trial.set_constraint("accuracy_floor", floor - outcome.metrics["accuracy"])
+    return study.tell(trial, [outcome.metrics[key] for key in OBJECTIVES])
+
+
+def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial, floor: float) -> None:
+    for key, value in earlier.user_attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("repeat_of", earlier.number)
+    trial.set_constraint("accuracy_floor", floor - earlier.user_attrs["accuracy"])
+    study.tell(trial, earlier.values)
+
+
+def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
+            reference: CandidateMetrics, mlflow_parent: str | None) -> dict[str, float]:
+    """Choose, then write chosen.json, trials.json and pareto.png, and show them in MLflow and
+    Prefect. No trial within the budget: the closest goes on, promoted by no gate; or, with
+    search.require_feasible, the run fails naming the closest."""
+    cfg = params.search
+    floor = reference.accuracy - cfg.max_accuracy_drop
+    rows = trial_rows(study)
+    measured = [row for row in rows if row["state"] == "COMPLETE"]
+    chosen, feasible = choose(measured, floor, cfg.objective) if measured else ({}, False)
+    pareto = {t.number for t in study.best_trials}
+    for row in rows:
+        row |= {"pareto": row["number"] in pareto, "chosen": row is chosen}
+    closest = sorted(measured, key=lambda row: -row["accuracy"])[:CLOSEST_SHOWN]
+    reason = "" if feasible else (
+        f"search: no trial reached validation accuracy {floor:.4f} (teacher {reference.accuracy:.4f}"
+        f" - search.max_accuracy_drop {cfg.max_accuracy_drop}); closest: "
+        + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
+    record = {"teacher": reference.as_dict(), "floor": floor, "space": space, "trials": rows}
+    publish_artifacts(rows, floor, reason, ws, mlflow_parent, record)
+    if not feasible and cfg.require_feasible:
+        raise NoFeasibleTrial(f"{reason} (search.require_feasible is set)")
+    keys = {key: chosen[key] for key in space} if chosen else {}
+    write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": feasible,
+                           "reason": reason or "within search.max_accuracy_drop",
+                           "validation": {k: chosen.get(k) for k in OBJECTIVES}})
+    get_run_logger().info("search: %s", _describe_row(chosen) if chosen else reason)
+    return {"search.trials_completed": len(measured), "search.feasible": float(feasible),
+            **{f"search.chosen.{k}": chosen[k] for k in OBJECTIVES if chosen},
+            "search.teacher.accuracy": reference.accuracy}
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One flat row per trial: number, state, its choices and what it measured or why not."""
+    return [{"number": t.number, "state": t.state.name, **t.params, **t.user_attrs}
+            for t in study.get_trials(deepcopy=False)]
+
+
+def publish_artifacts(rows: list[dict], floor: float, reason: str, ws: Workspace,
+                      mlflow_parent: str | None, record: dict) -> None:
+    """trials.json and pareto.png in the workspace, in the search's MLflow run, and as Prefect
+    table and markdown (the plot inline) artifacts."""
+    write_json(ws.search / "trials.json", record)
+    plot = ws.search / "pareto.png"
+    plot_pareto([row for row in rows if row["state"] == "COMPLETE"], floor, plot)
+    if mlflow_parent:
+        for path in (ws.search / "trials.json", plot):
+            MlflowClient().log_artifact(mlflow_parent, str(path), artifact_path="search")
+    columns = sorted({key for row in rows for key in row}, key=_column_order)
+    create_table_artifact(key="search-trials", description="Every trial of the search",
+                          table=[{key: row.get(key, "") for key in columns} for row in rows])
+    image = base64.b64encode(plot.read_bytes()).decode()
+    create_markdown_artifact(
+        key="search-pareto", description="Validation accuracy vs gzip size, latency as colour",
+        markdown=f"# shrinkflow search\n\n{reason or 'chosen: within the accuracy budget'}\n\n"
+                 f"![Pareto front](data:image/png;base64,{image})",
+    )
+
+
+def log_trial(mlflow_parent: str | None, trial: FrozenTrial) -> None:
+    """The trial as an MLflow run nested under the search stage's: choices as params, what it
+    measured on the validation split as metrics, worker and state as tags."""
+    if not mlflow_parent:
+        return
+    client = MlflowClient()
+    experiment = client.get_run(mlflow_parent).info.experiment_id
+    numbers = {k: v for k, v in trial.user_attrs.items() if isinstance(v, int | float)}
+    texts = {k: str(v) for k, v in trial.user_attrs.items() if k not in numbers}
+    run = client.create_run(experiment, run_name=f"trial {trial.number}", tags={
+        "mlflow.parentRunId": mlflow_parent, "search.state": trial.state.name, **texts})
+    now = int(time.time() * 1000)
+    client.log_batch(run.info.run_id,
+                     metrics=[Metric(f"val.{k}", float(v), now, 0) for k, v in numbers.items()],
+                     params=[Param(k, str(v)) for k, v in trial.params.items()],
+                     tags=[RunTag("search.number", str(trial.number))])
+    client.set_terminated(run.info.run_id,
+                          "FINISHED" if trial.state != TrialState.FAIL else "FAILED")
+
+
+def _key(choice: Choice) -> str:
+    return json.dumps(choice, sort_keys=True)
+
+
+def _describe(trial: FrozenTrial) -> str:
+    return _describe_row({**trial.params, **trial.user_attrs, "number": trial.number})
+
+
+def _describe_row(row: dict) -> str:
+    choice = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k)
+    if "accuracy" not in row:
+        return f"trial {row['number']} ({choice}): {row.get('stopped') or row.get('error')}"
+    return (f"trial {row['number']} ({choice}): validation accuracy {row['accuracy']:.4f}, "
+            f"gzip {row['gzip_bytes']} B, latency {row['latency_p50_us']:.1f} µs")
+
+
+def _column_order(key: str) -> tuple[int, str]:
+    first = ["number", "state", "chosen", "pareto", *OBJECTIVES]
+    return (first.index(key), key) if key in first else (len(first) + ("." not in key), key)
+
