@@ -95,11 +95,12 @@ def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
     """The search's pre-checks, before any training: the searched stages are on, the space is not
     empty, a trial fits a local worker's memory, the Dask scheduler answers."""
     cfg = params.search
-    off = [f"{stage}.enabled" for stage in SEARCHED_STAGES if not getattr(params, stage).enabled]
-    if off or params.distill.student:
-        settings = off + (["distill.student"] if params.distill.student else [])
-        raise InputError(f"search.enabled: the search chooses the sparsify, distill and quantize "
-                         f"settings, but {', '.join(settings)} is set; turn the stages on and "
+    conflicts = [f"{stage}.enabled: false" for stage in SEARCHED_STAGES
+                 if not getattr(params, stage).enabled]
+    conflicts += ["a distill.student file"] if params.distill.student else []
+    if conflicts:
+        raise InputError(f"search.enabled: the search sets sparsify, distill and quantize keys, so "
+                         f"it cannot run with {' and '.join(conflicts)}; turn those stages on and "
                          "leave distill.student empty, or set search.enabled: false")
     search_space(cfg, params, teacher)
     if cfg.dask_address:
@@ -152,7 +153,7 @@ def run_search(params: Params, ws: Workspace) -> dict[str, float]:
         return {}
     active = mlflow.active_run()
     searching = search.with_options(task_runner=task_runner(params.search))
-    return searching(params, str(ws.root), active.info.run_id if active else None)
+    return searching(params, str(ws.root.resolve()), active.info.run_id if active else None)
 
 
 search_task = task(run_search, name="search")
@@ -226,7 +227,7 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
     measured = {_key(t.params): t for t in done if t.state == TrialState.COMPLETE}
     todo = max(0, cfg.trials - len(done))
     deadline = time.monotonic() + cfg.timeout_minutes * 60 if cfg.timeout_minutes else math.inf
-    in_flight = max(1, sum(FlowRunContext.get().task_runner.client.nthreads().values()))
+    in_flight = cluster_threads()
     progress = create_progress_artifact(100.0 * len(done) / cfg.trials,
                                         description=f"search: {len(done)}/{cfg.trials} trials")
     pending: dict[PrefectFuture, optuna.Trial] = {}
@@ -251,6 +252,17 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
         finished = cfg.trials - todo - len(pending)
         update_progress_artifact(progress, 100.0 * finished / cfg.trials,
                                  description=f"search: {finished}/{cfg.trials} trials")
+
+
+def cluster_threads() -> int:
+    """Worker threads of this flow's Dask cluster, started here (on first use). A local cluster's
+    workers report their task runs to this flow's Prefect API, a temporary server too (else each
+    worker process would start a temporary server of its own)."""
+    context = FlowRunContext.get()
+    runner = context.task_runner
+    if not runner.address:
+        runner.cluster_kwargs["env"] = {"PREFECT_API_URL": str(context.client.api_url)}
+    return max(1, sum(runner.client.nthreads().values()))
 
 
 @task(name="trial", task_run_name="trial {number}")
