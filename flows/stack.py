@@ -98,7 +98,7 @@ def down(root: Path) -> int:
 
 def serve(params: Params, stack: StackConfig) -> None:
     """Apply the notification automations, then serve `compress/nightly` on its cron; the
-    project's params are the form's defaults.
+    project's params, with the search on, are the form's defaults.
 
     The schedule is not paused on shutdown, so it survives a restart of the stack. At most one
     compression runs at a time: further runs wait in Prefect's queue.
@@ -111,11 +111,13 @@ def serve(params: Params, stack: StackConfig) -> None:
 
     print(apply_notifications(Path.cwd()), flush=True)
 
+    nightly = params.model_dump(mode="json")
+    nightly["search"]["enabled"] = True  # a night has time to search (`shrinkflow run` has not)
     deployment = compress.to_deployment(
         name="nightly",
         schedules=[Cron(stack.cron, timezone=stack.timezone)],
         concurrency_limit=1,
-        parameters={"params": params.model_dump(mode="json"), "workdir": str(Path.cwd())},
+        parameters={"params": nightly, "workdir": str(Path.cwd())},
         description="Nightly compression of the configured teacher (params.yaml).",
     )
     prefect_serve(deployment, pause_on_shutdown=False)

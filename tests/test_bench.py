@@ -17,7 +17,7 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
     tiny_params, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    params = tiny_params()
+    params = tiny_params("search.trials=1", "search.workers=1")
     document = run_bench(params, tmp_path, overhead=False)
 
     rows = document["recipes"]
@@ -28,7 +28,7 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert row["latency_p50_us"] > 0 and row["wall_s"] > 0, name
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
-    for name in ("ptq-random-calib", "ptq-int8", "prune-ptq", "shrinkflow"):
+    for name in ("ptq-random-calib", "ptq-int8", "prune-ptq", "shrinkflow", "search"):
         assert rows[name]["tflite_bytes"] < fp32["tflite_bytes"] / 2, name
     assert rows["prune-ptq"]["sparsity"] == pytest.approx(0.8, abs=0.02)
     assert rows["shrinkflow"]["params"] < fp32["params"]  # the narrow student, not the teacher
