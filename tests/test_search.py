@@ -3,7 +3,6 @@ the chosen trial continuing the chain, and the search's bad input."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,9 @@ from flows.search import NoFeasibleTrial
 from flows.stages import check_inputs
 from tasks.errors import InputError
 from tasks.search import teacher_widths
+from test_stack import free_port
 
 DASK = Path(sys.executable).parent / "dask"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
