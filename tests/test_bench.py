@@ -49,7 +49,8 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert run.data.metrics[f"{name}.accuracy"] == pytest.approx(row["accuracy"])
         assert run.data.metrics[f"{name}.wall_s"] == pytest.approx(row["wall_s"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"bench.json", "bench.md", "bench.png", "params.yaml"} == logged
+    # the search row's trials.json and pareto.png, its trials nested under the bench run
+    assert {"bench.json", "bench.md", "bench.png", "params.yaml", "search"} == logged
 
 
 def test_a_project_copy_reads_the_same_inputs_and_tracks_in_its_own_store(tmp_path):
