@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -129,7 +129,8 @@ def check_memory(cfg: SearchConfig, trial_bytes: int) -> None:
         raise InputError(f"search.workers: a trial needs about {trial_bytes / 2**30:.2f} GiB, but "
                          f"{workers} local workers get {share / 2**30:.2f} GiB each; set "
                          f"search.workers to at most {max(1, workers * share // trial_bytes)}, "
-                         "use smaller data or a smaller teacher, or a cluster (search.dask_address)")
+                         "use smaller data or a smaller teacher, or a cluster "
+                         "(search.dask_address)")
 
 
 def local_workers(cfg: SearchConfig) -> int:
@@ -210,7 +211,8 @@ def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.
     (ws.root / STUDY_DB).parent.mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
     study = optuna.create_study(
-        storage=f"sqlite:///{(ws.root / STUDY_DB).resolve()}", study_name=study_name(ws, params, space),
+        storage=f"sqlite:///{(ws.root / STUDY_DB).resolve()}",
+        study_name=study_name(ws, params, space),
         directions=list(OBJECTIVES.values()), sampler=sampler, load_if_exists=True,
     )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -231,37 +233,42 @@ def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
 def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
                floor: float, mlflow_parent: str | None) -> None:
     """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
-    the same search count) or `search.timeout_minutes` passed. A choice already measured is not
-    trained again: Optuna is told the earlier result."""
+    the same search count) or `search.timeout_minutes` passed. A choice already measured, or being
+    measured, is not trained again: Optuna is told the earlier result."""
     cfg, logger = params.search, get_run_logger()
     distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    measured = {_key(t.params): t for t in done if t.state == TrialState.COMPLETE}
+    measured = {_key(t.params): t for t in done}
     todo = max(0, cfg.trials - len(done))
     deadline = time.monotonic() + cfg.timeout_minutes * 60 if cfg.timeout_minutes else math.inf
     in_flight = cluster_threads()
     progress = create_progress_artifact(100.0 * len(done) / cfg.trials,
                                         description=f"search: {len(done)}/{cfg.trials} trials")
     pending: dict[PrefectFuture, optuna.Trial] = {}
+    twins: list[optuna.Trial] = []  # asked while the same choice was being measured
     while todo or pending:
         while todo and len(pending) < in_flight and time.monotonic() < deadline:
             trial, todo = study.ask(distributions), todo - 1
             if _key(trial.params) in measured:
-                repeat(study, trial, measured[_key(trial.params)], floor)
-                continue
-            pending[trial_task.submit(trial.number, trial.params, params, workdir,
-                                      floor - cfg.prune_margin)] = trial
+                log_trial(mlflow_parent, repeat(study, trial, measured[_key(trial.params)], floor))
+            elif _key(trial.params) in {_key(t.params) for t in pending.values()}:
+                twins.append(trial)
+            else:
+                pending[trial_task.submit(trial.number, trial.params, params, workdir,
+                                          floor - cfg.prune_margin)] = trial
         if not pending:
             break
         future = next(as_completed(list(pending)))
-        trial = pending.pop(future)
-        frozen = finish(study, trial, future, floor)
-        if frozen.state == TrialState.COMPLETE:
+        frozen = finish(study, pending.pop(future), future, floor)
+        if frozen.state != TrialState.FAIL:
             measured[_key(frozen.params)] = frozen
+        for twin in [t for t in twins if _key(t.params) == _key(frozen.params)]:
+            twins.remove(twin)
+            log_trial(mlflow_parent, repeat(study, twin, frozen, floor))
         logger.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
                     _describe(frozen))
         log_trial(mlflow_parent, frozen)
-        finished = cfg.trials - todo - len(pending)
+        finished = cfg.trials - todo - len(pending) - len(twins)
         update_progress_artifact(progress, 100.0 * finished / cfg.trials,
                                  description=f"search: {finished}/{cfg.trials} trials")
 
@@ -310,12 +317,16 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture,
     return study.tell(trial, [outcome.metrics[key] for key in OBJECTIVES])
 
 
-def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial, floor: float) -> None:
+def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
+           floor: float) -> FrozenTrial:
+    """Tell Optuna that `trial` ended as `earlier`, the same choice, instead of training it."""
     for key, value in earlier.user_attrs.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("repeat_of", earlier.number)
+    if earlier.state != TrialState.COMPLETE:
+        return study.tell(trial, state=earlier.state)
     trial.set_constraint("accuracy_floor", floor - earlier.user_attrs["accuracy"])
-    study.tell(trial, earlier.values)
+    return study.tell(trial, earlier.values)
 
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
@@ -333,8 +344,8 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
         row |= {"pareto": row["number"] in pareto, "chosen": row is chosen}
     closest = sorted(measured, key=lambda row: -row["accuracy"])[:CLOSEST_SHOWN]
     reason = "" if feasible else (
-        f"search: no trial reached validation accuracy {floor:.4f} (teacher {reference.accuracy:.4f}"
-        f" - search.max_accuracy_drop {cfg.max_accuracy_drop}); closest: "
+        f"search: no trial reached validation accuracy {floor:.4f} (teacher "
+        f"{reference.accuracy:.4f} - search.max_accuracy_drop {cfg.max_accuracy_drop}); closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
     record = {"teacher": reference.as_dict(), "floor": floor, "space": space, "trials": rows}
     publish_artifacts(rows, floor, reason, ws, mlflow_parent, record)
@@ -387,8 +398,9 @@ def log_trial(mlflow_parent: str | None, trial: FrozenTrial) -> None:
         return
     client = MlflowClient()
     experiment = client.get_run(mlflow_parent).info.experiment_id
-    numbers = {k: v for k, v in trial.user_attrs.items() if isinstance(v, int | float)}
-    texts = {k: str(v) for k, v in trial.user_attrs.items() if k not in numbers}
+    measured = {f.name for f in fields(CandidateMetrics)}
+    numbers = {k: v for k, v in trial.user_attrs.items() if k in measured}
+    texts = {k: str(v) for k, v in trial.user_attrs.items() if k not in measured}
     run = client.create_run(experiment, run_name=f"trial {trial.number}", tags={
         "mlflow.parentRunId": mlflow_parent, "search.state": trial.state.name, **texts})
     now = int(time.time() * 1000)
