@@ -1,4 +1,4 @@
-"""The `compress` flow: load -> sparsify -> distill -> quantize -> evaluate -> gate / register.
+"""The `compress` flow: load -> search -> sparsify -> distill -> quantize -> evaluate -> gate.
 
 Prefect orchestrates, DVC decides which stages are up to date and records every run as an
 experiment, MLflow tracks one parent run with a nested run per stage and holds the registry.
