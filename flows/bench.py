@@ -32,7 +32,7 @@ from flows.report import aligned, human_size, percent
 from flows.stages import STAGES, check_inputs, run_stage
 from flows.tracking import pipeline_run
 from flows.versioning import init_workspace
-from tasks.artifacts import Workspace, write_bytes, write_json
+from tasks.artifacts import Workspace, copy_file, write_bytes, write_json
 from tasks.config import Params, QuantizeConfig, SparsifyConfig, TrackingConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
@@ -54,7 +54,8 @@ BENCH_MD = Path("reports") / "bench.md"
 BENCH_PLOT = Path("plots") / "bench.png"
 REFERENCE = "fp32"
 HEADLINE = ("accuracy_drop", "compression_ratio", "speedup")
-COMPRESS_STAGES = ("sparsify", "distill", "quantize")  # teacher -> .tflite: the shrinkflow recipe
+# teacher -> .tflite: the shrinkflow recipe (the search as configured: off by default)
+COMPRESS_STAGES = ("search", "sparsify", "distill", "quantize")
 # The tfmot pruning guide's recipe: 50 % -> 80 % polynomial decay while fine-tuning 2 epochs at
 # batch 128 with Adam's default rate. Gotcha: tasks.sparsify reaches the target at 70 % of the
 # steps (the guide at 100 %) and shrinks the update frequency to fit short runs.
@@ -153,6 +154,18 @@ def qat(bench: Bench) -> Built:
     return Built(convert_to_tflite(trained, "int8", _calibration(bench)), student.count_params())
 
 
+def search(bench: Bench) -> Built:
+    """The pipeline with search.enabled: the search chooses width, sparsity and mode on the
+    validation split, then its sparsify, distill and quantize stages run with the choice."""
+    ws = Workspace(bench.ws.root / "search")
+    for source, target in ((bench.ws.data, ws.data), (bench.ws.teacher, ws.teacher)):
+        copy_file(source, target)
+    searching = bench.params.model_copy(
+        update={"search": bench.params.search.model_copy(update={"enabled": True})})
+    _run_stages(COMPRESS_STAGES, searching, ws)
+    return Built(ws.model.read_bytes(), read_model(ws.student).count_params())
+
+
 Recipe = Callable[[Bench], Built]
 RECIPES: dict[str, Recipe] = {
     REFERENCE: fp32,
@@ -165,6 +178,7 @@ RECIPES: dict[str, Recipe] = {
     "prune-ptq": prune_ptq,
     "shrinkflow": shrinkflow,
     "qat": qat,  # after shrinkflow: it starts from its student
+    "search": search,
 }
 
 

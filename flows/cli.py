@@ -141,14 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run_cmd = commands.add_parser(
         "run", help="run the whole pipeline as a Prefect flow, tracked in MLflow",
-        description="Run load -> sparsify -> distill -> quantize -> evaluate and print a summary.",
+        description="Run load -> search -> sparsify -> distill -> quantize -> evaluate and print a "
+                    "summary.",
     )
     run_cmd.set_defaults(command=run)
     stage_cmd = commands.add_parser(
         "stage", help="run one stage from the files the previous stage left (used by dvc.yaml)",
         description="Run one stage outside Prefect and MLflow: reads and writes artifacts/ and metrics/.",
     )
-    stage_cmd.add_argument("name", help="load, sparsify, distill, quantize or evaluate")
+    stage_cmd.add_argument("name", help="load, search, sparsify, distill, quantize or evaluate")
     stage_cmd.set_defaults(command=stage)
     init_cmd = commands.add_parser(
         "init", help="make this directory a git + DVC project (what `make run` does first)",

@@ -1,4 +1,4 @@
-"""The `compress` flow: load -> sparsify -> distill -> quantize -> evaluate -> gate / register.
+"""The `compress` flow: load -> search -> sparsify -> distill -> quantize -> evaluate -> gate.
 
 Prefect orchestrates, DVC decides which stages are up to date and records every run as an
 experiment, MLflow tracks one parent run with a nested run per stage and holds the registry.
@@ -45,6 +45,7 @@ from flows.versioning import (
     write_params_file,
 )
 from tasks.artifacts import Workspace
+from tasks.choice import search_refusal
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
 from tasks.evaluate import headline
@@ -171,7 +172,7 @@ def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decisi
     tag_versions(root, name, push_if_configured(root))
     log_outputs(ws, headline(metrics))
     version, decision = register_and_gate(params.gate, params.evaluate, ws,
-                                          metrics["accuracy_drop"])
+                                          metrics["accuracy_drop"], search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", version,
                           "promoted to champion" if decision.promote else "not promoted",
                           decision.reason)

@@ -32,7 +32,8 @@ class Progress:
     def stage(self, name: str) -> Iterator[None]:
         done = self.stages.index(name)
         share = 100.0 / len(self.stages)
-        token = epoch_listener.set(lambda fraction: self._set(share * (done + fraction), name))
+        token = epoch_listener.set(
+            lambda fraction, _logs: self._set(share * (done + fraction), name))
         try:
             yield
         finally:

@@ -38,12 +38,14 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      accuracy_drop: float) -> tuple[str, Decision]:
+                      accuracy_drop: float, refusal: Decision | None = None) -> tuple[str, Decision]:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
-    gate measured goes on the version (as tags) and the run (as metrics)."""
+    gate measured goes on the version (as tags) and the run (as metrics). A `refusal` decided
+    before the gate (a search that found nothing within its budget) stands."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, accuracy_drop, champion)
+    decision = refusal or decision
     version = _register(cfg.registered_model, ws.model)
     tags = {"gate.decision": decision.reason}
     if champion:

@@ -183,11 +183,11 @@ def down(root: Path) -> int:
 
 
 def deploy(params: Params, root: Path) -> int:
-    """`prefect deploy` every deployment of infra/prefect.yaml to its work pool, with this
-    project's params and directory as the run form's defaults (a scheduled run uses them)."""
+    """`prefect deploy` every deployment of infra/prefect.yaml to its work pool, with
+    `nightly_parameters` as the run form's defaults (a scheduled run uses them)."""
     prefect_file = root / PREFECT_FILE
     check_work_pools(prefect_file)
-    defaults = {"params": params.model_dump(mode="json"), "workdir": str(root.resolve())}
+    defaults = nightly_parameters(params, root)
     return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
                            "--prefect-file", str(prefect_file), "--params", json.dumps(defaults)],
                           cwd=root).returncode
@@ -215,9 +215,17 @@ def check_work_pools(prefect_file: Path) -> None:
                                  f"{exc}; start the Prefect server or set the URL") from None
 
 
+def nightly_parameters(params: Params, root: Path) -> dict:
+    """The nightly deployment's defaults, served or deployed: the project's params with the search
+    on (a night has time to search; `shrinkflow run` has not), and the project directory."""
+    nightly = params.model_dump(mode="json")
+    nightly["search"]["enabled"] = True
+    return {"params": nightly, "workdir": str(root.resolve())}
+
+
 def serve(params: Params, stack: StackConfig) -> None:
     """Apply the notification automations, then serve `compress/nightly` on its cron; the
-    project's params are the form's defaults.
+    project's params, with the search on, are the form's defaults.
 
     The schedule is not paused on shutdown, so it survives a restart of the stack. At most one
     compression runs at a time: further runs wait in Prefect's queue.
@@ -234,7 +242,7 @@ def serve(params: Params, stack: StackConfig) -> None:
         name="nightly",
         schedules=[Cron(stack.cron, timezone=stack.timezone)],
         concurrency_limit=1,
-        parameters={"params": params.model_dump(mode="json"), "workdir": str(Path.cwd())},
+        parameters=nightly_parameters(params, Path.cwd()),
         description="Nightly compression of the configured teacher (params.yaml).",
     )
     prefect_serve(deployment, pause_on_shutdown=False)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flows.connections import check_tracking_uri
 from flows.versioning import nothing_changed
 from tasks.artifacts import Workspace
+from tasks.choice import chosen_params
 from tasks.config import Params
 from tasks.errors import InputError
 from tasks.inputs import stage_inputs, wait_until_settled
@@ -19,20 +20,26 @@ from tasks.inputs import stage_inputs, wait_until_settled
 if TYPE_CHECKING:
     from prefect import Task
 
-STAGES = ("load", "sparsify", "distill", "quantize", "evaluate")
+STAGES = ("load", "search", "sparsify", "distill", "quantize", "evaluate")
+BEFORE_CHOICE = ("load", "search")
 
 
 def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str, Any]]:
-    """The task for stage `name` and its arguments: only the sections that stage reads."""
+    """The task for stage `name` and its arguments: only the sections that stage reads. The
+    stages after the search read them with the search's chosen keys applied."""
+    from flows.search import search_task
     from tasks.distill import distill_task
     from tasks.evaluate import evaluate_task
     from tasks.load import load_task
     from tasks.quantize import quantize_task
     from tasks.sparsify import sparsify_task
 
-    p = params
+    if name not in STAGES:
+        raise InputError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    p = params if name in BEFORE_CHOICE else chosen_params(params, ws)
     calls = {
         "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
+        "search": (search_task, {"params": p}),
         "sparsify": (sparsify_task, {"seed": p.seed, "cfg": p.sparsify}),
         "distill": (
             distill_task,
@@ -48,8 +55,6 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
              "quantize_mode": p.quantize.effective_mode},
         ),
     }
-    if name not in calls:
-        raise InputError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     task, kwargs = calls[name]
     return task, kwargs | {"ws": ws}
 
@@ -66,6 +71,7 @@ def check_inputs(params: Params) -> None:
     Waits first until no input file is still being written: a half-written teacher is no bad input.
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
+    from flows.search import check_search
     from tasks.distill import check_student, derive_student
     from tasks.load import open_inputs
     from tasks.models import read_model
@@ -92,6 +98,8 @@ def check_inputs(params: Params) -> None:
     check_quantizable(student, params.quantize, inputs.data.x_train)
     if params.quantize.qat_epochs:
         quantize_aware(student)
+    if params.search.enabled:
+        check_search(params, inputs.teacher, inputs.data)
 
 
 def check_changed_inputs(params: Params, root: Path) -> bool:

@@ -26,6 +26,16 @@ class Workspace:
         return self.root / "artifacts" / "teacher.h5"
 
     @property
+    def chosen(self) -> Path:
+        """The search's choice: the keys it sets for the stages after it (empty: none)."""
+        return self.root / "artifacts" / "chosen.json"
+
+    @property
+    def search(self) -> Path:
+        """The search's record: trials.json and pareto.png."""
+        return self.root / "artifacts" / "search"
+
+    @property
     def sparse(self) -> Path:
         return self.root / "artifacts" / "sparse.h5"
 

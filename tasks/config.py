@@ -47,6 +47,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
+SparsityPattern = Literal["unstructured", "2:4"]
 
 
 class Section(BaseModel):
@@ -126,7 +127,7 @@ class SparsifyConfig(Training):
         "Kernel: small layers such as the first conv and the classifier stay denser, the same "
         "zeros overall).",
     )
-    pattern: Literal["unstructured", "2:4"] = Field(
+    pattern: SparsityPattern = Field(
         "unstructured",
         description="Where the zeros go: `unstructured` (anywhere, by magnitude, to the targets "
         "above) | `2:4` (2 zeros in every 4 weights along a layer's input dimension: a fixed 50 % "
@@ -229,6 +230,69 @@ class EvaluateConfig(Section):
     warmup_runs: Annotated[int, Field(ge=1)] = Field(30, description="Untimed invokes first.")
 
 
+Width = Annotated[float, Field(gt=0, lt=1)]
+Sparsity = Annotated[float, Field(ge=0, lt=1)]
+Temperature = Annotated[float, Field(gt=0, le=100)]
+
+
+class SearchConfig(Section):
+    """The accuracy-aware search: which recipes to try and which one to keep (flows/search.py).
+
+    The space's dimensions are lists of choices; each choice overrides its stage's key (width ->
+    distill.width, sparsities -> sparsify.final_sparsity, patterns -> sparsify.pattern, modes ->
+    quantize.mode, temperatures -> distill.temperature) for one trial.
+    """
+
+    enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
+    trials: PositiveInt = Field(30, description="Trials to run (a resumed search counts the done).")
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1,
+        description="Largest teacher-to-trial accuracy drop, on the validation split, to be chosen.",
+    )
+    objective: Literal["smaller_gzip", "faster"] = Field(
+        "smaller_gzip", description="Which point of the Pareto front within the drop is chosen."
+    )
+    require_feasible: bool = Field(
+        False, description="No trial within the drop: fail the run (exit 1) instead of going on "
+        "with the closest trial and promoting nothing.",
+    )
+    widths: list[Width] | None = Field(
+        None, description="Student widths vs teacher; none = derived from the teacher: halvings by "
+        "sqrt(2) from 0.5 down to keeping 4 units in its narrowest layer.",
+    )
+    sparsities: list[Sparsity] = Field(
+        [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], description="Final sparsities to try."
+    )
+    patterns: list[SparsityPattern] = Field(["unstructured"], description="Sparsity patterns.")
+    modes: list[QuantizeMode] = Field(["int8"], description="Quantization modes to try.")
+    temperatures: list[Temperature] | None = Field(
+        None, description="Distillation temperatures; none = distill.temperature only."
+    )
+    prune_after_epochs: PositiveInt = Field(
+        5, description="Epochs a trial trains before it may be stopped early as hopeless."
+    )
+    prune_margin: float = Field(
+        0.1, ge=0, le=1, description="Stopped early when its validation accuracy is this far "
+        "below the lowest the accuracy drop allows.",
+    )
+    dask_address: str | None = Field(
+        None, description="Dask scheduler for the trials (tcp://HOST:PORT); none = a local cluster."
+    )
+    workers: PositiveInt | None = Field(
+        None, description="Local cluster's worker processes (trials at once); none = CPU count."
+    )
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Start no trial after this long; the running ones finish."
+    )
+
+    @field_validator("widths", "sparsities", "patterns", "modes", "temperatures")
+    @classmethod
+    def _not_empty(cls, value: list | None) -> list | None:
+        if value is not None and not value:
+            raise ValueError("the search space needs at least one choice here; list one or more")
+        return value
+
+
 class TrackingConfig(Section):
     uri: SecretFreeUrl = Field(
         "sqlite:///mlflow.db",
@@ -328,12 +392,13 @@ class Params(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     def __str__(self) -> str:
         s, d, q = self.sparsify, self.distill, self.quantize
         sparsify = "2:4" if s.pattern == "2:4" else f"{s.initial_sparsity:g}->{s.final_sparsity:g}"
         distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
-        quantize = ("int8" if q.enabled else "fp32") + (f"+qat{q.qat_epochs}" * bool(q.qat_epochs))
+        quantize = q.effective_mode + (f"+qat{q.qat_epochs}" * bool(q.qat_epochs))
         return (
             f"data={self.data.source} model={self.model.source} "
             f"sparsify={sparsify if s.enabled else 'off'} distill={distill} quantize={quantize} "

@@ -6,7 +6,7 @@ scikit-learn (seconds to import) is imported where data is read and split: loadi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,11 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def for_selection(self) -> Dataset:
+        """The validation split in the test split's place: what a search measures its candidates
+        on with the evaluator (which reads the test split), so the test split never chooses."""
+        return replace(self, x_test=self.x_val, y_test=self.y_val)
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -138,7 +138,7 @@ def fit(
     listener = epoch_listener.get()
     if listener is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs)
+            on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs, logs or {})
         ))
     return model.fit(
         x,

@@ -73,6 +73,31 @@ def plot_quant_sensitivity(sensitivity: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_pareto(trials: list[dict], floor: float, path: Path) -> None:
+    """A search's measured trials: validation accuracy against gzip size (log scale), latency as
+    colour; the Pareto front ringed, the chosen trial starred, the accuracy floor dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    kib = [t["gzip_bytes"] / 1024 for t in trials]
+    points = ax.scatter(kib, [t["accuracy"] for t in trials], s=50, cmap="viridis",
+                        c=[t["latency_p50_us"] for t in trials])
+    fig.colorbar(points, ax=ax, label="latency p50 (µs)")
+    for t, x in zip(trials, kib):
+        if t["pareto"]:
+            ax.scatter(x, t["accuracy"], s=140, facecolors="none", edgecolors="black")
+        if t["chosen"]:
+            ax.scatter(x, t["accuracy"], s=260, marker="*", color="red", label="chosen")
+        ax.annotate(str(t["number"]), (x, t["accuracy"]), textcoords="offset points", xytext=(5, 3),
+                    fontsize=7)
+    ax.axhline(floor, linestyle="--", color="grey", label="accuracy floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("gzip size (KiB, log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Search: trials (ringed: Pareto front)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

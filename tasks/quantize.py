@@ -175,6 +175,14 @@ def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [sample[None].astype(np.float32)]
 
 
+def quantize_student(student: keras.Model, data: Dataset, cfg: QuantizeConfig,
+                     seed: int) -> QuantizedModel:
+    """The quantize stage's compute, shared with the search's trials: `student` in `cfg.mode`,
+    calibrated on a seeded draw of training samples; `mixed` chooses on the validation split."""
+    calibration = calibration_samples(data, cfg, seed) if cfg.needs_calibration else data.x_train[:1]
+    return quantize_model(student, cfg, calibration, (data.x_val, data.y_val))
+
+
 def run_quantize(
     seed: int, cfg: QuantizeConfig, distill_cfg: DistillConfig, ws: Workspace
 ) -> dict[str, float]:
@@ -187,8 +195,7 @@ def run_quantize(
         seed_everything(seed)
         teacher = read_model(ws.teacher)
         student = quantization_aware_training(student, teacher, data, cfg, distill_cfg)
-    calibration = calibration_samples(data, cfg, seed) if cfg.needs_calibration else data.x_train[:1]
-    quantized = quantize_model(student, cfg, calibration, (data.x_val, data.y_val))
+    quantized = quantize_student(student, data, cfg, seed)
     sensitivity = {"mode": quantized.mode, "layers": []} | (quantized.sensitivity or {})
     write_bytes(ws.model, quantized.tflite)
     write_json(ws.quant_sensitivity, sensitivity)

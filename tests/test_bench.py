@@ -17,7 +17,7 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
     tiny_params, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    params = tiny_params()
+    params = tiny_params("search.trials=1", "search.workers=1")
     document = run_bench(params, tmp_path, overhead=False)
 
     rows = document["recipes"]
@@ -29,7 +29,7 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
     for name in ("ptq-random-calib", "ptq-int8", "ptq-dynamic", "ptq-int16x8", "mixed",
-                 "prune-ptq", "shrinkflow", "qat"):
+                 "prune-ptq", "shrinkflow", "qat", "search"):
         assert rows[name]["tflite_bytes"] < fp32["tflite_bytes"] / 2, name
     assert rows["ptq-float16"]["tflite_bytes"] < fp32["tflite_bytes"] * 0.6
     assert rows["prune-ptq"]["sparsity"] == pytest.approx(0.8, abs=0.02)
@@ -54,7 +54,8 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert run.data.metrics[f"{name}.accuracy"] == pytest.approx(row["accuracy"])
         assert run.data.metrics[f"{name}.wall_s"] == pytest.approx(row["wall_s"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"bench.json", "bench.md", "bench.png", "params.yaml"} == logged
+    # the search row's trials.json and pareto.png, its trials nested under the bench run
+    assert {"bench.json", "bench.md", "bench.png", "params.yaml", "search"} == logged
 
 
 def test_a_project_copy_reads_the_same_inputs_and_tracks_in_its_own_store(tmp_path):

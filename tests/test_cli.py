@@ -153,7 +153,7 @@ def test_a_directory_that_is_no_project_gets_told_how_to_make_one(tmp_path, monk
 
 def test_unknown_stage_exits_2(workspace, capsys):
     assert main(["stage", "compress-harder"]) == 2
-    assert "unknown stage 'compress-harder'; stages are load, sparsify" in capsys.readouterr().err
+    assert "unknown stage 'compress-harder'; stages are load, search, sparsify" in capsys.readouterr().err
 
 
 def test_bad_input_from_the_installed_command_shows_no_traceback(workspace):
