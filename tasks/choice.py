@@ -30,7 +30,10 @@ def apply_choice(params: Params, choice: Choice) -> Params:
 
 
 def chosen_params(params: Params, ws: Workspace) -> Params:
-    """`params` as the stages after the search run them: with the chosen trial's keys."""
+    """`params` as the stages after the search run them: with the chosen trial's keys (search
+    off: as they are)."""
+    if not params.search.enabled:
+        return params
     if not ws.chosen.exists():
         raise InputError(f"stage input: {ws.chosen} does not exist; run the search stage first")
     return apply_choice(params, json.loads(ws.chosen.read_text())["keys"])

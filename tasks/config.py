@@ -8,10 +8,18 @@ with the key, the value and what is allowed. Defaults here are the built-in defa
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
@@ -47,7 +55,15 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
-SparsityPattern = Literal["unstructured", "2:4"]
+
+
+def _unquoted_2_4(value: object) -> object:
+    """YAML 1.1 (PyYAML: params.yaml, `--set`) reads an unquoted 2:4 as the base-60 number
+    2 * 60 + 4 = 124; take it as the pattern it was meant to be."""
+    return "2:4" if value == 2 * 60 + 4 else value
+
+
+SparsityPattern = Annotated[Literal["unstructured", "2:4"], BeforeValidator(_unquoted_2_4)]
 
 
 class Section(BaseModel):
@@ -140,13 +156,6 @@ class SparsifyConfig(Training):
     )
     epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
     learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
-
-    @field_validator("pattern", mode="before")
-    @classmethod
-    def _unquoted_2_4(cls, value: object) -> object:
-        """YAML 1.1 (PyYAML: params.yaml, `--set`) reads an unquoted 2:4 as the base-60 number
-        2 * 60 + 4 = 124; take it as the pattern it was meant to be."""
-        return "2:4" if value == 2 * 60 + 4 else value
 
     @model_validator(mode="after")
     def _sparsity_grows(self) -> SparsifyConfig:
@@ -264,7 +273,9 @@ class SearchConfig(Section):
         [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], description="Final sparsities to try."
     )
     patterns: list[SparsityPattern] = Field(["unstructured"], description="Sparsity patterns.")
-    modes: list[QuantizeMode] = Field(["int8"], description="Quantization modes to try.")
+    modes: list[QuantizeMode] = Field(
+        list(get_args(QuantizeMode)), description="Quantization modes to try (default: every mode)."
+    )
     temperatures: list[Temperature] | None = Field(
         None, description="Distillation temperatures; none = distill.temperature only."
     )

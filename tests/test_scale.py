@@ -7,6 +7,7 @@ runs; and the bad inputs, each refused with the key, the URL and the fix."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -225,7 +226,7 @@ def worker(team: Team):
 def run_deployment(team: Team, deployment: dict) -> dict:
     """A run of the deployment with its defaults (the project's params), as a schedule starts it
     but with the search off; the finished flow run."""
-    params = deployment["parameters"]["params"]
+    params = copy.deepcopy(deployment["parameters"]["params"])
     assert params["search"]["enabled"]  # the nightly searches by default (search: test_search.py)
     params["search"]["enabled"] = False
     run = prefect_api(team, f"deployments/{deployment['id']}/create_flow_run",
