@@ -10,7 +10,6 @@ flows/search.py; nothing here knows Optuna, Prefect, Dask or MLflow.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from pathlib import Path
 
@@ -109,20 +108,20 @@ def hopeless_check(floor: float, after_epochs: int, epochs: int) -> EpochListene
 
 
 @functools.lru_cache(maxsize=1)
-def _read_inputs(data: Path, data_md5: str, teacher: Path, teacher_md5: str
-                 ) -> tuple[Dataset, keras.Model]:
+def _read_inputs(data: Path, data_stamp: tuple[int, int], teacher: Path,
+                 teacher_stamp: tuple[int, int]) -> tuple[Dataset, keras.Model]:
     return Dataset.load(data), read_model(teacher)
 
 
 def cached_inputs(data: Path, teacher: Path) -> tuple[Dataset, keras.Model]:
     """The data set and teacher, read once per process (a Dask worker runs many trials) and again
-    only when a file's content changed."""
-    return _read_inputs(data, _md5(data), teacher, _md5(teacher))
+    only when a file was replaced (its size or mtime changed: no re-hashing per trial)."""
+    return _read_inputs(data, _stamp(data), teacher, _stamp(teacher))
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def trial_memory_bytes(teacher: keras.Model, data: Dataset, batch_size: int) -> int:
