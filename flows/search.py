@@ -4,13 +4,21 @@ The study lives in this process. It asks Optuna for a choice, submits a trial ta
 cluster (a local one, or the scheduler at `search.dask_address`) and tells Optuna the result when
 it comes back, keeping as many trials in flight as the cluster has worker threads. Workers read
 only the workspace's data and teacher files (once per process; a remote cluster needs the
-workspace on a shared filesystem) and never touch Optuna's storage or MLflow.
+workspace on a shared filesystem), report each epoch to the study's storage (for the pruner) and
+never touch MLflow.
 
-Why Optuna's multi-objective TPE: few trials over categorical choices with a constraint (NSGA-II
-wants populations of ~50); objectives validation accuracy, gzip bytes and latency; the accuracy
-drop a constraint (`Trial.set_constraint`). Its RDB storage (sqlite in .shrinkflow/) lets a killed
-search resume: the study is named after everything that decides a trial's outcome, so the same
-search finds its finished trials again and runs only the rest.
+- One objective (gzip bytes or latency, `search.objective`), the accuracy budget a constraint
+  (`Trial.set_constraint`): the objective is known before training (tasks/estimate.py), so a
+  trial that cannot beat the best one within the budget is not trained at all.
+- Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
+  float student's validation drop per epoch: past distill.epochs / factor^k epochs a trial goes
+  on only while it is in the best 1/factor of the trials measured there.
+- Decisions are paired statistics (tasks/paired.py): a trial is within budget when the upper
+  confidence bound of its drop vs the teacher is, on the validation split's selection part; the
+  chosen one must confirm it on the confirmation part, which the sampler and pruner never see.
+- The study's journal file in .shrinkflow/ (file-locked: workers on other processes or hosts
+  sharing the workspace write to it) lets a killed search resume: the study is named after
+  everything that decides a trial's outcome, so the same search finds its finished trials again.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -33,6 +41,8 @@ from distributed import get_worker
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from optuna.distributions import CategoricalDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -50,27 +60,32 @@ from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
-from tasks.evaluate import CandidateMetrics, evaluate_tflite
+from tasks.paired import PairedDrop, samples_to_certify, smallest_certifiable_drop
 from tasks.plots import plot_pareto
-from tasks.quantize import convert_to_tflite
 from tasks.search import (
+    OBJECTIVE_KEYS,
+    CannotBeat,
     HopelessTrial,
+    TrialResult,
     cached_inputs,
+    certifiable_budget,
     choose,
-    run_trial_or_stop,
+    pareto_front,
+    run_trial,
     search_space,
     trial_memory_bytes,
+    validation_parts,
 )
 
 if TYPE_CHECKING:
     import tf_keras as keras
 
-STUDY_DB = Path(".shrinkflow") / "search.db"
-OBJECTIVES = {"accuracy": "maximize", "gzip_bytes": "minimize", "latency_p50_us": "minimize"}
-# Keys that change how long or where a search runs, or which point it keeps, not what a trial
-# measures: a study resumed with other values is the same study.
-RUN_CONTROL = {"trials", "dask_address", "workers", "timeout_minutes", "require_feasible",
-               "objective"}
+STUDY_JOURNAL = Path(".shrinkflow") / "search.journal"
+SHOWN = ("accuracy", "drop", "upper", "confirm_drop", "confirm_upper", "gzip_bytes",
+         "latency_p50_us")
+# Keys that change how long or where a search runs, not what a trial measures: a study resumed
+# with other values is the same study.
+RUN_CONTROL = {"trials", "dask_address", "workers", "timeout_minutes", "require_feasible"}
 SEARCHED_STAGES = ("sparsify", "distill", "quantize")
 CONNECT_TIMEOUT_S = 5
 CLOSEST_SHOWN = 3
@@ -82,11 +97,22 @@ class NoFeasibleTrial(RuntimeError):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a trial task sends back: where it ran, and its metrics or why it was stopped."""
+    """What a trial task sends back: where it ran, how many epochs it trained, and its result or
+    why it was stopped (with what it measured before: the size estimate, the last drop)."""
 
     worker: str
-    metrics: dict[str, float] | None = None
+    epochs: int
+    result: TrialResult | None = None
     stopped: str | None = None
+    measured: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy budget a trial's bound is held to on each part of the validation split."""
+
+    selection: float
+    confirmation: float
 
 
 def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
@@ -101,6 +127,13 @@ def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
                          f"it cannot run with {' and '.join(conflicts)}; turn those stages on and "
                          "leave distill.student empty, or set search.enabled: false")
     search_space(cfg, params, teacher)
+    selection, confirmation = validation_parts(len(data.y_val), cfg)
+    if min(selection, confirmation) < data.num_classes:
+        raise InputError(f"search.confirm_fraction: the {len(data.y_val)} validation samples split "
+                         f"into {selection} for selection and {confirmation} for confirmation, "
+                         f"fewer than the {data.num_classes} classes; raise data.val_fraction "
+                         "(or give x_val/y_val in the npz) or move search.confirm_fraction "
+                         "towards 0.5")
     if cfg.dask_address:
         check_reachable(cfg.dask_address)
     else:
@@ -168,37 +201,54 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
         mlflow_parent: The MLflow run the trials' runs nest under (none: not tracked).
     """
     cfg, ws = params.search, Workspace(Path(workdir))
-    data, teacher = cached_inputs(ws.data, ws.teacher)
-    space = search_space(cfg, params, teacher)
-    reference = evaluate_tflite(convert_to_tflite(teacher), data.for_selection(), params.evaluate,
-                                teacher.count_params())
-    floor = reference.accuracy - cfg.max_accuracy_drop
-    warn_if_coarse(len(data.y_val), cfg.max_accuracy_drop)
+    inputs = cached_inputs(ws.data, ws.teacher, cfg.confirm_fraction, params.seed)
+    space = search_space(cfg, params, inputs.teacher)
+    budget = certify(cfg, len(inputs.selection.y_val), len(inputs.confirmation.y_val))
     study = open_study(ws, params, space)
-    run_trials(study, params, workdir, space, floor, mlflow_parent)
-    return publish(study, params, ws, space, reference, mlflow_parent)
+    run_trials(study, params, workdir, space, budget, mlflow_parent)
+    return publish(study, params, ws, space, inputs.teacher_accuracy, budget, mlflow_parent)
 
 
-def warn_if_coarse(validation_samples: int, max_drop: float) -> None:
-    """Measured here: on digits (144 validation samples) a drop of 0.003 admits a student that
-    makes as many validation errors as the teacher yet 3 points more on the test split."""
-    if 1 / validation_samples > max_drop:
+def certify(cfg: SearchConfig, selection: int, confirmation: int) -> Budget:
+    """The budget each part is held to; says so, before any trial trains, when a part has too
+    few samples for its bound ever to reach search.max_accuracy_drop."""
+    budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence)
+                      for n in (selection, confirmation)))
+    if budget.confirmation > cfg.max_accuracy_drop:
         get_run_logger().warning(
-            "search: one of the %d validation samples is %.4f of accuracy, more than "
-            "search.max_accuracy_drop %s: trials within it may differ from the teacher by noise "
-            "alone; raise data.val_fraction (or search.max_accuracy_drop)",
-            validation_samples, 1 / validation_samples, max_drop)
+            "search: %d confirmation samples (of %d validation samples) certify an accuracy drop "
+            "no smaller than %.2f pt at %.0f %% confidence, above search.max_accuracy_drop %.2f "
+            "pt (that takes %d); trials are held to %.2f pt on them instead (as close to the "
+            "teacher as they can show). Fix: more validation samples (data.val_fraction, or "
+            "x_val/y_val in the npz), a larger search.max_accuracy_drop or a lower "
+            "search.confidence", confirmation, selection + confirmation,
+            100 * smallest_certifiable_drop(confirmation, cfg.confidence), 100 * cfg.confidence,
+            100 * cfg.max_accuracy_drop, samples_to_certify(cfg.max_accuracy_drop, cfg.confidence),
+            100 * budget.confirmation)
+    return budget
+
+
+def study_storage(root: Path) -> JournalStorage:
+    path = root / STUDY_JOURNAL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path.resolve())))
+
+
+def pruner(params: Params) -> optuna.pruners.SuccessiveHalvingPruner:
+    """Rungs at distill.epochs / factor^k epochs (at least 1): with 40 epochs and factor 3, 4, 12
+    and 36. The same pruner in this process and in every worker (Optuna does not store it)."""
+    factor = params.search.reduction_factor
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=max(1, params.distill.epochs // factor**2), reduction_factor=factor)
 
 
 def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.Study:
-    """The study for this exact search, created or resumed from the workspace's sqlite storage;
-    trials a killed search left running are marked failed (their work is lost)."""
-    (ws.root / STUDY_DB).parent.mkdir(parents=True, exist_ok=True)
+    """The study for this exact search, created or resumed from the workspace's journal; trials
+    a killed search left running are marked failed (their work is lost)."""
     sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
     study = optuna.create_study(
-        storage=f"sqlite:///{(ws.root / STUDY_DB).resolve()}",
-        study_name=study_name(ws, params, space),
-        directions=list(OBJECTIVES.values()), sampler=sampler, load_if_exists=True,
+        storage=study_storage(ws.root), study_name=study_name(ws, params, space),
+        direction="minimize", sampler=sampler, pruner=pruner(params), load_if_exists=True,
     )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)
@@ -216,10 +266,11 @@ def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
 
 
 def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
-               floor: float, mlflow_parent: str | None) -> None:
+               budget: Budget, mlflow_parent: str | None) -> None:
     """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
     the same search count) or `search.timeout_minutes` passed. A choice already measured, or being
-    measured, is not trained again: Optuna is told the earlier result."""
+    measured, is not trained again: Optuna is told the earlier result. Each trial is told the
+    best objective value within budget so far: it is not trained unless it can beat it."""
     cfg, logger = params.search, get_run_logger()
     distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -235,27 +286,35 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
         while todo and len(pending) < in_flight and time.monotonic() < deadline:
             trial, todo = study.ask(distributions), todo - 1
             if _key(trial.params) in measured:
-                log_trial(mlflow_parent, repeat(study, trial, measured[_key(trial.params)], floor))
+                log_trial(mlflow_parent, repeat(study, trial, measured[_key(trial.params)]))
             elif _key(trial.params) in {_key(t.params) for t in pending.values()}:
                 twins.append(trial)
             else:
-                pending[trial_task.submit(trial.number, trial.params, params, workdir,
-                                          floor - cfg.prune_margin)] = trial
+                pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
+                                          trial.params, params, workdir,
+                                          best_within(study))] = trial
         if not pending:
             break
         future = next(as_completed(list(pending)))
-        frozen = finish(study, pending.pop(future), future, floor)
+        frozen = finish(study, pending.pop(future), future, budget, OBJECTIVE_KEYS[cfg.objective])
         if frozen.state != TrialState.FAIL:
             measured[_key(frozen.params)] = frozen
         for twin in [t for t in twins if _key(t.params) == _key(frozen.params)]:
             twins.remove(twin)
-            log_trial(mlflow_parent, repeat(study, twin, frozen, floor))
+            log_trial(mlflow_parent, repeat(study, twin, frozen))
         logger.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
                     _describe(frozen))
         log_trial(mlflow_parent, frozen)
         finished = cfg.trials - todo - len(pending) - len(twins)
         update_progress_artifact(progress, 100.0 * finished / cfg.trials,
                                  description=f"search: {finished}/{cfg.trials} trials")
+
+
+def best_within(study: optuna.Study) -> float:
+    """The best objective value among the trials within budget (on the selection part)."""
+    feasible = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if all(c <= 0 for c in t.constraints.values())]
+    return min(feasible, default=math.inf)
 
 
 def cluster_threads() -> int:
@@ -270,83 +329,121 @@ def cluster_threads() -> int:
 
 
 @task(name="trial", task_run_name="trial {number}")
-def trial_task(number: int, choice: Choice, params: Params, workdir: str,
-               stop_below: float) -> Outcome:
+def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: Params,
+               workdir: str, beat: float) -> Outcome:
     """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
-    split; stopped early (not failed) when hopeless."""
-    ws = Workspace(Path(workdir))
-    data, teacher = cached_inputs(ws.data, ws.teacher)
+    split; not trained when it cannot beat `beat`, stopped early (not failed) when the pruner,
+    told the drop after every epoch, says so."""
+    root = Path(workdir)
+    ws = Workspace(root)
+    inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)
+    trial = optuna.Trial(optuna.load_study(study_name=study, storage=study_storage(root),
+                                           pruner=pruner(params)), trial_id)
+    reported: dict[int, float] = {}
+
+    def stop(epoch: int, drop: float) -> bool:
+        trial.report(drop, epoch)
+        reported[epoch] = drop
+        return trial.should_prune()
+
     worker = get_worker().address
     try:
-        metrics = run_trial_or_stop(teacher, data, apply_choice(params, choice), stop_below)
-    except HopelessTrial as stop:
-        return Outcome(worker, stopped=str(stop))
-    return Outcome(worker, metrics=metrics.as_dict())
+        result = run_trial(inputs, apply_choice(params, choice), beat, stop)
+    except CannotBeat as skipped:
+        return Outcome(worker, 0, stopped=str(skipped),
+                       measured={f"estimated_{k}": v for k, v in vars(skipped.estimate).items()})
+    except HopelessTrial as hopeless:
+        last = max(reported)
+        return Outcome(worker, last, stopped=str(hopeless), measured={"drop": reported[last]})
+    return Outcome(worker, params.distill.epochs, result=result)
 
 
-def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture,
-           floor: float) -> FrozenTrial:
-    """Tell Optuna how the trial ended: complete (values, constraint), stopped early, or failed."""
+def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, budget: Budget,
+           objective_key: str) -> FrozenTrial:
+    """Tell Optuna how the trial ended: complete (objective, constraint: the selection bound over
+    its budget), not trained or stopped early (pruned), or failed."""
     try:
         outcome: Outcome = future.result()
     except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         return study.tell(trial, state=TrialState.FAIL)
     trial.set_user_attr("worker", outcome.worker)
+    trial.set_user_attr("epochs", outcome.epochs)
     if outcome.stopped:
+        for key, value in (outcome.measured or {}).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("stopped", outcome.stopped)
         return study.tell(trial, state=TrialState.PRUNED)
-    for key, value in outcome.metrics.items():
+    result = outcome.result
+    attrs = result.metrics.as_dict() | _paired_attrs("", result.selection) | _paired_attrs(
+        "confirm_", result.confirmation)
+    for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    trial.set_constraint("accuracy_floor", floor - outcome.metrics["accuracy"])
-    return study.tell(trial, [outcome.metrics[key] for key in OBJECTIVES])
+    trial.set_user_attr("within", result.selection.within(budget.selection))
+    trial.set_user_attr("confirmed", result.confirmation.within(budget.confirmation))
+    trial.set_constraint("accuracy_bound", result.selection.upper - budget.selection)
+    return study.tell(trial, attrs[objective_key])
 
 
-def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial,
-           floor: float) -> FrozenTrial:
+def _paired_attrs(prefix: str, paired: PairedDrop) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in paired.as_dict().items()
+            if k in ("drop", "upper", "worse", "better", "n")}
+
+
+def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> FrozenTrial:
     """Tell Optuna that `trial` ended as `earlier`, the same choice, instead of training it."""
     for key, value in earlier.user_attrs.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("repeat_of", earlier.number)
+    trial.set_user_attr("epochs", 0)
     if earlier.state != TrialState.COMPLETE:
         return study.tell(trial, state=earlier.state)
-    trial.set_constraint("accuracy_floor", floor - earlier.user_attrs["accuracy"])
-    return study.tell(trial, earlier.values)
+    for name, value in earlier.constraints.items():
+        trial.set_constraint(name, value)
+    return study.tell(trial, earlier.value)
 
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
-            reference: CandidateMetrics, mlflow_parent: str | None) -> dict[str, float]:
-    """Choose, then write chosen.json, trials.json and pareto.png, and show them in MLflow and
-    Prefect. No trial within the budget: the closest goes on, promoted by no gate; or, with
+            teacher_accuracy: float, budget: Budget, mlflow_parent: str | None) -> dict[str, float]:
+    """Choose (the best within budget that confirms it), then write chosen.json, trials.json and
+    pareto.png, and show them in MLflow and Prefect. No trial confirmed within the budget: the
+    closest (smallest selection bound) goes on, promoted by no gate; or, with
     search.require_feasible, the run fails naming the closest."""
     cfg = params.search
-    floor = reference.accuracy - cfg.max_accuracy_drop
     rows = trial_rows(study)
     measured = [row for row in rows if row["state"] == "COMPLETE"]
-    chosen, feasible = choose(measured, floor, cfg.objective) if measured else ({}, False)
-    pareto = {t.number for t in study.best_trials}
+    chosen, refused = choose(measured, cfg.objective)
+    closest = sorted(measured, key=lambda row: row["upper"])[:CLOSEST_SHOWN]
+    front = pareto_front(measured, cfg.objective)
     for row in rows:
-        row |= {"pareto": row["number"] in pareto, "chosen": row is chosen}
-    closest = sorted(measured, key=lambda row: -row["accuracy"])[:CLOSEST_SHOWN]
-    reason = "" if feasible else (
-        f"search: no trial reached validation accuracy {floor:.4f} (teacher "
-        f"{reference.accuracy:.4f} - search.max_accuracy_drop {cfg.max_accuracy_drop}); closest: "
+        row |= {"chosen": row is chosen, "pareto": row["number"] in front,
+                "refused_at_confirmation": row in refused}
+    reason = "" if chosen else (
+        f"search: no trial's accuracy drop vs the teacher (teacher validation accuracy "
+        f"{teacher_accuracy:.4f}) was within search.max_accuracy_drop {cfg.max_accuracy_drop} at "
+        f"{cfg.confidence:.0%} confidence on both parts of the validation split; closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
-    record = {"teacher": reference.as_dict(), "floor": floor, "space": space, "trials": rows}
-    publish_artifacts(rows, floor, reason, ws, mlflow_parent, record)
-    if not feasible and cfg.require_feasible:
+    chosen = chosen or (closest[0] if closest else {})
+    epochs = sum(row.get("epochs", 0) for row in rows)
+    record = {"teacher_accuracy": teacher_accuracy, "budget": vars(budget), "space": space,
+              "epochs_trained": epochs, "epochs_if_all_full": len(rows) * params.distill.epochs,
+              "trials": rows}
+    publish_artifacts(rows, budget, reason, ws, mlflow_parent, record)
+    if reason and cfg.require_feasible:
         raise NoFeasibleTrial(f"{reason} (search.require_feasible is set)")
     keys = {key: chosen[key] for key in space} if chosen else {}
     if mlflow_parent:
         MlflowClient().set_tag(mlflow_parent, "search.chosen",
                                _describe_row(chosen) if chosen else "none")
-    write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": feasible,
-                           "reason": reason or "within search.max_accuracy_drop",
-                           "validation": {k: chosen.get(k) for k in OBJECTIVES}})
-    get_run_logger().info("search: %s", _describe_row(chosen) if chosen else reason)
-    return {"search.trials_completed": len(measured), "search.feasible": float(feasible),
-            **{f"search.chosen.{k}": chosen[k] for k in OBJECTIVES if chosen},
-            "search.teacher.accuracy": reference.accuracy}
+    write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": not reason,
+                           "reason": reason or "within search.max_accuracy_drop, confirmed",
+                           "validation": {k: chosen.get(k) for k in SHOWN}})
+    get_run_logger().info("search: %s; %d epochs trained in all (%d trials x %d epochs: %d)",
+                          _describe_row(chosen) if chosen else reason, epochs, len(rows),
+                          params.distill.epochs, len(rows) * params.distill.epochs)
+    return {"search.trials_completed": len(measured), "search.feasible": float(not reason),
+            "search.epochs_trained": epochs, "search.teacher.accuracy": teacher_accuracy,
+            **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
@@ -355,13 +452,13 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             for t in study.get_trials(deepcopy=False)]
 
 
-def publish_artifacts(rows: list[dict], floor: float, reason: str, ws: Workspace,
+def publish_artifacts(rows: list[dict], budget: Budget, reason: str, ws: Workspace,
                       mlflow_parent: str | None, record: dict) -> None:
     """trials.json and pareto.png in the workspace, in the search's MLflow run, and as Prefect
     table and markdown (the plot inline) artifacts."""
     write_json(ws.search / "trials.json", record)
     plot = ws.search / "pareto.png"
-    plot_pareto([row for row in rows if row["state"] == "COMPLETE"], floor, plot)
+    plot_pareto([row for row in rows if row["state"] == "COMPLETE"], budget.selection, plot)
     if mlflow_parent:
         for path in (ws.search / "trials.json", plot):
             MlflowClient().log_artifact(mlflow_parent, str(path), artifact_path="search")
@@ -370,7 +467,8 @@ def publish_artifacts(rows: list[dict], floor: float, reason: str, ws: Workspace
                           table=[{key: row.get(key, "") for key in columns} for row in rows])
     image = base64.b64encode(plot.read_bytes()).decode()
     create_markdown_artifact(
-        key="search-pareto", description="Validation accuracy vs gzip size, latency as colour",
+        key="search-pareto",
+        description="Accuracy drop vs the teacher (bar: to its upper bound) vs gzip size",
         markdown=f"# shrinkflow search\n\n{reason or 'chosen: within the accuracy budget'}\n\n"
                  f"![Pareto front](data:image/png;base64,{image})",
     )
@@ -378,14 +476,15 @@ def publish_artifacts(rows: list[dict], floor: float, reason: str, ws: Workspace
 
 def log_trial(mlflow_parent: str | None, trial: FrozenTrial) -> None:
     """The trial as an MLflow run nested under the search stage's: choices as params, what it
-    measured on the validation split as metrics, worker and state as tags."""
+    measured on the validation split (with its paired drop and bound) as metrics, worker, state
+    and verdicts as tags."""
     if not mlflow_parent:
         return
     client = MlflowClient()
     experiment = client.get_run(mlflow_parent).info.experiment_id
-    measured = {f.name for f in fields(CandidateMetrics)}
-    numbers = {k: v for k, v in trial.user_attrs.items() if k in measured}
-    texts = {k: str(v) for k, v in trial.user_attrs.items() if k not in measured}
+    numbers = {k: v for k, v in trial.user_attrs.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    texts = {k: str(v) for k, v in trial.user_attrs.items() if k not in numbers}
     run = client.create_run(experiment, run_name=f"trial {trial.number}", tags={
         "mlflow.parentRunId": mlflow_parent, "search.state": trial.state.name, **texts})
     now = int(time.time() * 1000)
@@ -407,13 +506,14 @@ def _describe(trial: FrozenTrial) -> str:
 
 def _describe_row(row: dict) -> str:
     choice = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k)
-    if "accuracy" not in row:
+    if "upper" not in row:
         return f"trial {row['number']} ({choice}): {row.get('stopped') or row.get('error')}"
-    return (f"trial {row['number']} ({choice}): validation accuracy {row['accuracy']:.4f}, "
-            f"gzip {row['gzip_bytes']} B, latency {row['latency_p50_us']:.1f} µs")
+    return (f"trial {row['number']} ({choice}): validation drop {100 * row['drop']:+.2f} pt "
+            f"(bound {100 * row['upper']:.2f} pt; confirmation {100 * row['confirm_drop']:+.2f}, "
+            f"bound {100 * row['confirm_upper']:.2f}), gzip {row['gzip_bytes']} B, latency "
+            f"{row['latency_p50_us']:.1f} µs")
 
 
 def _column_order(key: str) -> tuple[int, str]:
-    first = ["number", "state", "chosen", "pareto", *OBJECTIVES]
+    first = ["number", "state", "chosen", "pareto", "within", "confirmed", *SHOWN, "epochs"]
     return (first.index(key), key) if key in first else (len(first) + ("." not in key), key)
-

@@ -52,6 +52,7 @@ def _url_scheme(*schemes: str):
 
 SecretFreeUrl = Annotated[str, AfterValidator(_no_password)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 = 95 %
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
@@ -256,7 +257,8 @@ class SearchConfig(Section):
     trials: PositiveInt = Field(30, description="Trials to run (a resumed search counts the done).")
     max_accuracy_drop: float = Field(
         0.005, ge=0, le=1,
-        description="Largest teacher-to-trial accuracy drop, on the validation split, to be chosen.",
+        description="Largest teacher-to-trial accuracy drop, on the validation split, to be chosen "
+        "(its upper confidence bound, paired with the teacher on the same samples).",
     )
     objective: Literal["smaller_gzip", "faster"] = Field(
         "smaller_gzip", description="Which point of the Pareto front within the drop is chosen."
@@ -282,12 +284,17 @@ class SearchConfig(Section):
     temperatures: list[Temperature] | None = Field(
         None, description="Distillation temperatures; none = distill.temperature only."
     )
-    prune_after_epochs: PositiveInt = Field(
-        5, description="Epochs a trial trains before it may be stopped early as hopeless."
+    confidence: Confidence = Field(
+        0.95, description="Confidence of the one-sided bound on a trial's paired accuracy drop vs "
+        "the teacher: a trial is within max_accuracy_drop only when this bound is.",
     )
-    prune_margin: float = Field(
-        0.1, ge=0, le=1, description="Stopped early when its validation accuracy is this far "
-        "below the lowest the accuracy drop allows.",
+    confirm_fraction: Fraction = Field(
+        0.5, description="Share of the validation split kept from the sampler and the pruner, on "
+        "which the chosen trial must confirm its budget.",
+    )
+    reduction_factor: Annotated[int, Field(ge=2)] = Field(
+        3, description="Successive halving: a trial trains on past distill.epochs / factor^k epochs "
+        "only while it is in the best 1/factor of the trials measured there.",
     )
     dask_address: str | None = Field(
         None, description="Dask scheduler for the trials (tcp://HOST:PORT); none = a local cluster."

@@ -123,6 +123,13 @@ def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     return _split_xy(_scaled(x, cfg), np.asarray(labels), cfg, seed)
 
 
+def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """The validation split in two seeded, stratified parts, each in the validation's place:
+    (the rest, `fraction` of it)."""
+    x_kept, x_held, y_kept, y_held = _stratified(data.x_val, data.y_val, fraction, seed)
+    return replace(data, x_val=x_kept, y_val=y_kept), replace(data, x_val=x_held, y_val=y_held)
+
+
 def _scaled(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
     if x.dtype == np.uint8 and cfg.scale_uint8:
         return x.astype(np.float32) / 255.0

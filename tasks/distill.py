@@ -1,10 +1,13 @@
 """Knowledge distillation from the dense teacher into a (narrower, sparse) student.
 
-The teacher's logits are computed once and packed beside the labels, so distillation is a plain
-`fit` with one loss and the usual tfmot pruning callback — no custom training loop.
+The teacher's logits are computed once (`soft_targets`; a search worker keeps them for all its
+trials) and packed beside the labels, so distillation is a plain `fit` with one loss and the usual
+tfmot pruning callback — no custom training loop.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -80,6 +83,18 @@ def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
     return np.log(outputs + EPSILON) if outputs_probabilities(model) else outputs
 
 
+@dataclass(frozen=True)
+class SoftTargets:
+    """The teacher's logits on the training and validation splits of one data set."""
+
+    train: np.ndarray
+    val: np.ndarray
+
+
+def soft_targets(teacher: keras.Model, data: Dataset) -> SoftTargets:
+    return SoftTargets(logits(teacher, data.x_train), logits(teacher, data.x_val))
+
+
 class DistillationLoss(keras.losses.Loss):
     """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
 
@@ -116,11 +131,13 @@ def distill(
     data: Dataset,
     cfg: DistillConfig,
     sparsify_cfg: SparsifyConfig,
+    targets: SoftTargets | None = None,
 ) -> keras.Model:
     """Train `student` to match the teacher's softened outputs and the labels.
 
     With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
-    leaves this stage as sparse as the sparsify target.
+    leaves this stage as sparse as the sparsify target. `targets`: the teacher's logits on `data`
+    when already computed.
     """
     check_student(student, teacher)
     callbacks = []
@@ -129,13 +146,13 @@ def distill(
         steps = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
         student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
-    fit_to_teacher(student, teacher, data, cfg, cfg, callbacks)
+    fit_to_teacher(student, targets or soft_targets(teacher, data), data, cfg, cfg, callbacks)
     return tfmot.sparsity.keras.strip_pruning(student) if sparsify_cfg.enabled else student
 
 
 def fit_to_teacher(
     student: keras.Model,
-    teacher: keras.Model,
+    targets: SoftTargets,
     data: Dataset,
     cfg: DistillConfig,
     training: Training,
@@ -153,9 +170,9 @@ def fit_to_teacher(
     fit(
         student,
         data.x_train,
-        _pack(data.y_train, logits(teacher, data.x_train)),
+        _pack(data.y_train, targets.train),
         training,
-        validation=(data.x_val, _pack(data.y_val, logits(teacher, data.x_val))),
+        validation=(data.x_val, _pack(data.y_val, targets.val)),
         callbacks=callbacks,
     )
 

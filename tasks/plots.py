@@ -73,28 +73,32 @@ def plot_quant_sensitivity(sensitivity: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_pareto(trials: list[dict], floor: float, path: Path) -> None:
-    """A search's measured trials: validation accuracy against gzip size (log scale), latency as
-    colour; the Pareto front ringed, the chosen trial starred, the accuracy floor dashed."""
+def plot_pareto(trials: list[dict], budget: float, path: Path) -> None:
+    """A search's measured trials: paired validation accuracy drop vs the teacher (bar: up to its
+    upper confidence bound) against gzip size (log scale), latency as colour; the chosen trial
+    starred, the Pareto front (bound vs objective) ringed, the budget the bound must meet dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     kib = [t["gzip_bytes"] / 1024 for t in trials]
-    points = ax.scatter(kib, [t["accuracy"] for t in trials], s=50, cmap="viridis",
-                        c=[t["latency_p50_us"] for t in trials])
+    drops = [100 * t["drop"] for t in trials]
+    ax.errorbar(kib, drops, yerr=[[0] * len(trials), [100 * t["upper"] - d
+                                                      for t, d in zip(trials, drops)]],
+                fmt="none", ecolor="grey", alpha=0.6, capsize=3)
+    points = ax.scatter(kib, drops, s=50, cmap="viridis", c=[t["latency_p50_us"] for t in trials])
     fig.colorbar(points, ax=ax, label="latency p50 (µs)")
-    for t, x in zip(trials, kib):
+    for t, x, drop in zip(trials, kib, drops):
         if t["pareto"]:
-            ax.scatter(x, t["accuracy"], s=140, facecolors="none", edgecolors="black")
+            ax.scatter(x, drop, s=140, facecolors="none", edgecolors="black")
         if t["chosen"]:
-            ax.scatter(x, t["accuracy"], s=260, marker="*", color="red", label="chosen")
-        ax.annotate(str(t["number"]), (x, t["accuracy"]), textcoords="offset points", xytext=(5, 3),
+            ax.scatter(x, drop, s=260, marker="*", color="red", label="chosen")
+        ax.annotate(str(t["number"]), (x, drop), textcoords="offset points", xytext=(5, 3),
                     fontsize=7)
-    ax.axhline(floor, linestyle="--", color="grey", label="accuracy floor")
+    ax.axhline(100 * budget, linestyle="--", color="grey", label="budget (for the bound)")
     ax.set_xscale("log")
     ax.set_xlabel("gzip size (KiB, log scale)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Search: trials (ringed: Pareto front)")
+    ax.set_ylabel("validation accuracy drop vs teacher (pt)")
+    ax.set_title("Search: trials (bar: upper confidence bound; ringed: Pareto front)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     _save(fig, path)
 
 

@@ -3,27 +3,36 @@ costs in memory, and which measured trial to keep.
 
 A trial is the distill and quantize stages' own code (`derive_student`, `distill`,
 `quantize_student`) run with the trial's choices applied to the params, measured by the evaluator
-(`evaluate_tflite`) on the validation split. Sampling, scheduling and recording live in
-flows/search.py; nothing here knows Optuna, Prefect, Dask or MLflow.
+(`evaluate_tflite`) on the validation split's *selection* part, and compared with the teacher,
+paired, on both parts of the validation split (tasks/paired.py). Before any training its size and
+latency are estimated (tasks/estimate.py): a trial that cannot beat the best size found so far is
+not trained. Sampling, scheduling and recording live in flows/search.py; nothing here knows
+Optuna, Prefect, Dask or MLflow.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tf_keras as keras
 
 from tasks.channels import output_layer, width_key
 from tasks.config import Params, SearchConfig
-from tasks.data import Dataset
-from tasks.distill import derive_student, distill
+from tasks.data import Dataset, split_validation
+from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.errors import InputError
+from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, evaluate_tflite
 from tasks.models import read_model, seed_everything
-from tasks.progress import EpochListener, epoch_listener
-from tasks.quantize import quantize_student
+from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop
+from tasks.progress import epoch_listener
+from tasks.quantize import convert_to_tflite, quantize_student
+from tasks.tflite import TFLiteClassifier
 
 MIN_UNITS = 4  # the narrowest layer a derived width may leave
 WIDTH_STEP = math.sqrt(2)
@@ -33,10 +42,53 @@ BYTES_PER_WEIGHT = 4
 WEIGHT_COPIES = 5
 DATA_COPIES = 3  # the arrays, the packed teacher logits and TensorFlow's own copies
 RUNTIME_BYTES = 400 * 2**20  # TensorFlow and Python in a worker process, measured here ~350 MiB
+OBJECTIVE_KEYS = {"smaller_gzip": "gzip_bytes", "faster": "latency_p50_us"}
+
+# Told (epoch, the float student's validation accuracy drop vs the teacher) after every epoch;
+# True stops the trial (HopelessTrial). The search's pruner decides; this module does not.
+Stopper = Callable[[int, float], bool]
 
 
 class HopelessTrial(Exception):
-    """Raised from a trial's epoch listener to stop its training early."""
+    """A trial stopped during training: its pruner judged it hopeless."""
+
+
+class CannotBeat(Exception):
+    """A trial not trained: its size or latency, estimated before training, cannot beat the best
+    trial within the budget so far."""
+
+    def __init__(self, estimate: SizeEstimate, key: str, best: float):
+        super().__init__(f"estimated {key} {getattr(estimate, key):g} cannot beat {best:g}, the "
+                         "best within the budget so far: not trained")
+        self.estimate = estimate
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What every trial of a worker shares, read and computed once per process: the data with
+    the validation split's selection part in the validation's place, the confirmation part, the
+    teacher, its logits (soft targets) and which samples of each part it gets right."""
+
+    teacher: keras.Model
+    selection: Dataset
+    confirmation: Dataset
+    targets: SoftTargets
+    teacher_right: tuple[np.ndarray, np.ndarray]  # on selection, on confirmation
+
+    @property
+    def teacher_accuracy(self) -> float:
+        return float(np.mean(self.teacher_right[0]))
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A trained trial: the evaluator's metrics on the selection part, and its paired drop vs the
+    teacher on the selection part (what the sampler and pruner see) and on the confirmation part
+    (what only the final choice reads)."""
+
+    metrics: CandidateMetrics
+    selection: PairedDrop
+    confirmation: PairedDrop
 
 
 def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
@@ -71,52 +123,70 @@ def teacher_widths(teacher: keras.Model) -> list[float]:
     return widths
 
 
-def run_trial(teacher: keras.Model, data: Dataset, params: Params) -> CandidateMetrics:
+def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper) -> TrialResult:
     """One trial, exactly as the stages would run it with `params` (a choice applied): a
-    width-scaled student distilled (and pruned) from the teacher, quantized, then measured on the
-    validation split."""
+    width-scaled student distilled (and pruned) from the teacher, quantized, then measured.
+
+    Raises CannotBeat before any training when the estimate of `search.objective`'s key is not
+    below `beat`, and HopelessTrial when `stop` says so after an epoch."""
+    key = OBJECTIVE_KEYS[params.search.objective]
+    estimate = estimate_candidate(inputs.teacher, inputs.selection, params)
+    if getattr(estimate, key) >= beat:
+        raise CannotBeat(estimate, key, beat)
     seed_everything(params.seed)
-    student = derive_student(teacher, params.distill.width, params.distill.init)
-    student = distill(teacher, student, data, params.distill, params.sparsify)
-    model = quantize_student(student, data, params.quantize, params.seed).tflite
-    return evaluate_tflite(model, data.for_selection(), params.evaluate, student.count_params())
-
-
-def run_trial_or_stop(teacher: keras.Model, data: Dataset, params: Params,
-                      floor: float) -> CandidateMetrics:
-    """`run_trial`, stopped with `HopelessTrial` when the student's validation accuracy after
-    `search.prune_after_epochs` epochs is below `floor`. (Optuna's pruners take one objective
-    only; this one watches the accuracy constraint.)"""
-    token = epoch_listener.set(hopeless_check(floor, params.search.prune_after_epochs,
-                                              params.distill.epochs))
+    token = epoch_listener.set(_stopping(stop, params.distill.epochs, inputs.teacher_accuracy))
     try:
-        return run_trial(teacher, data, params)
+        student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
+        student = distill(inputs.teacher, student, inputs.selection, params.distill,
+                          params.sparsify, inputs.targets)
     finally:
         epoch_listener.reset(token)
+    model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
+    metrics = evaluate_tflite(model, inputs.selection.for_selection(), params.evaluate,
+                              student.count_params())
+    classifier, confidence = TFLiteClassifier(model), params.search.confidence
+    drops = [paired_drop(right, _correct(classifier, part), confidence)
+             for right, part in zip(inputs.teacher_right, (inputs.selection, inputs.confirmation))]
+    return TrialResult(metrics, *drops)
 
 
-def hopeless_check(floor: float, after_epochs: int, epochs: int) -> EpochListener:
-    def check(fraction: float, logs: dict[str, float]) -> None:
-        epoch = round(fraction * epochs)
+def _stopping(stop: Stopper, epochs: int, teacher_accuracy: float):
+    def listen(fraction: float, logs: dict[str, float]) -> None:
         accuracy = next((v for k, v in logs.items()
                          if k.startswith("val_") and k.endswith("accuracy")), None)
-        if epoch == after_epochs and accuracy is not None and accuracy < floor:
-            raise HopelessTrial(f"validation accuracy {accuracy:.4f} after {epoch} epochs is "
-                                f"below {floor:.4f}")
+        epoch = round(fraction * epochs)
+        if accuracy is not None and stop(epoch, teacher_accuracy - accuracy):
+            raise HopelessTrial(f"stopped after {epoch} epochs: validation drop "
+                                f"{teacher_accuracy - accuracy:+.4f} vs the teacher")
 
-    return check
+    return listen
+
+
+def _correct(classifier: TFLiteClassifier, data: Dataset) -> np.ndarray:
+    return classifier.predict(data.x_val).argmax(axis=-1) == data.y_val
+
+
+def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
+                  seed: int) -> SearchInputs:
+    """Split the validation split into selection and confirmation parts and measure the teacher
+    (as the evaluator does: its FP32 .tflite) on both."""
+    selection, confirmation = split_validation(data, confirm_fraction, seed)
+    classifier = TFLiteClassifier(convert_to_tflite(teacher))
+    return SearchInputs(teacher, selection, confirmation, soft_targets(teacher, selection),
+                        (_correct(classifier, selection), _correct(classifier, confirmation)))
 
 
 @functools.lru_cache(maxsize=1)
 def _read_inputs(data: Path, data_stamp: tuple[int, int], teacher: Path,
-                 teacher_stamp: tuple[int, int]) -> tuple[Dataset, keras.Model]:
-    return Dataset.load(data), read_model(teacher)
+                 teacher_stamp: tuple[int, int], confirm_fraction: float,
+                 seed: int) -> SearchInputs:
+    return search_inputs(Dataset.load(data), read_model(teacher), confirm_fraction, seed)
 
 
-def cached_inputs(data: Path, teacher: Path) -> tuple[Dataset, keras.Model]:
-    """The data set and teacher, read once per process (a Dask worker runs many trials) and again
-    only when a file was replaced (its size or mtime changed: no re-hashing per trial)."""
-    return _read_inputs(data, _stamp(data), teacher, _stamp(teacher))
+def cached_inputs(data: Path, teacher: Path, confirm_fraction: float, seed: int) -> SearchInputs:
+    """The search's inputs, read once per process (a Dask worker runs many trials) and again only
+    when a file was replaced (its size or mtime changed: no re-hashing per trial)."""
+    return _read_inputs(data, _stamp(data), teacher, _stamp(teacher), confirm_fraction, seed)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -137,12 +207,36 @@ def trial_memory_bytes(teacher: keras.Model, data: Dataset, batch_size: int) -> 
             + 2 * batch_size * activations * BYTES_PER_WEIGHT)
 
 
-def choose(trials: list[dict], floor: float, objective: str) -> tuple[dict, bool]:
-    """The best measured trial on `objective` (gzip_bytes or latency_p50_us; ties: the more
-    accurate) among those at or above the accuracy `floor`, and True; when none is, the most
-    accurate (the closest to the budget), and False."""
-    key = "gzip_bytes" if objective == "smaller_gzip" else "latency_p50_us"
-    feasible = [t for t in trials if t["accuracy"] >= floor]
-    if feasible:
-        return min(feasible, key=lambda t: (t[key], -t["accuracy"])), True
-    return max(trials, key=lambda t: (t["accuracy"], -t[key])), False
+def validation_parts(validation_samples: int, cfg: SearchConfig) -> tuple[int, int]:
+    """Sizes of the selection and confirmation parts (scikit-learn rounds the held part up)."""
+    confirmation = math.ceil(validation_samples * cfg.confirm_fraction)
+    return validation_samples - confirmation, confirmation
+
+
+def certifiable_budget(budget: float, samples: int, confidence: float) -> float:
+    """The budget a trial is held to on `samples` paired samples: `budget`, or, where they cannot
+    certify it at all, the smallest drop they can (a trial must then be as close to the teacher
+    as these samples can show: e.g. no validation error the teacher does not also make)."""
+    return max(budget, smallest_certifiable_drop(samples, confidence))
+
+
+def pareto_front(trials: list[dict], objective: str) -> set[int]:
+    """Numbers of the trials no other trial beats on both the drop's bound and the objective."""
+    key = OBJECTIVE_KEYS[objective]
+    return {t["number"] for t in trials
+            if not any(o["upper"] <= t["upper"] and o[key] <= t[key]
+                       and (o["upper"], o[key]) != (t["upper"], t[key]) for o in trials)}
+
+
+def choose(trials: list[dict], objective: str) -> tuple[dict | None, list[dict]]:
+    """The best trial on `objective` (ties: the smaller bound) among those whose selection bound
+    is within budget (`within`), tried in that order until one is confirmed (`confirmed`: its
+    bound on the confirmation part is within budget too); and those refused at confirmation on
+    the way. None when no trial is both."""
+    key = OBJECTIVE_KEYS[objective]
+    refused = []
+    for trial in sorted((t for t in trials if t["within"]), key=lambda t: (t[key], t["upper"])):
+        if trial["confirmed"]:
+            return trial, refused
+        refused.append(trial)
+    return None, refused
