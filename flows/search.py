@@ -215,15 +215,16 @@ def certify(cfg: SearchConfig, selection: int, confirmation: int) -> Budget:
     budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence)
                       for n in (selection, confirmation)))
     if budget.confirmation > cfg.max_accuracy_drop:
+        needed = samples_to_certify(cfg.max_accuracy_drop, cfg.confidence)
         get_run_logger().warning(
             "search: %d confirmation samples (of %d validation samples) certify an accuracy drop "
             "no smaller than %.2f pt at %.0f %% confidence, above search.max_accuracy_drop %.2f "
-            "pt (that takes %d); trials are held to %.2f pt on them instead (as close to the "
-            "teacher as they can show). Fix: more validation samples (data.val_fraction, or "
-            "x_val/y_val in the npz), a larger search.max_accuracy_drop or a lower "
-            "search.confidence", confirmation, selection + confirmation,
-            100 * smallest_certifiable_drop(confirmation, cfg.confidence), 100 * cfg.confidence,
-            100 * cfg.max_accuracy_drop, samples_to_certify(cfg.max_accuracy_drop, cfg.confidence),
+            "pt (%s); trials are held to %.2f pt on them instead (as close to the teacher as "
+            "they can show). Fix: more validation samples (data.val_fraction, or x_val/y_val in "
+            "the npz), a larger search.max_accuracy_drop or a lower search.confidence",
+            confirmation, selection + confirmation, 100 * budget.confirmation,
+            100 * cfg.confidence, 100 * cfg.max_accuracy_drop,
+            f"that takes {needed}" if needed else "no sample count certifies a zero drop",
             100 * budget.confirmation)
     return budget
 

@@ -98,8 +98,11 @@ def smallest_certifiable_drop(n: int, confidence: float) -> float:
     return z2 / (n + z2) if n else 1.0
 
 
-def samples_to_certify(budget: float, confidence: float) -> int:
-    """How many paired samples make `budget` certifiable at all (inverse of the above)."""
+def samples_to_certify(budget: float, confidence: float) -> int | None:
+    """How many paired samples make `budget` certifiable at all (inverse of the above); None for
+    a zero budget, which no number of samples certifies."""
+    if budget <= 0:
+        return None
     z2 = NormalDist().inv_cdf(confidence) ** 2
     return math.ceil(z2 * (1 - budget) / budget)
 

@@ -16,10 +16,12 @@ from mlflow import MlflowClient
 from conftest import make_project
 from flows.compress import compress
 from flows.params import load_params
-from flows.search import STUDY_DB, NoFeasibleTrial
+from flows.search import NoFeasibleTrial, study_storage
 from flows.stages import check_inputs
 from tasks.errors import InputError
-from tasks.search import teacher_widths
+from tasks.config import Params
+from tasks.search import CannotBeat, certifiable_budget, choose, run_trial, search_inputs, \
+    teacher_widths
 from test_stack import free_port
 
 DASK = Path(sys.executable).parent / "dask"
@@ -64,13 +66,20 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     assert report["stages"]["search"] == "ran"
     record = json.loads((tmp_path / "artifacts" / "search" / "trials.json").read_text())
     trials = record["trials"]
-    assert len(trials) == 2 and {t["state"] for t in trials} == {"COMPLETE"}
+    assert len(trials) == 2 and trials[0]["state"] == "COMPLETE"
     assert {t["worker"] for t in trials} == {worker}  # ran on the external worker
     assert (tmp_path / "artifacts" / "search" / "pareto.png").stat().st_size > 0
     chosen = json.loads((tmp_path / "artifacts" / "chosen.json").read_text())
     assert chosen["feasible"] and chosen["trial"] in {t["number"] for t in trials}
-    best = min(trials, key=lambda t: (t["gzip_bytes"], -t["accuracy"]))  # smaller_gzip
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    best = min(complete, key=lambda t: (t["gzip_bytes"], t["upper"]))  # smaller_gzip
     assert chosen["keys"]["sparsify.final_sparsity"] == best["sparsify.final_sparsity"]
+    for trial in complete:  # paired with the teacher on both parts of the validation split
+        assert trial["upper"] >= trial["drop"] and trial["confirm_upper"] >= trial["confirm_drop"]
+        assert trial["n"] + trial["confirm_n"] == 40  # 10 % of the 400 non-test samples
+    # a second trial no smaller than the first (within budget) is not trained at all
+    assert all(t["epochs"] == 0 and "cannot beat" in t["stopped"]
+               for t in trials if t["state"] == "PRUNED")
     # the chain ran with the chosen keys: the final model has the chosen sparsity
     final = report["metrics"]["final"]
     assert final["sparsity"] == pytest.approx(chosen["keys"]["sparsify.final_sparsity"], abs=0.02)
@@ -83,7 +92,8 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     assert len(trial_runs) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {search_run.info.run_id}
     assert {r.data.params["sparsify.final_sparsity"] for r in trial_runs} <= {"0.6", "0.9"}
-    assert all(0 <= r.data.metrics["val.accuracy"] <= 1 for r in trial_runs)
+    trained = [r for r in trial_runs if r.data.tags["search.state"] == "COMPLETE"]
+    assert all(r.data.metrics["val.upper"] >= r.data.metrics["val.drop"] for r in trained)
     logged = {a.path for a in client.list_artifacts(search_run.info.run_id, "search")}
     assert logged == {"search/trials.json", "search/pareto.png"}
     with Repo(str(tmp_path)) as repo:
@@ -98,18 +108,37 @@ def test_a_budget_no_trial_meets_promotes_nothing_or_fails_when_required(
                             "search.widths=[0.01]", "search.sparsities=[0.95]", "search.trials=1")
     report = compress(params, workdir=str(tmp_path))
     assert not report["promoted"]
-    assert report["gate"].startswith("search: no trial reached validation accuracy")
+    assert report["gate"].startswith("search: no trial's accuracy drop vs the teacher")
     assert "closest: trial 0" in report["gate"]
 
     strict = load_params(tmp_path / "params.yaml", ["search.require_feasible=true"])
     with pytest.raises(NoFeasibleTrial, match="search.require_feasible is set"):
         compress(strict, workdir=str(tmp_path))
     # the same search, resumed from its storage: its one trial was not run again
-    (study,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / STUDY_DB}")
+    (study,) = optuna.get_all_study_summaries(study_storage(tmp_path))
     assert study.n_trials == 1
 
 
+def test_most_trials_of_a_search_stop_early(dask_cluster, tmp_path, digits_npz):
+    """Successive halving (rungs at 1 and 3 of 9 epochs) and the size filter: the search trains
+    far fewer epochs than trials x epochs, as the trial records count them."""
+    address, _ = dask_cluster
+    params = search_project(tmp_path, digits_npz, address, "search.trials=6",
+                            "search.widths=[0.5,0.25]", "search.sparsities=[0.5,0.7,0.9]",
+                            "search.max_accuracy_drop=1.0", "distill.epochs=9")
+    compress(params, workdir=str(tmp_path))
+    record = json.loads((tmp_path / "artifacts" / "search" / "trials.json").read_text())
+    trials = record["trials"]
+    assert record["epochs_trained"] == sum(t["epochs"] for t in trials)
+    assert record["epochs_if_all_full"] == 6 * 9
+    early = [t for t in trials if t["state"] == "PRUNED"]
+    assert len(early) > len(trials) / 2 and all(t["epochs"] < 9 for t in early)
+    assert record["epochs_trained"] <= 6 * 9 / 2
+
+
 @pytest.mark.parametrize(("override", "message"), [
+    ("search.confirm_fraction=0.05", "search.confirm_fraction: the 40 validation samples split "
+                                     "into 38 for selection and 2 for confirmation"),
     ("search.dask_address=tcp://127.0.0.1:{port}",
      "search.dask_address: no Dask scheduler answers at 'tcp://127.0.0.1:{port}'"),
     ("search.workers=100000", "search.workers: a trial needs about"),
@@ -135,3 +164,38 @@ def test_widths_derive_from_the_teacher(tiny_cnn):
                                keras.layers.Dense(6), keras.layers.Dense(10)])
     with pytest.raises(InputError, match="narrowest layer has 6 units"):
         teacher_widths(narrow)
+
+
+def row(number: int, gzip: int, within: bool, confirmed: bool) -> dict:
+    return {"number": number, "gzip_bytes": gzip, "upper": 0.0, "within": within,
+            "confirmed": confirmed}
+
+
+def test_a_trial_that_fails_confirmation_is_not_chosen():
+    lucky, next_best, big = row(0, 100, True, False), row(1, 200, True, True), row(2, 50, False, True)
+    chosen, refused = choose([big, lucky, next_best], "smaller_gzip")
+    assert chosen is next_best and refused == [lucky]
+    assert choose([lucky, big], "smaller_gzip") == (None, [lucky])
+
+
+def test_a_budget_the_samples_cannot_certify_becomes_the_smallest_they_can():
+    assert certifiable_budget(0.005, 72, 0.95) == pytest.approx(2.706 / (72 + 2.706), rel=1e-3)
+    assert certifiable_budget(0.01, 2000, 0.95) == 0.01
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5"])
+def test_search_confidence_must_be_inside_0_and_1(tiny_params, value):
+    with pytest.raises(InputError, match=f"search.confidence = {value}"):
+        tiny_params(f"search.confidence={value}")
+
+
+def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digits):
+    params = Params.model_validate({"distill": {"width": 0.5, "epochs": 50},
+                                    "quantize": {"calibration_samples": 20}})
+    inputs = search_inputs(digits, trained_cnn, 0.5, seed=0)
+
+    def never(epoch: int, drop: float) -> bool:
+        raise AssertionError("trained")
+
+    with pytest.raises(CannotBeat, match="estimated gzip_bytes .* cannot beat 1000"):
+        run_trial(inputs, params, beat=1000, stop=never)
