@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
+from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
+    PruneLowMagnitude,
+)
 
 from prefect import task
 
@@ -147,6 +150,24 @@ def wrap_for_pruning(
         return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
 
     return keras.models.clone_model(copy, clone_function=wrap)
+
+
+def prune_at_once(model: keras.Model, cfg: SparsifyConfig, skip: list[str]) -> keras.Model:
+    """A copy of `model` with the zeros pruning ends with, set in one step on its own weights (no
+    training): each layer magnitude-pruned to its `layer_targets` target, or tfmot's `2:4` masks;
+    `skip` stays dense. The same number of zeros per layer as after `sparsify`; where they fall
+    follows these weights, not trained ones.
+
+    A constant schedule prunes to the target on any step >= 1 (tfmot's `2:4` masks: on step 1
+    only), so each wrapper's step is set to 1 before its masks are updated and applied."""
+    constant = cfg.model_copy(update={"schedule": "constant"})
+    wrapped = wrap_for_pruning(model, constant, total_steps=2, skip=skip)
+    for layer in wrapped.layers:
+        if isinstance(layer, PruneLowMagnitude):
+            layer.pruning_step.assign(1)
+            layer.pruning_obj.conditional_mask_update()
+            layer.pruning_obj.weight_mask_op()
+    return tfmot.sparsity.keras.strip_pruning(wrapped)
 
 
 def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseResult:

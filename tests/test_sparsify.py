@@ -5,7 +5,8 @@ import tf_keras as keras
 
 from tasks.config import SparsifyConfig
 from tasks.errors import InputError
-from tasks.sparsify import layer_targets, pruning_schedule, sparsify
+from tasks.models import layer_sparsity, overall_sparsity
+from tasks.sparsify import layer_targets, prune_at_once, pruning_schedule, sparsify
 
 
 @pytest.mark.parametrize("schedule", ["polynomial_decay", "constant"])
@@ -67,3 +68,17 @@ def test_unprunable_layer_is_skipped_and_named(digits):
 def test_unprunable_layer_stops_the_run_when_configured(digits):
     with pytest.raises(InputError, match=r"cannot prune prelu \(PReLU\).*unsupported_layers"):
         sparsify(prelu_model(digits), digits, SparsifyConfig(epochs=1, unsupported_layers="error"))
+
+
+def test_prune_at_once_reaches_each_layers_target_and_the_2_4_pattern(tiny_cnn):
+    cfg = SparsifyConfig(final_sparsity=0.75)  # size_aware
+    pruned = prune_at_once(tiny_cnn, cfg, skip=[])
+    targets = layer_targets(tiny_cnn.layers, cfg)
+    assert overall_sparsity(pruned) == pytest.approx(0.75, abs=0.01)
+    assert layer_sparsity(pruned) == pytest.approx(
+        {f"{name}/kernel": target for name, target in targets.items()}, abs=0.01)
+    assert overall_sparsity(tiny_cnn) == 0  # the caller's model keeps its weights
+    paired = prune_at_once(tiny_cnn, SparsifyConfig(pattern="2:4"), skip=["conv (Conv2D: ...)"])
+    dense = paired.get_layer("dense").get_weights()[0]  # [in, out]: blocks of 4 inputs
+    assert ((dense.T.reshape(-1, 4) == 0).sum(axis=1) >= 2).all()
+    assert layer_sparsity(paired)["conv/kernel"] == 0  # skipped: left dense
