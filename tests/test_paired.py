@@ -64,8 +64,10 @@ def test_a_candidate_as_good_as_its_reference_is_certified_most_of_the_time_on_e
 
 @pytest.mark.parametrize("n", [20, 144, 360, 5_000])
 def test_without_a_discordant_sample_the_bound_is_the_smallest_certifiable_drop(n):
-    assert upper_bound(0, 0, n, CONFIDENCE) == pytest.approx(smallest_certifiable_drop(n, CONFIDENCE))
-    assert PairedDrop(n, 0, 0, CONFIDENCE).within(smallest_certifiable_drop(n, CONFIDENCE) / 2) is False
+    floor = smallest_certifiable_drop(n, CONFIDENCE)
+    assert upper_bound(0, 0, n, CONFIDENCE) == pytest.approx(floor)
+    identical = PairedDrop(n, 0, 0, CONFIDENCE)
+    assert identical.within(floor * 1.001) and not identical.within(floor * 0.999)
 
 
 @pytest.mark.parametrize("budget", [0.005, 0.01, 0.05])
