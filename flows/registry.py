@@ -72,11 +72,11 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, accuracy_dro
     """
     model = ws.model.read_bytes()
     data = Dataset.load(ws.data)
-    measured = {"candidate": measure_tflite(model, data, evaluate)}
+    measured = {"candidate": measure_tflite(model, data, evaluate)[0]}
     refusal = (not_comparable(cfg, _interface(champion.tflite), _interface(model))
                if champion else None)
     if champion and not refusal:
-        measured["champion"] = measure_tflite(champion.tflite, data, evaluate)
+        measured["champion"] = measure_tflite(champion.tflite, data, evaluate)[0]
     decision = refusal or judge(cfg, measured["candidate"], accuracy_drop, measured.get("champion"))
     return decision, {f"gate.{who}.{key}": value for who, values in measured.items()
                       for key, value in values.items()}
