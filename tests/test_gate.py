@@ -1,5 +1,7 @@
 """The promotion gate's rules."""
 
+import logging
+
 import pytest
 
 from tasks.config import GateConfig
@@ -77,9 +79,9 @@ def test_a_test_split_too_small_to_certify_the_budget_is_named_with_the_way_out(
     warning = uncertifiable(cfg, 144)
     assert warning == (
         "the test split's 144 samples cannot certify gate.max_accuracy_drop 1.00 pt at "
-        f"gate.confidence 95 %: the smallest drop they certify is "
-        f"{100 * smallest_certifiable_drop(144, 0.95):.2f} pt (no sample differing from the "
-        f"teacher), so the gate refuses every model; certifying it needs {needed} test samples: "
+        "gate.confidence 95 %: even a model agreeing with the teacher on every sample has an upper "
+        f"bound of {100 * smallest_certifiable_drop(144, 0.95):.2f} pt, so the gate refuses every "
+        f"model not more accurate than the teacher; certifying it needs {needed} test samples: "
         "use more test samples (data.test_fraction, or x_test in the npz), raise "
         "gate.max_accuracy_drop, or lower gate.confidence")
     perfect = PairedDrop(144, 0, 0, 0.95)
@@ -98,3 +100,18 @@ def test_a_champion_for_another_task_is_not_comparable_and_the_refusal_names_the
         assert f"the champion of gate.registered_model 'shrinkflow-int8' takes {champion}" in refusal.reason
         assert "--set gate.registered_model=shrinkflow-int8-<task>" in refusal.reason
     assert str(Interface((32, 32, 3), 100)) == "inputs (32, 32, 3) / 100 classes"
+
+
+def test_the_input_check_warns_before_any_training_and_the_run_goes_on(tiny_params, caplog):
+    from flows.stages import check_inputs
+
+    params = tiny_params("gate.max_accuracy_drop=0.01", "sparsify.enabled=false",
+                         "distill.enabled=false")
+    with caplog.at_level(logging.WARNING, logger="tasks.gate"):
+        check_inputs(params)  # 500 digits: 100 test samples, no error
+    assert [record.getMessage() for record in caplog.records] == [
+        f"gate: {uncertifiable(params.gate, 100)}"]
+    caplog.clear()
+    check_inputs(tiny_params("gate.max_accuracy_drop=0.03", "sparsify.enabled=false",
+                             "distill.enabled=false"))
+    assert not caplog.records
