@@ -48,7 +48,7 @@ from tasks.artifacts import Workspace
 from tasks.choice import search_refusal
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
-from tasks.evaluate import headline
+from tasks.evaluate import headline, recorded_drop
 from tasks.gate import Decision
 from tasks.inputs import read_steadily, stage_inputs
 
@@ -172,7 +172,7 @@ def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decisi
     tag_versions(root, name, push_if_configured(root))
     log_outputs(ws, headline(metrics))
     version, decision = register_and_gate(params.gate, params.evaluate, ws,
-                                          metrics["accuracy_drop"], search_refusal(ws))
+                                          recorded_drop(metrics), search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", version,
                           "promoted to champion" if decision.promote else "not promoted",
                           decision.reason)

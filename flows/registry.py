@@ -19,7 +19,8 @@ from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.data import Dataset
 from tasks.evaluate import measure_tflite
-from tasks.gate import Decision, Interface, judge, not_comparable
+from tasks.gate import Decision, Interface, judge, not_comparable, uncertifiable
+from tasks.paired import PairedDrop, paired_drop
 from tasks.tflite import TFLiteClassifier
 
 CHAMPION = "champion"
@@ -38,18 +39,24 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      accuracy_drop: float, refusal: Decision | None = None) -> tuple[str, Decision]:
+                      teacher_drop: PairedDrop,
+                      refusal: Decision | None = None) -> tuple[str, Decision]:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
-    gate measured goes on the version (as tags) and the run (as metrics). A `refusal` decided
-    before the gate (a search that found nothing within its budget) stands."""
+    gate measured goes on the version (as tags) and the run (as metrics), with `gate.warning` when
+    the test split is too small to ever pass. `teacher_drop` is the final model's paired drop vs
+    the teacher on the test split (metrics.json). A `refusal` decided before the gate (a search
+    that found nothing within its budget) stands."""
     champion = _champion(cfg.registered_model)
-    decision, measured = _gate(cfg, evaluate, ws, accuracy_drop, champion)
+    decision, measured = _gate(cfg, evaluate, ws, teacher_drop, champion)
     decision = refusal or decision
     version = _register(cfg.registered_model, ws.model)
     tags = {"gate.decision": decision.reason}
     if champion:
         tags["gate.champion.version"] = champion.version
+    warning = uncertifiable(cfg, teacher_drop.n)
+    if warning:
+        tags["gate.warning"] = warning
     mlflow.log_metrics(measured)
     mlflow.set_tags(tags)
     client = MlflowClient()
@@ -62,24 +69,42 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     return version, decision
 
 
-def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, accuracy_drop: float,
+def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop: PairedDrop,
           champion: Champion | None) -> tuple[Decision, dict[str, float]]:
-    """The decision, and what it rests on as `gate.candidate.*` / `gate.champion.*` metrics.
+    """The decision, and what it rests on as metrics: `gate.candidate.*` / `gate.champion.*`, the
+    paired drops `gate.teacher_drop*` (vs the teacher) and `gate.champion_drop*` (vs the
+    champion: above 0, the candidate is the less accurate).
 
     The champion's own tags were measured on its run's data (perhaps other data, another teacher),
     so it is measured again here, beside the new model, in this process, with the evaluator's code
-    on this run's test split. A champion for other inputs or classes is not measured at all.
+    on this run's test split, sample by sample. A champion for other inputs or classes is not
+    measured at all.
     """
     model = ws.model.read_bytes()
     data = Dataset.load(ws.data)
-    measured = {"candidate": measure_tflite(model, data, evaluate)}
+    candidate, predicted = measure_tflite(model, data, evaluate)
+    measured = {"gate.candidate": candidate}
+    drops = {"gate.teacher_drop": teacher_drop}
     refusal = (not_comparable(cfg, _interface(champion.tflite), _interface(model))
                if champion else None)
     if champion and not refusal:
-        measured["champion"] = measure_tflite(champion.tflite, data, evaluate)
-    decision = refusal or judge(cfg, measured["candidate"], accuracy_drop, measured.get("champion"))
-    return decision, {f"gate.{who}.{key}": value for who, values in measured.items()
-                      for key, value in values.items()}
+        measured["gate.champion"], champion_predicted = measure_tflite(champion.tflite, data,
+                                                                       evaluate)
+        drops["gate.champion_drop"] = paired_drop(champion_predicted == data.y_test,
+                                                  predicted == data.y_test, cfg.confidence)
+    decision = refusal or judge(cfg, candidate, teacher_drop, measured.get("gate.champion"),
+                                drops.get("gate.champion_drop"))
+    metrics = {f"{who}.{key}": value for who, values in measured.items()
+               for key, value in values.items()}
+    for prefix, drop in drops.items():
+        metrics |= _drop_metrics(prefix, drop)
+    return decision, metrics
+
+
+def _drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:
+    """`prefix` (the point estimate), `prefix.upper` / `.lower` (the bounds), and the counts."""
+    return {prefix: drop.drop, f"{prefix}.upper": drop.upper, f"{prefix}.lower": drop.lower,
+            f"{prefix}.worse": drop.worse, f"{prefix}.better": drop.better, f"{prefix}.n": drop.n}
 
 
 def _register(name: str, tflite: Path) -> str:

@@ -15,6 +15,7 @@ from tasks.artifacts import Workspace
 from tasks.choice import chosen_params
 from tasks.config import Params
 from tasks.errors import InputError
+from tasks.gate import warn_if_uncertifiable
 from tasks.inputs import stage_inputs, wait_until_settled
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         "evaluate": (
             evaluate_task,
             {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
-             "quantize_mode": p.quantize.effective_mode},
+             "quantize_mode": p.quantize.effective_mode, "confidence": p.gate.confidence},
         ),
     }
     task, kwargs = calls[name]
@@ -66,7 +67,8 @@ def run_stage(name: str, params: Params, ws: Workspace) -> dict[str, float]:
 
 
 def check_inputs(params: Params) -> None:
-    """Every check that needs no training: bad input fails here, before any work or any write.
+    """Every check that needs no training: bad input fails here, before any work or any write;
+    a test split too small for the gate ever to pass is a warning here (the run goes on).
 
     Waits first until no input file is still being written: a half-written teacher is no bad input.
     """
@@ -82,6 +84,7 @@ def check_inputs(params: Params) -> None:
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
+    warn_if_uncertifiable(params.gate, len(inputs.data.y_test))  # the test split: known from here
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
     student = inputs.teacher  # the architecture quantize receives, untrained

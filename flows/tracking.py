@@ -166,10 +166,10 @@ def log_inputs(inputs: dict[str, Fingerprint], changes: list[str]) -> None:
 
 
 def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
-    """Headline metrics and the artifacts a reviewer opens: model, metrics, quantization
-    sensitivity, plots."""
+    """Headline metrics and the artifacts a reviewer opens: model, metrics, the candidates'
+    predictions on the test split, quantization sensitivity, plots."""
     mlflow.log_metrics(metrics)
-    for path in (ws.model, ws.metrics, ws.sparsity, ws.quant_sensitivity):
+    for path in (ws.model, ws.metrics, ws.predictions, ws.sparsity, ws.quant_sensitivity):
         mlflow.log_artifact(str(path))
     for plot in sorted(ws.plots.glob("*.png")):
         mlflow.log_artifact(str(plot), artifact_path="plots")

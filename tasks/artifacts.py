@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -47,6 +49,11 @@ class Workspace:
     def model(self) -> Path:
         """The deployable model, in quantize.mode."""
         return self.root / "artifacts" / "model.tflite"
+
+    @property
+    def predictions(self) -> Path:
+        """Each candidate's predicted class per test sample (evaluate): the paired comparisons."""
+        return self.root / "artifacts" / "predictions.npz"
 
     @property
     def metrics(self) -> Path:
@@ -89,6 +96,12 @@ def write_bytes(path: Path, content: bytes) -> None:
 def write_json(path: Path, document: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz file of named arrays (`np.load(path)[name]`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: no `.npz` appended
+        np.savez_compressed(f, **arrays)
 
 
 def copy_file(source: Path, target: Path) -> None:

@@ -337,12 +337,20 @@ class GateConfig(Section):
         "shrinkflow-int8", min_length=1, description="MLflow registered model for the INT8 model."
     )
     max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1, description="Largest teacher-to-final accuracy drop a champion may have."
+        0.01, ge=0, le=1,
+        description="Largest teacher-to-final accuracy drop a champion may have: the one-sided "
+        "upper confidence bound of the paired drop on the test split, not its point estimate.",
     )
     objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
         "smaller_gzip",
         description="How a new model must beat the champion: smaller gzip size, lower latency "
-        "(both at equal or better accuracy), or higher accuracy (ties: smaller gzip).",
+        "(both unless the champion is more accurate beyond noise, paired on the test split), or "
+        "higher accuracy (ties: smaller gzip).",
+    )
+    confidence: Fraction = Field(
+        0.95,
+        description="Confidence of the paired bounds the gate compares: the teacher bound within "
+        "max_accuracy_drop, and the champion better beyond noise (tasks/paired.py).",
     )
 
 

@@ -7,15 +7,16 @@ when the evaluate stage runs, so the gate of a run that skipped every stage stay
 from __future__ import annotations
 
 import gzip
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from ai_edge_litert.tools import flatbuffer_utils
 from prefect import task
 
-from tasks.artifacts import Workspace, write_json
+from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
 from tasks.data import Dataset
+from tasks.paired import PairedDrop, paired_drop
 from tasks.tflite import TFLiteClassifier
 
 WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}  # tflite TensorType codes
@@ -81,12 +82,15 @@ def _weights(tensor, buffer: bytes) -> np.ndarray:
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
     """Measure one candidate on the test split; `params` comes from its Keras form."""
-    return CandidateMetrics(params=params, **measure_tflite(model, data, cfg))
+    metrics, _ = measure_tflite(model, data, cfg)
+    return CandidateMetrics(params=params, **metrics)
 
 
-def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig) -> dict[str, float]:
+def measure_tflite(model: bytes, data: Dataset,
+                   cfg: EvaluateConfig) -> tuple[dict[str, float], np.ndarray]:
     """Everything the evaluator measures that needs only the .tflite file (the gate measures the
-    registered champion this way): accuracy on the test split, sparsity, sizes, latency."""
+    registered champion this way): accuracy on the test split, sparsity, sizes, latency; and the
+    predicted class of every test sample, for paired comparisons on the same samples."""
     classifier = TFLiteClassifier(model)
     predicted = classifier.predict(data.x_test).argmax(axis=-1)
     return {
@@ -96,7 +100,7 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig) -> dict[str
         "tflite_bytes": len(model),
         "gzip_bytes": len(gzip.compress(model, compresslevel=9)),
         "latency_p50_us": classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
-    }
+    }, predicted
 
 
 def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
@@ -112,13 +116,28 @@ def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
     }
 
 
+def paired_summary(drop: PairedDrop) -> dict:
+    """metrics.json's paired comparison of final vs teacher: `paired` (counts, drop, bounds) and
+    `accuracy_drop_upper` beside the point estimate `accuracy_drop`."""
+    return {"paired": drop.as_dict(), "accuracy_drop_upper": drop.upper}
+
+
+def recorded_drop(document: dict) -> PairedDrop:
+    """The paired drop of final vs teacher as metrics.json records it (at gate.confidence)."""
+    paired = document["paired"]
+    return PairedDrop(**{field.name: paired[field.name] for field in fields(PairedDrop)})
+
+
 def run_evaluate(
-    cfg: EvaluateConfig, sparsified: bool, distilled: bool, quantize_mode: str, ws: Workspace
+    cfg: EvaluateConfig, sparsified: bool, distilled: bool, quantize_mode: str, confidence: float,
+    ws: Workspace,
 ) -> dict[str, float]:
     """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
 
-    Writes metrics.json (with the final model's quantization mode and how many weight layers it
-    stores at each precision) and the plots; returns the headline metrics.
+    Writes metrics.json (with the final model's quantization mode, how many weight layers it
+    stores at each precision, and its paired drop vs the teacher bounded at `confidence`, the
+    gate's), each candidate's predicted classes (predictions.npz) and the plots; returns the
+    headline metrics.
     """
     from tasks.models import layer_sparsity, read_model
     from tasks.plots import plot_layer_sparsity, plot_tradeoff
@@ -131,14 +150,19 @@ def run_evaluate(
     if distilled:
         keras_models["distilled"] = ws.student
     models = {name: read_model(path) for name, path in keras_models.items()}
-    candidates = {
-        name: evaluate_tflite(convert_to_tflite(model), data, cfg, model.count_params())
-        for name, model in models.items()
-    }
+    tflites = {name: (convert_to_tflite(model), model.count_params())
+               for name, model in models.items()}
     final = models["distilled"] if distilled else read_model(ws.student)
     deployed = ws.model.read_bytes()
-    candidates["final"] = evaluate_tflite(deployed, data, cfg, final.count_params())
-    document = summarize(candidates) | {
+    tflites["final"] = (deployed, final.count_params())
+    candidates, predicted = {}, {}
+    for name, (tflite, params) in tflites.items():
+        metrics, predicted[name] = measure_tflite(tflite, data, cfg)
+        candidates[name] = CandidateMetrics(params=params, **metrics)
+    write_arrays(ws.predictions, predicted)
+    drop = paired_drop(predicted["teacher"] == data.y_test, predicted["final"] == data.y_test,
+                       confidence)
+    document = summarize(candidates) | paired_summary(drop) | {
         "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)}
     }
     write_json(ws.metrics, document)
@@ -150,7 +174,8 @@ def run_evaluate(
 
 def headline(document: dict) -> dict[str, float]:
     """The flat metrics worth a chart in MLflow."""
-    flat = {k: document[k] for k in ("compression_ratio", "speedup", "accuracy_drop")}
+    flat = {k: document[k]
+            for k in ("compression_ratio", "speedup", "accuracy_drop", "accuracy_drop_upper")}
     for name, metrics in document["candidates"].items():
         flat |= {f"{name}.{key}": value for key, value in metrics.items()}
     return flat

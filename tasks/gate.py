@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from tasks.config import GateConfig
+from tasks.paired import PairedDrop, samples_to_certify, smallest_certifiable_drop
+
+log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,32 @@ def not_comparable(cfg: GateConfig, champion: Interface, candidate: Interface) -
                            f"name per task, e.g. --set gate.registered_model={name}-<task>")
 
 
-def judge(cfg: GateConfig, candidate: dict, accuracy_drop: float, champion: dict | None) -> Decision:
+def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: dict | None,
+          champion_drop: PairedDrop | None) -> Decision:
     """`candidate` and `champion` hold the evaluator's accuracy, gzip_bytes and latency_p50_us,
-    measured on the same test split."""
-    if accuracy_drop > cfg.max_accuracy_drop:
-        return Decision(False, f"accuracy drop {accuracy_drop:.4f} exceeds gate.max_accuracy_drop "
-                               f"{cfg.max_accuracy_drop}")
+    measured on the same test split; `teacher_drop` is the candidate's paired drop vs the teacher
+    and `champion_drop` its paired drop vs the champion (reference: the champion), both on it.
+
+    The rules, in order (bounds at cfg.confidence, tasks/paired.py):
+    - the upper bound of `teacher_drop` must be within gate.max_accuracy_drop (a point drop
+      within it is not enough: on a few hundred samples it is a sample or two);
+    - the champion must not be more accurate beyond noise: the lower bound of `champion_drop`
+      above 0 refuses; a difference within noise is no reason to keep the champion;
+    - then the objective: smaller gzip or lower latency; or, for more_accurate, a higher accuracy
+      (point estimate; it implies the above, as the lower bound never exceeds the estimate), ties
+      broken by the smaller gzip.
+    """
+    if not teacher_drop.within(cfg.max_accuracy_drop):
+        warning = uncertifiable(cfg, teacher_drop.n)
+        return Decision(False, f"{describe(teacher_drop)} exceeds gate.max_accuracy_drop "
+                               f"{100 * cfg.max_accuracy_drop:.2f} pt"
+                               + (f"; {warning}" if warning else ""))
     if champion is None:
         return Decision(True, "first model within the accuracy gate")
+    if champion_drop.lower > 0:
+        return Decision(False, f"accuracy {100 * candidate['accuracy']:.2f} % is below the "
+                               f"champion's {100 * champion['accuracy']:.2f} % beyond noise: "
+                               f"{describe(champion_drop, bound='lower')}")
     if cfg.objective == "more_accurate":
         better = candidate["accuracy"] > champion["accuracy"] or (
             candidate["accuracy"] == champion["accuracy"]
@@ -50,10 +73,41 @@ def judge(cfg: GateConfig, candidate: dict, accuracy_drop: float, champion: dict
         )
         return _verdict(better, "accuracy", candidate, champion)
     key = "gzip_bytes" if cfg.objective == "smaller_gzip" else "latency_p50_us"
-    if candidate["accuracy"] < champion["accuracy"]:
-        return Decision(False, f"accuracy {candidate['accuracy']:.4f} is below the champion's "
-                               f"{champion['accuracy']:.4f}")
     return _verdict(candidate[key] < champion[key], key, candidate, champion)
+
+
+def describe(drop: PairedDrop, bound: Literal["upper", "lower"] = "upper") -> str:
+    """`accuracy drop +0.56 pt, upper bound 1.82 pt at 95 % (3 worse, 1 better of 360)`."""
+    return (f"accuracy drop {100 * drop.drop:+.2f} pt, {bound} bound "
+            f"{100 * getattr(drop, bound):.2f} pt at {100 * drop.confidence:.4g} % "
+            f"({drop.worse} worse, {drop.better} better of {drop.n})")
+
+
+def uncertifiable(cfg: GateConfig, test_samples: int) -> str | None:
+    """Why `test_samples` paired samples cannot certify gate.max_accuracy_drop, and the ways out;
+    None when they can. Even a model agreeing with the teacher on every sample has a bound of
+    `smallest_certifiable_drop` (tasks/paired.py); only one more accurate than the teacher on
+    them could pass."""
+    floor = smallest_certifiable_drop(test_samples, cfg.confidence)
+    if floor <= cfg.max_accuracy_drop:
+        return None
+    needed = (f"needs {samples_to_certify(cfg.max_accuracy_drop, cfg.confidence)} test samples"
+              if cfg.max_accuracy_drop > 0 else "no number of test samples certifies a zero drop")
+    return (f"the test split's {test_samples} samples cannot certify gate.max_accuracy_drop "
+            f"{100 * cfg.max_accuracy_drop:.2f} pt at gate.confidence "
+            f"{100 * cfg.confidence:.4g} %: even a model agreeing with the teacher on every sample "
+            f"has an upper bound of {100 * floor:.2f} pt, so the gate refuses every model not more "
+            f"accurate than the teacher; certifying it {needed}: use more test samples "
+            f"(data.test_fraction, or x_test in the npz), raise gate.max_accuracy_drop, or lower "
+            f"gate.confidence")
+
+
+def warn_if_uncertifiable(cfg: GateConfig, test_samples: int) -> None:
+    """The pre-check, once the test split's size is known and before any training: a warning,
+    not an error (the run goes on, and the gate refuses its model)."""
+    warning = uncertifiable(cfg, test_samples)
+    if warning:
+        log.warning("gate: %s", warning)
 
 
 def _verdict(better: bool, key: str, candidate: dict, champion: dict) -> Decision:

@@ -1,12 +1,17 @@
 """The one evaluator: predictions match Keras, metrics are measured, ratios add up."""
 
 import gzip
+import json
 
 import numpy as np
 import pytest
 
+from flows.report import summary_table
+from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig
-from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
+from tasks.evaluate import CandidateMetrics, evaluate_tflite, recorded_drop, run_evaluate, summarize
+from tasks.models import write_model
+from tasks.paired import paired_drop
 from tasks.tflite import TFLiteClassifier
 from tasks.quantize import convert_to_tflite
 
@@ -46,3 +51,29 @@ def test_summary_ratios():
     assert summary["accuracy_drop"] == pytest.approx(0.01)
     assert "sparsity" not in summary["teacher"] and summary["final"]["sparsity"] == 0.8
     assert set(summary["candidates"]) == {"teacher", "final"}
+
+
+def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_final_vs_teacher(
+        digits, trained_cnn, tmp_path):
+    """An untrained CNN as the teacher, a trained one as the final model: many samples differ."""
+    import tf_keras as keras
+
+    ws = Workspace(tmp_path)
+    digits.save(ws.data)
+    write_model(keras.models.clone_model(trained_cnn), ws.teacher)  # fresh weights
+    write_model(trained_cnn, ws.student)
+    final = convert_to_tflite(trained_cnn, "int8", digits.x_train[:50])
+    write_bytes(ws.model, final)
+    run_evaluate(EvaluateConfig(latency_runs=200, warmup_runs=1), sparsified=False,
+                 distilled=False, quantize_mode="int8", confidence=0.9, ws=ws)
+    predictions = np.load(ws.predictions)
+    assert set(predictions.files) == {"teacher", "final"}
+    np.testing.assert_array_equal(predictions["final"],
+                                  TFLiteClassifier(final).predict(digits.x_test).argmax(axis=1))
+    document = json.loads(ws.metrics.read_text())
+    drop = paired_drop(predictions["teacher"] == digits.y_test,
+                       predictions["final"] == digits.y_test, 0.9)
+    assert recorded_drop(document) == drop and drop.worse + drop.better > 0
+    assert document["paired"]["upper"] == document["accuracy_drop_upper"] == drop.upper
+    assert document["accuracy_drop"] == pytest.approx(drop.drop)
+    assert f"(drop <= {100 * drop.upper:.2f} pt at 90 %)" in summary_table(document)

@@ -58,7 +58,10 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert parent.info.run_id == report["mlflow_run_id"]
     client = MlflowClient(params.tracking.uri)
     logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"model.tflite", "metrics.json", "quant_sensitivity.json", "params.yaml", "plots"} <= logged
+    assert {"model.tflite", "metrics.json", "predictions.npz", "quant_sensitivity.json",
+            "params.yaml", "plots"} <= logged
+    assert parent.data.metrics["gate.teacher_drop.upper"] == pytest.approx(metrics["paired"]["upper"])
+    assert metrics["accuracy_drop_upper"] == metrics["paired"]["upper"]
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/sparsity.png", "plots/tradeoff.png", "plots/quant_sensitivity.png"}
     assert metrics["quantization"] == {"mode": "int8", "layer_precisions": {"int8": 5}}

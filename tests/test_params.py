@@ -94,6 +94,9 @@ BAD_OVERRIDES = [
         id="final-sparsity-1.2",
     ),
     pytest.param(
+        ["gate.confidence=1"], r"gate\.confidence = 1: .*less than 1", id="confidence-1"
+    ),
+    pytest.param(
         ["distill.temprature=2"],
         r"distill\.temprature: unknown key; allowed here: .*\btemperature\b.*\balpha\b",
         id="unknown-key",

@@ -87,7 +87,8 @@ def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, res
                                (digits.x_val, digits.y_val))
     classifier = TFLiteClassifier(quantized.tflite)
     assert classifier.input["dtype"] == classifier.output["dtype"] == IO_TYPES[mode]
-    measured = measure_tflite(quantized.tflite, digits, EvaluateConfig(latency_runs=200, warmup_runs=1))
+    measured, _ = measure_tflite(quantized.tflite, digits,
+                                 EvaluateConfig(latency_runs=200, warmup_runs=1))
     assert measured["accuracy"] == pytest.approx(keras_accuracy(residual, digits), abs=0.05)
     precisions = layer_precisions(quantized.tflite)
     assert len(precisions) == 4  # conv, depthwise, dense, out

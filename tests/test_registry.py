@@ -21,6 +21,7 @@ from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig, GateConfig, TrackingConfig
 from tasks.data import Dataset
 from tasks.gate import Decision
+from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
 from tasks.tflite import TFLiteClassifier
 
@@ -48,7 +49,8 @@ def register(root: Path, data: Dataset) -> tuple[str, Decision]:
     write_bytes(ws.model, convert_to_tflite(model, "int8", data.x_train[:20]))
     with mlflow.start_run():
         return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
-                                 EvaluateConfig(latency_runs=200, warmup_runs=1), ws, 0.0)
+                                 EvaluateConfig(latency_runs=200, warmup_runs=1), ws,
+                                 PairedDrop(len(data.y_test), 1, 0, 0.95))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,22 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
     tags = client.get_model_version(NAME, version).tags
     assert tags["gate.rejected"] == decision.reason and tags["gate.champion.version"] == "1"
     assert "gate.champion.accuracy" not in tags  # never measured on data it cannot take
+    assert "gate.champion_drop" not in tags
     assert float(tags["gate.candidate.accuracy"]) >= 0
+
+
+def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
+        champion, digits, tmp_path):
+    version, decision = register(tmp_path, digits)  # the champion's very model: no sample differs
+    assert not decision.promote and "does not beat the champion: gzip_bytes" in decision.reason
+    tags = MlflowClient().get_model_version(NAME, version).tags
+    n = str(len(digits.y_test))
+    assert (tags["gate.champion_drop"], tags["gate.champion_drop.worse"],
+            tags["gate.champion_drop.better"], tags["gate.champion_drop.n"]) == ("0.0", "0", "0", n)
+    assert float(tags["gate.champion_drop.lower"]) < 0 < float(tags["gate.champion_drop.upper"])
+    teacher = PairedDrop(len(digits.y_test), 1, 0, 0.95)
+    assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
+    assert tags["gate.teacher_drop.worse"] == "1" and "gate.warning" not in tags
 
 
 @pytest.fixture(scope="module")
