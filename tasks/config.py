@@ -347,7 +347,7 @@ class GateConfig(Section):
         "(both unless the champion is more accurate beyond noise, paired on the test split), or "
         "higher accuracy (ties: smaller gzip).",
     )
-    confidence: Fraction = Field(
+    confidence: Confidence = Field(
         0.95,
         description="Confidence of the paired bounds the gate compares: the teacher bound within "
         "max_accuracy_drop, and the champion better beyond noise (tasks/paired.py).",

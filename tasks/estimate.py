@@ -74,7 +74,7 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
         return _mixed_bound(student, calibration_samples(data, quantize, params.seed), one,
                             params.evaluate)
     tflite = quantize_student(student, data, quantize, params.seed).tflite
-    return _estimate(student.count_params(), measure_tflite(tflite, one, params.evaluate))
+    return _estimate(student.count_params(), measure_tflite(tflite, one, params.evaluate)[0])
 
 
 def _mixed_bound(student: keras.Model, calibration: np.ndarray, one: Dataset,
@@ -83,8 +83,8 @@ def _mixed_bound(student: keras.Model, calibration: np.ndarray, one: Dataset,
     mixer = Mixer(convert_to_tflite(student), calibration, (one.x_val[:0], one.y_val[:0]))
     smallest: Plan = {op.scope: min(op.precisions, key=WEIGHT_BITS.get) for op in mixer.ops}
     int8: Plan = {op.scope: "int8" for op in mixer.ops}
-    sized = measure_tflite(mixer.quantize(smallest), one, cfg)
-    timed = measure_tflite(mixer.quantize(int8), one, cfg)
+    sized, _ = measure_tflite(mixer.quantize(smallest), one, cfg)
+    timed, _ = measure_tflite(mixer.quantize(int8), one, cfg)
     return _estimate(student.count_params(), sized | {"latency_p50_us": timed["latency_p50_us"]})
 
 

@@ -27,7 +27,7 @@ from tasks.data import Dataset, split_validation
 from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.errors import InputError
 from tasks.estimate import SizeEstimate, estimate_candidate
-from tasks.evaluate import CandidateMetrics, evaluate_tflite
+from tasks.evaluate import CandidateMetrics, measure_tflite
 from tasks.models import read_model, seed_everything
 from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop
 from tasks.progress import epoch_listener
@@ -146,11 +146,12 @@ def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper) 
     finally:
         epoch_listener.reset(token)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
-    metrics = evaluate_tflite(model, inputs.selection.for_selection(), params.evaluate,
-                              student.count_params())
-    classifier, confidence = TFLiteClassifier(model), params.search.confidence
-    drops = [paired_drop(right, _correct(classifier, part), confidence)
-             for right, part in zip(inputs.teacher_right, (inputs.selection, inputs.confirmation))]
+    measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
+    confirmed = TFLiteClassifier(model).predict(inputs.confirmation.x_val).argmax(axis=-1)
+    drops = [paired_drop(right, predictions == part.y_val, params.search.confidence)
+             for right, predictions, part in zip(inputs.teacher_right, (predicted, confirmed),
+                                                 (inputs.selection, inputs.confirmation))]
+    metrics = CandidateMetrics(params=student.count_params(), **measured)
     return TrialResult(metrics, *drops)
 
 
