@@ -60,7 +60,7 @@ from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
-from tasks.paired import PairedDrop, samples_to_certify, smallest_certifiable_drop
+from tasks.paired import PairedDrop, uncertifiable
 from tasks.plots import plot_pareto
 from tasks.search import (
     OBJECTIVE_KEYS,
@@ -214,18 +214,14 @@ def certify(cfg: SearchConfig, selection: int, confirmation: int) -> Budget:
     few samples for its bound ever to reach search.max_accuracy_drop."""
     budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence)
                       for n in (selection, confirmation)))
-    if budget.confirmation > cfg.max_accuracy_drop:
-        needed = samples_to_certify(cfg.max_accuracy_drop, cfg.confidence)
+    reason = uncertifiable(confirmation, cfg.max_accuracy_drop, cfg.confidence)
+    if reason:
         get_run_logger().warning(
-            "search: %d confirmation samples (of %d validation samples) certify an accuracy drop "
-            "no smaller than %.2f pt at %.0f %% confidence, above search.max_accuracy_drop %.2f "
-            "pt (%s); trials are held to %.2f pt on them instead (as close to the teacher as "
-            "they can show). Fix: more validation samples (data.val_fraction, or x_val/y_val in "
-            "the npz), a larger search.max_accuracy_drop or a lower search.confidence",
-            confirmation, selection + confirmation, 100 * budget.confirmation,
-            100 * cfg.confidence, 100 * cfg.max_accuracy_drop,
-            f"that takes {needed}" if needed else "no sample count certifies a zero drop",
-            100 * budget.confirmation)
+            "search: the validation split's confirmation part: %s (search.max_accuracy_drop, "
+            "search.confidence); trials are held to %.2f pt on it instead (as close to the "
+            "teacher as its samples can show). Fix: more validation samples (data.val_fraction, "
+            "or x_val/y_val in the npz), a larger search.max_accuracy_drop or a lower "
+            "search.confidence", reason, 100 * budget.confirmation)
     return budget
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tasks.config import GateConfig
-from tasks.paired import PairedDrop, samples_to_certify, smallest_certifiable_drop
+from tasks.paired import PairedDrop
+from tasks.paired import uncertifiable as paired_uncertifiable
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
@@ -85,21 +86,12 @@ def describe(drop: PairedDrop, bound: Literal["upper", "lower"] = "upper") -> st
 
 def uncertifiable(cfg: GateConfig, test_samples: int) -> str | None:
     """Why `test_samples` paired samples cannot certify gate.max_accuracy_drop, and the ways out;
-    None when they can. Even a model agreeing with the teacher on every sample has a bound of
-    `smallest_certifiable_drop` (tasks/paired.py); only one more accurate than the teacher on
-    them could pass."""
-    floor = smallest_certifiable_drop(test_samples, cfg.confidence)
-    if floor <= cfg.max_accuracy_drop:
-        return None
-    needed = (f"needs {samples_to_certify(cfg.max_accuracy_drop, cfg.confidence)} test samples"
-              if cfg.max_accuracy_drop > 0 else "no number of test samples certifies a zero drop")
-    return (f"the test split's {test_samples} samples cannot certify gate.max_accuracy_drop "
-            f"{100 * cfg.max_accuracy_drop:.2f} pt at gate.confidence "
-            f"{100 * cfg.confidence:.4g} %: even a model agreeing with the teacher on every sample "
-            f"has an upper bound of {100 * floor:.2f} pt, so the gate refuses every model not more "
-            f"accurate than the teacher; certifying it {needed}: use more test samples "
-            f"(data.test_fraction, or x_test in the npz), raise gate.max_accuracy_drop, or lower "
-            f"gate.confidence")
+    None when they can. Only a model more accurate than the teacher on them could pass."""
+    reason = paired_uncertifiable(test_samples, cfg.max_accuracy_drop, cfg.confidence)
+    return reason and (f"the test split's {reason} (gate.max_accuracy_drop, gate.confidence), so "
+                       "the gate refuses every model not more accurate than the teacher; use more "
+                       "test samples (data.test_fraction, or x_test in the npz), raise "
+                       "gate.max_accuracy_drop, or lower gate.confidence")
 
 
 def warn_if_uncertifiable(cfg: GateConfig, test_samples: int) -> None:

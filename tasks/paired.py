@@ -107,6 +107,18 @@ def samples_to_certify(budget: float, confidence: float) -> int | None:
     return math.ceil(z2 * (1 - budget) / budget)
 
 
+def uncertifiable(samples: int, budget: float, confidence: float) -> str | None:
+    """Why `samples` paired samples can never certify `budget` at `confidence`; None if they can."""
+    floor = smallest_certifiable_drop(samples, confidence)
+    if floor <= budget:
+        return None
+    needed = samples_to_certify(budget, confidence)
+    return (f"{samples} samples cannot certify a drop of {100 * budget:.2f} pt at "
+            f"{100 * confidence:.4g} % confidence: even a model agreeing with the teacher on every "
+            f"one has an upper bound of {100 * floor:.2f} pt; "
+            + (f"that takes {needed} samples" if needed else "no number certifies a zero drop"))
+
+
 def _score(worse: int, better: int, n: int, d: float) -> float:
     """Tango's score statistic for H0: drop = d, with the nuisance (the rate of `better`)
     at its maximum-likelihood value under H0."""

@@ -78,15 +78,15 @@ def test_a_test_split_too_small_to_certify_the_budget_is_named_with_the_way_out(
     assert uncertifiable(cfg, needed) is None
     warning = uncertifiable(cfg, 144)
     assert warning == (
-        "the test split's 144 samples cannot certify gate.max_accuracy_drop 1.00 pt at "
-        "gate.confidence 95 %: even a model agreeing with the teacher on every sample has an upper "
-        f"bound of {100 * smallest_certifiable_drop(144, 0.95):.2f} pt, so the gate refuses every "
-        f"model not more accurate than the teacher; certifying it needs {needed} test samples: "
-        "use more test samples (data.test_fraction, or x_test in the npz), raise "
-        "gate.max_accuracy_drop, or lower gate.confidence")
+        "the test split's 144 samples cannot certify a drop of 1.00 pt at 95 % confidence: even a "
+        "model agreeing with the teacher on every one has an upper bound of "
+        f"{100 * smallest_certifiable_drop(144, 0.95):.2f} pt; that takes {needed} samples "
+        "(gate.max_accuracy_drop, gate.confidence), so the gate refuses every model not more "
+        "accurate than the teacher; use more test samples (data.test_fraction, or x_test in the "
+        "npz), raise gate.max_accuracy_drop, or lower gate.confidence")
     perfect = PairedDrop(144, 0, 0, 0.95)
     assert judge(cfg, CHAMPION, perfect, None, None).reason.endswith(f"; {warning}")
-    assert "no number of test samples certifies a zero drop" in uncertifiable(
+    assert "no number certifies a zero drop" in uncertifiable(
         GateConfig(max_accuracy_drop=0), 10_000)
 
 
