@@ -117,7 +117,8 @@ class Budget:
 
 def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
     """The search's pre-checks, before any training: the searched stages are on, the space is not
-    empty, a trial fits a local worker's memory, the Dask scheduler answers."""
+    empty, both parts of the validation split can hold every class, a trial fits a local worker's
+    memory, the Dask scheduler answers."""
     cfg = params.search
     conflicts = [f"{stage}.enabled: false" for stage in SEARCHED_STAGES
                  if not getattr(params, stage).enabled]
@@ -287,6 +288,7 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
             elif _key(trial.params) in {_key(t.params) for t in pending.values()}:
                 twins.append(trial)
             else:
+                # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
                 pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
                                           trial.params, params, workdir,
                                           best_within(study))] = trial
