@@ -60,21 +60,23 @@ from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
-from tasks.paired import PairedDrop, uncertifiable
+from tasks.paired import PairedDrop
 from tasks.plots import plot_pareto
 from tasks.search import (
     OBJECTIVE_KEYS,
+    Budget,
     CannotBeat,
     HopelessTrial,
     TrialResult,
+    budget_for,
     cached_inputs,
-    certifiable_budget,
     choose,
     pareto_front,
     run_trial,
     search_space,
     trial_memory_bytes,
     validation_parts,
+    warn_if_uncertified,
 )
 
 if TYPE_CHECKING:
@@ -107,14 +109,6 @@ class Outcome:
     measured: dict[str, float] | None = None
 
 
-@dataclass(frozen=True)
-class Budget:
-    """The accuracy budget a trial's bound is held to on each part of the validation split."""
-
-    selection: float
-    confirmation: float
-
-
 def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
     """The search's pre-checks, before any training: the searched stages are on, the space is not
     empty, both parts of the validation split can hold every class, a trial fits a local worker's
@@ -135,6 +129,7 @@ def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
                          f"fewer than the {data.num_classes} classes; raise data.val_fraction "
                          "(or give x_val/y_val in the npz) or move search.confirm_fraction "
                          "towards 0.5")
+    warn_if_uncertified(cfg, len(data.y_val))
     if cfg.dask_address:
         check_reachable(cfg.dask_address)
     else:
@@ -204,26 +199,10 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
     cfg, ws = params.search, Workspace(Path(workdir))
     inputs = cached_inputs(ws.data, ws.teacher, cfg.confirm_fraction, params.seed)
     space = search_space(cfg, params, inputs.teacher)
-    budget = certify(cfg, len(inputs.selection.y_val), len(inputs.confirmation.y_val))
+    budget, _ = budget_for(cfg, len(inputs.selection.y_val) + len(inputs.confirmation.y_val))
     study = open_study(ws, params, space)
     run_trials(study, params, workdir, space, budget, mlflow_parent)
     return publish(study, params, ws, space, inputs.teacher_accuracy, budget, mlflow_parent)
-
-
-def certify(cfg: SearchConfig, selection: int, confirmation: int) -> Budget:
-    """The budget each part is held to; says so, before any trial trains, when a part has too
-    few samples for its bound ever to reach search.max_accuracy_drop."""
-    budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence)
-                      for n in (selection, confirmation)))
-    reason = uncertifiable(confirmation, cfg.max_accuracy_drop, cfg.confidence)
-    if reason:
-        get_run_logger().warning(
-            "search: the validation split's confirmation part: %s (search.max_accuracy_drop, "
-            "search.confidence); trials are held to %.2f pt on it instead (as close to the "
-            "teacher as its samples can show). Fix: more validation samples (data.val_fraction, "
-            "or x_val/y_val in the npz), a larger search.max_accuracy_drop or a lower "
-            "search.confidence", reason, 100 * budget.confirmation)
-    return budget
 
 
 def study_storage(root: Path) -> JournalStorage:
@@ -378,9 +357,10 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, budg
         "confirm_", result.confirmation)
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("within", result.selection.within(budget.selection))
+    within = result.selection.within(budget.selection)
+    trial.set_user_attr("within", within)
     trial.set_user_attr("confirmed", result.confirmation.within(budget.confirmation))
-    trial.set_constraint("accuracy_bound", result.selection.upper - budget.selection)
+    trial.set_constraint("accuracy_bound", 0.0 if within else attrs["upper"] - budget.selection)
     return study.tell(trial, attrs[objective_key])
 
 

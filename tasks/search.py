@@ -13,6 +13,7 @@ Optuna, Prefect, Dask or MLflow.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from tasks.errors import InputError
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
 from tasks.models import read_model, seed_everything
-from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop
+from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop, uncertifiable
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
 from tasks.tflite import TFLiteClassifier
 
+log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 MIN_UNITS = 4  # the narrowest layer a derived width may leave
 WIDTH_STEP = math.sqrt(2)
 FIRST_WIDTH = 0.5
@@ -82,6 +84,14 @@ class SearchInputs:
     @property
     def teacher_accuracy(self) -> float:
         return float(np.mean(self.teacher_right[0]))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The accuracy budget a trial's bound is held to on each part of the validation split."""
+
+    selection: float
+    confirmation: float
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,27 @@ def validation_parts(validation_samples: int, cfg: SearchConfig) -> tuple[int, i
     """Sizes of the selection and confirmation parts (scikit-learn rounds the held part up)."""
     confirmation = math.ceil(validation_samples * cfg.confirm_fraction)
     return validation_samples - confirmation, confirmation
+
+
+def budget_for(cfg: SearchConfig, validation_samples: int) -> tuple[Budget, str | None]:
+    """The budget each part of the validation split is held to, and, when its confirmation part
+    has too few samples for a bound ever to reach search.max_accuracy_drop, why and the fix."""
+    parts = validation_parts(validation_samples, cfg)
+    budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence) for n in parts))
+    reason = uncertifiable(parts[1], cfg.max_accuracy_drop, cfg.confidence)
+    return budget, reason and (
+        f"search: the validation split's confirmation part: {reason} (search.max_accuracy_drop, "
+        f"search.confidence); trials are held to {100 * budget.confirmation:.2f} pt on it "
+        "instead (as close to the teacher as its samples can show). Fix: more validation samples "
+        "(data.val_fraction, or x_val/y_val in the npz), a larger search.max_accuracy_drop or a "
+        "lower search.confidence")
+
+
+def warn_if_uncertified(cfg: SearchConfig, validation_samples: int) -> None:
+    """The pre-check, before any training: a warning (the search goes on, as `budget_for` says)."""
+    _, reason = budget_for(cfg, validation_samples)
+    if reason:
+        log.warning("%s", reason)
 
 
 def certifiable_budget(budget: float, samples: int, confidence: float) -> float:

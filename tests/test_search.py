@@ -2,6 +2,7 @@
 the chosen trial continuing the chain, and the search's bad input."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,10 +19,18 @@ from flows.compress import compress
 from flows.params import load_params
 from flows.search import NoFeasibleTrial, study_storage
 from flows.stages import check_inputs
+from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
-from tasks.config import Params
-from tasks.search import CannotBeat, certifiable_budget, choose, run_trial, search_inputs, \
-    teacher_widths
+from tasks.search import (
+    Budget,
+    CannotBeat,
+    budget_for,
+    choose,
+    run_trial,
+    search_inputs,
+    teacher_widths,
+    warn_if_uncertified,
+)
 from test_stack import free_port
 
 DASK = Path(sys.executable).parent / "dask"
@@ -168,9 +177,16 @@ def test_a_trial_that_fails_confirmation_is_not_chosen():
     assert choose([lucky, big], "smaller_gzip") == (None, [lucky])
 
 
-def test_a_budget_the_samples_cannot_certify_becomes_the_smallest_they_can():
-    assert certifiable_budget(0.005, 72, 0.95) == pytest.approx(2.706 / (72 + 2.706), rel=1e-3)
-    assert certifiable_budget(0.01, 2000, 0.95) == 0.01
+def test_a_budget_the_samples_cannot_certify_is_named_and_becomes_the_smallest_they_can(caplog):
+    cfg = SearchConfig(max_accuracy_drop=0.005)
+    budget, reason = budget_for(cfg, 144)  # 72 to select on, 72 to confirm on
+    assert budget.confirmation == pytest.approx(2.706 / (72 + 2.706), rel=1e-3)
+    assert "72 samples cannot certify a drop of 0.50 pt at 95 % confidence" in reason
+    assert "that takes 539 samples" in reason and "data.val_fraction" in reason
+    with caplog.at_level(logging.WARNING, logger="tasks.search"):
+        warn_if_uncertified(cfg, 144)
+    assert reason in caplog.text
+    assert budget_for(SearchConfig(max_accuracy_drop=0.01), 4000) == (Budget(0.01, 0.01), None)
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5"])
