@@ -45,7 +45,7 @@ from flows.versioning import (
     write_params_file,
 )
 from tasks.artifacts import Workspace
-from tasks.choice import search_refusal
+from tasks.choice import search_refusal, search_summary
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
 from tasks.evaluate import headline, recorded_drop
@@ -111,6 +111,7 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         "model_version": version,
         "promoted": decision.promote,
         "gate": decision.reason,
+        "search": search_summary(Workspace(root)),
     }
 
 

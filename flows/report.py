@@ -17,6 +17,7 @@ def run_summary(report: dict) -> str:
     return "\n".join([
         f"stages: {done}",
         *report["inputs_changed"],
+        *([f"search: {report['search']}"] if report.get("search") else []),
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
         f"registered as version {report['model_version']}: "
         f"{'promoted to champion' if report['promoted'] else 'not promoted'} ({report['gate']})",

@@ -212,8 +212,9 @@ def study_storage(root: Path) -> JournalStorage:
 
 
 def pruner(params: Params) -> optuna.pruners.SuccessiveHalvingPruner:
-    """Rungs at distill.epochs / factor^k epochs (at least 1): with 40 epochs and factor 3, 4, 12
-    and 36. The same pruner in this process and in every worker (Optuna does not store it)."""
+    """Rungs at distill.epochs / factor^k epochs (at least 1): with 40 epochs and factor 3, 4 and
+    12 (the trial task asks no rung past distill.epochs / factor). The same pruner in this process
+    and in every worker (Optuna does not store it)."""
     factor = params.search.reduction_factor
     return optuna.pruners.SuccessiveHalvingPruner(
         min_resource=max(1, params.distill.epochs // factor**2), reduction_factor=factor)
@@ -322,7 +323,9 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
     def stop(epoch: int, drop: float) -> bool:
         trial.report(drop, epoch)
         reported[epoch] = drop
-        return trial.should_prune()
+        # past the last but one rung, stopping saves less than the measurement is worth
+        return epoch * params.search.reduction_factor <= params.distill.epochs and \
+            trial.should_prune()
 
     worker = get_worker().address
     try:
@@ -414,12 +417,13 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     if mlflow_parent:
         MlflowClient().set_tag(mlflow_parent, "search.chosen",
                                _describe_row(chosen) if chosen else "none")
+    summary = (f"{'chose ' + _describe_row(chosen) if not reason else reason}; {epochs} epochs "
+               f"trained in all ({len(rows)} trials x {params.distill.epochs} epochs: "
+               f"{len(rows) * params.distill.epochs})")
     write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": not reason,
                            "reason": reason or "within search.max_accuracy_drop, confirmed",
-                           "validation": {k: chosen.get(k) for k in SHOWN}})
-    get_run_logger().info("search: %s; %d epochs trained in all (%d trials x %d epochs: %d)",
-                          _describe_row(chosen) if chosen else reason, epochs, len(rows),
-                          params.distill.epochs, len(rows) * params.distill.epochs)
+                           "validation": {k: chosen.get(k) for k in SHOWN}, "summary": summary})
+    get_run_logger().info("search: %s", summary)
     return {"search.trials_completed": len(measured), "search.feasible": float(not reason),
             "search.epochs_trained": epochs, "search.teacher.accuracy": teacher_accuracy,
             **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}

@@ -43,3 +43,8 @@ def search_refusal(ws: Workspace) -> Decision | None:
     """A gate refusal when the search found no trial within its budget, else None."""
     chosen = json.loads(ws.chosen.read_text())
     return None if chosen.get("feasible", True) else Decision(False, chosen["reason"])
+
+
+def search_summary(ws: Workspace) -> str | None:
+    """What the search chose and what it cost, in one line; None when it did not run."""
+    return json.loads(ws.chosen.read_text()).get("summary")
