@@ -256,7 +256,7 @@ class SearchConfig(Section):
     enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
     trials: PositiveInt = Field(30, description="Trials to run (a resumed search counts the done).")
     max_accuracy_drop: float = Field(
-        0.005, ge=0, le=1,
+        0.01, ge=0, le=1,
         description="Largest teacher-to-trial accuracy drop, on the validation split, to be chosen "
         "(its upper confidence bound, paired with the teacher on the same samples).",
     )
