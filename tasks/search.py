@@ -157,12 +157,12 @@ def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper) 
         epoch_listener.reset(token)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
-    confirmed = TFLiteClassifier(model).predict(inputs.confirmation.x_val).argmax(axis=-1)
-    drops = [paired_drop(right, predictions == part.y_val, params.search.confidence)
-             for right, predictions, part in zip(inputs.teacher_right, (predicted, confirmed),
-                                                 (inputs.selection, inputs.confirmation))]
-    metrics = CandidateMetrics(params=student.count_params(), **measured)
-    return TrialResult(metrics, *drops)
+    right = (predicted == inputs.selection.y_val,
+             _correct(TFLiteClassifier(model), inputs.confirmation))
+    selection, confirmation = (paired_drop(teacher, trial, params.search.confidence)
+                               for teacher, trial in zip(inputs.teacher_right, right))
+    return TrialResult(CandidateMetrics(params=student.count_params(), **measured), selection,
+                       confirmation)
 
 
 def _stopping(stop: Stopper, epochs: int, teacher_accuracy: float):
