@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 from tasks.config import GateConfig
 from tasks.paired import PairedDrop
@@ -58,7 +57,7 @@ def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: 
     """
     if not teacher_drop.within(cfg.max_accuracy_drop):
         warning = uncertifiable(cfg, teacher_drop.n)
-        return Decision(False, f"{describe(teacher_drop)} exceeds gate.max_accuracy_drop "
+        return Decision(False, f"{teacher_drop.describe()} exceeds gate.max_accuracy_drop "
                                f"{100 * cfg.max_accuracy_drop:.2f} pt"
                                + (f"; {warning}" if warning else ""))
     if champion is None:
@@ -66,7 +65,7 @@ def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: 
     if champion_drop.lower > 0:
         return Decision(False, f"accuracy {100 * candidate['accuracy']:.2f} % is below the "
                                f"champion's {100 * champion['accuracy']:.2f} % beyond noise: "
-                               f"{describe(champion_drop, bound='lower')}")
+                               f"{champion_drop.describe(bound='lower')}")
     if cfg.objective == "more_accurate":
         better = candidate["accuracy"] > champion["accuracy"] or (
             candidate["accuracy"] == champion["accuracy"]
@@ -75,13 +74,6 @@ def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: 
         return _verdict(better, "accuracy", candidate, champion)
     key = "gzip_bytes" if cfg.objective == "smaller_gzip" else "latency_p50_us"
     return _verdict(candidate[key] < champion[key], key, candidate, champion)
-
-
-def describe(drop: PairedDrop, bound: Literal["upper", "lower"] = "upper") -> str:
-    """`accuracy drop +0.56 pt, upper bound 1.82 pt at 95 % (3 worse, 1 better of 360)`."""
-    return (f"accuracy drop {100 * drop.drop:+.2f} pt, {bound} bound "
-            f"{100 * getattr(drop, bound):.2f} pt at {100 * drop.confidence:.4g} % "
-            f"({drop.worse} worse, {drop.better} better of {drop.n})")
 
 
 def uncertifiable(cfg: GateConfig, test_samples: int) -> str | None:
