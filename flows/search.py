@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask import DaskTaskRunner
 
-from tasks.artifacts import Workspace, write_json
+from tasks.artifacts import Workspace, copy_file, write_json
 from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
     import tf_keras as keras
 
 STUDY_JOURNAL = Path(".shrinkflow") / "search.journal"
+TRIAL_STUDENTS = Path(".shrinkflow") / "search-students"  # <study>/<trial number>.h5
 SHOWN = ("accuracy", "drop", "upper", "confirm_drop", "confirm_upper", "gzip_bytes",
          "latency_p50_us")
 # Keys that change how long or where a search runs, not what a trial measures: a study resumed
@@ -175,7 +177,8 @@ def run_search(params: Params, ws: Workspace) -> dict[str, float]:
     """Stage: artifacts/chosen.json (the keys the stages after it take from the chosen trial) and
     artifacts/search/ (trials.json, pareto.png). Off: no keys, the configured recipe runs."""
     if not params.search.enabled:
-        (ws.search / "pareto.png").unlink(missing_ok=True)
+        for stale in (ws.search / "pareto.png", ws.searched_student):
+            stale.unlink(missing_ok=True)
         write_json(ws.search / "trials.json", {"trials": []})
         write_json(ws.chosen, {"keys": {}})
         return {}
@@ -329,7 +332,8 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
 
     worker = get_worker().address
     try:
-        result = run_trial(inputs, apply_choice(params, choice), beat, stop)
+        result = run_trial(inputs, apply_choice(params, choice), beat, stop,
+                           trial_student(root, study, number))
     except CannotBeat as skipped:
         return Outcome(worker, 0, stopped=str(skipped),
                        measured={f"estimated_{k}": v for k, v in vars(skipped.estimate).items()})
@@ -337,6 +341,26 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
         last = max(reported)
         return Outcome(worker, last, stopped=str(hopeless), measured={"drop": reported[last]})
     return Outcome(worker, params.distill.epochs, result=result)
+
+
+def trial_student(root: Path, study: str, number: int) -> Path:
+    """Where trial `number` of `study` keeps its trained student (the workspace's .shrinkflow/:
+    on a shared filesystem for a remote cluster, as the data and teacher are)."""
+    return root / TRIAL_STUDENTS / study / f"{number}.h5"
+
+
+def keep_chosen_student(ws: Workspace, study: str, chosen: dict) -> None:
+    """The chosen trial's student becomes the distill stage's output (artifacts/search/student.h5);
+    the students of earlier searches are deleted, this study's kept for a resumed search."""
+    source = trial_student(ws.root, study, chosen.get("repeat_of", chosen["number"])) \
+        if chosen else None
+    if source and source.exists():
+        copy_file(source, ws.searched_student)
+    else:  # none chosen, or its student is gone: the distill stage trains one
+        ws.searched_student.unlink(missing_ok=True)
+    for earlier in (ws.root / TRIAL_STUDENTS).glob("*"):
+        if earlier.name != study:
+            shutil.rmtree(earlier)
 
 
 def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, budget: Budget,
@@ -414,6 +438,7 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     if reason and cfg.require_feasible:
         raise NoFeasibleTrial(f"{reason} (search.require_feasible is set)")
     keys = {key: chosen[key] for key in space} if chosen else {}
+    keep_chosen_student(ws, study.study_name, chosen)
     if mlflow_parent:
         MlflowClient().set_tag(mlflow_parent, "search.chosen",
                                _describe_row(chosen) if chosen else "none")

@@ -34,8 +34,14 @@ class Workspace:
 
     @property
     def search(self) -> Path:
-        """The search's record: trials.json and pareto.png."""
+        """The search's record: trials.json, pareto.png and the chosen trial's student."""
         return self.root / "artifacts" / "search"
+
+    @property
+    def searched_student(self) -> Path:
+        """The chosen trial's trained float student: the distill stage's output for the chosen
+        keys, trained once (absent when the search is off or trained no trial)."""
+        return self.search / "student.h5"
 
     @property
     def sparse(self) -> Path:
@@ -105,6 +111,6 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def copy_file(source: Path, target: Path) -> None:
-    """A disabled stage passes its input on unchanged."""
+    """`source` to `target`, atomically (a disabled stage passes its input on unchanged)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)

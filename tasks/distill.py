@@ -184,7 +184,8 @@ def _pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
 def run_distill(
     seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws: Workspace, trust_code: bool = False
 ) -> dict[str, float]:
-    """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged.
+    """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged. After a
+    search: its chosen trial's student, trained there with the chosen keys (not trained twice).
 
     A width-scaled student is derived from the dense teacher, not the sparse model: measured
     (README, Benchmarks) it did as well or better, and the sparse model's damage is not inherited.
@@ -194,6 +195,9 @@ def run_distill(
     if not cfg.enabled:
         copy_file(ws.sparse, ws.student)
         return {}
+    if ws.searched_student.exists():
+        copy_file(ws.searched_student, ws.student)
+        return _student_metrics(read_model(ws.student))
     seed_everything(seed)
     teacher = read_model(ws.teacher)
     if cfg.student:
@@ -205,6 +209,10 @@ def run_distill(
         student = derive_student(teacher, cfg.width, cfg.init)
     student = distill(teacher, student, Dataset.load(ws.data), cfg, sparsify_cfg)
     write_model(student, ws.student)
+    return _student_metrics(student)
+
+
+def _student_metrics(student: keras.Model) -> dict[str, float]:
     return {"student_params": student.count_params(), "student_sparsity": overall_sparsity(student)}
 
 

@@ -29,7 +29,7 @@ from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.errors import InputError
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
-from tasks.models import read_model, seed_everything
+from tasks.models import read_model, seed_everything, write_model
 from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop, uncertifiable
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
@@ -137,9 +137,11 @@ def teacher_widths(teacher: keras.Model) -> list[float]:
     return widths
 
 
-def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper) -> TrialResult:
+def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper,
+              student_path: Path) -> TrialResult:
     """One trial, exactly as the stages would run it with `params` (a choice applied): a
-    width-scaled student distilled (and pruned) from the teacher, quantized, then measured.
+    width-scaled student distilled (and pruned) from the teacher, kept at `student_path` (the
+    distill stage's output, should the trial be chosen), quantized, then measured.
 
     Raises CannotBeat before any training when the estimate of `search.objective`'s key is not
     below `beat` (by ESTIMATE_MARGIN), and HopelessTrial when `stop` says so after an epoch."""
@@ -155,6 +157,7 @@ def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper) 
                           params.sparsify, inputs.targets)
     finally:
         epoch_listener.reset(token)
+    write_model(student, student_path)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
     right = (predicted == inputs.selection.y_val,

@@ -6,6 +6,7 @@ import pytest
 
 from tasks.choice import apply_choice
 from tasks.estimate import estimate_candidate
+from tasks.models import read_model
 from tasks.search import run_trial, search_inputs
 
 # Measured on this model (int8, 0.8): the trained trial's gzip is 1.6 % larger than the
@@ -21,12 +22,14 @@ def choice(params, width: float, sparsity: float, mode: str):
                                  "quantize.mode": mode})
 
 
-def test_estimate_is_close_to_the_trained_trial(trained_cnn, digits, tiny_params):
+def test_estimate_is_close_to_the_trained_trial(trained_cnn, digits, tiny_params, tmp_path):
     params = choice(tiny_params(), 1.0, 0.8, "int8")  # distill 1 epoch, pruned while it learns
     estimate = estimate_candidate(trained_cnn, digits, params)
     inputs = search_inputs(digits, trained_cnn, confirm_fraction=0.5, seed=0)
-    trained = run_trial(inputs, params, beat=math.inf, stop=lambda epoch, drop: False).metrics
-    assert estimate.params == trained.params
+    student = tmp_path / "student.h5"
+    trained = run_trial(inputs, params, beat=math.inf, stop=lambda epoch, drop: False,
+                        student_path=student).metrics
+    assert estimate.params == trained.params == read_model(student).count_params()
     assert estimate.gzip_bytes == pytest.approx(trained.gzip_bytes, rel=GZIP_TOLERANCE)
     assert estimate.tflite_bytes == pytest.approx(trained.tflite_bytes, rel=TFLITE_TOLERANCE)
     assert estimate.latency_p50_us > 0

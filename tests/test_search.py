@@ -96,6 +96,9 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     assert len([t for t in trials if t["epochs"] == 9]) < len(trials) / 2
     assert record["epochs_trained"] == sum(t["epochs"] for t in trials) <= 6 * 9 / 2
     assert record["epochs_if_all_full"] == 6 * 9
+    # the chosen trial's student is the distill stage's output: trained once, by the search
+    searched = tmp_path / "artifacts" / "search" / "student.h5"
+    assert searched.read_bytes() == (tmp_path / "artifacts" / "student.h5").read_bytes()
     # the chain ran with the chosen keys: the final model has the chosen sparsity
     final = report["metrics"]["final"]
     assert final["sparsity"] == pytest.approx(chosen["keys"]["sparsify.final_sparsity"], abs=0.02)
@@ -195,7 +198,7 @@ def test_search_confidence_must_be_inside_0_and_1(tiny_params, value):
         tiny_params(f"search.confidence={value}")
 
 
-def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digits):
+def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digits, tmp_path):
     params = Params.model_validate({"distill": {"width": 0.5, "epochs": 50},
                                     "quantize": {"calibration_samples": 20}})
     inputs = search_inputs(digits, trained_cnn, 0.5, seed=0)
@@ -204,4 +207,5 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digi
         raise AssertionError("trained")
 
     with pytest.raises(CannotBeat, match="estimated gzip_bytes .* cannot beat 1000"):  # 1 KB
-        run_trial(inputs, params, beat=1000, stop=never)
+        run_trial(inputs, params, beat=1000, stop=never, student_path=tmp_path / "student.h5")
+    assert not (tmp_path / "student.h5").exists()
