@@ -44,7 +44,7 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         "sparsify": (sparsify_task, {"seed": p.seed, "cfg": p.sparsify}),
         "distill": (
             distill_task,
-            {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify,
+            {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify, "gate": p.gate,
              "trust_code": p.model.trust_code},
         ),
         "quantize": (
@@ -74,7 +74,7 @@ def check_inputs(params: Params) -> None:
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
-    from tasks.distill import check_student, derive_student
+    from tasks.distill import check_student, derive_student, student_widths
     from tasks.load import open_inputs
     from tasks.models import read_model
     from tasks.qat import quantize_aware
@@ -92,8 +92,9 @@ def check_inputs(params: Params) -> None:
         if params.distill.student:
             student = read_model(params.distill.student, "distill.student", params.model.trust_code)
             check_student(student, inputs.teacher)
-        elif params.distill.width < 1.0:
-            student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
+        elif params.distill.width != 1.0:  # the narrowest it may derive
+            narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
+            student = derive_student(inputs.teacher, narrowest, params.distill.init)
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:

@@ -11,6 +11,7 @@ position of each kept channel). Layers whose outputs meet in an elementwise merg
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,9 @@ SLICES: dict[str, tuple[tuple[int, str], ...]] = {
     **{name: ((-1, "out"),) for name in ("gamma", "beta", "moving_mean", "moving_variance")},
 }
 MODEL_INPUT = ""  # the inbound name of a Sequential model's first layer
+MIN_UNITS = 4  # the narrowest layer a derived width may leave
+WIDTH_STEP = math.sqrt(2)
+FIRST_WIDTH = 0.5
 
 
 def width_key(layer: keras.layers.Layer) -> str | None:
@@ -39,6 +43,27 @@ def width_key(layer: keras.layers.Layer) -> str | None:
 def output_layer(model: keras.Model) -> keras.layers.Layer:
     """The last layer with a width: it keeps its size so the student predicts the same classes."""
     return [layer for layer in model.layers if width_key(layer)][-1]
+
+
+def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
+    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer
+    (the output layer aside) keeps MIN_UNITS units: relative to this teacher, not to a data set.
+    `setting` names the key that asked for them, for the error when there are none."""
+    output = output_layer(teacher)
+    units = [layer.get_config()[key] for layer in teacher.layers
+             if (key := width_key(layer)) and layer is not output]
+    if not units:
+        raise InputError(f"{setting}: the teacher has no layer with filters or units besides "
+                         f"its output, so no narrower student can be derived; set {setting}")
+    widths = []
+    width = FIRST_WIDTH
+    while round(min(units) * width) >= MIN_UNITS:
+        widths.append(round(width, 3))
+        width /= WIDTH_STEP
+    if not widths:
+        raise InputError(f"{setting}: the teacher's narrowest layer has {min(units)} units, so "
+                         f"no width of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set {setting}")
+    return widths
 
 
 def copy_top_channels(source: keras.Model, student: keras.Model) -> None:

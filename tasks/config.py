@@ -170,8 +170,11 @@ class SparsifyConfig(Training):
 
 class DistillConfig(Training):
     enabled: bool = Field(True, description="Distill the dense teacher into the student.")
-    width: float = Field(
-        0.25, gt=0, le=1, description="Student width vs teacher (1.0 = the sparsified model)."
+    width: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Student width vs teacher (1.0 = the sparsified model) | `auto`: the "
+        "narrowest of the teacher's widths (0.5 down by sqrt 2) whose student keeps the gate's "
+        "budget on the validation split, found by bisection (a distillation per probe).",
     )
     init: StudentInit = Field(
         "teacher",
@@ -426,7 +429,7 @@ class Params(Section):
     def __str__(self) -> str:
         s, d, q = self.sparsify, self.distill, self.quantize
         sparsify = "2:4" if s.pattern == "2:4" else f"{s.initial_sparsity:g}->{s.final_sparsity:g}"
-        distill = f"width {d.width:g} T={d.temperature:g}" if d.enabled else "off"
+        distill = f"width {d.width} T={d.temperature:g}" if d.enabled else "off"
         quantize = q.effective_mode + (f"+qat{q.qat_epochs}" * bool(q.qat_epochs))
         return (
             f"data={self.data.source} model={self.model.source} "

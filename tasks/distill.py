@@ -7,6 +7,8 @@ tfmot pruning callback — no custom training loop.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,8 +19,8 @@ import tf_keras as keras
 from prefect import task
 
 from tasks.artifacts import Workspace, copy_file
-from tasks.channels import copy_top_channels, output_layer, width_key
-from tasks.config import DistillConfig, SparsifyConfig, StudentInit, Training
+from tasks.channels import copy_top_channels, output_layer, teacher_widths, width_key
+from tasks.config import DistillConfig, GateConfig, SparsifyConfig, StudentInit, Training
 from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.inputs import distill_inputs, read_steadily
@@ -30,8 +32,10 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
+from tasks.paired import PairedDrop, certifiable_budget, paired_drop
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 
+log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 
 
@@ -61,6 +65,12 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
     if init == "teacher":
         copy_top_channels(source, student)
     return student
+
+
+def student_widths(teacher: keras.Model, width: float | str) -> list[float]:
+    """The widths distill.width asks for, widest first: itself, or for `auto` the teacher's
+    (tasks/channels.py `teacher_widths`)."""
+    return teacher_widths(teacher, "distill.width") if width == "auto" else [width]
 
 
 def check_student(student: keras.Model, teacher: keras.Model) -> None:
@@ -181,8 +191,51 @@ def _pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
     return np.concatenate([labels[:, None].astype(np.float32), teacher_logits], axis=1)
 
 
+def narrowest_within_budget(
+    teacher: keras.Model, data: Dataset, cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
+    gate: GateConfig, seed: int,
+) -> tuple[float, keras.Model, dict[float, PairedDrop]]:
+    """distill.width `auto`: the narrowest of the teacher's widths whose distilled student keeps
+    the gate's budget vs the teacher on the validation split: the upper bound of the paired drop,
+    held to what its samples can certify (tasks/paired.py). Each probe is a whole distillation.
+    Returns the width, its student and every probe's paired drop."""
+    targets = soft_targets(teacher, data)
+    teacher_right = targets.val.argmax(axis=-1) == data.y_val
+    budget = certifiable_budget(gate.max_accuracy_drop, len(data.y_val), gate.confidence)
+    students: dict[float, keras.Model] = {}
+    probes: dict[float, PairedDrop] = {}
+
+    def within(width: float) -> bool:
+        seed_everything(seed)
+        students[width] = distill(teacher, derive_student(teacher, width, cfg.init), data, cfg,
+                                  sparsify_cfg, targets)
+        right = logits(students[width], data.x_val).argmax(axis=-1) == data.y_val
+        probes[width] = paired_drop(teacher_right, right, gate.confidence)
+        log.info("distill.width auto: %g %s budget: validation %s", width,
+                 "within" if probes[width].within(budget) else "over", probes[width].describe())
+        return probes[width].within(budget)
+
+    width = narrowest_within(student_widths(teacher, "auto"), within)
+    return width, students[width], probes
+
+
+def narrowest_within(widths: list[float], within: Callable[[float], bool]) -> float:
+    """The last of `widths` (widest first) that is `within`, by bisection: assumes a wider
+    student is never worse, and asks about log2(len(widths)) + 1 widths. None is: the widest
+    (always asked last then)."""
+    low, high, kept = 0, len(widths) - 1, widths[0]
+    while low <= high:
+        middle = (low + high) // 2
+        if within(widths[middle]):
+            kept, low = widths[middle], middle + 1
+        else:
+            high = middle - 1
+    return kept
+
+
 def run_distill(
-    seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, ws: Workspace, trust_code: bool = False
+    seed: int, cfg: DistillConfig, sparsify_cfg: SparsifyConfig, gate: GateConfig, ws: Workspace,
+    trust_code: bool = False,
 ) -> dict[str, float]:
     """Stage: (teacher, sparse model) -> student. Disabled: the sparse model, unchanged. After a
     search: its chosen trial's student, trained there with the chosen keys (not trained twice).
@@ -190,8 +243,8 @@ def run_distill(
     A width-scaled student is derived from the dense teacher, not the sparse model: measured
     (README, Benchmarks) it did as well or better, and the sparse model's damage is not inherited.
 
-    `trust_code` (model.trust_code) lets a distill.student file with Lambda layers or custom
-    objects load."""
+    `gate`: the budget distill.width `auto` holds its students to. `trust_code`
+    (model.trust_code) lets a distill.student file with Lambda layers or custom objects load."""
     if not cfg.enabled:
         copy_file(ws.sparse, ws.student)
         return {}
@@ -199,7 +252,12 @@ def run_distill(
         copy_file(ws.searched_student, ws.student)
         return _student_metrics(read_model(ws.student))
     seed_everything(seed)
-    teacher = read_model(ws.teacher)
+    teacher, data = read_model(ws.teacher), Dataset.load(ws.data)
+    if cfg.width == "auto" and not cfg.student:
+        width, student, probes = narrowest_within_budget(teacher, data, cfg, sparsify_cfg, gate,
+                                                         seed)
+        write_model(student, ws.student)
+        return _student_metrics(student) | {"student_width": width, "width_probes": len(probes)}
     if cfg.student:
         with read_steadily(distill_inputs(cfg)):
             student = read_model(cfg.student, "distill.student", trust_code)
@@ -207,7 +265,7 @@ def run_distill(
         student = read_model(ws.sparse)
     else:
         student = derive_student(teacher, cfg.width, cfg.init)
-    student = distill(teacher, student, Dataset.load(ws.data), cfg, sparsify_cfg)
+    student = distill(teacher, student, data, cfg, sparsify_cfg)
     write_model(student, ws.student)
     return _student_metrics(student)
 

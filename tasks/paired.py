@@ -104,6 +104,13 @@ def smallest_certifiable_drop(n: int, confidence: float) -> float:
     return z2 / (n + z2) if n else 1.0
 
 
+def certifiable_budget(budget: float, samples: int, confidence: float) -> float:
+    """The budget a candidate is held to on `samples` paired samples: `budget`, or, where they cannot
+    certify it at all, the smallest drop they can (a candidate must then be as close to the teacher
+    as these samples can show: e.g. no validation error the teacher does not also make)."""
+    return max(budget, smallest_certifiable_drop(samples, confidence))
+
+
 def samples_to_certify(budget: float, confidence: float) -> int | None:
     """How many paired samples make `budget` certifiable at all (inverse of the above); None for
     a zero budget, which no number of samples certifies."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
-from tasks.channels import output_layer, width_key
+from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset, split_validation
 from tasks.distill import SoftTargets, derive_student, distill, soft_targets
@@ -30,15 +30,12 @@ from tasks.errors import InputError
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
 from tasks.models import read_model, seed_everything, write_model
-from tasks.paired import PairedDrop, paired_drop, smallest_certifiable_drop, uncertifiable
+from tasks.paired import PairedDrop, certifiable_budget, paired_drop, uncertifiable
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
 from tasks.tflite import TFLiteClassifier
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
-MIN_UNITS = 4  # the narrowest layer a derived width may leave
-WIDTH_STEP = math.sqrt(2)
-FIRST_WIDTH = 0.5
 BYTES_PER_WEIGHT = 4
 # Per weight of the teacher: itself, a student up to as wide, its gradients and Adam's two slots.
 WEIGHT_COPIES = 5
@@ -109,32 +106,12 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
     """Each searched key and its choices: the configured lists, widths derived from the teacher
     and the configured temperature where none are listed."""
     return {
-        "distill.width": cfg.widths or teacher_widths(teacher),
+        "distill.width": cfg.widths or teacher_widths(teacher, "search.widths"),
         "sparsify.final_sparsity": cfg.sparsities,
         "sparsify.pattern": cfg.patterns,
         "quantize.mode": cfg.modes,
         "distill.temperature": cfg.temperatures or [params.distill.temperature],
     }
-
-
-def teacher_widths(teacher: keras.Model) -> list[float]:
-    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer
-    (the output layer aside) keeps MIN_UNITS units: relative to this teacher, not to a data set."""
-    output = output_layer(teacher)
-    units = [layer.get_config()[key] for layer in teacher.layers
-             if (key := width_key(layer)) and layer is not output]
-    if not units:
-        raise InputError("search.widths: the teacher has no layer with filters or units besides "
-                         "its output, so no narrower student can be derived; set search.widths")
-    widths = []
-    width = FIRST_WIDTH
-    while round(min(units) * width) >= MIN_UNITS:
-        widths.append(round(width, 3))
-        width /= WIDTH_STEP
-    if not widths:
-        raise InputError(f"search.widths: the teacher's narrowest layer has {min(units)} units, so "
-                         f"no width of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set search.widths")
-    return widths
 
 
 def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper,
@@ -250,13 +227,6 @@ def warn_if_uncertified(cfg: SearchConfig, validation_samples: int) -> None:
     _, reason = budget_for(cfg, validation_samples)
     if reason:
         log.warning("%s", reason)
-
-
-def certifiable_budget(budget: float, samples: int, confidence: float) -> float:
-    """The budget a trial is held to on `samples` paired samples: `budget`, or, where they cannot
-    certify it at all, the smallest drop they can (a trial must then be as close to the teacher
-    as these samples can show: e.g. no validation error the teacher does not also make)."""
-    return max(budget, smallest_certifiable_drop(samples, confidence))
 
 
 def pareto_front(trials: list[dict], objective: str) -> set[int]:

@@ -102,7 +102,7 @@ def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
         "data": {"source": f"npz:{data}"},
         "model": {"epochs": 1},
         "sparsify": {"epochs": 1},
-        "distill": {"epochs": 1},
+        "distill": {"epochs": 1, "width": 0.25},  # auto: tests/test_distill.py
         "quantize": {"calibration_samples": 20},
         "evaluate": {"latency_runs": 200, "warmup_runs": 1},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},

@@ -8,8 +8,14 @@ import tensorflow as tf
 import tf_keras as keras
 
 from flows.params import load_params
-from tasks.config import DistillConfig, ModelConfig, SparsifyConfig
-from tasks.distill import DistillationLoss, derive_student, distill
+from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
+from tasks.distill import (
+    DistillationLoss,
+    derive_student,
+    distill,
+    narrowest_within,
+    narrowest_within_budget,
+)
 from tasks.errors import InputError
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity
@@ -136,3 +142,33 @@ def test_student_with_other_classes_is_refused(digits, trained_cnn):
                               keras.layers.Dense(3, activation="softmax")])
     with pytest.raises(InputError, match="3 outputs, the teacher 10"):
         distill(trained_cnn, other, digits, DistillConfig(epochs=1), SparsifyConfig())
+
+
+@pytest.mark.parametrize(("smallest_within", "chosen", "asked"), [
+    (0.2, 0.25, [0.25, 0.177]),          # within down to 0.25: two of five asked
+    (0.1, 0.125, [0.25, 0.177, 0.125]),  # all within: the narrowest
+    (0.9, 0.5, [0.25, 0.5]),             # none within: the widest, asked last
+])
+def test_auto_width_bisects_for_the_narrowest_within(smallest_within, chosen, asked):
+    widths, seen = [0.5, 0.354, 0.25, 0.177, 0.125], []
+
+    def within(width: float) -> bool:
+        seen.append(width)
+        return width >= smallest_within
+
+    assert narrowest_within(widths, within) == chosen
+    assert sorted(seen) == sorted(asked)
+
+
+def test_auto_width_distills_each_probe_and_keeps_the_narrowest_within_budget(digits):
+    keras.utils.set_random_seed(0)
+    teacher = train_teacher(keras.Sequential([  # narrowest layer 16 wide: widths 0.5, 0.354, 0.25
+        keras.Input(digits.input_shape), keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
+        digits, ModelConfig(epochs=2))
+    width, student, probes = narrowest_within_budget(
+        teacher, digits, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
+        seed=0)
+    assert width == 0.25 and set(probes) == {0.354, 0.25}  # both within a 100-point budget
+    assert student.layers[0].filters == 4
+    assert all(drop.n == len(digits.y_val) for drop in probes.values())

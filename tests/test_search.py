@@ -19,6 +19,7 @@ from flows.compress import compress
 from flows.params import load_params
 from flows.search import NoFeasibleTrial, study_storage
 from flows.stages import check_inputs
+from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
 from tasks.search import (
@@ -28,7 +29,6 @@ from tasks.search import (
     choose,
     run_trial,
     search_inputs,
-    teacher_widths,
     warn_if_uncertified,
 )
 from test_stack import free_port
@@ -159,13 +159,13 @@ def test_an_empty_search_space_is_refused(tiny_params):
 
 
 def test_widths_derive_from_the_teacher(tiny_cnn):
-    assert teacher_widths(tiny_cnn) == [0.5]  # its narrowest layer, 8 filters, keeps 4
+    assert teacher_widths(tiny_cnn, "search.widths") == [0.5]  # narrowest: 8 filters, keeps 4
     import tf_keras as keras
 
     narrow = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                keras.layers.Dense(6), keras.layers.Dense(10)])
-    with pytest.raises(InputError, match="narrowest layer has 6 units"):
-        teacher_widths(narrow)
+    with pytest.raises(InputError, match="search.widths: the teacher's narrowest layer has 6 unit"):
+        teacher_widths(narrow, "search.widths")
 
 
 def row(number: int, gzip: int, within: bool, confirmed: bool) -> dict:
