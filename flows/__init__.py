@@ -1,5 +1,6 @@
 """Flow layer: Prefect flows, MLflow runs, the CLI. The only layer that knows all the tools."""
 
+import logging
 import os
 
 import tasks  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
@@ -10,3 +11,4 @@ import tasks  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports Te
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
+logging.getLogger("tasks").setLevel(logging.INFO)  # Prefect adds its handlers, not a level

@@ -61,6 +61,7 @@ from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset
 from tasks.errors import InputError
+from tasks.models import read_model
 from tasks.paired import PairedDrop
 from tasks.plots import plot_pareto
 from tasks.search import (
@@ -200,12 +201,12 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
         mlflow_parent: The MLflow run the trials' runs nest under (none: not tracked).
     """
     cfg, ws = params.search, Workspace(Path(workdir))
-    inputs = cached_inputs(ws.data, ws.teacher, cfg.confirm_fraction, params.seed)
-    space = search_space(cfg, params, inputs.teacher)
-    budget, _ = budget_for(cfg, len(inputs.selection.y_val) + len(inputs.confirmation.y_val))
+    # the teacher's logits and answers are the workers' (cached_inputs): not computed here
+    space = search_space(cfg, params, read_model(ws.teacher))
+    budget, _ = budget_for(cfg, len(Dataset.load(ws.data).y_val))
     study = open_study(ws, params, space)
     run_trials(study, params, workdir, space, budget, mlflow_parent)
-    return publish(study, params, ws, space, inputs.teacher_accuracy, budget, mlflow_parent)
+    return publish(study, params, ws, space, budget, mlflow_parent)
 
 
 def study_storage(root: Path) -> JournalStorage:
@@ -410,7 +411,7 @@ def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> Fr
 
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
-            teacher_accuracy: float, budget: Budget, mlflow_parent: str | None) -> dict[str, float]:
+            budget: Budget, mlflow_parent: str | None) -> dict[str, float]:
     """Choose (the best within budget that confirms it), then write chosen.json, trials.json and
     pareto.png, and show them in MLflow and Prefect. No trial confirmed within the budget: the
     closest (smallest selection bound) goes on, promoted by no gate; or, with
@@ -420,13 +421,16 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     measured = [row for row in rows if row["state"] == "COMPLETE"]
     chosen, refused = choose(measured, cfg.objective)
     closest = sorted(measured, key=lambda row: row["upper"])[:CLOSEST_SHOWN]
+    # on the selection part, as every trial measured it: a paired drop is the accuracy difference
+    teacher_accuracy = next((row["accuracy"] + row["drop"] for row in measured), None)
     front = pareto_front(measured, cfg.objective)
     for row in rows:
         row |= {"chosen": row is chosen, "pareto": row["number"] in front,
                 "refused_at_confirmation": row in refused}
     reason = "" if chosen else (
-        f"search: no trial's accuracy drop vs the teacher (teacher validation accuracy "
-        f"{teacher_accuracy:.4f}) was within search.max_accuracy_drop {cfg.max_accuracy_drop} at "
+        "search: no trial's accuracy drop vs the teacher"
+        + (f" (teacher validation accuracy {teacher_accuracy:.4f})" if measured else "")
+        + f" was within search.max_accuracy_drop {cfg.max_accuracy_drop} at "
         f"{cfg.confidence:.0%} confidence on both parts of the validation split; closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
     chosen = chosen or (closest[0] if closest else {})
@@ -450,7 +454,8 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
                            "validation": {k: chosen.get(k) for k in SHOWN}, "summary": summary})
     get_run_logger().info("search: %s", summary)
     return {"search.trials_completed": len(measured), "search.feasible": float(not reason),
-            "search.epochs_trained": epochs, "search.teacher.accuracy": teacher_accuracy,
+            "search.epochs_trained": epochs,
+            **({"search.teacher.accuracy": teacher_accuracy} if measured else {}),
             **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}
 
 

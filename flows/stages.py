@@ -74,7 +74,7 @@ def check_inputs(params: Params) -> None:
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
-    from tasks.distill import check_student, derive_student, student_widths
+    from tasks.distill import cannot_narrow, check_student, derive_student, student_widths
     from tasks.load import open_inputs
     from tasks.models import read_model
     from tasks.qat import quantize_aware
@@ -95,6 +95,8 @@ def check_inputs(params: Params) -> None:
         elif params.distill.width != 1.0:  # the narrowest it may derive
             narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
             student = derive_student(inputs.teacher, narrowest, params.distill.init)
+            if params.distill.width == "auto":
+                cannot_narrow(params.gate, len(inputs.data.y_val))
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:

@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-
 from prefect import task
 
 from tasks.artifacts import Workspace, copy_file
@@ -32,7 +31,7 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
-from tasks.paired import PairedDrop, certifiable_budget, paired_drop
+from tasks.paired import PairedDrop, paired_drop, uncertifiable
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -196,12 +195,14 @@ def narrowest_within_budget(
     gate: GateConfig, seed: int,
 ) -> tuple[float, keras.Model, dict[float, PairedDrop]]:
     """distill.width `auto`: the narrowest of the teacher's widths whose distilled student keeps
-    the gate's budget vs the teacher on the validation split: the upper bound of the paired drop,
-    held to what its samples can certify (tasks/paired.py). Each probe is a whole distillation.
-    Returns the width, its student and every probe's paired drop."""
+    the gate's budget vs the teacher on the validation split: the upper bound of the paired drop
+    within gate.max_accuracy_drop (tasks/paired.py). Each probe is a whole distillation. Returns
+    the width, its student and every probe's paired drop."""
+    widths = student_widths(teacher, "auto")
+    if cannot_narrow(gate, len(data.y_val)):
+        widths = widths[:1]
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.y_val
-    budget = certifiable_budget(gate.max_accuracy_drop, len(data.y_val), gate.confidence)
     students: dict[float, keras.Model] = {}
     probes: dict[float, PairedDrop] = {}
 
@@ -212,11 +213,26 @@ def narrowest_within_budget(
         right = logits(students[width], data.x_val).argmax(axis=-1) == data.y_val
         probes[width] = paired_drop(teacher_right, right, gate.confidence)
         log.info("distill.width auto: %g %s budget: validation %s", width,
-                 "within" if probes[width].within(budget) else "over", probes[width].describe())
-        return probes[width].within(budget)
+                 "within" if probes[width].within(gate.max_accuracy_drop) else "over",
+                 probes[width].describe())
+        return probes[width].within(gate.max_accuracy_drop)
 
-    width = narrowest_within(student_widths(teacher, "auto"), within)
+    width = narrowest_within(widths, within)
     return width, students[width], probes
+
+
+def cannot_narrow(gate: GateConfig, validation_samples: int) -> bool:
+    """Whether the validation split is too small for distill.width `auto` to show that any
+    student keeps the gate's budget: it then distills the widest width alone (warned, here and
+    before any training): choosing a narrower one by noise fails the gate on the test split."""
+    reason = uncertifiable(validation_samples, gate.max_accuracy_drop, gate.confidence)
+    if reason:
+        log.warning("distill.width auto: the validation split's %s (gate.max_accuracy_drop, "
+                    "gate.confidence), so no narrower student can be shown to keep the budget: "
+                    "the widest of the teacher's widths is distilled alone. Fix: more validation "
+                    "samples (data.val_fraction, or x_val/y_val in the npz) or a distill.width",
+                    reason)
+    return reason is not None
 
 
 def narrowest_within(widths: list[float], within: Callable[[float], bool]) -> float:

@@ -11,6 +11,7 @@ from flows.params import load_params
 from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
 from tasks.distill import (
     DistillationLoss,
+    cannot_narrow,
     derive_student,
     distill,
     narrowest_within,
@@ -172,3 +173,16 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_within_budget(di
     assert width == 0.25 and set(probes) == {0.354, 0.25}  # both within a 100-point budget
     assert student.layers[0].filters == 4
     assert all(drop.n == len(digits.y_val) for drop in probes.values())
+
+    # a budget its validation samples cannot certify: the widest alone, warned before training
+    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), len(digits.y_val))
+    width, _, probes = narrowest_within_budget(
+        teacher, digits, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(), seed=0)
+    assert width == 0.5 and set(probes) == {0.5}
+
+
+def test_auto_width_names_a_validation_split_too_small_to_narrow(caplog):
+    assert not cannot_narrow(GateConfig(max_accuracy_drop=0.01), 1080)
+    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), 144)
+    assert "144 samples cannot certify a drop of 1.00 pt" in caplog.text
+    assert "that takes 268 samples" in caplog.text and "data.val_fraction" in caplog.text
