@@ -225,8 +225,9 @@ def pruner(params: Params) -> optuna.pruners.SuccessiveHalvingPruner:
 
 
 def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.Study:
-    """The study for this exact search, created or resumed from the workspace's journal; trials
-    a killed search left running are marked failed (their work is lost)."""
+    """The study for this exact search, created (its first trial the `baseline`) or resumed from
+    the workspace's journal; trials a killed search left running are marked failed (their work
+    is lost)."""
     sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
     study = optuna.create_study(
         storage=study_storage(ws.root), study_name=study_name(ws, params, space),
@@ -234,7 +235,21 @@ def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.
     )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(baseline(params, space))
     return study
+
+
+def baseline(params: Params, space: dict[str, list]) -> Choice:
+    """The first trial of a new search: the configured recipe, each key snapped into the space
+    (a value not among its choices, e.g. distill.width auto: the middle choice). A recipe that
+    keeps the budget gives every later trial a size to beat before TPE's random start, so larger
+    ones are not trained."""
+    configured = params.model_dump()
+    recipe = {key: configured[section][name] for key in space
+              for section, name in [key.split(".")]}
+    return {key: recipe[key] if recipe[key] in choices else choices[len(choices) // 2]
+            for key, choices in space.items()}
 
 
 def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:

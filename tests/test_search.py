@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from conftest import make_project
 from flows.compress import compress
 from flows.params import load_params
-from flows.search import NoFeasibleTrial, study_storage
+from flows.search import NoFeasibleTrial, baseline, study_storage
 from flows.stages import check_inputs
 from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
@@ -79,6 +79,10 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     record = json.loads((tmp_path / "artifacts" / "search" / "trials.json").read_text())
     trials = record["trials"]
     assert len(trials) == 6 and trials[0]["state"] == "COMPLETE"
+    # the first trial is the configured recipe snapped into the space (0.8 is not a choice)
+    assert {k: trials[0][k] for k in ("distill.width", "sparsify.final_sparsity",
+                                      "quantize.mode")} == {
+        "distill.width": 0.25, "sparsify.final_sparsity": 0.7, "quantize.mode": "int8"}
     assert {t["worker"] for t in trials} == {worker}  # ran on the external worker
     assert (tmp_path / "artifacts" / "search" / "pareto.png").stat().st_size > 0
     chosen = json.loads((tmp_path / "artifacts" / "chosen.json").read_text())
@@ -209,3 +213,11 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digi
     with pytest.raises(CannotBeat, match="estimated gzip_bytes .* cannot beat 1000"):  # 1 KB
         run_trial(inputs, params, beat=1000, stop=never, student_path=tmp_path / "student.h5")
     assert not (tmp_path / "student.h5").exists()
+
+
+def test_the_first_trial_is_the_configured_recipe_snapped_into_the_space():
+    params = Params.model_validate({"distill": {"width": "auto"}, "quantize": {"mode": "dynamic"}})
+    space = {"distill.width": [0.5, 0.354, 0.25], "sparsify.final_sparsity": [0.5, 0.8, 0.9, 0.95],
+             "quantize.mode": ["int8", "dynamic"]}
+    assert baseline(params, space) == {"distill.width": 0.354, "sparsify.final_sparsity": 0.8,
+                                       "quantize.mode": "dynamic"}
