@@ -1,0 +1,75 @@
+"""The README's larger benchmark inputs: 10,782 28x28 digit images and two tf_keras CNN teachers.
+
+scikit-learn's digits upsampled to 28x28, 6 views of each (the image, then 5 shifted by up to 2
+pixels with Gaussian noise), the views of one source image in one split (70/10/20 %), so no
+test image is a shifted copy of a training one. Teachers: a 1,736,714-param CNN (conv 32-64-128,
+dense 512) and a 56,714-param one (conv 16-32, dense 64), 8 epochs of Adam each.
+
+    .venv/bin/python benchmarks/make_teachers.py OUT_DIR
+    .venv/bin/shrinkflow run --set data.source=npz:OUT_DIR/digits28.npz \\
+        --set model.source=OUT_DIR/cnn1.7m.h5
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from sklearn.datasets import load_digits
+
+VIEWS = 6
+SHIFT = 2
+NOISE = 0.05
+
+
+def digit_views(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    digits = load_digits()
+    x = tf.image.resize(digits.images[..., None] / 16.0, (28, 28), "bilinear").numpy()
+    order = rng.permutation(len(x))
+    parts = {"train": order[:int(.7 * len(x))], "val": order[int(.7 * len(x)):int(.8 * len(x))],
+             "test": order[int(.8 * len(x)):]}
+    arrays = {}
+    for name, idx in parts.items():
+        xs, ys = [x[idx]], [digits.target[idx]]
+        for _ in range(VIEWS - 1):
+            shifted = np.stack([np.roll(np.roll(image, rng.integers(-SHIFT, SHIFT + 1), 0),
+                                        rng.integers(-SHIFT, SHIFT + 1), 1) for image in x[idx]])
+            xs.append(np.clip(shifted + rng.normal(0, NOISE, shifted.shape), 0, 1))
+            ys.append(digits.target[idx])
+        arrays[f"x_{name}"] = np.concatenate(xs).astype(np.float32)
+        arrays[f"y_{name}"] = np.concatenate(ys)
+    return arrays
+
+
+def cnn(widths: list[int], dense: int, pool_first: bool) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((28, 28, 1))]
+    for i, width in enumerate(widths):
+        layers.append(keras.layers.Conv2D(width, 3, activation="relu"))
+        if i or pool_first:
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [keras.layers.Flatten(), keras.layers.Dense(dense, activation="relu"),
+               keras.layers.Dense(10, activation="softmax")]
+    return keras.Sequential(layers)
+
+
+def main(out: str) -> None:
+    arrays = digit_views()
+    np.savez(f"{out}/digits28.npz", **arrays)
+    teachers = {"cnn1.7m": cnn([32, 64, 128], 512, pool_first=False),
+                "cnn57k": cnn([16, 32], 64, pool_first=True)}
+    for name, model in teachers.items():
+        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+        model.fit(arrays["x_train"], arrays["y_train"], epochs=8, batch_size=64, verbose=2,
+                  validation_data=(arrays["x_val"], arrays["y_val"]))
+        _, accuracy = model.evaluate(arrays["x_test"], arrays["y_test"], verbose=0)
+        print(f"{name}: {model.count_params():,} params, test accuracy {accuracy:.4f}")
+        model.save(f"{out}/{name}.h5")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
