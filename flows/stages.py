@@ -95,7 +95,7 @@ def check_inputs(params: Params) -> None:
         elif params.distill.width != 1.0:  # the narrowest it may derive
             narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
             student = derive_student(inputs.teacher, narrowest, params.distill.init)
-            if params.distill.width == "auto":
+            if params.distill.width == "auto" and not params.search.enabled:  # a search sets it
                 cannot_narrow(params.gate, len(inputs.data.y_val))
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
