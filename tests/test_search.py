@@ -10,14 +10,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 from dvc.repo import Repo
 from mlflow import MlflowClient
 
 from conftest import make_project
 from flows.compress import compress
 from flows.params import load_params
-from flows.search import NoFeasibleTrial, baseline, study_storage
+from flows.search import NoFeasibleTrial, baseline, study_storage, task_runner
 from flows.stages import check_inputs
 from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
@@ -221,3 +221,10 @@ def test_the_first_trial_is_the_configured_recipe_snapped_into_the_space():
              "quantize.mode": ["int8", "dynamic"]}
     assert baseline(params, space) == {"distill.width": 0.354, "sparsify.final_sparsity": 0.8,
                                        "quantize.mode": "dynamic"}
+
+
+def test_local_workers_start_without_dasks_malloc_trim_threshold():
+    cluster_kwargs = task_runner(SearchConfig(workers=1)).cluster_kwargs
+    with LocalCluster(**cluster_kwargs) as cluster, Client(cluster) as client:
+        found = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(found.values()) == {None}  # glibc trims after every free otherwise: slow epochs
