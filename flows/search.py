@@ -9,10 +9,12 @@ never touch MLflow.
 
 - One objective (gzip bytes or latency, `search.objective`), the accuracy budget a constraint
   (`Trial.set_constraint`): the objective is known before training (tasks/estimate.py), so a
-  trial that cannot beat the best one within the budget is not trained at all.
+  trial that cannot beat the best one within the budget is not trained at all, and a training
+  one stops as soon as another within the budget makes it one that cannot win.
 - Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
-  float student's validation drop per epoch: past distill.epochs / factor^k epochs a trial goes
-  on only while it is in the best 1/factor of the trials measured there.
+  float student's validation drop in excess of the budget per epoch: past distill.epochs /
+  factor^k epochs a trial goes on only while it is in the best 1/factor of the trials measured
+  there, and those within the budget there all go on (size, not accuracy, decides between them).
 - Decisions are paired statistics (tasks/paired.py): a trial is within budget when the upper
   confidence bound of its drop vs the teacher is, on the validation split's selection part; the
   chosen one must confirm it on the confirmation part, which the sampler and pruner never see.
@@ -296,8 +298,8 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
             else:
                 # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
                 pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
-                                          trial.params, params, workdir,
-                                          best_within(study))] = trial
+                                          trial.params, params, workdir, best_within(study),
+                                          budget.selection)] = trial
         if not pending:
             break
         future = next(as_completed(list(pending)))
@@ -335,10 +337,11 @@ def cluster_threads() -> int:
 
 @task(name="trial", task_run_name="trial {number}")
 def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: Params,
-               workdir: str, beat: float) -> Outcome:
+               workdir: str, beat: float, budget: float) -> Outcome:
     """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
-    split; not trained when it cannot beat `beat`, stopped early (not failed) when the pruner,
-    told the drop after every epoch, says so."""
+    split; not trained, or stopped after an epoch, when its estimate cannot beat `beat` or a
+    trial within budget finished since; stopped early (not failed) when the pruner, told the
+    drop's excess over `budget` (the selection part's) after every epoch, says so."""
     root = Path(workdir)
     ws = Workspace(root)
     inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)
@@ -347,18 +350,25 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
     reported: dict[int, float] = {}
 
     def stop(epoch: int, drop: float) -> bool:
-        trial.report(drop, epoch)
+        # the pruner ranks what is left to gain, not accuracy: trials within the budget at a
+        # rung tie at 0 and go on whatever their size (the objective decides between them)
+        trial.report(max(drop - budget, 0.0), epoch)
         reported[epoch] = drop
         # past the last but one rung, stopping saves less than the measurement is worth
         return epoch * params.search.reduction_factor <= params.distill.epochs and \
             trial.should_prune()
 
+    def best() -> float:  # trials finished since this one was submitted count too
+        return min(beat, best_within(trial.study))
+
     worker = get_worker().address
     try:
-        result = run_trial(inputs, apply_choice(params, choice), beat, stop,
+        result = run_trial(inputs, apply_choice(params, choice), best, stop,
                            trial_student(root, study, number))
     except CannotBeat as skipped:
-        return Outcome(worker, 0, stopped=str(skipped),
+        epochs = max(reported, default=0)
+        return Outcome(worker, epochs, stopped=f"{skipped}: " + (
+                           f"stopped after {epochs} epochs" if epochs else "not trained"),
                        measured={f"estimated_{k}": v for k, v in vars(skipped.estimate).items()})
     except HopelessTrial as hopeless:
         last = max(reported)

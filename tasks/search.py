@@ -50,6 +50,9 @@ ESTIMATE_MARGIN = {"gzip_bytes": 0.1, "latency_p50_us": 0.5}
 # Told (epoch, the float student's validation accuracy drop vs the teacher) after every epoch;
 # True stops the trial (HopelessTrial). The search's pruner decides; this module does not.
 Stopper = Callable[[int, float], bool]
+# The best objective value among the trials within budget so far (inf: none yet), asked before
+# training and after every epoch: a trial stops as soon as another has made it one that cannot win.
+Best = Callable[[], float]
 
 
 class HopelessTrial(Exception):
@@ -57,12 +60,12 @@ class HopelessTrial(Exception):
 
 
 class CannotBeat(Exception):
-    """A trial not trained: its size or latency, estimated before training, cannot beat the best
-    trial within the budget so far."""
+    """A trial not trained, or not trained further: its size or latency, estimated before
+    training, cannot beat the best trial within the budget so far."""
 
     def __init__(self, estimate: SizeEstimate, key: str, best: float):
         super().__init__(f"estimated {key} {getattr(estimate, key):g} cannot beat {best:g}, the "
-                         "best within the budget so far: not trained")
+                         "best within the budget so far")
         self.estimate = estimate
 
 
@@ -114,20 +117,26 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
     }
 
 
-def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper,
+def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
               student_path: Path) -> TrialResult:
     """One trial, exactly as the stages would run it with `params` (a choice applied): a
     width-scaled student distilled (and pruned) from the teacher, kept at `student_path` (the
     distill stage's output, should the trial be chosen), quantized, then measured.
 
-    Raises CannotBeat before any training when the estimate of `search.objective`'s key is not
-    below `beat` (by ESTIMATE_MARGIN), and HopelessTrial when `stop` says so after an epoch."""
+    Raises CannotBeat, before any training or after an epoch, when the estimate of
+    `search.objective`'s key is not below `best()` (by ESTIMATE_MARGIN), and HopelessTrial when
+    `stop` says so after an epoch."""
     key = OBJECTIVE_KEYS[params.search.objective]
     estimate = estimate_candidate(inputs.teacher, inputs.selection, params)
-    if getattr(estimate, key) >= beat * (1 + ESTIMATE_MARGIN[key]):
-        raise CannotBeat(estimate, key, beat)
+
+    def can_beat() -> None:
+        if getattr(estimate, key) >= (beat := best()) * (1 + ESTIMATE_MARGIN[key]):
+            raise CannotBeat(estimate, key, beat)
+
+    can_beat()
     seed_everything(params.seed)
-    token = epoch_listener.set(_stopping(stop, params.distill.epochs, inputs.teacher_accuracy))
+    token = epoch_listener.set(_stopping(stop, can_beat, params.distill.epochs,
+                                         inputs.teacher_accuracy))
     try:
         student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
         student = distill(inputs.teacher, student, inputs.selection, params.distill,
@@ -145,7 +154,7 @@ def run_trial(inputs: SearchInputs, params: Params, beat: float, stop: Stopper,
                        confirmation)
 
 
-def _stopping(stop: Stopper, epochs: int, teacher_accuracy: float):
+def _stopping(stop: Stopper, can_beat: Callable[[], None], epochs: int, teacher_accuracy: float):
     def listen(fraction: float, logs: dict[str, float]) -> None:
         accuracy = next((v for k, v in logs.items()
                          if k.startswith("val_") and k.endswith("accuracy")), None)
@@ -153,6 +162,8 @@ def _stopping(stop: Stopper, epochs: int, teacher_accuracy: float):
         if accuracy is not None and epoch < epochs and stop(epoch, teacher_accuracy - accuracy):
             raise HopelessTrial(f"stopped after {epoch} epochs: validation drop "
                                 f"{teacher_accuracy - accuracy:+.4f} vs the teacher")
+        if epoch < epochs:
+            can_beat()
 
     return listen
 

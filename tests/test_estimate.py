@@ -27,7 +27,7 @@ def test_estimate_is_close_to_the_trained_trial(trained_cnn, digits, tiny_params
     estimate = estimate_candidate(trained_cnn, digits, params)
     inputs = search_inputs(digits, trained_cnn, confirm_fraction=0.5, seed=0)
     student = tmp_path / "student.h5"
-    trained = run_trial(inputs, params, beat=math.inf, stop=lambda epoch, drop: False,
+    trained = run_trial(inputs, params, best=lambda: math.inf, stop=lambda epoch, drop: False,
                         student_path=student).metrics
     assert estimate.params == trained.params == read_model(student).count_params()
     assert estimate.gzip_bytes == pytest.approx(trained.gzip_bytes, rel=GZIP_TOLERANCE)

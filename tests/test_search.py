@@ -3,6 +3,7 @@ the chosen trial continuing the chain, and the search's bad input."""
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     # most trials stop early: not trained at all when their size estimate cannot beat the best
     # within budget, or stopped by the pruner; repeats of a measured choice train nothing
     assert all(t["stopped"] for t in trials if t["state"] == "PRUNED")
-    assert all(t["epochs"] == 0 for t in trials if "cannot beat" in t.get("stopped", ""))
+    assert all(t["epochs"] == 0 for t in trials if "not trained" in t.get("stopped", ""))
     assert len([t for t in trials if t["epochs"] == 9]) < len(trials) / 2
     assert record["epochs_trained"] == sum(t["epochs"] for t in trials) <= 6 * 9 / 2
     assert record["epochs_if_all_full"] == 6 * 9
@@ -202,7 +203,7 @@ def test_search_confidence_must_be_inside_0_and_1(tiny_params, value):
         tiny_params(f"search.confidence={value}")
 
 
-def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digits, tmp_path):
+def test_a_trial_that_cannot_beat_the_best_size_is_not_trained_or_stops(trained_cnn, digits, tmp_path):
     params = Params.model_validate({"distill": {"width": 0.5, "epochs": 50},
                                     "quantize": {"calibration_samples": 20}})
     inputs = search_inputs(digits, trained_cnn, 0.5, seed=0)
@@ -211,8 +212,21 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained(trained_cnn, digi
         raise AssertionError("trained")
 
     with pytest.raises(CannotBeat, match="estimated gzip_bytes .* cannot beat 1000"):  # 1 KB
-        run_trial(inputs, params, beat=1000, stop=never, student_path=tmp_path / "student.h5")
+        run_trial(inputs, params, best=lambda: 1000, stop=never,
+                  student_path=tmp_path / "student.h5")
     assert not (tmp_path / "student.h5").exists()
+
+    # a trial within budget finishing while it trains stops it after the epoch (math.inf: none yet)
+    best_so_far, epochs = iter([math.inf]), []
+
+    def record(epoch: int, drop: float) -> bool:
+        epochs.append(epoch)
+        return False
+
+    with pytest.raises(CannotBeat):
+        run_trial(inputs, params, best=lambda: next(best_so_far, 1000), stop=record,
+                  student_path=tmp_path / "student.h5")
+    assert epochs == [1]
 
 
 def test_the_first_trial_is_the_configured_recipe_snapped_into_the_space():
