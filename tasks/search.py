@@ -26,7 +26,6 @@ from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
 from tasks.data import Dataset, split_validation
 from tasks.distill import SoftTargets, derive_student, distill, soft_targets
-from tasks.errors import InputError
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
 from tasks.models import read_model, seed_everything, write_model
