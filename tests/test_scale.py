@@ -219,7 +219,11 @@ def worker(team: Team):
     (deployment,) = prefect_api(team, "deployments/filter", {})
     yield deployment
     process.terminate()
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # Prefect's worker can hang in its shutdown on a busy box
+        process.kill()
+        process.wait()
     log.close()
 
 
