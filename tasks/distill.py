@@ -198,7 +198,7 @@ def narrowest_within_budget(
     the gate's budget vs the teacher on the validation split: the upper bound of the paired drop
     within gate.max_accuracy_drop (tasks/paired.py). Each probe is a whole distillation. Returns
     the width, its student and every probe's paired drop."""
-    widths = student_widths(teacher, "auto")
+    widths = teacher_widths(teacher, "distill.width")
     if cannot_narrow(gate, len(data.y_val)):
         widths = widths[:1]
     targets = soft_targets(teacher, data)
