@@ -42,10 +42,11 @@ def register(root: Path, data: Dataset) -> tuple[str, Decision]:
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(data.input_shape), keras.layers.Flatten(name="flat"),
+    model = keras.Sequential([keras.Input(data.input_shape, name="pixels"),
+                              keras.layers.Flatten(name="flat"),
                               keras.layers.Dense(data.num_classes, activation="softmax",
                                                  name="dense")],
-                             name="model")  # fixed names: the same bytes whatever ran before
+                             name="model")  # fixed names, the input's too: the .tflite keeps them
     ws = Workspace(root)
     data.save(ws.data)
     write_bytes(ws.model, convert_to_tflite(model, "int8", data.x_train[:20]))
