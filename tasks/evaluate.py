@@ -10,17 +10,13 @@ import gzip
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from ai_edge_litert.tools import flatbuffer_utils
 from prefect import task
 
 from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
 from tasks.data import Dataset
 from tasks.paired import PairedDrop, paired_drop
-from tasks.tflite import TFLiteClassifier
-
-WEIGHT_TYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}  # tflite TensorType codes
-INT4 = 17  # two weights per byte
+from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
 
 
 @dataclass(frozen=True)
@@ -38,20 +34,8 @@ class CandidateMetrics:
 
 
 def weight_tensors(model: bytes) -> list[np.ndarray]:
-    """The weight tensors (constant, 2-D or more) of a .tflite file, in their stored layout.
-
-    Read from the flatbuffer itself, so they show what the deployed file holds: INT8 weights are
-    quantized with zero point 0, and pruned zeros must survive as exact zeros. TFLite stores
-    Conv2D kernels as [out, height, width, in] and fully connected ones as [out, in].
-    """
-    flatbuffer = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
-    found = []
-    for tensor in flatbuffer.subgraphs[0].tensors:
-        buffer = flatbuffer.buffers[tensor.buffer].data
-        if buffer is None or len(tensor.shape) < 2 or tensor.type not in (*WEIGHT_TYPES, INT4):
-            continue
-        found.append(_weights(tensor, bytes(buffer)).reshape(tensor.shape))
-    return found
+    """The weight tensors of a .tflite file as stored (`stored_weights`), each once."""
+    return list({weight.tensor: weight.values for weight in stored_weights(model)}.values())
 
 
 def weight_sparsity(model: bytes) -> float:
@@ -70,14 +54,6 @@ def blocks_2_4(model: bytes) -> float:
         return 0.0
     zeros = np.concatenate([np.sum(b == 0, axis=1) for b in blocks])
     return float(np.mean(zeros >= 2))
-
-
-def _weights(tensor, buffer: bytes) -> np.ndarray:
-    """A weight tensor's stored values; INT4 nibbles unpacked (zero is zero in two's complement)."""
-    if tensor.type != INT4:
-        return np.frombuffer(buffer, dtype=WEIGHT_TYPES[tensor.type])
-    packed = np.frombuffer(buffer, dtype=np.uint8)
-    return np.stack([packed & 0x0F, packed >> 4], axis=-1).ravel()[: int(np.prod(tensor.shape))]
 
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
@@ -141,7 +117,7 @@ def run_evaluate(
     """
     from tasks.models import layer_sparsity, read_model
     from tasks.plots import plot_layer_sparsity, plot_tradeoff
-    from tasks.quantize import convert_to_tflite, precision_counts
+    from tasks.quantize import convert_to_tflite
 
     data = Dataset.load(ws.data)
     keras_models = {"teacher": ws.teacher}

@@ -10,13 +10,14 @@ stay float. One calibration (tensor min/max on real samples) serves every recipe
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
-from tasks.tflite import TFLiteClassifier
+from tasks.tflite import TFLiteClassifier, stored_weights
 
 WEIGHT_BITS = {"int4": 4, "int8": 8}  # the integer precisions tried per op; activations int8
 FLOAT = "float"
@@ -78,10 +79,13 @@ def quantizable_ops(float_tflite: bytes) -> list[QuantizableOp]:
     weight precisions its policy allows (INT4 is refused for some ops)."""
     model = fb.read_model(bytearray(float_tflite))
     graph = model.subgraphs[0]
+    weights = Counter()
+    for weight in stored_weights(float_tflite):
+        weights[weight.op] += weight.values.size
     found = []
-    for op in graph.operators:
+    for index, op in enumerate(graph.operators):
         name = fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-        params = _weight_params(op, graph, model.buffers)
+        params = weights[index]
         precisions = tuple(p for p in WEIGHT_BITS if name and _allowed(name, WEIGHT_BITS[p])
                            and (params or p == "int8"))  # weight bits mean nothing without weights
         if precisions:
@@ -159,13 +163,6 @@ def _allowed(op_name: str, weight_bits: int) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _weight_params(op, graph, buffers) -> int:
-    """Elements of the op's constant inputs of rank >= 2 (kernels; biases are rank 1)."""
-    tensors = [graph.tensors[i] for i in op.inputs if i >= 0]
-    return sum(int(np.prod(t.shape)) for t in tensors
-               if len(t.shape) >= 2 and buffers[t.buffer].data is not None)
 
 
 def _layer_name(scope: str) -> str:

@@ -14,8 +14,6 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
-
 from prefect import task
 
 from tasks.artifacts import Workspace, write_bytes, write_json
@@ -29,7 +27,6 @@ from tasks.qat import quantization_aware_training
 from tasks.tflite import TFLiteClassifier
 
 Precision = Literal["fp32", "int8", "int16x8", "dynamic", "float16"]  # the converter's own modes
-TYPE_NAMES = {0: "float", 1: "float16", 7: "int16", 9: "int8", 17: "int4"}  # tflite TensorType
 INT16X8 = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
 
 
@@ -135,39 +132,6 @@ def check_quantizable(model: keras.Model, cfg: QuantizeConfig, samples: np.ndarr
         Mixer(convert_to_tflite(model), samples[:2], (samples[:0], np.zeros(0)))
     except (RuntimeError, ValueError) as exc:
         raise _cannot_run("mixed", exc) from None
-
-
-def layer_precisions(tflite: bytes) -> dict[str, str]:
-    """Each op holding constant weights of rank >= 2 (conv and dense kernels), by scope, and the
-    type those weights are stored in: `int4`, `int8`, `float16` or `float`.
-
-    Weights stored compressed and decoded by a DEQUANTIZE op (float16 mode) count at their
-    stored type.
-    """
-    model = fb.read_model(bytearray(tflite))
-    graph = model.subgraphs[0]
-
-    def name(op) -> str | None:
-        return fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-
-    stored_as = {op.outputs[0]: op.inputs[0] for op in graph.operators if name(op) == "DEQUANTIZE"}
-    precisions = {}
-    for op in graph.operators:
-        if name(op) == "DEQUANTIZE":
-            continue
-        for index in filter(lambda i: i >= 0, op.inputs):  # -1: an omitted optional input
-            stored = graph.tensors[stored_as.get(index, index)]
-            if len(stored.shape) >= 2 and model.buffers[stored.buffer].data is not None:
-                precisions[fb.get_op_scope(op, graph.tensors)] = TYPE_NAMES.get(stored.type, "other")
-    return precisions
-
-
-def precision_counts(tflite: bytes) -> dict[str, int]:
-    """How many weight layers are stored at each precision, e.g. {"int4": 2, "int8": 3}."""
-    counts: dict[str, int] = {}
-    for precision in layer_precisions(tflite).values():
-        counts[precision] = counts.get(precision, 0) + 1
-    return counts
 
 
 def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:

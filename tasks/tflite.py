@@ -8,11 +8,19 @@ nothing here but numpy, ai_edge_litert and the standard library.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
 
 BATCH = 256
+# tflite TensorType code -> (the name shrinkflow reports, the stored values' dtype); INT4 packs
+# two weights per byte (unpacked by `_values`).
+STORED_TYPES = {0: ("float", np.float32), 1: ("float16", np.float16), 3: ("uint8", np.uint8),
+                7: ("int16", np.int16), 9: ("int8", np.int8), 17: ("int4", np.uint8)}
+INT4 = 17
 
 
 class TFLiteClassifier:
@@ -74,3 +82,66 @@ class TFLiteClassifier:
             timings[i] = time.perf_counter_ns() - start
         return float(np.median(timings) / 1000.0)
 
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """A constant weight tensor of rank >= 2 (conv and dense kernels; biases are rank 1) as a
+    .tflite file stores it, with the op of the main graph that reads it."""
+
+    op: int  # index of the op in the main graph's operators
+    scope: str  # that op's scope as AI Edge Quantizer names it: its outputs' names, each ';'-ended
+    tensor: int  # index of the stored tensor (a weight read by two ops appears twice)
+    precision: str  # the stored type: int4, int8, float16, float, ...
+    values: np.ndarray  # in the stored layout: Conv2D [out, h, w, in], fully connected [out, in]
+
+
+def stored_weights(model: bytes) -> list[StoredWeight]:
+    """Every op's constant weights of rank >= 2, read from the flatbuffer itself: what the deployed
+    file holds (INT8 weights quantized with zero point 0, pruned zeros as exact zeros). A weight
+    decoded by a DEQUANTIZE op (float16 mode) counts at its stored type for the op it feeds."""
+    flatbuffer = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    graph = flatbuffer.subgraphs[0]
+    dequantize = {code for code, op in enumerate(flatbuffer.operatorCodes)
+                  if flatbuffer_utils.get_builtin_code_from_operator_code(op)
+                  == flatbuffer_utils.BuiltinOperator.DEQUANTIZE}
+    stored_as = {op.outputs[0]: op.inputs[0] for op in graph.operators if op.opcodeIndex in dequantize}
+    found = []
+    for index, op in enumerate(graph.operators):
+        if op.opcodeIndex in dequantize:
+            continue
+        for tensor_index in (stored_as.get(i, i) for i in op.inputs if i >= 0):  # -1: omitted
+            tensor = graph.tensors[tensor_index]
+            data = flatbuffer.buffers[tensor.buffer].data
+            if data is None or len(tensor.shape) < 2 or tensor.type not in STORED_TYPES:
+                continue
+            found.append(StoredWeight(index, _scope(op, graph.tensors), tensor_index,
+                                      STORED_TYPES[tensor.type][0], _values(tensor, bytes(data))))
+    return found
+
+
+def layer_precisions(model: bytes) -> dict[str, str]:
+    """Each op holding weights, by scope, and the type they are stored in."""
+    return {weight.scope: weight.precision for weight in stored_weights(model)}
+
+
+def precision_counts(model: bytes) -> dict[str, int]:
+    """How many weight layers are stored at each precision, e.g. {"int4": 2, "int8": 3}."""
+    return dict(Counter(layer_precisions(model).values()))
+
+
+def _scope(op, tensors) -> str:
+    """AI Edge Quantizer's op scope (its `get_op_scope`, whose regexes select ops): the names of
+    the op's outputs, else of its inputs, each followed by ';'."""
+    names = [tensors[i].name.decode() for i in op.outputs if i >= 0] or [
+        tensors[i].name.decode() for i in op.inputs if i >= 0]
+    return "".join(f"{name};" for name in names if name)
+
+
+def _values(tensor, data: bytes) -> np.ndarray:
+    """A tensor's stored values in its shape; INT4 nibbles unpacked (zero is zero in two's
+    complement)."""
+    values = np.frombuffer(data, dtype=STORED_TYPES[tensor.type][1])
+    if tensor.type == INT4:
+        values = np.stack([values & 0x0F, values >> 4], axis=-1).ravel()[: int(np.prod(tensor.shape))]
+    return values.reshape(tensor.shape)

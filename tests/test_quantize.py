@@ -16,12 +16,11 @@ from tasks.models import write_model
 from tasks.quantize import (
     calibration_samples,
     convert_to_tflite,
-    layer_precisions,
     quantize_model,
     run_quantize,
 )
 from tasks.sparsify import sparsify
-from tasks.tflite import TFLiteClassifier
+from tasks.tflite import TFLiteClassifier, layer_precisions
 
 
 def test_int8_model_takes_and_returns_int8(digits, trained_cnn):
@@ -91,7 +90,10 @@ def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, res
                                  EvaluateConfig(latency_runs=200, warmup_runs=1))
     assert measured["accuracy"] == pytest.approx(keras_accuracy(residual, digits), abs=0.05)
     precisions = layer_precisions(quantized.tflite)
-    assert len(precisions) == 4  # conv, depthwise, dense, out
+    # conv, depthwise, dense, out: the ops that compute with the weights (named by their first
+    # output, as in the float model), not the DEQUANTIZE ops that decode float16 weights for them
+    float_ops = [op.scope for op in quantizable_ops(convert_to_tflite(residual)) if op.params]
+    assert {scope.split(";")[0] for scope in precisions} == {scope.split(";")[0] for scope in float_ops}
     assert set(precisions.values()) <= WEIGHTS[mode] and "float" not in set(precisions.values()) - WEIGHTS[mode]
 
 
