@@ -7,6 +7,8 @@ experiment, MLflow tracks one parent run with a nested run per stage and holds t
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID
 
@@ -16,31 +18,28 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from flows.publish import Announcer, Progress, publish_results
-from flows.registry import register_and_gate
+from flows.registry import Gated, register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
 from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.tracking import (
     KILLED_TAG,
     close_killed_runs,
-    log_data_and_teacher,
-    log_inputs,
-    log_outputs,
+    log_run,
     log_stage,
     mlflow_run_url,
     pipeline_run,
     process_tags,
     stage_run,
-    tag_versions,
 )
 from flows.versioning import (
+    Fingerprint,
     forget_stage,
     is_up_to_date,
     open_repo,
-    push_if_configured,
+    record_experiment,
     record_stage,
     recorded_inputs,
-    save_experiment,
     workspace_lock,
     write_params_file,
 )
@@ -48,8 +47,7 @@ from tasks.artifacts import Workspace
 from tasks.choice import search_refusal, search_summary
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
-from tasks.evaluate import headline, recorded_drop
-from tasks.gate import Decision
+from tasks.evaluate import recorded_drop
 from tasks.inputs import read_steadily, stage_inputs
 
 
@@ -66,53 +64,61 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         params: The pipeline configuration, as in params.yaml: one section per stage.
         workdir: The project directory holding dvc.yaml, params.yaml and the artifacts.
     """
-    logger = get_run_logger()
-    logger.info("params: %s", params)
+    get_run_logger().info("params: %s", params)
     root = Path(workdir)
     name = flow_run.get_name() or "shrinkflow"
     announcer = Announcer(name, str(flow_run.get_id() or ""))
-    tags = {
-        "prefect.flow_run_id": announcer.flow_run_id,
-        "prefect.flow_run_url": flow_run.ui_url or "",
-        "pipeline": "compress",
-        **process_tags(root),
-    }
     with announcer.failures():
-        open_repo(root).close()
-        with workspace_lock(root, on_wait=logger.warning):
-            close_killed(params.tracking, root)
-            with pipeline_run(params, name, tags) as run:
-                announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
-                                                      run.info.run_id)
-                changed = check_changed_inputs(params, root)
-                before = recorded_inputs(root, params)
-                write_params_file(root, params)
-                progress = Progress(STAGES)
-                stages = {}
-                for stage in STAGES:
-                    with progress.stage(stage):
-                        stages[stage] = run_or_skip(stage, params, root, changed)
-                after = recorded_inputs(root, params)
-                changes = input_changes(before, after)
-                log_inputs(after, changes)
-                log_data_and_teacher(params, Workspace(root))
-                metrics, version, decision = record_run(params, root, name)
-        sensitivity = json.loads(Workspace(root).quant_sensitivity.read_text())
-        publish_results(metrics, sensitivity, decision, version, params.gate.registered_model,
-                        announcer.mlflow_url)
-    if decision.promote:
-        announcer.promoted(params.gate.registered_model, version, decision.reason)
+        tags = run_tags(root, announcer)
+        with locked_workspace(params, root), pipeline_run(params, name, tags) as run:
+            announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
+                                                  run.info.run_id)
+            stages, before = run_stages(params, root)
+            metrics, changes, gated = record_run(params, root, name, before)
+        publish_results(params, Workspace(root), gated, announcer.mlflow_url)
+    if gated.decision.promote:
+        announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason)
     return {
         "metrics": metrics,
         "stages": stages,
         "inputs_changed": changes,
         "experiment": name,
         "mlflow_run_id": run.info.run_id,
-        "model_version": version,
-        "promoted": decision.promote,
-        "gate": decision.reason,
+        "model_version": gated.version,
+        "promoted": gated.decision.promote,
+        "gate": gated.decision.reason,
         "search": search_summary(Workspace(root)),
     }
+
+
+@contextmanager
+def locked_workspace(params: Params, root: Path) -> Iterator[None]:
+    """The DVC project at `root`, for this run alone; runs a killed process left open closed."""
+    open_repo(root).close()
+    with workspace_lock(root, on_wait=get_run_logger().warning):
+        close_killed(params.tracking, root)
+        yield
+
+
+def run_tags(root: Path, announcer: Announcer) -> dict[str, str]:
+    """The MLflow run's tags that lead back to the Prefect flow run and to this process."""
+    return {"prefect.flow_run_id": announcer.flow_run_id,
+            "prefect.flow_run_url": flow_run.ui_url or "", "pipeline": "compress",
+            **process_tags(root)}
+
+
+def run_stages(params: Params, root: Path) -> tuple[dict[str, str], dict[str, Fingerprint]]:
+    """Each stage run or skipped, in order, with params.yaml holding `params` for DVC. Returns what
+    each did and the input fingerprints dvc.lock held before."""
+    changed = check_changed_inputs(params, root)
+    before = recorded_inputs(root, params)
+    write_params_file(root, params)
+    progress = Progress(STAGES)
+    stages = {}
+    for stage in STAGES:
+        with progress.stage(stage):
+            stages[stage] = run_or_skip(stage, params, root, changed)
+    return stages, before
 
 
 def close_killed(tracking: TrackingConfig, root: Path) -> None:
@@ -164,17 +170,18 @@ def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) ->
 
 
 @task(name="record", **RETRY_POLICY)
-def record_run(params: Params, root: Path, name: str) -> tuple[dict, str, Decision]:
-    """The run as a DVC experiment (pushed if a remote is set), its outputs in MLflow, the model
-    registered and gated."""
+def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerprint],
+               ) -> tuple[dict, list[str], Gated]:
+    """The run as a DVC experiment (pushed if a remote is set) and in MLflow, the model registered
+    and gated. Returns the metrics, what changed in the inputs since `before`, the gate's result."""
     ws = Workspace(root)
     metrics = json.loads(ws.metrics.read_text())
-    save_experiment(root, name)
-    tag_versions(root, name, push_if_configured(root))
-    log_outputs(ws, headline(metrics))
-    version, decision = register_and_gate(params.gate, params.evaluate, ws,
-                                          recorded_drop(metrics), search_refusal(ws))
-    get_run_logger().info("gate: version %s %s: %s", version,
-                          "promoted to champion" if decision.promote else "not promoted",
-                          decision.reason)
-    return metrics, version, decision
+    changes = input_changes(before, recorded_inputs(root, params))
+    remote = record_experiment(root, name)
+    log_run(params, root, name, remote, changes)
+    gated = register_and_gate(params.gate, params.evaluate, ws, recorded_drop(metrics),
+                              search_refusal(ws))
+    get_run_logger().info("gate: version %s %s: %s", gated.version,
+                          "promoted to champion" if gated.decision.promote else "not promoted",
+                          gated.decision.reason)
+    return metrics, changes, gated

@@ -3,6 +3,7 @@ and the events that tell people about it (infra/automations.yaml turns them into
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,8 +17,11 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import sensitivity_rows, summary_table
-from tasks.gate import Decision
+from flows.registry import Gated
+from flows.report import markdown_report, sensitivity_rows
+from tasks.artifacts import Workspace
+from tasks.choice import search_summary
+from tasks.config import Params
 from tasks.progress import epoch_listener
 
 
@@ -44,21 +48,19 @@ class Progress:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
 
 
-def publish_results(metrics: dict, sensitivity: dict, decision: Decision, version: str,
-                    model_name: str, mlflow_url: str | None) -> None:
+def publish_results(params: Params, ws: Workspace, gated: Gated, mlflow_url: str | None) -> None:
     """The markdown report, the table of candidates, the per-op quantization sensitivity (when
     measured) and the link to the MLflow run."""
-    link = f"[MLflow run]({mlflow_url})" if mlflow_url else "MLflow run: see `mlflow ui`"
-    verdict = "promoted to `champion`" if decision.promote else "not promoted"
+    metrics = json.loads(ws.metrics.read_text())
+    sensitivity = json.loads(ws.quant_sensitivity.read_text())
+    links = {"MLflow run": mlflow_url} | {
+        f"plot: {plot.stem}": f"{mlflow_url}/artifactPath/plots/{plot.name}"  # the UI's route
+        for plot in sorted(ws.plots.glob("*.png"))} if mlflow_url else {}
     create_markdown_artifact(
         key="compress-report",
-        description="Teacher vs final, and the gate decision",
-        markdown="\n".join([
-            "# shrinkflow compress",
-            "```", summary_table(metrics), "```",
-            f"**Gate:** `{model_name}` version {version} {verdict}: {decision.reason}.",
-            "", link,
-        ]),
+        description="Teacher vs final, the gate's decision and what it rests on",
+        markdown=markdown_report(metrics, gated, params.gate.registered_model,
+                                 params.gate.confidence, search_summary(ws), links),
     )
     create_table_artifact(
         key="compress-candidates",

@@ -33,6 +33,16 @@ NO_UV_PROJECT = {"MLFLOW_UV_AUTO_DETECT": "false"}
 
 
 @dataclass(frozen=True)
+class Gated:
+    """A registered version, the gate's decision on it and what the decision rests on."""
+
+    version: str
+    decision: Decision
+    measured: dict[str, float]  # gate.candidate.*, gate.champion.*, gate.*_drop* (see `_gate`)
+    champion: str | None  # the champion's version at the time, if any
+
+
+@dataclass(frozen=True)
 class Champion:
     version: str
     tflite: bytes
@@ -40,7 +50,7 @@ class Champion:
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
                       teacher_drop: PairedDrop,
-                      refusal: Decision | None = None) -> tuple[str, Decision]:
+                      refusal: Decision | None = None) -> Gated:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
     gate measured goes on the version (as tags) and the run (as metrics), with `gate.warning` when
@@ -66,7 +76,7 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
         client.set_registered_model_alias(cfg.registered_model, CHAMPION, version)
     else:
         client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
-    return version, decision
+    return Gated(version, decision, measured, champion.version if champion else None)
 
 
 def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop: PairedDrop,

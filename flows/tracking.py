@@ -4,6 +4,7 @@ data splits as datasets."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import traceback
@@ -21,10 +22,11 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Run, RunStatus
 
 from flows.params import dump_params, flatten
-from flows.versioning import Fingerprint, git_commit, output_md5s
+from flows.versioning import Fingerprint, git_commit, output_md5s, recorded_inputs
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 from tasks.data import Dataset
+from tasks.evaluate import headline
 from tasks.inputs import load_inputs
 
 if TYPE_CHECKING:
@@ -44,9 +46,10 @@ ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes 
 
 @contextmanager
 def pipeline_run(params: Params, run_name: str | None, tags: dict[str, str]) -> Iterator[Run]:
-    """The parent run: params logged up front; on failure the error is recorded, status FAILED."""
+    """The parent run: params logged up front; on failure the error is recorded (see `_run` for
+    the status)."""
     use_experiment(params.tracking)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    with _run(run_name=run_name, tags=tags) as run:
         mlflow.log_params(flatten(params.model_dump(mode="json")))
         mlflow.log_text(dump_params(params), "params.yaml")
         try:
@@ -54,7 +57,21 @@ def pipeline_run(params: Params, run_name: str | None, tags: dict[str, str]) -> 
         except BaseException as exc:
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:ERROR_TAG_LIMIT])
             mlflow.log_text(traceback.format_exc(), "error.txt")
-            raise  # start_run's context ends the run as FAILED
+            raise
+
+
+@contextmanager
+def _run(**start_run) -> Iterator[Run]:
+    """`mlflow.start_run`, ended FAILED by an error and KILLED by what stops the process instead
+    (SIGTERM as Prefect's TerminationSignal, Ctrl-C, SystemExit): MLflow's own says FAILED."""
+    with mlflow.start_run(**start_run) as run:
+        try:
+            yield run
+        except Exception:
+            raise
+        except BaseException:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
 
 
 def process_tags(root: Path) -> dict[str, str]:
@@ -136,7 +153,7 @@ def artifact_root(sqlite_uri: str) -> str:
 
 @contextmanager
 def stage_run(name: str) -> Iterator[Run]:
-    with mlflow.start_run(run_name=name, nested=True) as run:
+    with _run(run_name=name, nested=True) as run:
         yield run
 
 
@@ -145,6 +162,17 @@ def log_stage(metrics: dict[str, float], skipped: bool = False) -> None:
     if metrics:
         mlflow.log_metrics(metrics)
     mlflow.set_tag("skipped", str(skipped).lower())
+
+
+def log_run(params: Params, root: Path, experiment: str, remote: str | None,
+            changes: list[str]) -> None:
+    """The run's record in the active MLflow run: its inputs and what changed, the data splits
+    and the teacher, where DVC keeps it all, and the outputs a reviewer opens."""
+    ws = Workspace(root)
+    log_inputs(recorded_inputs(root, params), changes)
+    log_data_and_teacher(params, ws)
+    tag_versions(root, experiment, remote)
+    log_outputs(ws, headline(json.loads(ws.metrics.read_text())))
 
 
 def tag_versions(root: Path, experiment: str, remote: str | None) -> None:

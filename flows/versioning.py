@@ -114,16 +114,12 @@ def record_stage(root: Path, stage: str) -> None:
         repo.commit(stage, force=True)
 
 
-def save_experiment(root: Path, name: str) -> None:
-    """`dvc exp save`: the workspace (params, dvc.lock, metrics) as an experiment named `name`."""
+def record_experiment(root: Path, name: str) -> str | None:
+    """`dvc exp save` the workspace (params, dvc.lock, metrics) as an experiment named `name`,
+    then `dvc push` the run's outputs to the default remote, if there is one; return its name."""
     with _repo(root) as repo:
         present = [path for path in EXPERIMENT_FILES if Path(path).exists()]
         repo.experiments.save(name=name, force=True, include_untracked=present)
-
-
-def push_if_configured(root: Path) -> str | None:
-    """`dvc push` the run's outputs to the default remote, if there is one; return its name."""
-    with _repo(root) as repo:
         remote = repo.config["core"].get("remote")
         if remote:
             repo.push()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.registry import register_and_gate
+from flows.registry import Gated, register_and_gate
+from flows.report import gate_comparison
 from flows.tracking import use_experiment
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig, GateConfig, TrackingConfig
@@ -36,7 +37,7 @@ np.save(sys.argv[3], model.predict(np.load(sys.argv[2])))
 """
 
 
-def register(root: Path, data: Dataset) -> tuple[str, Decision]:
+def register(root: Path, data: Dataset) -> Gated:
     """Register a small INT8 dense model for `data` (written to `root` as the flow's artifacts)
     through the flow's own `register_and_gate`, in a new run."""
     import tf_keras as keras
@@ -63,7 +64,8 @@ def champion(tmp_path_factory, digits: Dataset) -> Path:
     previous = mlflow.get_tracking_uri()
     use_experiment(TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"))
     first = Decision(True, "first model within the accuracy gate")
-    assert register(root / "champion", digits) == ("1", first)
+    gated = register(root / "champion", digits)
+    assert (gated.version, gated.decision, gated.champion) == ("1", first, None)
     yield root / "champion"
     mlflow.set_tracking_uri(previous)
 
@@ -71,7 +73,8 @@ def champion(tmp_path_factory, digits: Dataset) -> Path:
 def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_setting(champion, digits, tmp_path):
     smaller = replace(digits, **{f"x_{split}": getattr(digits, f"x_{split}")[:, ::2, ::2]
                                  for split in ("train", "val", "test")})
-    version, decision = register(tmp_path, smaller)
+    gated = register(tmp_path, smaller)
+    version, decision = gated.version, gated.decision
     assert not decision.promote
     assert decision.reason == (
         f"the champion of gate.registered_model '{NAME}' takes inputs (8, 8, 1) / 10 classes, this "
@@ -88,7 +91,8 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
 
 def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
         champion, digits, tmp_path):
-    version, decision = register(tmp_path, digits)  # the champion's very model: no sample differs
+    gated = register(tmp_path, digits)  # the champion's very model: no sample differs
+    version, decision = gated.version, gated.decision
     assert not decision.promote and "does not beat the champion: gzip_bytes" in decision.reason
     tags = MlflowClient().get_model_version(NAME, version).tags
     n = str(len(digits.y_test))
@@ -98,6 +102,14 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     teacher = PairedDrop(len(digits.y_test), 1, 0, 0.95)
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
     assert tags["gate.teacher_drop.worse"] == "1" and "gate.warning" not in tags
+    table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion, 0.95)
+    header, _, accuracy, size, _ = table.splitlines()
+    assert header == "| test split | this run's model | champion (version 1) |"
+    assert accuracy.startswith("| accuracy |") and size.startswith("| gzip size |")
+    assert len(set(accuracy.split("|")[2:4])) == len(set(size.split("|")[2:4])) == 1  # the same model
+    assert teacher_line.startswith(f"- vs the teacher: drop +{100 / int(n):.2f} pt, between ")
+    assert champion_line.startswith("- vs the champion: drop +0.00 pt, between ")
+    assert champion_line.endswith(f"at 95 % (worse on 0, better on 0 of {n} samples)")
 
 
 @pytest.fixture(scope="module")

@@ -224,7 +224,10 @@ def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, firs
     assert len(progress) == 1 and progress[0]["data"] == 100.0
     by_key = {a["key"]: a for a in artifacts if a["key"]}
     assert by_key["compress-candidates"]["type"] == "table"
-    assert "promoted to `champion`" in by_key["compress-report"]["data"]
+    report = by_key["compress-report"]["data"]
+    assert "promoted to `champion`" in report and "```" not in report  # markdown, not a code block
+    assert "| accuracy |" in report and "- vs the teacher: drop " in report
+    assert f"]({stack.mlflow}/#/experiments/" in report and "/artifactPath/plots/" in report
     assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"]["data"]  # a markdown link
 
 
