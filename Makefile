@@ -23,16 +23,19 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # The venv holds uv itself; --inexact keeps it there while syncing the locked set.
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on the CI machines) nothing caches
+# bytecode at run time, and every process compiled its ~4,000 modules from source again (~18 s
+# of a 58 s no-op run, measured 2026-12-01).
 $(UV):
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev --compile-bytecode
 	touch $@
 
 $(VENV)/.installed-test: $(UV) pyproject.toml uv.lock
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev --extra test
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --no-dev --extra test --compile-bytecode
 	touch $@ $(VENV)/.installed
 
 $(CHROMIUM):
