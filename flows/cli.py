@@ -6,12 +6,20 @@ Exit codes: 0 ok, 2 bad input (a message, no traceback), 1 failure.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from threading import Thread
+from threading import Thread, Timer
+from unittest import mock
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if prefect_ready:
         prefect_ready.join()
     try:
-        report = compress(params)
+        with stopped_by_signals():
+            report = compress(params)
     except InputError:
         raise
     except Exception as exc:  # Prefect has already logged the traceback
@@ -57,6 +66,45 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(run_summary(report))
     return 0
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM (how Kubernetes, systemd and Prefect workers stop a job) ends the run the way
+    Ctrl-C does: as an exception that unwinds it. Its MLflow runs end KILLED, the workspace lock
+    is released, the Dask workers stop, Prefect marks the flow run Crashed, and the temporary
+    server stops at exit. Exit code 128 + the signal.
+
+    Two gotchas. Prefect's engine turns SIGTERM into `TerminationSignal` and, once the flow run
+    is Crashed, sends it again to the handler it found: Python's default would kill the process
+    there, before any of the above (the temporary server was left running). And a handler's
+    exception raised while Python runs a weakref callback or `__del__` is printed and dropped
+    (seen in training: the run went on): such a signal is sent again, from another thread (sent
+    from the hook, its handler would run, and raise, within the hook)."""
+    from prefect.exceptions import TerminationSignal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    def send_dropped_signal_again(unraisable: sys.UnraisableHookArgs) -> None:
+        exc = unraisable.exc_value
+        dropped = (exc.signal if isinstance(exc, TerminationSignal)
+                   else signal.SIGINT if isinstance(exc, KeyboardInterrupt)
+                   else signal.SIGTERM if isinstance(exc, SystemExit) and exc.code == STOPPED_BY_SIGTERM
+                   else None)
+        if dropped:
+            Timer(0.1, os.kill, (os.getpid(), dropped)).start()
+        previous_hook(unraisable)
+
+    previous, previous_hook = signal.signal(signal.SIGTERM, stop), sys.unraisablehook
+    sys.unraisablehook = send_dropped_signal_again
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(128 + signal.SIGINT) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def _start_temporary_prefect() -> Thread | None:
@@ -69,7 +117,20 @@ def _start_temporary_prefect() -> Thread | None:
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
-    thread = Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
+    class OwnSessionServer(SubprocessASGIServer):
+        """The temporary server in a session of its own: a signal to the run's process group
+        (systemd's stop, a terminal's Ctrl-C) stopped it first, and the run then retried its
+        events for minutes. The run stops it at exit. Prefect's client finds this instance:
+        the class keeps one per port in a dict the subclass shares."""
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # Popen patched for the one call: another thread's child started meanwhile merely
+            # gets a session of its own too.
+            with mock.patch.object(subprocess, "Popen",
+                                   partial(subprocess.Popen, start_new_session=True)):
+                return super()._run_uvicorn_command()
+
+    thread = Thread(target=OwnSessionServer().start, name="prefect-server", daemon=True)
     thread.start()
     return thread
 

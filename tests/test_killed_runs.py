@@ -1,10 +1,13 @@
-"""A run killed with SIGKILL cannot end its MLflow runs or its Prefect flow run: the next run in the
-workspace closes them (MLflow KILLED with a note, Prefect Crashed). A run after that, with nothing
-changed, skips every stage without importing TensorFlow, and is still recorded."""
+"""A run stopped with SIGTERM (during training, during a search) ends its own runs and stops what it
+started. A run killed with SIGKILL cannot end its MLflow runs or its Prefect flow run: the next run
+in the workspace closes them (MLflow KILLED with a note, Prefect Crashed). A run after that, with
+nothing changed, skips every stage without importing TensorFlow, and is still recorded."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +18,12 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from conftest import make_project
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from conftest import make_project
 from flows.tracking import KILLED_TAG, NOTE_TAG, PID_TAG
 
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
@@ -32,8 +35,9 @@ def stage_runs(client: MlflowClient, parent: Run) -> list[Run]:
                               f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def wait_for_stage_run(client: MlflowClient, root: Path, victim: subprocess.Popen) -> Run:
-    """The parent run of the `victim` process, once it has opened a stage run."""
+def wait_for_stage_run(client: MlflowClient, root: Path, victim: subprocess.Popen,
+                       stage: str | None = None) -> Run:
+    """The parent run of the `victim` process, once it has opened a stage run (named `stage`)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert victim.poll() is None, "the run ended before it could be killed"
@@ -41,10 +45,73 @@ def wait_for_stage_run(client: MlflowClient, root: Path, victim: subprocess.Pope
         experiment = client.get_experiment_by_name("test") if database else None
         parents = client.search_runs([experiment.experiment_id],
                                      f"tags.`{PID_TAG}` = '{victim.pid}'") if experiment else []
-        if parents and stage_runs(client, parents[0]):
+        if parents and any(stage in (None, run.info.run_name)
+                           for run in stage_runs(client, parents[0])):
             return parents[0]
         time.sleep(0.5)
-    raise AssertionError("no MLflow run with a stage run after 300 s")
+    raise AssertionError(f"no MLflow run with a stage run {stage or ''} after 300 s")
+
+
+def alive_in_group(group: int) -> list[str]:
+    """The processes of process group `group` that still run (zombies, dead but not yet reaped
+    by init, are not), as `pid command`."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:  # gone meanwhile
+            continue
+        command, fields = rest.rsplit(") ", 1)
+        state, _parent, pgrp = fields.split()[:3]
+        if int(pgrp) == group and state != "Z":
+            alive.append(f"{pid} {command}")
+    return alive
+
+
+@pytest.mark.parametrize("stage, overrides, own_server", [
+    ("distill", ("distill.epochs=200",), True),
+    ("search", ("search.enabled=true", "search.trials=4", "distill.epochs=200"), False),
+], ids=["training", "search"])
+def test_sigterm_to_the_process_group_ends_the_run_and_what_it_started(
+        stage, overrides, own_server, tmp_path, digits_npz, prefect_server):
+    """As systemd stops a service (and a terminal's Ctrl-C): the signal reaches every process of
+    the run's group, Dask workers included. With `own_server` the run starts Prefect's temporary
+    server itself, which must outlive the signal to record the end, then stop."""
+    make_project(tmp_path, digits_npz, *overrides)
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} if own_server else env | {
+        "PREFECT_API_URL": PREFECT_API_URL.value()}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with open(tmp_path / "run.log", "w") as log:
+        victim = subprocess.Popen([SHRINKFLOW, "run"], cwd=tmp_path, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            parent = wait_for_stage_run(client, tmp_path, victim, stage)
+            time.sleep(3)  # into its training
+        finally:
+            os.killpg(victim.pid, signal.SIGTERM)
+            victim.wait(timeout=30)  # Kubernetes' grace period; measured: README
+    output = (tmp_path / "run.log").read_text()
+    assert victim.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert not alive_in_group(victim.pid)  # no Dask worker, no trial left running
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "KILLED" and "TerminationSignal" in parent.data.tags["error"]
+    assert {run.info.status for run in stage_runs(client, parent)
+            if run.info.run_name == stage} == {"KILLED"}
+    with open(tmp_path / ".shrinkflow" / "run.lock") as lock:  # released
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    status = subprocess.run([DVC, "status", "load"], cwd=tmp_path, capture_output=True,
+                            text=True, check=True).stdout
+    assert "up to date" in status  # what finished before the signal is intact
+    if own_server:  # stopped after it recorded the end: its port is free again
+        port = int(re.search(r"Stopping temporary server on http://127.0.0.1:(\d+)", output)[1])
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+        assert "Finished in state Crashed('Execution was aborted by a termination signal.')" in output
+    else:
+        with get_client(sync_client=True) as prefect:
+            flow_run = prefect.read_flow_run(UUID(parent.data.tags["prefect.flow_run_id"]))
+        assert flow_run.state.type.value == "CRASHED"
 
 
 @dataclass(frozen=True)
