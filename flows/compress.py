@@ -47,7 +47,7 @@ from tasks.artifacts import Workspace
 from tasks.choice import search_refusal, search_summary
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
-from tasks.evaluate import recorded_drop
+from tasks.evaluate import headline, recorded_drop
 from tasks.inputs import read_steadily, stage_inputs
 
 
@@ -178,7 +178,7 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
     metrics = json.loads(ws.metrics.read_text())
     changes = input_changes(before, recorded_inputs(root, params))
     remote = record_experiment(root, name)
-    log_run(params, root, name, remote, changes)
+    log_run(params, root, name, remote, changes, headline(metrics))
     gated = register_and_gate(params.gate, params.evaluate, ws, recorded_drop(metrics),
                               search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", gated.version,

@@ -4,7 +4,6 @@ data splits as datasets."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import traceback
@@ -26,7 +25,6 @@ from flows.versioning import Fingerprint, git_commit, output_md5s, recorded_inpu
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 from tasks.data import Dataset
-from tasks.evaluate import headline
 from tasks.inputs import load_inputs
 
 if TYPE_CHECKING:
@@ -165,14 +163,14 @@ def log_stage(metrics: dict[str, float], skipped: bool = False) -> None:
 
 
 def log_run(params: Params, root: Path, experiment: str, remote: str | None,
-            changes: list[str]) -> None:
+            changes: list[str], metrics: dict[str, float]) -> None:
     """The run's record in the active MLflow run: its inputs and what changed, the data splits
-    and the teacher, where DVC keeps it all, and the outputs a reviewer opens."""
+    and the teacher, where DVC keeps it all, and the outputs a reviewer opens with `metrics`."""
     ws = Workspace(root)
     log_inputs(recorded_inputs(root, params), changes)
     log_data_and_teacher(params, ws)
     tag_versions(root, experiment, remote)
-    log_outputs(ws, headline(json.loads(ws.metrics.read_text())))
+    log_outputs(ws, metrics)
 
 
 def tag_versions(root: Path, experiment: str, remote: str | None) -> None:
