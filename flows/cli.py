@@ -81,17 +81,11 @@ def stopped_by_signals() -> Iterator[None]:
     exception raised while Python runs a weakref callback or `__del__` is printed and dropped
     (seen in training: the run went on): such a signal is sent again, from another thread (sent
     from the hook, its handler would run, and raise, within the hook)."""
-    from prefect.exceptions import TerminationSignal
-
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     def send_dropped_signal_again(unraisable: sys.UnraisableHookArgs) -> None:
-        exc = unraisable.exc_value
-        dropped = (exc.signal if isinstance(exc, TerminationSignal)
-                   else signal.SIGINT if isinstance(exc, KeyboardInterrupt)
-                   else signal.SIGTERM if isinstance(exc, SystemExit) and exc.code == STOPPED_BY_SIGTERM
-                   else None)
+        dropped = _signal_of(unraisable.exc_value)
         if dropped:
             Timer(0.1, os.kill, (os.getpid(), dropped)).start()
         previous_hook(unraisable)
@@ -105,6 +99,20 @@ def stopped_by_signals() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = previous_hook
+
+
+def _signal_of(exc: BaseException | None) -> int | None:
+    """The signal an exception stands for: Prefect's TerminationSignal, Ctrl-C's
+    KeyboardInterrupt, `stopped_by_signals`' SystemExit; None for any other."""
+    from prefect.exceptions import TerminationSignal
+
+    if isinstance(exc, TerminationSignal):
+        return exc.signal
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(exc, SystemExit) and exc.code == STOPPED_BY_SIGTERM:
+        return signal.SIGTERM
+    return None
 
 
 def _start_temporary_prefect() -> Thread | None:
