@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import (
     create_link_artifact,
@@ -17,12 +18,14 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.registry import Gated
 from flows.report import markdown_report, sensitivity_rows
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
 from tasks.progress import epoch_listener
+
+if TYPE_CHECKING:
+    from flows.registry import Gated
 
 
 class Progress:

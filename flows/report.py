@@ -68,6 +68,7 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, confidence: fl
         *(["## Search", "", search, ""] if search else []),
         "## Links", "",
         *(f"- [{title}]({url})" for title, url in links.items()),
+        *([] if links else ["- MLflow run: no UI to link to; see `mlflow ui` in the project"]),
     ])
 
 
