@@ -90,9 +90,12 @@ def test_sigterm_to_the_process_group_ends_the_run_and_what_it_started(
             time.sleep(3)  # into its training
         finally:
             os.killpg(victim.pid, signal.SIGTERM)
-            victim.wait(timeout=30)  # Kubernetes' grace period; measured: README
+            grace = time.monotonic() + 30  # Kubernetes' grace period; measured: README
+            victim.wait(timeout=30)
     output = (tmp_path / "run.log").read_text()
     assert victim.returncode == 128 + signal.SIGTERM, output[-3000:]
+    while alive_in_group(victim.pid) and time.monotonic() < grace:  # workers got it too
+        time.sleep(0.5)
     assert not alive_in_group(victim.pid)  # no Dask worker, no trial left running
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "KILLED" and "TerminationSignal" in parent.data.tags["error"]
