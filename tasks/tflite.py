@@ -1,5 +1,6 @@
 """Running .tflite models with the LiteRT interpreter: the evaluator and the registered model
-use this one class, so a served model returns exactly what was measured.
+use this one class, so a served model returns exactly what was measured. Also the one reader of a
+.tflite's stored weights (`stored_weights`), for the evaluator, the quantize stage and `mixed`.
 
 The registered model carries this file alone (as `tflite.py`, see flows/pyfunc_model.py): import
 nothing here but numpy, ai_edge_litert and the standard library.
@@ -81,7 +82,6 @@ class TFLiteClassifier:
             interpreter.invoke()
             timings[i] = time.perf_counter_ns() - start
         return float(np.median(timings) / 1000.0)
-
 
 
 @dataclass(frozen=True)
