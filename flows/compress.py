@@ -75,7 +75,7 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
                                                   run.info.run_id)
             stages, before = run_stages(params, root)
             metrics, changes, gated = record_run(params, root, name, before)
-        publish_results(params, Workspace(root), gated, announcer.mlflow_url)
+        publish_results(params, Workspace(root), metrics, gated, announcer.mlflow_url)
     if gated.decision.promote:
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason)
     return {

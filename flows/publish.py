@@ -51,10 +51,10 @@ class Progress:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
 
 
-def publish_results(params: Params, ws: Workspace, gated: Gated, mlflow_url: str | None) -> None:
+def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
+                    mlflow_url: str | None) -> None:
     """The markdown report, the table of candidates, the per-op quantization sensitivity (when
-    measured) and the link to the MLflow run."""
-    metrics = json.loads(ws.metrics.read_text())
+    measured) and the link to the MLflow run; `metrics` is the run's metrics.json."""
     sensitivity = json.loads(ws.quant_sensitivity.read_text())
     links = {"MLflow run": mlflow_url} | {
         f"plot: {plot.stem}": f"{mlflow_url}/artifactPath/plots/{plot.name}"  # the UI's route
