@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ from tasks.config import DataConfig, Params
 from tasks.data import Dataset, load_data
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The nightly schedule of a test's stack or worker: 12 hours from now, so that it never fires
+# during a test (`0 2 * * *` did, in a suite run at 02:00 UTC).
+QUIET_CRON = f"0 {(datetime.now(UTC).hour + 12) % 24} * * *"
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +112,7 @@ def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
         "evaluate": {"latency_runs": 200, "warmup_runs": 1},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
         "gate": {"registered_model": "test-int8", "max_accuracy_drop": 1.0},
+        "stack": {"cron": QUIET_CRON},
     }))
     return load_params(path, overrides)
 
@@ -120,6 +126,11 @@ def make_project(root: Path, data: Path, *overrides: str) -> Params:
     shutil.copy(REPO / ".gitignore", root)
     for folder in ("tasks", "infra"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    prefect_file = root / "infra" / "prefect.yaml"
+    deployments = yaml.safe_load(prefect_file.read_text())
+    for schedule in (s for d in deployments["deployments"] for s in d.get("schedules", [])):
+        schedule["cron"] = QUIET_CRON
+    prefect_file.write_text(yaml.safe_dump(deployments, sort_keys=False))
     params = write_tiny_params(root, data, *overrides)
     init_workspace(root, params)
     return params
