@@ -11,10 +11,10 @@ from unittest import mock
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 import tasks.tflite
+from flows.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.data import Dataset
@@ -23,10 +23,8 @@ from tasks.gate import Decision, Interface, judge, not_comparable, uncertifiable
 from tasks.paired import PairedDrop, paired_drop
 from tasks.tflite import TFLiteClassifier
 
-CHAMPION = "champion"
 PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy", f"mlflow=={mlflow.__version__}"]
-NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model / alias
 # Else MLflow copies the working directory's uv.lock and pyproject.toml (shrinkflow's, with
 # TensorFlow) into the model, and `--env-manager uv` installs those instead of REQUIREMENTS.
 NO_UV_PROJECT = {"MLFLOW_UV_AUTO_DETECT": "false"}
@@ -61,14 +59,14 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     decision, measured = _gate(cfg, evaluate, ws, teacher_drop, champion)
     decision = refusal or decision
     version = _register(cfg.registered_model, ws.model)
-    tags = {"gate.decision": decision.reason}
+    tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower()}
     if champion:
         tags["gate.champion.version"] = champion.version
     warning = uncertifiable(cfg, teacher_drop.n)
     if warning:
         tags["gate.warning"] = warning
     mlflow.log_metrics(measured)
-    mlflow.set_tags(tags)
+    mlflow.set_tags(tags | {VERSION_TAG: version})
     client = MlflowClient()
     for key, value in (measured | tags).items():
         client.set_model_version_tag(cfg.registered_model, version, key, str(value))
@@ -133,13 +131,9 @@ def _register(name: str, tflite: Path) -> str:
 
 def _champion(name: str) -> Champion | None:
     """The version holding the `champion` alias, with its .tflite file; None if there is none."""
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException as exc:
-        if exc.error_code in NO_CHAMPION:
-            return None
-        raise  # the registry is unreachable: not a reason to crown the new model
+    version = champion_version(name)
+    if version is None:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
         artifact = Model.load(path).flavors["python_function"]["artifacts"]["tflite"]["path"]

@@ -15,18 +15,23 @@ DIGEST_SHOWN = 8  # hex digits of an md5 in messages
 
 
 def run_summary(report: dict) -> str:
+    """What ran, what changed, where the run is recorded, the gate, teacher vs final. A run that
+    repeats an earlier one (flows/unchanged.py) says which, and that its model is that run's."""
     stages = report["stages"]
     if all(status == "skipped" for status in stages.values()):
         done = "all stages up to date: nothing re-ran"
     else:
         done = ", ".join(f"{stage} {status}" for stage, status in stages.items())
+    verdict = "promoted to champion" if report["promoted"] else "not promoted"
+    since = report.get("unchanged_since")
     return "\n".join([
         f"stages: {done}",
         *report["inputs_changed"],
         *([f"search: {report['search']}"] if report.get("search") else []),
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
-        f"registered as version {report['model_version']}: "
-        f"{'promoted to champion' if report['promoted'] else 'not promoted'} ({report['gate']})",
+        (f"unchanged since MLflow run {since}: its model, version {report['model_version']}, "
+         f"{verdict} ({report['gate']})" if since else
+         f"registered as version {report['model_version']}: {verdict} ({report['gate']})"),
         "",
         summary_table(report["metrics"]),
     ])

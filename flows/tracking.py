@@ -19,6 +19,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
 
 from flows.params import dump_params, flatten
 from flows.versioning import Fingerprint, git_commit, output_md5s, recorded_inputs
@@ -39,6 +40,9 @@ MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"
 HOST_TAG, PID_TAG, WORKSPACE_TAG = "shrinkflow.host", "shrinkflow.pid", "shrinkflow.workspace"
 KILLED_TAG = "shrinkflow.killed"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+VERSION_TAG = "registry.version"  # the model version a run registered
+CHAMPION = "champion"  # the registry alias of the deployable model
+NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model / alias
 ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
 
 
@@ -122,6 +126,16 @@ def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) ->
     """The run's page in the MLflow UI, when there is a UI to link to."""
     base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+
+
+def champion_version(model_name: str) -> str | None:
+    """The version holding the `champion` alias of `model_name`; None if there is none."""
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException as exc:
+        if exc.error_code in NO_CHAMPION:
+            return None
+        raise  # the registry is unreachable: not a reason to crown (or keep) a model
 
 
 def use_experiment(cfg: TrackingConfig) -> None:

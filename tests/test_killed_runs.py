@@ -1,7 +1,7 @@
 """A run stopped with SIGTERM (during training, during a search) ends its own runs and stops what it
 started. A run killed with SIGKILL cannot end its MLflow runs or its Prefect flow run: the next run
 in the workspace closes them (MLflow KILLED with a note, Prefect Crashed). A run after that, with
-nothing changed, skips every stage without importing TensorFlow, and is still recorded."""
+nothing changed, repeats the last one: recorded without Prefect's flow engine or TensorFlow."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ from mlflow.entities import Run
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from flows.tracking import KILLED_TAG, NOTE_TAG, PID_TAG
+from flows.params import load_params
+from flows.tracking import CHAMPION, KILLED_TAG, NOTE_TAG, PID_TAG
+from flows.unchanged import MADE_BY_TAG, last_run_if_unchanged
+from flows.versioning import StageStatus
 
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -171,19 +174,51 @@ def test_the_next_run_closes_a_killed_runs_mlflow_runs_and_flow_run(killed_and_r
     assert flow_run.state.message.startswith(note)
 
 
-def test_a_run_with_nothing_changed_imports_no_tensorflow_and_is_still_recorded(killed_and_rerun):
+def test_a_run_with_nothing_changed_repeats_the_last_one_without_prefect_or_tensorflow(
+        killed_and_rerun):
+    """Recorded as a repeat: no Prefect flow to run, no TensorFlow, no new registry version; the
+    MLflow run carries the last run's metrics, DVC experiment and gate decision and names it, and
+    the Prefect server of the environment shows a Completed flow run."""
     k = killed_and_rerun
+    versions = len(k.client.search_model_versions("name = 'test-int8'"))
     noop = subprocess.run([sys.executable, "-X", "importtime", SHRINKFLOW, "run"], cwd=k.root,
                           env=k.env, capture_output=True, text=True, timeout=300)
     assert noop.returncode == 0, noop.stderr[-3000:]
-    assert "all stages up to date: nothing re-ran" in noop.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in noop.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "mlflow" in imported and not imported & {"tensorflow", "tf_keras", "sklearn",
+    assert "mlflow" in imported and not imported & {"tensorflow", "tf_keras", "sklearn", "prefect",
                                                     "tensorflow_model_optimization", "matplotlib"}
-    runs = k.client.search_runs([k.killed.info.experiment_id], "tags.pipeline = 'compress'",
-                                order_by=["attributes.start_time DESC"])
-    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["dvc.experiment"] in noop.stdout
+    repeat, made = k.client.search_runs([k.killed.info.experiment_id],
+                                        "attributes.status = 'FINISHED' and tags.pipeline = 'compress'",
+                                        order_by=["attributes.start_time DESC"])[:2]
+    assert repeat.data.tags[MADE_BY_TAG] == made.info.run_id
+    assert "all stages up to date: nothing re-ran" in noop.stdout
+    assert f"unchanged since MLflow run {made.info.run_id}: its model, version 1" in noop.stdout
+    assert repeat.info.run_id in noop.stdout and repeat.data.metrics == made.data.metrics
+    assert repeat.data.params == made.data.params
+    assert {key: repeat.data.tags[key] for key in ("dvc.experiment", "gate.decision")} == {
+        key: made.data.tags[key] for key in ("dvc.experiment", "gate.decision")}
     experiments = subprocess.run([DVC, "exp", "list", "--name-only"], cwd=k.root,
                                  capture_output=True, text=True, check=True).stdout.split()
-    assert runs[0].data.tags["dvc.experiment"] in experiments
+    assert repeat.data.tags["dvc.experiment"] in experiments
+    assert len(k.client.search_model_versions("name = 'test-int8'")) == versions
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(repeat.data.tags["prefect.flow_run_id"]))
+    assert flow_run.state.type.value == "COMPLETED" and flow_run.flow_id
+
+
+def test_a_moved_champion_or_new_params_mean_the_run_is_no_repeat(killed_and_rerun, monkeypatch):
+    """The repeat is refused when its gate decision could differ (the champion moved since) or a
+    stage would run (a param changed): the run then runs, or at least gates, again."""
+    k = killed_and_rerun
+    monkeypatch.chdir(k.root)  # the project's relative sqlite URI
+    params = load_params(Path("params.yaml"), [])
+    assert last_run_if_unchanged(params, Path("."), StageStatus(Path(".")))
+    champion = k.client.get_model_version_by_alias("test-int8", CHAMPION).version
+    k.client.delete_registered_model_alias("test-int8", CHAMPION)
+    try:
+        assert last_run_if_unchanged(params, Path("."), StageStatus(Path("."))) is None
+    finally:
+        k.client.set_registered_model_alias("test-int8", CHAMPION, champion)
+    edited = load_params(Path("params.yaml"), ["evaluate.latency_runs=250"])
+    assert last_run_if_unchanged(edited, Path("."), StageStatus(Path("."))) is None

@@ -195,8 +195,8 @@ def test_a_run_from_the_ui_is_tracked_in_mlflow_with_its_override(stack, first_r
 
 def test_the_cli_runs_its_flow_on_the_stack_and_logs_through_its_mlflow_server(stack, first_run):
     """`shrinkflow run` beside `up`: a flow run of the stack's Prefect (no temporary server), its
-    MLflow runs created through the stack's MLflow server (its access log), not in the sqlite file
-    behind the server's back. The project is as the first run left it: nothing to re-run."""
+    MLflow run created through the stack's MLflow server (its access log), not in the sqlite file
+    behind the server's back. The project is as the first run left it: a repeat of that run."""
     creations = lambda: (stack.root / "up.log").read_text().count("POST /api/2.0/mlflow/runs/create")
     before = creations()
     done = subprocess.run([SHRINKFLOW, "run"], cwd=stack.root, capture_output=True, text=True,
@@ -214,7 +214,9 @@ def test_the_cli_runs_its_flow_on_the_stack_and_logs_through_its_mlflow_server(s
     flow_run = get_json(f"{stack.prefect}/api/flow_runs/{tags['prefect.flow_run_id']}")
     assert flow_run["state"]["type"] == "COMPLETED" and flow_run["deployment_id"] is None
     assert tags["prefect.flow_run_url"].startswith(stack.prefect)
-    assert creations() - before == 1 + len(STAGES)
+    assert creations() - before == 1  # a repeat of the first run: no stage ran
+    assert tags["shrinkflow.unchanged_since"] == mlflow_parent_run(stack, first_run["id"])[
+        "info"]["run_id"]
 
 
 def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, first_run):
