@@ -11,6 +11,8 @@ never touch MLflow.
   (`Trial.set_constraint`): the objective is known before training (tasks/estimate.py), so a
   trial that cannot beat the best one within the budget is not trained at all, and a training
   one stops as soon as another within the budget makes it one that cannot win.
+- One student per training choice: the quantization mode acts after training, so a trial that
+  differs from an earlier one only in mode quantizes its student instead of training it again.
 - Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
   float student's validation drop in excess of the budget per epoch: past distill.epochs /
   factor^k epochs a trial goes on only while it is in the best 1/factor of the trials measured
@@ -94,7 +96,8 @@ if TYPE_CHECKING:
 dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 STUDY_JOURNAL = Path(".shrinkflow") / "search.journal"
-TRIAL_STUDENTS = Path(".shrinkflow") / "search-students"  # <study>/<trial number>.h5
+TRIAL_STUDENTS = Path(".shrinkflow") / "search-students"  # <study>/<md5 of the trained choice>.h5
+MODE_KEY = "quantize.mode"  # the one searched key that acts after training
 SHOWN = ("accuracy", "drop", "upper", "confirm_drop", "confirm_upper", "gzip_bytes",
          "latency_p50_us")
 # Keys that change how long or where a search runs, not what a trial measures: a study resumed
@@ -364,7 +367,7 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
     worker = get_worker().address
     try:
         result = run_trial(inputs, apply_choice(params, choice), best, stop,
-                           trial_student(root, study, number))
+                           trial_student(root, study, choice))
     except CannotBeat as skipped:
         epochs = max(reported, default=0)
         return Outcome(worker, epochs, stopped=f"{skipped}: " + (
@@ -373,20 +376,22 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
     except HopelessTrial as hopeless:
         last = max(reported)
         return Outcome(worker, last, stopped=str(hopeless), measured={"drop": reported[last]})
-    return Outcome(worker, params.distill.epochs, result=result)
+    return Outcome(worker, result.epochs, result=result)
 
 
-def trial_student(root: Path, study: str, number: int) -> Path:
-    """Where trial `number` of `study` keeps its trained student (the workspace's .shrinkflow/:
-    on a shared filesystem for a remote cluster, as the data and teacher are)."""
-    return root / TRIAL_STUDENTS / study / f"{number}.h5"
+def trial_student(root: Path, study: str, choice: Choice) -> Path:
+    """Where the trials of `study` with `choice` keep their trained student (the workspace's
+    .shrinkflow/: on a shared filesystem for a remote cluster, as the data and teacher are). The
+    quantization mode is left out: it acts after training, so one student serves every mode."""
+    trained = _key({key: value for key, value in choice.items() if key != MODE_KEY})
+    return root / TRIAL_STUDENTS / study / f"{hashlib.md5(trained.encode()).hexdigest()[:16]}.h5"
 
 
-def keep_chosen_student(ws: Workspace, study: str, chosen: dict) -> None:
-    """The chosen trial's student becomes the distill stage's output (artifacts/search/student.h5);
-    the students of earlier searches are deleted, this study's kept for a resumed search."""
-    source = trial_student(ws.root, study, chosen.get("repeat_of", chosen["number"])) \
-        if chosen else None
+def keep_chosen_student(ws: Workspace, study: str, chosen: Choice) -> None:
+    """The student of the `chosen` choice becomes the distill stage's output
+    (artifacts/search/student.h5); the students of earlier searches are deleted, this study's
+    kept for a resumed search."""
+    source = trial_student(ws.root, study, chosen) if chosen else None
     if source and source.exists():
         copy_file(source, ws.searched_student)
     else:  # none chosen, or its student is gone: the distill stage trains one
@@ -474,7 +479,7 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     if reason and cfg.require_feasible:
         raise NoFeasibleTrial(f"{reason} (search.require_feasible is set)")
     keys = {key: chosen[key] for key in space} if chosen else {}
-    keep_chosen_student(ws, study.study_name, chosen)
+    keep_chosen_student(ws, study.study_name, keys)
     if mlflow_parent:
         MlflowClient().set_tag(mlflow_parent, "search.chosen",
                                _describe_row(chosen) if chosen else "none")

@@ -102,6 +102,7 @@ class TrialResult:
     metrics: CandidateMetrics
     selection: PairedDrop
     confirmation: PairedDrop
+    epochs: int  # trained by this trial: 0 when it quantized a student another trial trained
 
 
 def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
@@ -120,7 +121,9 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
               student_path: Path) -> TrialResult:
     """One trial, exactly as the stages would run it with `params` (a choice applied): a
     width-scaled student distilled (and pruned) from the teacher, kept at `student_path` (the
-    distill stage's output, should the trial be chosen), quantized, then measured.
+    distill stage's output, should the trial be chosen), quantized, then measured. A student
+    already at `student_path` (trained by a trial that differed only in what quantization does
+    after training) is quantized as it is: training it again would give the same student.
 
     Raises CannotBeat, before any training or after an epoch, when the estimate of
     `search.objective`'s key is not below `best()` (by ESTIMATE_MARGIN), and HopelessTrial when
@@ -133,16 +136,11 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
             raise CannotBeat(estimate, key, beat)
 
     can_beat()
-    seed_everything(params.seed)
-    token = epoch_listener.set(_stopping(stop, can_beat, params.distill.epochs,
-                                         inputs.teacher_accuracy))
-    try:
-        student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
-        student = distill(inputs.teacher, student, inputs.selection, params.distill,
-                          params.sparsify, inputs.targets)
-    finally:
-        epoch_listener.reset(token)
-    write_model(student, student_path)
+    trained = not student_path.exists()
+    student = (_distilled(inputs, params, stop, can_beat) if trained
+               else read_model(student_path))
+    if trained:
+        write_model(student, student_path)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
     right = (predicted == inputs.selection.y_val,
@@ -150,7 +148,22 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
     selection, confirmation = (paired_drop(teacher, trial, params.search.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
     return TrialResult(CandidateMetrics(params=student.count_params(), **measured), selection,
-                       confirmation)
+                       confirmation, params.distill.epochs if trained else 0)
+
+
+def _distilled(inputs: SearchInputs, params: Params, stop: Stopper,
+               can_beat: Callable[[], None]) -> keras.Model:
+    """The trial's student, derived from the teacher and distilled (and pruned), stopped after an
+    epoch by `stop` or `can_beat`."""
+    seed_everything(params.seed)
+    token = epoch_listener.set(_stopping(stop, can_beat, params.distill.epochs,
+                                         inputs.teacher_accuracy))
+    try:
+        student = derive_student(inputs.teacher, params.distill.width, params.distill.init)
+        return distill(inputs.teacher, student, inputs.selection, params.distill,
+                       params.sparsify, inputs.targets)
+    finally:
+        epoch_listener.reset(token)
 
 
 def _stopping(stop: Stopper, can_beat: Callable[[], None], epochs: int, teacher_accuracy: float):

@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 from conftest import make_project
 from flows.compress import compress
 from flows.params import load_params
-from flows.search import NoFeasibleTrial, baseline, study_storage, task_runner
+from flows.search import NoFeasibleTrial, baseline, study_storage, task_runner, trial_student
 from flows.stages import check_inputs
 from tasks.channels import teacher_widths
+from tasks.choice import apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
 from tasks.search import (
@@ -227,6 +228,26 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained_or_stops(trained_
         run_trial(inputs, params, best=lambda: next(best_so_far, 1000), stop=record,
                   student_path=tmp_path / "student.h5")
     assert epochs == [1]
+
+
+def test_a_trial_that_differs_only_in_mode_quantizes_the_student_trained_before(
+        trained_cnn, digits, tmp_path):
+    params = Params.model_validate({"distill": {"width": 0.5, "epochs": 1},
+                                    "quantize": {"calibration_samples": 20}})
+    inputs = search_inputs(digits, trained_cnn, 0.5, seed=0)
+    int8, dynamic = ({"distill.width": 0.5, "quantize.mode": mode} for mode in ("int8", "dynamic"))
+    student = trial_student(tmp_path, "study", int8)
+    assert trial_student(tmp_path, "study", dynamic) == student
+    assert trial_student(tmp_path, "study", int8 | {"distill.width": 0.25}) != student
+
+    first = run_trial(inputs, apply_choice(params, int8), best=lambda: math.inf,
+                      stop=lambda epoch, drop: False, student_path=student)
+    trained = student.stat().st_mtime_ns
+    second = run_trial(inputs, apply_choice(params, dynamic), best=lambda: math.inf,
+                       stop=lambda epoch, drop: False, student_path=student)
+    assert (first.epochs, second.epochs) == (1, 0) and student.stat().st_mtime_ns == trained
+    assert second.metrics.params == first.metrics.params  # the same student, in another mode
+    assert second.metrics.tflite_bytes != first.metrics.tflite_bytes
 
 
 def test_the_first_trial_is_the_configured_recipe_snapped_into_the_space():
