@@ -101,7 +101,9 @@ def check_inputs(params: Params) -> None:
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:
         calibration_samples(inputs.data, params.quantize, params.seed)
-    check_quantizable(student, params.quantize, inputs.data.x_train)
+    for mode in params.search.modes if params.search.enabled else [params.quantize.mode]:
+        check_quantizable(student, params.quantize.model_copy(update={"mode": mode}),
+                          inputs.data.x_train)
     if params.quantize.qat_epochs:
         quantize_aware(student)
     if params.search.enabled:

@@ -108,6 +108,13 @@ def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
             f"{key}: the model takes inputs of shape {expected} but the data's samples have shape "
             f"{actual}; resize the data (data.image_size) or use a model built for it"
         )
+    if model.inputs[0].dtype.is_integer and any(
+            not np.array_equal(x, np.round(x)) for x in (data.x_train, data.x_val, data.x_test)):
+        raise InputError(
+            f"{key}: the model takes integer inputs ({model.inputs[0].dtype.name}: token ids, e.g. "
+            "into an Embedding) but the data's samples are not whole numbers; give the ids as "
+            "integers (x_train, x_val, x_test in the npz) or use a model that takes floats"
+        )
     outputs = model.output_shape[-1]
     if data.num_classes > outputs:
         raise InputError(

@@ -7,7 +7,6 @@ once in the LiteRT interpreter with its default delegate (XNNPACK where it appli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from prefect import task
+from tensorflow.lite.python.convert_phase import ConverterError  # not exported by tf.lite
 
 from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import DistillConfig, QuantizeConfig
@@ -73,10 +73,8 @@ def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndar
 def _convert(model: keras.Model, mode: Precision, calibration: np.ndarray) -> bytes:
     try:
         return convert_to_tflite(model, mode, calibration)
-    except RuntimeError as exc:  # "Quantization to 16x8-bit not yet supported for op: 'ELU'"
-        if mode == "int16x8":
-            raise _cannot_run(mode, exc) from None
-        raise
+    except (RuntimeError, ConverterError) as exc:  # "Quantization to 16x8-bit not yet supported
+        raise _cannot_run(mode, exc) from None     # for op: 'ELU'", an op with no TFLite kernel
 
 
 def convert_to_tflite(model: keras.Model, mode: Precision = "fp32",
@@ -85,21 +83,39 @@ def convert_to_tflite(model: keras.Model, mode: Precision = "fp32",
     (int16 activations and I/O, int8 weights); `dynamic` (int8 weights, float activations and
     I/O); `float16` (float16 weights, float I/O). `int8` and `int16x8` calibrate on `calibration`.
 
-    Weights are quantized symmetrically (zero point 0), so pruned zeros stay exact zeros.
+    Weights are quantized symmetrically (zero point 0), so pruned zeros stay exact zeros. An
+    integer input (token ids into an Embedding) stays as it is in every mode.
     """
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = _converter(model)
     if mode != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if mode in ("int8", "int16x8"):
         io_type = tf.int8 if mode == "int8" else tf.int16
-        converter.representative_dataset = lambda: _one_at_a_time(calibration)
+        dtype = model.inputs[0].dtype.as_numpy_dtype
+        converter.representative_dataset = lambda: ([sample[None].astype(dtype)]
+                                                     for sample in calibration)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if mode == "int8" else INT16X8
         ]
-        converter.inference_input_type = converter.inference_output_type = io_type
+        converter.inference_output_type = io_type
+        if model.inputs[0].dtype.is_floating:
+            converter.inference_input_type = io_type
     return converter.convert()
+
+
+def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
+    """The converter for `model`. A recurrent layer becomes TFLite's fused sequence op (LSTM,
+    RNN) or a plain loop (GRU) only with a static batch size (else: "'tf.TensorListReserve' op
+    requires element_shape to be static"): such a model is converted for batch 1, and
+    `TFLiteClassifier` runs it one sample at a time."""
+    if not any(isinstance(layer, keras.layers.RNN) for layer in model.submodules):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    signature = [tf.TensorSpec([1, *tensor.shape[1:]], tensor.dtype) for tensor in model.inputs]
+    function = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0]))
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function(*signature)], model)
 
 
 def check_runs(tflite: bytes, mode: str, sample: np.ndarray) -> None:
@@ -119,24 +135,18 @@ def _cannot_run(mode: str, exc: Exception) -> InputError:
 
 
 def check_quantizable(model: keras.Model, cfg: QuantizeConfig, samples: np.ndarray) -> None:
-    """The cheap pre-check for the modes not every model can take, on `model` as it is (untrained
-    weights do) and two samples: `int16x8` converts and runs once (the converter lacks 16x8
-    kernels for some ops, e.g. ELU); `mixed` needs AEQ to read and calibrate the model (ops it
-    cannot quantize stay float, so they never stop it). Raises InputError naming the mode."""
-    if not cfg.enabled or cfg.mode not in ("int16x8", "mixed"):
-        return
-    if cfg.mode == "int16x8":
+    """The pre-check of `cfg.mode` (FP32 when quantization is off), on `model` as it is (untrained
+    weights do) and two samples: it converts and runs once in LiteRT, so that a model no run
+    could deploy (an op the converter has no kernel for in that mode, e.g. ELU in int16x8) is
+    refused before any training; `mixed` also needs AEQ to read and calibrate it (ops it cannot
+    quantize stay float, so they never stop it). Raises InputError naming the mode."""
+    if not (cfg.enabled and cfg.mode == "mixed"):
         quantize_model(model, cfg, samples[:2], (samples[:0], np.zeros(0)))
         return
     try:
         Mixer(convert_to_tflite(model), samples[:2], (samples[:0], np.zeros(0)))
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, ConverterError) as exc:
         raise _cannot_run("mixed", exc) from None
-
-
-def _one_at_a_time(samples: np.ndarray) -> Iterator[list[np.ndarray]]:
-    for sample in samples:
-        yield [sample[None].astype(np.float32)]
 
 
 def quantize_student(student: keras.Model, data: Dataset, cfg: QuantizeConfig,

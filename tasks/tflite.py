@@ -28,6 +28,8 @@ class TFLiteClassifier:
     """Runs a .tflite model with the LiteRT interpreter, quantizing int8 inputs as needed.
 
     `predict` returns float outputs (dequantized for int8 models), the same for every caller.
+    A model converted for a static batch size (a recurrent one: tasks/quantize.py) runs in
+    batches of that size.
     """
 
     def __init__(self, model: bytes, num_threads: int = 1):
@@ -36,11 +38,12 @@ class TFLiteClassifier:
         probe = self._interpreter()
         self.input = probe.get_input_details()[0]
         self.output = probe.get_output_details()[0]
+        self.batch = BATCH if self.input["shape_signature"][0] == -1 else int(self.input["shape"][0])
 
     def _interpreter(self, batch: int | None = None) -> Interpreter:
         interpreter = Interpreter(model_content=self.model, num_threads=self.num_threads)
-        if batch is not None:
-            shape = interpreter.get_input_details()[0]["shape"].copy()
+        shape = interpreter.get_input_details()[0]["shape"].copy()
+        if batch is not None and batch != shape[0]:
             shape[0] = batch
             interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], shape)
         interpreter.allocate_tensors()
@@ -60,15 +63,18 @@ class TFLiteClassifier:
         return (y.astype(np.float32) - zero_point) * scale
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for every sample, in batches of up to BATCH."""
-        outputs = []
-        for start in range(0, len(x), BATCH):
-            chunk = x[start : start + BATCH]
-            interpreter = self._interpreter(len(chunk))
+        """Outputs for every sample, in batches of up to BATCH (or of the model's static size)."""
+        outputs, interpreter = [], None
+        for start in range(0, len(x), self.batch):
+            chunk = x[start : start + self.batch]
+            if self.batch != BATCH and len(chunk) < self.batch:  # a static batch: pad the last
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(chunk), 0)])
+            if interpreter is None or len(chunk) != interpreter.get_input_details()[0]["shape"][0]:
+                interpreter = self._interpreter(len(chunk))
             interpreter.set_tensor(self.input["index"], self._to_input(chunk))
             interpreter.invoke()
             outputs.append(self._from_output(interpreter.get_tensor(self.output["index"])))
-        return np.concatenate(outputs)
+        return np.concatenate(outputs)[: len(x)]
 
     def latency_p50_us(self, sample: np.ndarray, runs: int, warmup: int) -> float:
         """Median wall time of one batch-1 invoke, in microseconds, after `warmup` invokes."""

@@ -1,0 +1,95 @@
+"""Classifiers that are not image CNNs: a text classifier (integer token ids into an Embedding,
+then an LSTM) goes through the whole flow; recurrent layers convert in every mode LiteRT runs;
+their bad input is refused before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from flows.stages import check_inputs
+from tasks.errors import InputError
+from tasks.models import write_model
+from tasks.quantize import convert_to_tflite
+from tasks.tflite import TFLiteClassifier
+
+LENGTH, VOCABULARY, CLASSES = 12, 30, 3
+
+
+def token_ids(samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences of token ids; the label is the third of the vocabulary most of them come from."""
+    x = np.random.default_rng(seed).integers(0, VOCABULARY, (samples, LENGTH))
+    y = np.stack([(x // (VOCABULARY // CLASSES) == k).sum(axis=1) for k in range(CLASSES)]).argmax(0)
+    return x, y
+
+
+def text_classifier(recurrent: keras.layers.Layer) -> keras.Model:
+    ids = keras.Input((LENGTH,), dtype="int32", name="ids")
+    embedded = keras.layers.Embedding(VOCABULARY, 8)(ids)
+    return keras.Model(ids, keras.layers.Dense(CLASSES, activation="softmax")(recurrent(embedded)))
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A trained Embedding + LSTM teacher file and its data as an `npz:` source (int ids)."""
+    root = tmp_path_factory.mktemp("text")
+    x, y = token_ids(400)
+    np.savez(root / "text.npz", x=x, y=y)
+    teacher = text_classifier(keras.layers.LSTM(16))
+    teacher.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    teacher.fit(x, y, epochs=3, verbose=0)
+    write_model(teacher, root / "teacher.h5")
+    return root / "text.npz", root / "teacher.h5"
+
+
+@pytest.mark.parametrize("recurrent", [keras.layers.LSTM(8), keras.layers.GRU(8),
+                                       keras.layers.SimpleRNN(8),
+                                       keras.layers.Bidirectional(keras.layers.LSTM(4))],
+                         ids=["lstm", "gru", "simple_rnn", "bidirectional"])
+def test_a_recurrent_model_converts_for_batch_1_and_predicts_as_keras(recurrent):
+    model = text_classifier(recurrent)
+    x, _ = token_ids(20, seed=1)
+    classifier = TFLiteClassifier(convert_to_tflite(model))
+    assert classifier.batch == 1 and classifier.input["dtype"] == np.int32  # ids stay ids
+    np.testing.assert_allclose(classifier.predict(x), model.predict(x, verbose=0), atol=1e-3)
+
+
+def test_an_int8_text_classifier_keeps_integer_ids_and_float_logic(text_files):
+    _, teacher_file = text_files
+    teacher = keras.models.load_model(teacher_file)
+    x, _ = token_ids(40, seed=2)
+    classifier = TFLiteClassifier(convert_to_tflite(teacher, "int8", x[:20]))
+    assert classifier.input["dtype"] == np.int32 and classifier.output["dtype"] == np.int8
+    agree = classifier.predict(x).argmax(-1) == teacher.predict(x, verbose=0).argmax(-1)
+    assert agree.mean() >= 0.9
+
+
+def test_a_text_classifier_goes_through_the_whole_flow(text_files, prefect_server, dvc_project,
+                                                      tiny_params):
+    from flows.compress import compress
+    from flows.stages import STAGES
+
+    data, teacher = text_files
+    params = tiny_params(f"data.source=npz:{data}", f"model.source={teacher}",
+                         "distill.init=random", "distill.width=0.5")
+    report = compress(params, workdir=str(dvc_project))
+    assert report["stages"] == dict.fromkeys(STAGES, "ran")
+    final = TFLiteClassifier((dvc_project / "artifacts" / "model.tflite").read_bytes())
+    assert final.input["dtype"] == np.int32 and final.batch == 1
+    metrics = report["metrics"]
+    assert metrics["final"]["params"] < metrics["teacher"]["params"]  # a narrower LSTM
+    assert metrics["quantization"]["layer_precisions"]["int8"] > 0
+
+
+def test_float_samples_for_a_model_of_integer_ids_are_refused_before_training(
+        text_files, tiny_params, tmp_path):
+    _, teacher = text_files
+    x, y = token_ids(200)
+    np.savez(tmp_path / "scaled.npz", x=x / VOCABULARY, y=y)  # ids scaled like pixels: wrong
+    params = tiny_params(f"data.source=npz:{tmp_path / 'scaled.npz'}", f"model.source={teacher}",
+                         "distill.init=random")
+    with pytest.raises(InputError, match=r"model.source: the model takes integer inputs \(int32"):
+        check_inputs(params)
