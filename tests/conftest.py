@@ -112,7 +112,6 @@ def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
         "evaluate": {"latency_runs": 200, "warmup_runs": 1},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
         "gate": {"registered_model": "test-int8", "max_accuracy_drop": 1.0},
-        "stack": {"cron": QUIET_CRON},
     }))
     return load_params(path, overrides)
 

@@ -21,7 +21,7 @@ from threading import Thread
 import numpy as np
 import pytest
 
-from conftest import make_project
+from conftest import QUIET_CRON, make_project
 from flows.stages import STAGES
 from tasks.data import Dataset
 from tasks.tflite import TFLiteClassifier
@@ -109,7 +109,7 @@ def stack(nightly_project: Path, webhook: Webhook) -> Stack:
     log = open(nightly_project / "up.log", "w")
     process = subprocess.Popen(
         [SHRINKFLOW, "up", "--set", f"stack.prefect_port={prefect_port}",
-         "--set", f"stack.mlflow_port={mlflow_port}"],
+         "--set", f"stack.mlflow_port={mlflow_port}", "--set", f"stack.cron={QUIET_CRON}"],
         cwd=nightly_project, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     prefect = f"http://127.0.0.1:{prefect_port}"
