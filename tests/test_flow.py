@@ -88,7 +88,8 @@ def test_a_failing_stage_fails_the_mlflow_run_with_the_error(prefect_server, dvc
     def broken_converter(*args, **kwargs):
         raise RuntimeError("converter exploded")
 
-    monkeypatch.setattr(tasks.quantize, "convert_to_tflite", broken_converter)
+    # the stage's compute only: the pre-check, which converts too, passes
+    monkeypatch.setattr(tasks.quantize, "quantize_student", broken_converter)
     params = tiny_params()
     with pytest.raises(RuntimeError, match="converter exploded"):
         compress(params, workdir=str(dvc_project))
