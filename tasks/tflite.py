@@ -38,7 +38,8 @@ class TFLiteClassifier:
         probe = self._interpreter()
         self.input = probe.get_input_details()[0]
         self.output = probe.get_output_details()[0]
-        self.batch = BATCH if self.input["shape_signature"][0] == -1 else int(self.input["shape"][0])
+        self.static_batch = self.input["shape_signature"][0] != -1
+        self.batch = int(self.input["shape"][0]) if self.static_batch else BATCH
 
     def _interpreter(self, batch: int | None = None) -> Interpreter:
         interpreter = Interpreter(model_content=self.model, num_threads=self.num_threads)
@@ -67,7 +68,7 @@ class TFLiteClassifier:
         outputs, interpreter = [], None
         for start in range(0, len(x), self.batch):
             chunk = x[start : start + self.batch]
-            if self.batch != BATCH and len(chunk) < self.batch:  # a static batch: pad the last
+            if self.static_batch and len(chunk) < self.batch:  # pad the last
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(chunk), 0)])
             if interpreter is None or len(chunk) != interpreter.get_input_details()[0]["shape"][0]:
                 interpreter = self._interpreter(len(chunk))
