@@ -40,6 +40,7 @@ MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"
 HOST_TAG, PID_TAG, WORKSPACE_TAG = "shrinkflow.host", "shrinkflow.pid", "shrinkflow.workspace"
 KILLED_TAG = "shrinkflow.killed"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+MD5_TAG = "dvc.md5."  # + an output's path: the md5 dvc.lock held for it
 VERSION_TAG = "registry.version"  # the model version a run registered
 CHAMPION = "champion"  # the registry alias of the deployable model
 NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model / alias
@@ -193,7 +194,7 @@ def tag_versions(root: Path, experiment: str, remote: str | None) -> None:
         "mlflow.source.git.commit": git_commit(root),
         "dvc.experiment": experiment,
         "dvc.remote": remote or "",
-        **{f"dvc.md5.{path}": md5 for path, md5 in output_md5s(root).items()},
+        **{f"{MD5_TAG}{path}": md5 for path, md5 in output_md5s(root).items()},
     })
 
 

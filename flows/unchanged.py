@@ -23,6 +23,7 @@ from mlflow.entities import Run
 
 from flows.params import flatten
 from flows.tracking import (
+    MD5_TAG,
     NOTE_TAG,
     VERSION_TAG,
     WORKSPACE_TAG,
@@ -37,7 +38,6 @@ from tasks.choice import search_summary
 from tasks.config import Params
 
 MADE_BY_TAG = "shrinkflow.unchanged_since"  # on a repeat: the run that made its model
-MD5_TAG = "dvc.md5."  # + an output's path: the md5 dvc.lock held for it (flows.tracking)
 CARRIED_TAGS = ("dvc.", "input.", "teacher.", "gate.", "registry.", MADE_BY_TAG)
 HTTP_TIMEOUT_S = 10
 
