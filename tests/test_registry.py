@@ -1,18 +1,20 @@
 """The registry as the flow uses it (`register_and_gate` in a temp sqlite store, no flow around it):
-a champion made for other data is never replaced, and the registered model loads and predicts in
-a fresh virtualenv that holds only the model's own requirements."""
+a champion made for other data is never replaced, and the registered model loads, predicts and is
+served over HTTP from a fresh virtualenv that holds only the model's own requirements."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 from mlflow import MlflowClient
 
 from flows.registry import Gated, register_and_gate
@@ -25,6 +27,7 @@ from tasks.gate import Decision
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
 from tasks.tflite import TFLiteClassifier
+from test_stack import free_port
 
 NAME = "digits-int8"
 UV = str(Path(sys.executable).parent / "uv")
@@ -131,10 +134,49 @@ def model_venv(champion, tmp_path_factory) -> Path:
 def test_the_champion_loads_and_predicts_without_shrinkflow_installed(champion, model_venv, digits, tmp_path):
     """The slow one: a virtualenv built from PyPI (seconds with uv's cache, minutes without)."""
     np.save(tmp_path / "x.npy", digits.x_test[:8])
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"],  # no PYTHONPATH: no shrinkflow
-           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
     subprocess.run([str(model_venv), "-c", SERVE, f"models:/{NAME}@champion", "x.npy", "y.npy"],
-                   cwd=tmp_path, env=env, check=True, timeout=300)
+                   cwd=tmp_path, env=model_env(model_venv), check=True, timeout=300)
     tflite = (champion / "artifacts" / "model.tflite").read_bytes()
     expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+@pytest.mark.slow
+def test_the_champion_is_served_over_http_from_its_own_environment(champion, model_venv, digits,
+                                                                    tmp_path):
+    """`mlflow models serve -m models:/NAME@champion` of the model's virtualenv (no shrinkflow, no
+    TensorFlow) answers `invocations` with what the evaluator's runner predicts."""
+    port, log = free_port(), tmp_path / "serve.log"
+    server = subprocess.Popen(
+        [str(model_venv.parent / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=model_env(model_venv), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _answers(f"{url}/ping"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        reply = requests.post(f"{url}/invocations", json={"inputs": digits.x_test[:8].tolist()},
+                              timeout=60)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert reply.status_code == 200, reply.text
+    tflite = (champion / "artifacts" / "model.tflite").read_bytes()
+    expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
+    np.testing.assert_array_equal(np.asarray(reply.json()["predictions"], np.float32), expected)
+
+
+def model_env(python: Path) -> dict[str, str]:
+    """The model's virtualenv of `python`, activated: its bin/ first on PATH (uvicorn), no
+    PYTHONPATH (no shrinkflow), this test's registry."""
+    return {"PATH": f"{python.parent}:{os.environ['PATH']}", "HOME": os.environ["HOME"],
+            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
