@@ -28,7 +28,16 @@ import mlflow
 import numpy as np
 
 from flows.params import flatten
-from flows.report import aligned, human_size, percent
+from flows.report import (
+    aligned,
+    human_size,
+    latency,
+    markdown_table,
+    memory,
+    percent,
+    thread_counts,
+    threads,
+)
 from flows.stages import STAGES, check_inputs, run_stage
 from flows.tracking import pipeline_run
 from flows.versioning import init_workspace
@@ -67,8 +76,6 @@ BENCH_QAT_EPOCHS = 4  # the qat row's epochs when quantize.qat_epochs is 0 (off)
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("recipe", "accuracy", "vs fp32", ".tflite", "gzip", "compression", "latency p50",
-           "speedup", "wall time")
 
 
 class Built(NamedTuple):
@@ -324,7 +331,7 @@ def bench_metrics(document: dict) -> dict[str, float]:
 
 def bench_table(document: dict) -> str:
     """The terminal table, one row per recipe, then the overhead figures when measured."""
-    lines = [aligned([COLUMNS, *_table_cells(document)])]
+    lines = [aligned(_table(document))]
     if "overhead" in document:
         lines += ["", *overhead_lines(document["overhead"])]
     return "\n".join(lines)
@@ -339,14 +346,13 @@ def bench_markdown(document: dict) -> str:
         f"`{document['config']}` on {m['machine']}, {m['cpu_count']} CPUs, {m['date']}; "
         f"Python {m['python']}, TensorFlow {m['tensorflow']}, LiteRT {m['litert']}.",
         "",
-        _markdown_row(COLUMNS),
-        _markdown_row(("---", *["---:"] * (len(COLUMNS) - 1))),
-        *map(_markdown_row, _table_cells(document)),
+        markdown_table(_table(document)),
         "",
         f"Every row is measured by the pipeline's evaluator on the test split "
-        f"({document['test_samples']} samples): LiteRT, 1 thread, batch 1, latency the median of "
-        f"{evaluate['latency_runs']} invokes. Compression is gzip-9 bytes relative to fp32. Wall "
-        "time runs from the trained teacher to the .tflite.",
+        f"({document['test_samples']} samples): LiteRT, batch 1, latency p50 / p90 of "
+        f"{evaluate['latency_runs']} invokes at each thread count, speedup at the first; memory "
+        "is the heap the interpreter holds (arena, packed weights). Compression is gzip-9 bytes "
+        "relative to fp32. Wall time runs from the trained teacher to the .tflite.",
         "",
         *(f"- `{name}`: {RECIPES[name].__doc__}" for name in document["recipes"]),
     ]
@@ -399,8 +405,12 @@ def _row(reference: CandidateMetrics, metrics: CandidateMetrics, wall_s: float) 
     return metrics.as_dict() | {key: ratios[key] for key in HEADLINE} | {"wall_s": wall_s}
 
 
-def _table_cells(document: dict) -> list[tuple[str, ...]]:
-    return [
+def _table(document: dict) -> list[tuple[str, ...]]:
+    """The header, then one row per recipe."""
+    counts = thread_counts(next(iter(document["recipes"].values())))
+    header = ("recipe", "accuracy", "vs fp32", ".tflite", "gzip", "compression",
+              *(f"p50 / p90, {threads(n)}" for n in counts), "speedup", "memory", "wall time")
+    return [header, *(
         (
             _label(name, document),
             percent(row["accuracy"]),
@@ -408,12 +418,13 @@ def _table_cells(document: dict) -> list[tuple[str, ...]]:
             human_size(row["tflite_bytes"]),
             human_size(row["gzip_bytes"]),
             f"{row['compression_ratio']:.1f}x",
-            f"{row['latency_p50_us']:.1f} us",
+            *(latency(row, n) for n in counts),
             f"{row['speedup']:.1f}x",
+            memory(row),
             f"{row['wall_s']:.1f} s",
         )
         for name, row in document["recipes"].items()
-    ]
+    )]
 
 
 def _label(name: str, document: dict) -> str:
@@ -421,10 +432,6 @@ def _label(name: str, document: dict) -> str:
     if name != "shrinkflow":
         return name
     return f"{name} ({QuantizeConfig(**document['params']['quantize']).effective_mode})"
-
-
-def _markdown_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def _timed_command(command: list[str], cwd: Path) -> tuple[str, float]:

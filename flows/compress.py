@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from flows.publish import Announcer, Progress, publish_results
+from flows.model_card import model_card
 from flows.registry import Gated, register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
@@ -180,6 +181,7 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
     remote = record_experiment(root, name)
     log_run(params, root, name, remote, changes, headline(metrics))
     gated = register_and_gate(params.gate, params.evaluate, ws, recorded_drop(metrics),
+                              model_card(params, ws, metrics),
                               search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", gated.version,
                           "promoted to champion" if gated.decision.promote else "not promoted",

@@ -53,8 +53,9 @@ class Progress:
 
 def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
                     mlflow_url: str | None) -> None:
-    """The markdown report, the table of candidates, the per-op quantization sensitivity (when
-    measured) and the link to the MLflow run; `metrics` is the run's metrics.json."""
+    """The markdown report, the model card, the table of candidates, the per-op quantization
+    sensitivity (when measured) and the link to the MLflow run; `metrics` is the run's
+    metrics.json."""
     sensitivity = json.loads(ws.quant_sensitivity.read_text())
     links = {"MLflow run": mlflow_url} | {
         f"plot: {plot.stem}": f"{mlflow_url}/artifactPath/plots/{plot.name}"  # the UI's route
@@ -65,6 +66,8 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
         markdown=markdown_report(metrics, gated, params.gate.registered_model,
                                  params.gate.confidence, search_summary(ws), links),
     )
+    create_markdown_artifact(key="model-card", description="model_card.md of the registered model",
+                             markdown=gated.card)
     create_table_artifact(
         key="compress-candidates",
         description="Every candidate, measured by the same evaluator",

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 import tasks.tflite
+from flows.report import drop_metrics
 from flows.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
@@ -28,6 +29,7 @@ REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy", f"mlflow=={mlflow.__version__}
 # Else MLflow copies the working directory's uv.lock and pyproject.toml (shrinkflow's, with
 # TensorFlow) into the model, and `--env-manager uv` installs those instead of REQUIREMENTS.
 NO_UV_PROJECT = {"MLFLOW_UV_AUTO_DETECT": "false"}
+MODEL_CARD = "model_card.md"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Gated:
     decision: Decision
     measured: dict[str, float]  # gate.candidate.*, gate.champion.*, gate.*_drop* (see `_gate`)
     champion: str | None  # the champion's version at the time, if any
+    card: str  # model_card.md, with the gate's verdict
 
 
 @dataclass(frozen=True)
@@ -47,18 +50,21 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      teacher_drop: PairedDrop,
+                      teacher_drop: PairedDrop, card: str,
                       refusal: Decision | None = None) -> Gated:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
     gate measured goes on the version (as tags) and the run (as metrics), with `gate.warning` when
     the test split is too small to ever pass. `teacher_drop` is the final model's paired drop vs
     the teacher on the test split (metrics.json). A `refusal` decided before the gate (a search
-    that found nothing within its budget) stands."""
+    that found nothing within its budget) stands. The model `card` (flows/model_card.py), with
+    the verdict appended, goes beside the .tflite in the registered model and the run, and is the
+    version's description in the registry."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, teacher_drop, champion)
     decision = refusal or decision
-    version = _register(cfg.registered_model, ws.model)
+    card += verdict(decision, champion.version if champion else None)
+    version = _register(cfg.registered_model, ws.model, card)
     tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower()}
     if champion:
         tags["gate.champion.version"] = champion.version
@@ -67,14 +73,27 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
         tags["gate.warning"] = warning
     mlflow.log_metrics(measured)
     mlflow.set_tags(tags | {VERSION_TAG: version})
+    mlflow.log_text(card, MODEL_CARD)
     client = MlflowClient()
+    client.update_model_version(cfg.registered_model, version, description=card)
     for key, value in (measured | tags).items():
         client.set_model_version_tag(cfg.registered_model, version, key, str(value))
     if decision.promote:
         client.set_registered_model_alias(cfg.registered_model, CHAMPION, version)
     else:
         client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
-    return Gated(version, decision, measured, champion.version if champion else None)
+    return Gated(version, decision, measured, champion.version if champion else None, card)
+
+
+def verdict(decision: Decision, champion: str | None) -> str:
+    """The model card's last section: what the gate decided, and the champion it replaced."""
+    if decision.promote:
+        outcome = f"Promoted to `{CHAMPION}`, " + (f"replacing version {champion}" if champion
+                                                   else "the first")
+    else:
+        outcome = "Not promoted; " + (f"the champion stays version {champion}" if champion
+                                      else "there is no champion yet")
+    return f"\n## Registry\n\n{outcome}: {decision.reason}.\n"
 
 
 def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop: PairedDrop,
@@ -105,23 +124,20 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop
     metrics = {f"{who}.{key}": value for who, values in measured.items()
                for key, value in values.items()}
     for prefix, drop in drops.items():
-        metrics |= _drop_metrics(prefix, drop)
+        metrics |= drop_metrics(prefix, drop)
     return decision, metrics
 
 
-def _drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:
-    """`prefix` (the point estimate), `prefix.upper` / `.lower` (the bounds), and the counts."""
-    return {prefix: drop.drop, f"{prefix}.upper": drop.upper, f"{prefix}.lower": drop.lower,
-            f"{prefix}.worse": drop.worse, f"{prefix}.better": drop.better, f"{prefix}.n": drop.n}
-
-
-def _register(name: str, tflite: Path) -> str:
-    """Log the model from code with the LiteRT runner beside it, registered as a new version."""
-    with mock.patch.dict(os.environ, NO_UV_PROJECT):
+def _register(name: str, tflite: Path, card: str) -> str:
+    """Log the model from code with the LiteRT runner and the model card beside it, registered
+    as a new version."""
+    with mock.patch.dict(os.environ, NO_UV_PROJECT), tempfile.TemporaryDirectory() as tmp:
+        card_file = Path(tmp) / MODEL_CARD
+        card_file.write_text(card)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_MODEL),
-            artifacts={"tflite": str(tflite)},
+            artifacts={"tflite": str(tflite), "model_card": str(card_file)},
             code_paths=[tasks.tflite.__file__],
             registered_model_name=name,
             pip_requirements=REQUIREMENTS,

@@ -4,14 +4,18 @@ comparison with the champion, the search's choice, links to MLflow)."""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import TYPE_CHECKING
 
 from flows.versioning import Fingerprint
 
 if TYPE_CHECKING:
     from flows.registry import Gated
+    from tasks.paired import PairedDrop
 
 DIGEST_SHOWN = 8  # hex digits of an md5 in messages
+THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
 
 
 def run_summary(report: dict) -> str:
@@ -86,10 +90,20 @@ def gate_comparison(measured: dict[str, float], champion: str | None,
     rows = [("test split", *who.values()),
             ("accuracy", *(percent(measured[f"gate.{w}.accuracy"]) for w in who)),
             ("gzip size", *(human_size(int(measured[f"gate.{w}.gzip_bytes"])) for w in who)),
-            ("latency p50", *(f"{measured[f'gate.{w}.latency_p50_us']:.1f} us" for w in who))]
+            ("latency p50 / p90", *(f"{measured[f'gate.{w}.latency_p50_us']:.1f} / "
+                                    f"{measured[f'gate.{w}.latency_p90_us']:.1f} us" for w in who)),
+            ("runtime memory", *(memory({"memory_bytes": measured[f"gate.{w}.memory_bytes"]})
+                                 for w in who))]
     drops = {"gate.teacher_drop": "vs the teacher", "gate.champion_drop": "vs the champion"}
     return [markdown_table(rows), "", *(f"- {paired_line(measured, key, confidence, what)}"
                                         for key, what in drops.items() if key in measured), ""]
+
+
+def drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:
+    """`prefix` (the point estimate), `prefix.upper` / `.lower` (the bounds), and the counts: what
+    `paired_line` reads."""
+    return {prefix: drop.drop, f"{prefix}.upper": drop.upper, f"{prefix}.lower": drop.lower,
+            f"{prefix}.worse": drop.worse, f"{prefix}.better": drop.better, f"{prefix}.n": drop.n}
 
 
 def paired_line(measured: dict[str, float], key: str, confidence: float, what: str) -> str:
@@ -115,11 +129,35 @@ def summary_rows(metrics: dict) -> list[tuple[str, ...]]:
          f"{teacher['tflite_bytes'] / final['tflite_bytes']:.1f}x smaller"),
         ("gzip size", human_size(teacher["gzip_bytes"]), human_size(final["gzip_bytes"]),
          f"{metrics['compression_ratio']:.1f}x smaller"),
-        ("latency p50", f"{teacher['latency_p50_us']:.1f} us", f"{final['latency_p50_us']:.1f} us",
-         f"{metrics['speedup']:.1f}x faster"),
+        *((f"latency p50 / p90, {threads(n)}", latency(teacher, n), latency(final, n),
+           f"{teacher[f'latency_p50_us_{n}t'] / final[f'latency_p50_us_{n}t']:.1f}x faster")
+          for n in thread_counts(final)),
+        ("runtime memory", memory(teacher), memory(final),
+         f"{teacher['memory_bytes'] / final['memory_bytes']:.1f}x less"),
         ("quantization", "fp32", metrics["quantization"]["mode"],
          layer_precisions(metrics["quantization"]["layer_precisions"])),
     ]
+
+
+def thread_counts(measured: dict) -> list[int]:
+    """The interpreter thread counts a candidate's latency was measured at (`latency_p50_us_4t`)."""
+    return [int(match[1]) for key in measured if (match := THREADS_KEY.fullmatch(key))]
+
+
+def threads(count: int) -> str:
+    return f"{count} thread{'s' if count > 1 else ''}"
+
+
+def latency(measured: dict, count: int) -> str:
+    """`41.2 / 45.0 us`: batch-1 latency p50 / p90 at `count` threads."""
+    return (f"{measured[f'latency_p50_us_{count}t']:.1f} / "
+            f"{measured[f'latency_p90_us_{count}t']:.1f} us")
+
+
+def memory(measured: dict) -> str:
+    """The runtime's heap (tasks/tflite.py `memory_bytes`); n/a where it cannot be measured."""
+    held = measured["memory_bytes"]
+    return "n/a" if math.isnan(held) else human_size(int(held))
 
 
 def accuracy_change(metrics: dict) -> str:

@@ -7,6 +7,11 @@ sliced on both sides: a layer's own output channels and the input channels of th
 them (BatchNorm and depthwise kernels follow their input; a Dense after Flatten reads every spatial
 position of each kept channel). Layers whose outputs meet in an elementwise merge (a residual
 `Add`) must keep the same channels: they are ranked together, by their summed L1 norms.
+
+Recurrent layers (LSTM, GRU, SimpleRNN) keep units: their kernel, recurrent kernel and bias hold
+one block of `units` columns per gate, and a kept unit keeps its column in every gate (and its
+row of the recurrent kernel), so the gates of each kept unit stay those the teacher trained. An
+Embedding keeps output dimensions (`output_dim`) like a layer keeps channels.
 """
 
 from __future__ import annotations
@@ -23,11 +28,16 @@ Kind = Literal["input", "width", "output", "merge", "concat", "flatten", "depthw
 # How each weight is sliced: (axis, which indices). "mid" are a separable conv's depthwise outputs.
 SLICES: dict[str, tuple[tuple[int, str], ...]] = {
     "kernel": ((-2, "in"), (-1, "out")),
+    "recurrent_kernel": ((-2, "units"), (-1, "out")),
+    "embeddings": ((-1, "out"),),
     "depthwise_kernel": ((-2, "in"),),
     "pointwise_kernel": ((-2, "mid"), (-1, "out")),
     "bias": ((-1, "out"),),
     **{name: ((-1, "out"),) for name in ("gamma", "beta", "moving_mean", "moving_variance")},
 }
+# Gates of each recurrent layer whose units are followed (blocks of `units` columns per weight)
+GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3, keras.layers.SimpleRNN: 1}
+WIDTH_KEYS = ("filters", "units", "output_dim")
 MODEL_INPUT = ""  # the inbound name of a Sequential model's first layer
 MIN_UNITS = 4  # the narrowest layer a derived width may leave
 WIDTH_STEP = math.sqrt(2)
@@ -35,9 +45,10 @@ FIRST_WIDTH = 0.5
 
 
 def width_key(layer: keras.layers.Layer) -> str | None:
-    """`filters` or `units`: the config key that sets how many channels a layer outputs."""
+    """`filters`, `units` or `output_dim` (an Embedding): the config key that sets how many
+    channels a layer outputs."""
     config = layer.get_config()
-    return next((key for key in ("filters", "units") if isinstance(config.get(key), int)), None)
+    return next((key for key in WIDTH_KEYS if isinstance(config.get(key), int)), None)
 
 
 def output_layer(model: keras.Model) -> keras.layers.Layer:
@@ -80,8 +91,9 @@ def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
         inputs = [outputs[name] for name in inbound[layer.name]]
         outputs[layer.name] = _output_channels(layer, kinds[layer.name], inputs, kept)
         if layer.weights:
-            indices = {"in": inputs[0], "out": outputs[layer.name]}
-            indices["mid"] = _repeat(inputs[0], _depth_multiplier(layer))
+            units = outputs[layer.name]
+            indices = {"in": inputs[0], "units": units, "out": _gated(units, layer),
+                       "mid": _repeat(inputs[0], _depth_multiplier(layer))}
             student_layer = student.get_layer(layer.name)
             try:
                 student_layer.set_weights([_sliced(w, indices) for w in layer.weights])
@@ -115,6 +127,9 @@ def _kind(layer: keras.layers.Layer, output: keras.layers.Layer) -> Kind:
         raise _unsupported(layer, "its kernel stores output channels before input channels")
     if unknown := [w.name for w in layer.weights if _short_name(w) not in SLICES]:
         raise _unsupported(layer, f"it has weights {unknown} with no known channel axis")
+    recurrent = any(_short_name(w) == "recurrent_kernel" for w in layer.weights)
+    if recurrent and type(layer) not in GATES:  # Bidirectional, ConvLSTM2D, a custom cell
+        raise _unsupported(layer, "only LSTM, GRU and SimpleRNN layers are followed unit by unit")
     if width_key(layer):
         return "output" if layer is output else "width"
     if isinstance(layer, keras.layers.Concatenate):
@@ -196,10 +211,22 @@ def _output_channels(
 
 
 def _l1_norms(layer: keras.layers.Layer) -> np.ndarray:
-    """L1 norm of each output channel's kernel slice (a separable conv's pointwise kernel)."""
+    """L1 norm of each output channel's kernel slice (a separable conv's pointwise kernel, an
+    Embedding's vectors; a recurrent unit's input kernel columns over all its gates)."""
     weights = {_short_name(w): w.numpy() for w in layer.weights}
-    kernel = weights.get("pointwise_kernel", weights.get("kernel"))
-    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+    kernel = next(weights[name] for name in ("pointwise_kernel", "kernel", "embeddings")
+                  if name in weights)
+    gates = GATES.get(type(layer), 1)
+    return np.abs(kernel).reshape(-1, gates, kernel.shape[-1] // gates).sum(axis=(0, 1))
+
+
+def _gated(units: np.ndarray, layer: keras.layers.Layer) -> np.ndarray:
+    """The weight columns of `units` (source indices): one per gate of a recurrent layer, gate by
+    gate as Keras stores them (LSTM: i, f, c, o); the units themselves for other layers."""
+    gates = GATES.get(type(layer), 1)
+    if gates == 1:
+        return units
+    return (np.arange(gates)[:, None] * layer.units + units[None, :]).ravel()
 
 
 def _sliced(weight: np.ndarray, indices: dict[str, np.ndarray]) -> np.ndarray:

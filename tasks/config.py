@@ -236,11 +236,26 @@ class QuantizeConfig(Section):
         return self
 
 
+MAX_THREADS = 64
+
+
 class EvaluateConfig(Section):
     latency_runs: Annotated[int, Field(ge=200)] = Field(
-        300, description="Timed single-sample invokes per model (median reported)."
+        300, description="Timed single-sample invokes per model (p50 and p90 reported)."
     )
     warmup_runs: Annotated[int, Field(ge=1)] = Field(30, description="Untimed invokes first.")
+    threads: list[Annotated[int, Field(ge=1, le=MAX_THREADS)]] = Field(
+        [1, 4], min_length=1,
+        description="Interpreter thread counts to time (p50 and p90 at each); the first is the "
+        "deployment's: the gate's and the search's `faster`, the speedup and the trials use it.",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if len(set(value)) < len(value):
+            raise ValueError("list each thread count once")
+        return value
 
 
 Width = Annotated[float, Field(gt=0, lt=1)]

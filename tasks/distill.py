@@ -41,8 +41,8 @@ EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 def derive_student(source: keras.Model, width: float, init: StudentInit) -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide.
 
-    `filters` and `units` are scaled; the output layer (the last layer that has either) keeps its
-    size so the student predicts the same classes. Weights are freshly initialised (`random`) or
+    `filters`, `units` and `output_dim` are scaled; the output layer (the last layer that has
+    one) keeps its size so the student predicts the same classes. Weights are freshly initialised (`random`) or
     `source`'s own, sliced to each layer's channels with the largest L1 norms (`teacher`).
     """
     output = output_layer(source)

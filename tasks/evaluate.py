@@ -7,7 +7,8 @@ when the evaluate stage runs, so the gate of a run that skipped every stage stay
 from __future__ import annotations
 
 import gzip
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from prefect import task
@@ -26,11 +27,25 @@ class CandidateMetrics:
     sparsity: float
     tflite_bytes: int
     gzip_bytes: int
-    latency_p50_us: float
+    latency_p50_us: float  # batch 1 at evaluate.threads[0]: what `faster` and the speedup compare
+    latency_p90_us: float
+    memory_bytes: float  # heap the runtime holds: arena, packed weights (TFLiteClassifier)
     blocks_2_4: float  # share of 4-weight blocks with >= 2 zeros: the `2:4` pattern kept
+    # latency_p50_us_4t, latency_p90_us_4t, ... for every count of evaluate.threads, where
+    # measured (the evaluate stage and the bench; not search trials or the gate)
+    per_thread_count: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, params: int, measured: dict[str, float]) -> CandidateMetrics:
+        """What `measure_tflite` measured, with the parameter count of the Keras form."""
+        named = {f.name for f in fields(cls)}
+        return cls(params=params, **{k: v for k, v in measured.items() if k in named},
+                   per_thread_count={k: v for k, v in measured.items() if k not in named})
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """Flat: the per-thread-count figures beside the others."""
+        flat = asdict(self)
+        return flat | flat.pop("per_thread_count")
 
 
 def weight_tensors(model: bytes) -> list[np.ndarray]:
@@ -57,26 +72,38 @@ def blocks_2_4(model: bytes) -> float:
 
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
-    """Measure one candidate on the test split; `params` comes from its Keras form."""
-    metrics, _ = measure_tflite(model, data, cfg)
-    return CandidateMetrics(params=params, **metrics)
+    """Measure one candidate on the test split, at every thread count of `cfg`; `params` comes
+    from its Keras form."""
+    metrics, _ = measure_tflite(model, data, cfg, cfg.threads)
+    return CandidateMetrics.of(params, metrics)
 
 
-def measure_tflite(model: bytes, data: Dataset,
-                   cfg: EvaluateConfig) -> tuple[dict[str, float], np.ndarray]:
+def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
+                   thread_counts: Sequence[int] = ()) -> tuple[dict[str, float], np.ndarray]:
     """Everything the evaluator measures that needs only the .tflite file (the gate measures the
-    registered champion this way): accuracy on the test split, sparsity, sizes, latency; and the
-    predicted class of every test sample, for paired comparisons on the same samples."""
-    classifier = TFLiteClassifier(model)
+    registered champion this way): accuracy on the test split, sparsity, sizes, runtime memory,
+    batch-1 latency at `cfg.threads[0]` and, as `latency_p50_us_{n}t` / `latency_p90_us_{n}t`,
+    at each of `thread_counts`; and the predicted class of every test sample, for paired
+    comparisons on the same samples."""
+    classifier = TFLiteClassifier(model, cfg.threads[0])
     predicted = classifier.predict(data.x_test).argmax(axis=-1)
-    return {
+    sample = data.x_test[0]
+    latency = classifier.latency_us(sample, cfg.latency_runs, cfg.warmup_runs)
+    measured = {
         "accuracy": float(np.mean(predicted == data.y_test)),
         "sparsity": weight_sparsity(model),
         "blocks_2_4": blocks_2_4(model),
         "tflite_bytes": len(model),
         "gzip_bytes": len(gzip.compress(model, compresslevel=9)),
-        "latency_p50_us": classifier.latency_p50_us(data.x_test[0], cfg.latency_runs, cfg.warmup_runs),
-    }, predicted
+        "latency_p50_us": latency.p50_us,
+        "latency_p90_us": latency.p90_us,
+        "memory_bytes": classifier.memory_bytes(),
+    }
+    for count in thread_counts:
+        at = (latency if count == cfg.threads[0] else
+              TFLiteClassifier(model, count).latency_us(sample, cfg.latency_runs, cfg.warmup_runs))
+        measured |= {f"latency_p50_us_{count}t": at.p50_us, f"latency_p90_us_{count}t": at.p90_us}
+    return measured, predicted
 
 
 def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
@@ -133,8 +160,8 @@ def run_evaluate(
     tflites["final"] = (deployed, final.count_params())
     candidates, predicted = {}, {}
     for name, (tflite, params) in tflites.items():
-        metrics, predicted[name] = measure_tflite(tflite, data, cfg)
-        candidates[name] = CandidateMetrics(params=params, **metrics)
+        metrics, predicted[name] = measure_tflite(tflite, data, cfg, cfg.threads)
+        candidates[name] = CandidateMetrics.of(params, metrics)
     write_arrays(ws.predictions, predicted)
     drop = paired_drop(predicted["teacher"] == data.y_test, predicted["final"] == data.y_test,
                        confidence)

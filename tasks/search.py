@@ -147,7 +147,7 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
              _correct(TFLiteClassifier(model), inputs.confirmation))
     selection, confirmation = (paired_drop(teacher, trial, params.search.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
-    return TrialResult(CandidateMetrics(params=student.count_params(), **measured), selection,
+    return TrialResult(CandidateMetrics.of(student.count_params(), measured), selection,
                        confirmation, params.distill.epochs if trained else 0)
 
 

@@ -8,6 +8,7 @@ nothing here but numpy, ai_edge_litert and the standard library.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ class TFLiteClassifier:
             outputs.append(self._from_output(interpreter.get_tensor(self.output["index"])))
         return np.concatenate(outputs)[: len(x)]
 
-    def latency_p50_us(self, sample: np.ndarray, runs: int, warmup: int) -> float:
-        """Median wall time of one batch-1 invoke, in microseconds, after `warmup` invokes."""
+    def latency_us(self, sample: np.ndarray, runs: int, warmup: int) -> Latency:
+        """Median and 90th percentile wall time of one batch-1 invoke, in microseconds, over
+        `runs` invokes after `warmup` untimed ones."""
         interpreter = self._interpreter(1)
         interpreter.set_tensor(self.input["index"], self._to_input(sample[None]))
         for _ in range(warmup):
@@ -88,7 +90,45 @@ class TFLiteClassifier:
             start = time.perf_counter_ns()
             interpreter.invoke()
             timings[i] = time.perf_counter_ns() - start
-        return float(np.median(timings) / 1000.0)
+        p50, p90 = np.percentile(timings, [50, 90]) / 1000.0
+        return Latency(float(p50), float(p90))
+
+    def memory_bytes(self) -> float:
+        """Heap bytes a batch-1 interpreter holds once it has allocated and run: the tensor
+        arena, XNNPACK's packed weights and the runtime's own state (not the model file, which a
+        device maps from flash). Measured as the change in glibc's `mallinfo2` in-use bytes (as
+        TFLite's benchmark_model does), so it includes what the runtime allocates, not an estimate
+        from tensor sizes; NaN where the C library is not glibc."""
+        in_use = _heap_in_use()
+        if in_use is None:
+            return float("nan")
+        interpreter = self._interpreter(1)
+        shape = interpreter.get_input_details()[0]["shape"]
+        interpreter.set_tensor(self.input["index"], np.zeros(shape, self.input["dtype"]))
+        interpreter.invoke()
+        return float(_heap_in_use() - in_use)
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_us: float
+    p90_us: float
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_in_use() -> int | None:
+    """Bytes malloc has handed out and not had back (all arenas, mmapped blocks included)."""
+    mallinfo2 = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
         assert 0 <= row["accuracy"] <= 1, name
         assert row["tflite_bytes"] > 0 and row["gzip_bytes"] > 0, name
         assert row["latency_p50_us"] > 0 and row["wall_s"] > 0, name
+        assert 0 < row["latency_p50_us_4t"] <= row["latency_p90_us_4t"], name  # evaluate.threads
+        assert row["memory_bytes"] > 0, name
     fp32 = rows["fp32"]
     assert (fp32["accuracy_drop"], fp32["compression_ratio"], fp32["speedup"]) == (0.0, 1.0, 1.0)
     for name in ("ptq-random-calib", "ptq-int8", "ptq-dynamic", "ptq-int16x8", "mixed",
@@ -45,6 +47,8 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
     assert (tmp_path / BENCH_PLOT).stat().st_size > 0
     table = bench_table(document).splitlines()
     assert len(table) == 1 + len(RECIPES) and table[1].startswith("fp32 ")
+    assert "p50 / p90, 1 thread" in table[0] and "p50 / p90, 4 threads" in table[0]
+    assert "memory" in table[0]
 
     client = MlflowClient(params.tracking.uri)
     experiment = client.get_experiment_by_name("test")

@@ -33,18 +33,38 @@ def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_c
 
 def test_candidate_metrics_are_measured(digits, trained_cnn):
     model = convert_to_tflite(trained_cnn, "int8", digits.x_train[:50])
-    metrics = evaluate_tflite(model, digits, EvaluateConfig(latency_runs=200, warmup_runs=5), 123)
+    cfg = EvaluateConfig(latency_runs=200, warmup_runs=5, threads=[2, 1])
+    metrics = evaluate_tflite(model, digits, cfg, 123)
     predicted = TFLiteClassifier(model).predict(digits.x_test).argmax(axis=1)
     assert metrics.accuracy == pytest.approx(np.mean(predicted == digits.y_test))
     assert metrics.tflite_bytes == len(model)
     assert metrics.gzip_bytes == len(gzip.compress(model, compresslevel=9))
     assert metrics.params == 123
-    assert 0 < metrics.latency_p50_us < 100_000
+    assert 0 < metrics.latency_p50_us <= metrics.latency_p90_us < 100_000
+    flat = metrics.as_dict()
+    assert (flat["latency_p50_us"], flat["latency_p90_us"]) == (  # the first count's
+        flat["latency_p50_us_2t"], flat["latency_p90_us_2t"])
+    assert 0 < flat["latency_p50_us_1t"] <= flat["latency_p90_us_1t"]
+    assert metrics.memory_bytes > 0
+
+
+@pytest.mark.parametrize("mode, bytes_per_weight", [(None, 4), ("int8", 1)])
+def test_runtime_memory_holds_the_weights_as_the_runtime_packs_them(mode, bytes_per_weight):
+    """A 1.2 M-weight MLP: XNNPACK packs its weights into its own buffers, so the interpreter's
+    heap holds them once more, at their stored precision, plus a small arena and the runtime."""
+    import tf_keras as keras
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(2048),
+                              keras.layers.Dense(512), keras.layers.Dense(10)])
+    calibration = np.random.default_rng(0).random((20, 64), np.float32)
+    tflite = convert_to_tflite(model, *([mode, calibration] if mode else []))
+    weights = bytes_per_weight * model.count_params()
+    assert weights < TFLiteClassifier(tflite).memory_bytes() < weights + 2**20
 
 
 def test_summary_ratios():
-    teacher = CandidateMetrics(0.98, 1000, 0.0, 4000, 3600, 90.0, 0.1)
-    final = CandidateMetrics(0.97, 100, 0.8, 400, 36, 3.0, 1.0)
+    teacher = CandidateMetrics(0.98, 1000, 0.0, 4000, 3600, 90.0, 99.0, 8000, 0.1)
+    final = CandidateMetrics(0.97, 100, 0.8, 400, 36, 3.0, 3.3, 800, 1.0)
     summary = summarize({"teacher": teacher, "final": final})
     assert summary["compression_ratio"] == pytest.approx(100.0)
     assert summary["speedup"] == pytest.approx(30.0)
@@ -76,4 +96,10 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     assert recorded_drop(document) == drop and drop.worse + drop.better > 0
     assert document["paired"]["upper"] == document["accuracy_drop_upper"] == drop.upper
     assert document["accuracy_drop"] == pytest.approx(drop.drop)
-    assert f"(drop <= {100 * drop.upper:.2f} pt at 90 %)" in summary_table(document)
+    table = summary_table(document)
+    assert f"(drop <= {100 * drop.upper:.2f} pt at 90 %)" in table
+    final_metrics = document["final"]
+    for count, label in ((1, "1 thread"), (4, "4 threads")):  # evaluate.threads' default
+        p50, p90 = (final_metrics[f"latency_p{q}_us_{count}t"] for q in (50, 90))
+        assert f"latency p50 / p90, {label}" in table and f"{p50:.1f} / {p90:.1f} us" in table
+    assert "runtime memory" in table

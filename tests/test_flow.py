@@ -13,7 +13,7 @@ from prefect.artifacts import Artifact
 from conftest import make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
-from flows.tracking import teacher_tags
+from flows.tracking import digest, teacher_tags
 from tasks.config import DataConfig
 from tasks.data import Dataset, load_data
 from tasks.model_files import ModelSource
@@ -65,6 +65,20 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/sparsity.png", "plots/tradeoff.png", "plots/quant_sensitivity.png"}
     assert metrics["quantization"] == {"mode": "int8", "layer_precisions": {"int8": 5}}
+    for key in ("final.latency_p90_us_4t", "final.latency_p50_us_1t", "final.memory_bytes"):
+        assert parent.data.metrics[key] == pytest.approx(metrics["final"][key.split(".")[1]])
+
+    card = client.download_artifacts(parent.info.run_id, "model_card.md", str(dvc_project))
+    card = Path(card).read_text()
+    assert card == Artifact.get("model-card").data  # shown in the Prefect UI
+    data = Dataset.load(dvc_project / "artifacts" / "data.npz")
+    assert card.startswith("# Model card: `test-int8`\n\nA TFLite classifier (int8) of 10 "
+                           "classes over inputs of shape 8×8×1 (float32)")
+    assert f"- test: {len(data.y_test)} samples, `{digest(data.x_test, data.y_test)}`" in card
+    assert "| latency p50 / p90, 4 threads |" in card and "| runtime memory |" in card
+    assert "- distill: enabled True, width 0.25, init teacher" in card
+    assert card.endswith("## Registry\n\nPromoted to `champion`, the first: first model within "
+                         "the accuracy gate.\n")
 
 
 def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, dvc_project, tiny_params):

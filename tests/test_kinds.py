@@ -76,7 +76,7 @@ def test_a_text_classifier_goes_through_the_whole_flow(text_files, prefect_serve
 
     data, teacher = text_files
     params = tiny_params(f"data.source=npz:{data}", f"model.source={teacher}",
-                         "distill.init=random", "distill.width=0.5")
+                         "distill.width=0.5")  # distill.init: teacher, unit by unit
     report = compress(params, workdir=str(dvc_project))
     assert report["stages"] == dict.fromkeys(STAGES, "ran")
     final = TFLiteClassifier((dvc_project / "artifacts" / "model.tflite").read_bytes())
@@ -95,3 +95,46 @@ def test_float_samples_for_a_model_of_integer_ids_are_refused_before_training(
                          "distill.init=random")
     with pytest.raises(InputError, match=r"model.source: the model takes integer inputs \(int32"):
         check_inputs(params)
+
+
+@pytest.mark.parametrize("recurrent", [keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN],
+                         ids=["lstm", "gru", "simple_rnn"])
+def test_a_recurrent_student_keeps_whole_units_of_its_teacher(recurrent):
+    """A teacher whose second half of embedding dimensions and units is dead (tiny, and read by
+    nothing): the half-width student initialised from it must compute exactly what it does, which
+    holds only when every gate of each kept unit, and its recurrent row, was kept together."""
+    from tasks.distill import derive_student
+
+    seed_everything(0)
+    teacher = text_classifier(recurrent(8))
+    embedding, rnn, dense = teacher.layers[1:]
+    vectors = embedding.get_weights()[0]
+    vectors[:, 4:] *= 1e-3  # the least important dimensions
+    kernel, recurrent_kernel, *bias = rnn.get_weights()
+    gates = kernel.shape[1] // 8
+    dead = (np.arange(gates)[:, None] * 8 + np.arange(4, 8)[None, :]).ravel()
+    kernel[4:] = 0  # reads nothing from the dropped dimensions
+    kernel[:, dead] *= 1e-3  # the least important units...
+    recurrent_kernel[4:] = 0  # ...read by no unit
+    dense_kernel, dense_bias = dense.get_weights()
+    dense_kernel[4:] = 0  # nor by the classifier
+    embedding.set_weights([vectors])
+    rnn.set_weights([kernel, recurrent_kernel, *bias])
+    dense.set_weights([dense_kernel, dense_bias])
+
+    student = derive_student(teacher, 0.5, "teacher")
+    assert [layer.get_config().get("units", layer.get_config().get("output_dim"))
+            for layer in student.layers[1:]] == [4, 4, CLASSES]
+    x, _ = token_ids(50, seed=3)
+    np.testing.assert_allclose(student.predict(x, verbose=0), teacher.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_a_bidirectional_layer_is_refused_by_name_for_teacher_init():
+    from tasks.distill import derive_student
+
+    teacher = text_classifier(keras.layers.Bidirectional(keras.layers.LSTM(4), name="both_ways"))
+    with pytest.raises(InputError, match=r"distill.init: teacher cannot copy channels through "
+                       r"both_ways \(Bidirectional\): only LSTM, GRU and SimpleRNN layers are "
+                       r"followed unit by unit; use distill.init: random"):
+        derive_student(teacher, 0.5, "teacher")

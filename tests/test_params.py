@@ -137,6 +137,11 @@ BAD_OVERRIDES = [
                  id="no-equals"),
     pytest.param(["=2"], r"--set '=2': expected KEY=VALUE", id="no-key"),
     pytest.param(["seed.value=1"], r"--set seed\.value: seed is not a section", id="into-scalar"),
+    pytest.param(["evaluate.threads=[1, 0]"],
+                 r"evaluate\.threads\.1 = 0: Input should be greater than or equal to 1",
+                 id="no-threads"),
+    pytest.param(["evaluate.threads=[4, 4]"], r"evaluate\.threads = \[4, 4\]: list each thread "
+                 r"count once", id="threads-twice"),
 ]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
+from test_stack import free_port
 
 from flows.registry import Gated, register_and_gate
 from flows.report import gate_comparison
@@ -27,9 +28,9 @@ from tasks.gate import Decision
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
 from tasks.tflite import TFLiteClassifier
-from test_stack import free_port
 
 NAME = "digits-int8"
+CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/model_card.py) is tested in test_flow
 UV = str(Path(sys.executable).parent / "uv")
 SERVE = """
 import importlib.util, sys
@@ -57,7 +58,7 @@ def register(root: Path, data: Dataset) -> Gated:
     with mlflow.start_run():
         return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
                                  EvaluateConfig(latency_runs=200, warmup_runs=1), ws,
-                                 PairedDrop(len(data.y_test), 1, 0, 0.95))
+                                 PairedDrop(len(data.y_test), 1, 0, 0.95), CARD)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,12 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
     assert "gate.champion.accuracy" not in tags  # never measured on data it cannot take
     assert "gate.champion_drop" not in tags
     assert float(tags["gate.candidate.accuracy"]) >= 0
+    card = CARD + f"\n## Registry\n\nNot promoted; the champion stays version 1: {decision.reason}.\n"
+    assert gated.card == card == client.get_model_version(NAME, version).description
+    bundle = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}",
+                                                      dst_path=str(tmp_path / "bundle")))
+    assert (bundle / "artifacts" / "model_card.md").read_text() == card  # beside model.tflite
+    assert (bundle / "artifacts" / "model.tflite").exists()
 
 
 def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
@@ -106,9 +113,10 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
     assert tags["gate.teacher_drop.worse"] == "1" and "gate.warning" not in tags
     table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion, 0.95)
-    header, _, accuracy, size, _ = table.splitlines()
+    header, _, accuracy, size, _, memory = table.splitlines()
     assert header == "| test split | this run's model | champion (version 1) |"
     assert accuracy.startswith("| accuracy |") and size.startswith("| gzip size |")
+    assert memory.startswith("| runtime memory |")
     assert len(set(accuracy.split("|")[2:4])) == len(set(size.split("|")[2:4])) == 1  # the same model
     assert teacher_line.startswith(f"- vs the teacher: drop +{100 / int(n):.2f} pt, between ")
     assert champion_line.startswith("- vs the champion: drop +0.00 pt, between ")

@@ -231,6 +231,7 @@ def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, firs
     assert "| accuracy |" in report and "- vs the teacher: drop " in report
     assert f"]({stack.mlflow}/#/experiments/" in report and "/artifactPath/plots/" in report
     assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"]["data"]  # a markdown link
+    assert by_key["model-card"]["data"].startswith("# Model card: ")
 
 
 def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(stack, first_run):

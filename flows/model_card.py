@@ -1,0 +1,61 @@
+"""The model card that travels with the deployable model (`model_card.md` beside its .tflite in the
+registered model, the run's artifacts and the Prefect report): what it is, what it was made from
+and measured on, and how it was made. The registry appends the gate's verdict (flows/registry.py).
+"""
+
+from __future__ import annotations
+
+from flows.report import drop_metrics, markdown_table, paired_line, summary_rows
+from flows.tracking import digest
+from tasks.artifacts import Workspace
+from tasks.choice import chosen_params, search_summary
+from tasks.config import Params
+from tasks.data import Dataset
+from tasks.evaluate import recorded_drop
+
+# The keys of the recipe, as `--set` spells them (with the search's choice applied)
+RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "epochs"),
+          "distill": ("enabled", "width", "init", "temperature", "alpha", "epochs"),
+          "quantize": ("enabled", "mode", "calibration_samples", "qat_epochs")}
+
+
+def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
+    """The card's markdown for the run's model; `metrics` is its metrics.json."""
+    data = Dataset.load(ws.data)
+    drop = recorded_drop(metrics)
+    return "\n".join([
+        f"# Model card: `{params.gate.registered_model}`", "",
+        _what_it_is(params, ws, data, metrics), "",
+        "## Data", "",
+        f"`{params.data.source}`; MD5 of every value of each split (as the MLflow run's datasets):",
+        "",
+        *(f"- {split}: {len(y):,} samples, `{digest(x, y)}`" for split, (x, y) in {
+            "train": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
+            "test": (data.x_test, data.y_test)}.items()), "",
+        "## Measured on the test split", "",
+        f"- {paired_line(drop_metrics('drop', drop), 'drop', drop.confidence, 'vs the teacher')}",
+        f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt", "",
+        markdown_table(summary_rows(metrics)), "",
+        ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
+         "(tensor arena, packed weights), not counting the model file."), "",
+        "## Recipe", "",
+        *_recipe(params, ws),
+    ]) + "\n"
+
+
+def _what_it_is(params: Params, ws: Workspace, data: Dataset, metrics: dict) -> str:
+    quantize = chosen_params(params, ws).quantize
+    shape = "×".join(str(d) for d in data.input_shape)
+    return (f"A TFLite classifier ({quantize.mode if quantize.enabled else 'fp32'}) of "
+            f"{data.num_classes} classes over inputs of shape {shape} ({data.x_test.dtype}), "
+            f"compressed by shrinkflow from the teacher (`model.source: {params.model.source}`, "
+            f"{metrics['teacher']['params']:,} params) into a student of "
+            f"{metrics['final']['params']:,} params.")
+
+
+def _recipe(params: Params, ws: Workspace) -> list[str]:
+    """One line per stage's keys (with the search's choice applied), and the search's summary."""
+    recipe, search = chosen_params(params, ws), search_summary(ws)
+    return [f"- {section}: " + ", ".join(f"{key} {getattr(getattr(recipe, section), key)}"
+                                        for key in keys) for section, keys in RECIPE.items()
+            ] + ([f"- search: {search}"] if search else [])
