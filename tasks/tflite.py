@@ -30,7 +30,9 @@ class TFLiteClassifier:
 
     `predict` returns float outputs (dequantized for int8 models), the same for every caller.
     A model converted for a static batch size (a recurrent one: tasks/quantize.py) runs in
-    batches of that size.
+    batches of that size. Gotcha: TFLite's fused LSTM/RNN ops keep their state in variable
+    tensors that carry over to the next invoke (each sample would start from the previous one's
+    final state); every batch starts from zeros here, as Keras does.
     """
 
     def __init__(self, model: bytes, num_threads: int = 1):
@@ -74,6 +76,7 @@ class TFLiteClassifier:
             if interpreter is None or len(chunk) != interpreter.get_input_details()[0]["shape"][0]:
                 interpreter = self._interpreter(len(chunk))
             interpreter.set_tensor(self.input["index"], self._to_input(chunk))
+            interpreter.reset_all_variables()  # a recurrent op's state: zeros, as in Keras
             interpreter.invoke()
             outputs.append(self._from_output(interpreter.get_tensor(self.output["index"])))
         return np.concatenate(outputs)[: len(x)]

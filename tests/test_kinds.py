@@ -1,6 +1,7 @@
 """Classifiers that are not image CNNs: a text classifier (integer token ids into an Embedding,
-then an LSTM) goes through the whole flow; recurrent layers convert in every mode LiteRT runs;
-their bad input is refused before any training."""
+then an LSTM), a tabular MLP and a Conv1D sequence model go through the whole flow; recurrent
+layers convert in every mode LiteRT runs and keep whole units in a student; bad input is refused
+before any training."""
 
 from __future__ import annotations
 
@@ -55,8 +56,16 @@ def test_a_recurrent_model_converts_for_batch_1_and_predicts_as_keras(recurrent)
     x, _ = token_ids(20, seed=1)
     classifier = TFLiteClassifier(convert_to_tflite(model))
     assert classifier.batch == 1 and classifier.input["dtype"] == np.int32  # ids stay ids
-    # the fused sequence kernels sum in another order: within 5e-3 of a softmax output
-    np.testing.assert_allclose(classifier.predict(x), model.predict(x, verbose=0), atol=5e-3)
+    np.testing.assert_allclose(classifier.predict(x), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_every_sample_of_a_recurrent_model_starts_from_a_zero_state(text_files):
+    """TFLite's LSTM keeps its state between invokes: the trained teacher's predictions one after
+    another must equal Keras's, as if each were the only one."""
+    teacher = keras.models.load_model(text_files[1])
+    x, _ = token_ids(20, seed=5)
+    np.testing.assert_allclose(TFLiteClassifier(convert_to_tflite(teacher)).predict(x),
+                               teacher.predict(x, verbose=0), atol=1e-4)
 
 
 def test_an_int8_text_classifier_keeps_integer_ids_and_float_logic(text_files):
@@ -71,19 +80,53 @@ def test_an_int8_text_classifier_keeps_integer_ids_and_float_logic(text_files):
 
 def test_a_text_classifier_goes_through_the_whole_flow(text_files, prefect_server, dvc_project,
                                                       tiny_params):
+    final = compressed(*text_files, dvc_project, tiny_params)  # distill.init: teacher, by unit
+    assert final.input["dtype"] == np.int32 and final.batch == 1
+
+
+def tabular_mlp() -> keras.Model:
+    return keras.Sequential([keras.Input((30,)), keras.layers.Dense(32, activation="relu"),
+                             keras.layers.Dense(32, activation="relu"),
+                             keras.layers.Dense(CLASSES, activation="softmax")])
+
+
+def sequence_cnn() -> keras.Model:
+    return keras.Sequential([keras.Input((24, 3)), keras.layers.Conv1D(16, 3, activation="relu"),
+                             keras.layers.Conv1D(16, 3, activation="relu"),
+                             keras.layers.GlobalAveragePooling1D(),
+                             keras.layers.Dense(CLASSES, activation="softmax")])
+
+
+@pytest.mark.parametrize("build", [tabular_mlp, sequence_cnn], ids=["tabular", "conv1d"])
+def test_float_feature_classifiers_go_through_the_whole_flow(build, prefect_server, dvc_project,
+                                                            tiny_params, tmp_path_factory):
+    """30 features per sample, or 24 steps of 3 channels: float in, int8 in the full-integer
+    model, the label a linear rule of the features."""
+    seed_everything(0)
+    teacher, files = build(), tmp_path_factory.mktemp("features")
+    x = np.random.default_rng(4).normal(size=(300, *teacher.input_shape[1:])).astype(np.float32)
+    y = np.digitize(x.reshape(len(x), -1)[:, :3].sum(axis=1), [-1.0, 1.0])
+    np.savez(files / "features.npz", x=x, y=y)
+    teacher.compile("adam", "sparse_categorical_crossentropy")
+    teacher.fit(x, y, epochs=5, verbose=0)
+    write_model(teacher, files / "teacher.h5")
+    final = compressed(files / "features.npz", files / "teacher.h5", dvc_project, tiny_params)
+    assert final.input["dtype"] == np.int8 and list(final.input["shape"][1:]) == list(x.shape[1:])
+
+
+def compressed(data: Path, teacher: Path, project: Path, tiny_params) -> TFLiteClassifier:
+    """The deployed model of a whole flow run on `data` and `teacher`, each stage run, at half
+    width (teacher init); its student narrower than the teacher, its weights int8."""
     from flows.compress import compress
     from flows.stages import STAGES
 
-    data, teacher = text_files
-    params = tiny_params(f"data.source=npz:{data}", f"model.source={teacher}",
-                         "distill.width=0.5")  # distill.init: teacher, unit by unit
-    report = compress(params, workdir=str(dvc_project))
+    params = tiny_params(f"data.source=npz:{data}", f"model.source={teacher}", "distill.width=0.5")
+    report = compress(params, workdir=str(project))
     assert report["stages"] == dict.fromkeys(STAGES, "ran")
-    final = TFLiteClassifier((dvc_project / "artifacts" / "model.tflite").read_bytes())
-    assert final.input["dtype"] == np.int32 and final.batch == 1
     metrics = report["metrics"]
-    assert metrics["final"]["params"] < metrics["teacher"]["params"]  # a narrower LSTM
+    assert metrics["final"]["params"] < metrics["teacher"]["params"]
     assert metrics["quantization"]["layer_precisions"]["int8"] > 0
+    return TFLiteClassifier((project / "artifacts" / "model.tflite").read_bytes())
 
 
 def test_float_samples_for_a_model_of_integer_ids_are_refused_before_training(
