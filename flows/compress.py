@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger, task
@@ -17,8 +18,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 
-from flows.publish import Announcer, Progress, publish_results
 from flows.model_card import model_card
+from flows.publish import Announcer, Progress, publish_repeat, publish_results
 from flows.registry import Gated, register_and_gate
 from flows.report import input_changes
 from flows.retry import RETRY_POLICY
@@ -33,6 +34,7 @@ from flows.tracking import (
     process_tags,
     stage_run,
 )
+from flows.unchanged import FlowRunRecord, last_run_if_unchanged, record_unchanged
 from flows.versioning import (
     Fingerprint,
     forget_stage,
@@ -51,9 +53,13 @@ from tasks.errors import InputChanged
 from tasks.evaluate import headline, recorded_drop
 from tasks.inputs import read_steadily, stage_inputs
 
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
 
 @flow(name="compress", log_prints=True)
-def compress(params: Params = Params(), workdir: str = ".") -> dict:
+def compress(params: Params = Params(), workdir: str = ".",
+             repeat_unchanged: bool = False) -> dict:
     """Compress the configured teacher into an INT8 TFLite model and gate it into the registry.
 
     Inputs are checked first (no training, nothing written). Stages whose inputs (the user's files
@@ -64,6 +70,9 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     Args:
         params: The pipeline configuration, as in params.yaml: one section per stage.
         workdir: The project directory holding dvc.yaml, params.yaml and the artifacts.
+        repeat_unchanged: When nothing changed since the last run (same params, inputs, outputs
+            and champion), record a repeat of it instead of gating and registering the same
+            model again (flows/unchanged.py). On for the nightly deployment.
     """
     get_run_logger().info("params: %s", params)
     root = Path(workdir)
@@ -71,11 +80,14 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
     announcer = Announcer(name, str(flow_run.get_id() or ""))
     with announcer.failures():
         tags = run_tags(root, announcer)
-        with locked_workspace(params, root), pipeline_run(params, name, tags) as run:
-            announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
-                                                  run.info.run_id)
-            stages, before = run_stages(params, root)
-            metrics, changes, gated = record_run(params, root, name, before)
+        with locked_workspace(params, root):
+            if repeat_unchanged and (last := last_run_if_unchanged(params, root)):
+                return repeated(params, root, last, announcer)
+            with pipeline_run(params, name, tags) as run:
+                announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
+                                                      run.info.run_id)
+                stages, before = run_stages(params, root)
+                metrics, changes, gated = record_run(params, root, name, before)
         publish_results(params, Workspace(root), metrics, gated, announcer.mlflow_url)
     if gated.decision.promote:
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason)
@@ -90,6 +102,17 @@ def compress(params: Params = Params(), workdir: str = ".") -> dict:
         "gate": gated.decision.reason,
         "search": search_summary(Workspace(root)),
     }
+
+
+def repeated(params: Params, root: Path, last: Run, announcer: Announcer) -> dict:
+    """This flow run recorded as a repeat of `last` (nothing to run, gate or register); its
+    report in the Prefect UI says so."""
+    run = FlowRunRecord(announcer.flow_run_id, announcer.run_name, flow_run.ui_url or "")
+    report = record_unchanged(params, root, last, run if run.id else None)
+    get_run_logger().info("nothing changed since MLflow run %s: recorded as a repeat",
+                          report["unchanged_since"])
+    publish_repeat(report)
+    return report
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import markdown_report, sensitivity_rows
+from flows.report import markdown_report, markdown_table, sensitivity_rows, summary_rows
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
@@ -83,6 +83,23 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
         )
     if mlflow_url:
         create_link_artifact(key="mlflow-run", link=mlflow_url, link_text="MLflow run")
+
+
+def publish_repeat(report: dict) -> None:
+    """The report of a run that repeats an earlier one (flows/unchanged.py): which, and its model's
+    figures."""
+    verdict = "promoted to `champion`" if report["promoted"] else "not promoted"
+    create_markdown_artifact(
+        key="compress-report",
+        description="Nothing changed: a repeat of an earlier run",
+        markdown="\n".join([
+            "# shrinkflow compress", "",
+            (f"Nothing changed since MLflow run `{report['unchanged_since']}`: every stage is up "
+             "to date, so its model was not measured, gated or registered again."), "",
+            f"Its model is version {report['model_version']}, {verdict}: {report['gate']}.", "",
+            markdown_table(summary_rows(report["metrics"])),
+        ]),
+    )
 
 
 RUN_FAILED = "shrinkflow.run.failed"

@@ -217,10 +217,11 @@ def check_work_pools(prefect_file: Path) -> None:
 
 def nightly_parameters(params: Params, root: Path) -> dict:
     """The nightly deployment's defaults, served or deployed: the project's params with the search
-    on (a night has time to search; `shrinkflow run` has not), and the project directory."""
+    on (a night has time to search; `shrinkflow run` has not), the project directory, and a
+    night in which nothing changed recorded as a repeat."""
     nightly = params.model_dump(mode="json")
     nightly["search"]["enabled"] = True
-    return {"params": nightly, "workdir": str(root.resolve())}
+    return {"params": nightly, "workdir": str(root.resolve()), "repeat_unchanged": True}
 
 
 def serve(params: Params, stack: StackConfig) -> None:

@@ -6,7 +6,8 @@ champion where it still is, a run would repeat that run: every stage skipped, th
 same gate decision. `shrinkflow run` then records it without Prefect's temporary server,
 TensorFlow, re-measuring or a new registry version: an MLflow run carrying the last run's metrics,
 DVC experiment and gate decision, naming the run that made the model, and a Completed flow run on
-the Prefect server of the environment's `PREFECT_API_URL` (the stack's, when it is up).
+the Prefect server of the environment's `PREFECT_API_URL` (the stack's, when it is up). The nightly
+deployment's flow run (`compress(repeat_unchanged=True)`) records itself the same way.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ CARRIED_TAGS = ("dvc.", "input.", "teacher.", "gate.", "registry.", MADE_BY_TAG)
 HTTP_TIMEOUT_S = 10
 
 
-def last_run_if_unchanged(params: Params, root: Path, status: StageStatus) -> Run | None:
+def last_run_if_unchanged(params: Params, root: Path,
+                          status: StageStatus | None = None) -> Run | None:
     """The last finished pipeline run of the workspace `root` when a run with `params` would
     repeat it (see the module docstring); None when something must run or be gated again.
-    `status`: DVC's, asked with the workspace locked."""
+    `status`: DVC's, asked with the workspace locked (by default: now, if params.yaml holds
+    `params`)."""
     if not nothing_changed(root, params, status):
         return None
     use_experiment(params.tracking)
@@ -68,12 +71,15 @@ def last_run_if_unchanged(params: Params, root: Path, status: StageStatus) -> Ru
     return last if champion_version(params.gate.registered_model) == champion_then else None
 
 
-def record_unchanged(params: Params, root: Path, last: Run) -> dict:
-    """Record a run that repeats `last`; return the report `run_summary` prints."""
+def record_unchanged(params: Params, root: Path, last: Run,
+                     flow_run: FlowRunRecord | None = None) -> dict:
+    """Record a run that repeats `last`; return the report `run_summary` prints. `flow_run`: the
+    flow run doing it (the nightly deployment's); else one is recorded Completed, if a Prefect
+    server is set."""
     made_by = last.data.tags.get(MADE_BY_TAG, last.info.run_id)
     note = (f"nothing changed since MLflow run {made_by}: every stage up to date, the model "
             "not measured or registered again; its metrics and gate decision carried over")
-    flow_run = _completed_flow_run(note)
+    flow_run = flow_run or _completed_flow_run(note)
     tags = {key: value for key, value in last.data.tags.items() if key.startswith(CARRIED_TAGS)}
     tags |= {MADE_BY_TAG: made_by, "pipeline": "compress", NOTE_TAG: note,
              "mlflow.source.git.commit": git_commit(root), **process_tags(root)}

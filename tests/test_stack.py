@@ -129,14 +129,17 @@ def stack(nightly_project: Path, webhook: Webhook) -> Stack:
     log.close()
 
 
-def trigger(stack: Stack, temperature: float = 3.0, data_source: str | None = None) -> str:
-    """What the UI's custom Run does: the form's parameters, some edited, sent to the deployment."""
+def trigger(stack: Stack, temperature: float = 3.0, data_source: str | None = None,
+            latency_runs: int | None = None) -> str:
+    """What the UI's custom Run does: the form's parameters, some edited, sent to the deployment
+    (its other parameters, `repeat_unchanged` among them, as deployed)."""
     deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
     params = deployment["parameters"]["params"]
     assert params["search"]["enabled"]  # the nightly searches by default...
     params["search"]["enabled"] = False  # ...these tests check the stack (search: test_search.py)
     params["distill"]["temperature"] = temperature
     params["data"]["source"] = data_source or params["data"]["source"]
+    params["evaluate"]["latency_runs"] = latency_runs or params["evaluate"]["latency_runs"]
     return create_flow_run(stack, params)["id"]
 
 
@@ -237,7 +240,7 @@ def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, firs
 def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(stack, first_run):
     assert mlflow_api(stack, "registered-models/alias", name=MODEL, alias="champion")[
         "model_version"]["version"] == "1"
-    second = wait_for(stack, trigger(stack, temperature=3.0))  # same model: not smaller
+    second = wait_for(stack, trigger(stack, latency_runs=250))  # measured again, same model
     assert second["state"]["type"] == "COMPLETED"
     assert mlflow_api(stack, "registered-models/alias", name=MODEL, alias="champion")[
         "model_version"]["version"] == "1"
@@ -253,6 +256,28 @@ def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(sta
                    env=os.environ | {"MLFLOW_TRACKING_URI": stack.mlflow}, check=True, timeout=300)
     expected = TFLiteClassifier((stack.root / "artifacts" / "model.tflite").read_bytes()).predict(data.x_test)
     np.testing.assert_array_equal(np.load(stack.root / "served.npy"), expected)
+
+
+def test_a_night_in_which_nothing_changed_is_recorded_as_a_repeat(stack, first_run):
+    """The same form twice: the second run, like a night with nothing new, measures, gates and
+    registers nothing; its MLflow run names the run that made the model, its report says so."""
+    made = wait_for(stack, trigger(stack, latency_runs=260))
+    versions = model_versions(stack)
+    repeat = wait_for(stack, trigger(stack, latency_runs=260))
+    assert repeat["state"]["type"] == "COMPLETED"
+    assert model_versions(stack) == versions
+    tags = as_dict(mlflow_parent_run(stack, repeat["id"])["data"]["tags"])
+    made_by = mlflow_parent_run(stack, made["id"])["info"]["run_id"]
+    assert tags["shrinkflow.unchanged_since"] == made_by and "gate.decision" in tags
+    artifacts = get_json(f"{stack.prefect}/api/artifacts/filter",
+                         {"artifacts": {"flow_run_id": {"any_": [repeat["id"]]}}})
+    (report,) = [a["data"] for a in artifacts if a["key"] == "compress-report"]
+    assert f"Nothing changed since MLflow run `{made_by}`" in report
+
+
+def model_versions(stack: Stack) -> list[str]:
+    found = mlflow_api(stack, "model-versions/search", filter=f"name='{MODEL}'")
+    return sorted(v["version"] for v in found.get("model_versions", []))
 
 
 def test_a_new_champion_and_a_failed_run_each_send_one_message(stack, first_run, webhook):
