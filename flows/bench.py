@@ -420,7 +420,7 @@ def _table(document: dict) -> list[tuple[str, ...]]:
             f"{row['compression_ratio']:.1f}x",
             *(latency(row, n) for n in counts),
             f"{row['speedup']:.1f}x",
-            memory(row),
+            memory(row["memory_bytes"]),
             f"{row['wall_s']:.1f} s",
         )
         for name, row in document["recipes"].items()

@@ -21,11 +21,11 @@ RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "ep
 
 def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
     """The card's markdown for the run's model; `metrics` is its metrics.json."""
-    data = Dataset.load(ws.data)
+    data, recipe = Dataset.load(ws.data), chosen_params(params, ws)
     drop = recorded_drop(metrics)
     return "\n".join([
         f"# Model card: `{params.gate.registered_model}`", "",
-        _what_it_is(params, ws, data, metrics), "",
+        _what_it_is(params, recipe, data, metrics), "",
         "## Data", "",
         f"`{params.data.source}`; MD5 of every value of each split (as the MLflow run's datasets):",
         "",
@@ -39,12 +39,12 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
          "(tensor arena, packed weights), not counting the model file."), "",
         "## Recipe", "",
-        *_recipe(params, ws),
+        *_recipe(recipe, search_summary(ws)),
     ]) + "\n"
 
 
-def _what_it_is(params: Params, ws: Workspace, data: Dataset, metrics: dict) -> str:
-    quantize = chosen_params(params, ws).quantize
+def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: dict) -> str:
+    quantize = recipe.quantize
     shape = "×".join(str(d) for d in data.input_shape)
     return (f"A TFLite classifier ({quantize.mode if quantize.enabled else 'fp32'}) of "
             f"{data.num_classes} classes over inputs of shape {shape} ({data.x_test.dtype}), "
@@ -53,9 +53,9 @@ def _what_it_is(params: Params, ws: Workspace, data: Dataset, metrics: dict) -> 
             f"{metrics['final']['params']:,} params.")
 
 
-def _recipe(params: Params, ws: Workspace) -> list[str]:
-    """One line per stage's keys (with the search's choice applied), and the search's summary."""
-    recipe, search = chosen_params(params, ws), search_summary(ws)
+def _recipe(recipe: Params, search: str | None) -> list[str]:
+    """One line per stage's keys (`recipe`: the search's choice applied), and the search's
+    summary."""
     return [f"- {section}: " + ", ".join(f"{key} {getattr(getattr(recipe, section), key)}"
                                         for key in keys) for section, keys in RECIPE.items()
             ] + ([f"- search: {search}"] if search else [])

@@ -92,8 +92,7 @@ def gate_comparison(measured: dict[str, float], champion: str | None,
             ("gzip size", *(human_size(int(measured[f"gate.{w}.gzip_bytes"])) for w in who)),
             ("latency p50 / p90", *(f"{measured[f'gate.{w}.latency_p50_us']:.1f} / "
                                     f"{measured[f'gate.{w}.latency_p90_us']:.1f} us" for w in who)),
-            ("runtime memory", *(memory({"memory_bytes": measured[f"gate.{w}.memory_bytes"]})
-                                 for w in who))]
+            ("runtime memory", *(memory(measured[f"gate.{w}.memory_bytes"]) for w in who))]
     drops = {"gate.teacher_drop": "vs the teacher", "gate.champion_drop": "vs the champion"}
     return [markdown_table(rows), "", *(f"- {paired_line(measured, key, confidence, what)}"
                                         for key, what in drops.items() if key in measured), ""]
@@ -132,7 +131,7 @@ def summary_rows(metrics: dict) -> list[tuple[str, ...]]:
         *((f"latency p50 / p90, {threads(n)}", latency(teacher, n), latency(final, n),
            f"{teacher[f'latency_p50_us_{n}t'] / final[f'latency_p50_us_{n}t']:.1f}x faster")
           for n in thread_counts(final)),
-        ("runtime memory", memory(teacher), memory(final),
+        ("runtime memory", memory(teacher["memory_bytes"]), memory(final["memory_bytes"]),
          f"{teacher['memory_bytes'] / final['memory_bytes']:.1f}x less"),
         ("quantization", "fp32", metrics["quantization"]["mode"],
          layer_precisions(metrics["quantization"]["layer_precisions"])),
@@ -154,9 +153,8 @@ def latency(measured: dict, count: int) -> str:
             f"{measured[f'latency_p90_us_{count}t']:.1f} us")
 
 
-def memory(measured: dict) -> str:
+def memory(held: float) -> str:
     """The runtime's heap (tasks/tflite.py `memory_bytes`); n/a where it cannot be measured."""
-    held = measured["memory_bytes"]
     return "n/a" if math.isnan(held) else human_size(int(held))
 
 
