@@ -183,7 +183,17 @@ def task_runner(cfg: SearchConfig) -> DaskTaskRunner:
     if cfg.dask_address:
         return DaskTaskRunner(address=cfg.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": local_workers(cfg), "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": ":0"})
+                                          "processes": True, "dashboard_address": ":0",
+                                          "env": tensorflow_threads(cfg)})
+
+
+def tensorflow_threads(cfg: SearchConfig) -> dict[str, str]:
+    """Each local worker's TensorFlow keeps to its share of the cores: by default it sizes its
+    thread pools to the whole machine in every worker. Measured (2 cores, two trials at once,
+    0.25-wide student of the 1.7 M CNN): 5.2 s per epoch oversubscribed, 4.0 s at one thread
+    each. Read when TensorFlow starts, so set in the workers' environment (the Nanny's `env`)."""
+    share = max(1, (os.cpu_count() or 1) // local_workers(cfg))
+    return {"TF_NUM_INTRAOP_THREADS": str(share), "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def run_search(params: Params, ws: Workspace) -> dict[str, float]:

@@ -75,6 +75,7 @@ def check_inputs(params: Params) -> None:
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
     from tasks.distill import cannot_narrow, check_student, derive_student, student_widths
+    from tasks.evaluate import warn_if_oversubscribed
     from tasks.load import open_inputs
     from tasks.models import read_model
     from tasks.qat import quantize_aware
@@ -85,6 +86,7 @@ def check_inputs(params: Params) -> None:
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
     warn_if_uncertifiable(params.gate, len(inputs.data.y_test))  # the test split: known from here
+    warn_if_oversubscribed(params.evaluate)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
     student = inputs.teacher  # the architecture quantize receives, untrained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,12 @@ from tasks.config import DataConfig, Params
 from tasks.data import Dataset, load_data
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Two xdist workers for the two cores (pyproject.toml): TensorFlow in each, and in every process a
+# test starts, keeps to one thread instead of sizing its pools to the whole machine in both (as
+# the search's local workers do: flows/search.py `tensorflow_threads`). Read when TF starts.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 # The nightly schedule of a test's stack or worker: 12 hours from now, so that it never fires
 # during a test (`0 2 * * *` did, in a suite run at 02:00 UTC).

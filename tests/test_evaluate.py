@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import logging
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +11,14 @@ import pytest
 from flows.report import summary_table
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig
-from tasks.evaluate import CandidateMetrics, evaluate_tflite, recorded_drop, run_evaluate, summarize
+from tasks.evaluate import (
+    CandidateMetrics,
+    evaluate_tflite,
+    recorded_drop,
+    run_evaluate,
+    summarize,
+    warn_if_oversubscribed,
+)
 from tasks.models import write_model
 from tasks.paired import paired_drop
 from tasks.tflite import TFLiteClassifier
@@ -60,6 +69,17 @@ def test_runtime_memory_holds_the_weights_as_the_runtime_packs_them(mode, bytes_
     tflite = convert_to_tflite(model, *([mode, calibration] if mode else []))
     weights = bytes_per_weight * model.count_params()
     assert weights < TFLiteClassifier(tflite).memory_bytes() < weights + 2**20
+
+
+def test_thread_counts_above_the_machines_cores_are_warned_about(caplog):
+    cores = os.cpu_count()
+    with caplog.at_level(logging.WARNING, logger="tasks.evaluate"):
+        warn_if_oversubscribed(EvaluateConfig(threads=[1, cores]))
+        assert not caplog.records
+        warn_if_oversubscribed(EvaluateConfig(threads=[cores + 1, 1]))
+    (warning,) = caplog.records
+    assert f"evaluate.threads: {cores + 1} thread(s) on this {cores}-core machine" in \
+        warning.getMessage()
 
 
 def test_summary_ratios():

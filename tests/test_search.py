@@ -258,8 +258,10 @@ def test_the_first_trial_is_the_configured_recipe_snapped_into_the_space():
                                        "quantize.mode": "dynamic"}
 
 
-def test_local_workers_start_without_dasks_malloc_trim_threshold():
+def test_local_workers_start_without_dasks_malloc_trim_threshold_and_keep_to_their_cores():
+    names = ("MALLOC_TRIM_THRESHOLD_", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
     cluster_kwargs = task_runner(SearchConfig(workers=1)).cluster_kwargs
     with LocalCluster(**cluster_kwargs) as cluster, Client(cluster) as client:
-        found = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
-    assert set(found.values()) == {None}  # glibc trims after every free otherwise: slow epochs
+        found = client.run(lambda: [os.environ.get(name) for name in names])
+    # glibc trims after every free otherwise (slow epochs); one worker has every core
+    assert list(found.values()) == [[None, str(os.cpu_count()), "1"]]
