@@ -33,7 +33,9 @@ SLICES: dict[str, tuple[tuple[int, str], ...]] = {
     "depthwise_kernel": ((-2, "in"),),
     "pointwise_kernel": ((-2, "mid"), (-1, "out")),
     "bias": ((-1, "out"),),
-    **{name: ((-1, "out"),) for name in ("gamma", "beta", "moving_mean", "moving_variance")},
+    **{name: ((-1, "out"),) for name in ("gamma", "beta", "moving_mean", "moving_variance",
+                                         "mean", "variance")},  # BatchNorm, Normalization
+    "count": (),  # Normalization's sample count: one number
 }
 # Gates of each recurrent layer whose units are followed (blocks of `units` columns per weight)
 GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3, keras.layers.SimpleRNN: 1}
@@ -56,23 +58,32 @@ def output_layer(model: keras.Model) -> keras.layers.Layer:
     return [layer for layer in model.layers if width_key(layer)][-1]
 
 
+def narrowed_units(units: int, width: float) -> int:
+    """A layer's size in a `width`-wide student: never below MIN_UNITS, and a layer of MIN_UNITS
+    or fewer (a squeeze-and-excitation bottleneck) keeps its size."""
+    return max(min(units, MIN_UNITS), round(units * width))
+
+
 def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
     """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer
-    (the output layer aside) keeps MIN_UNITS units: relative to this teacher, not to a data set.
-    `setting` names the key that asked for them, for the error when there are none."""
+    (the output layer and layers of MIN_UNITS or fewer aside) keeps MIN_UNITS units: relative to
+    this teacher, not to a data set. `setting` names the key that asked for them, for the error
+    when there are none."""
     output = output_layer(teacher)
     units = [layer.get_config()[key] for layer in teacher.layers
              if (key := width_key(layer)) and layer is not output]
-    if not units:
-        raise InputError(f"{setting}: the teacher has no layer with filters or units besides "
-                         f"its output, so no narrower student can be derived; set {setting}")
+    narrowed = [n for n in units if n > MIN_UNITS]
+    if not narrowed:
+        raise InputError(f"{setting}: the teacher has no layer with more than {MIN_UNITS} filters "
+                         f"or units besides its output, so no narrower student can be derived; "
+                         f"set {setting}")
     widths = []
     width = FIRST_WIDTH
-    while round(min(units) * width) >= MIN_UNITS:
+    while round(min(narrowed) * width) >= MIN_UNITS:
         widths.append(round(width, 3))
         width /= WIDTH_STEP
     if not widths:
-        raise InputError(f"{setting}: the teacher's narrowest layer has {min(units)} units, so "
+        raise InputError(f"{setting}: the teacher's narrowest layer has {min(narrowed)} units, so "
                          f"no width of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set {setting}")
     return widths
 

@@ -18,7 +18,13 @@ import tf_keras as keras
 from prefect import task
 
 from tasks.artifacts import Workspace, copy_file
-from tasks.channels import copy_top_channels, output_layer, teacher_widths, width_key
+from tasks.channels import (
+    copy_top_channels,
+    narrowed_units,
+    output_layer,
+    teacher_widths,
+    width_key,
+)
 from tasks.config import DistillConfig, GateConfig, SparsifyConfig, StudentInit, Training
 from tasks.data import Dataset
 from tasks.errors import InputError
@@ -41,9 +47,11 @@ EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 def derive_student(source: keras.Model, width: float, init: StudentInit) -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide.
 
-    `filters`, `units` and `output_dim` are scaled; the output layer (the last layer that has
-    one) keeps its size so the student predicts the same classes. Weights are freshly initialised (`random`) or
-    `source`'s own, sliced to each layer's channels with the largest L1 norms (`teacher`).
+    `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
+    output layer (the last layer that has one) keeps its size so the student predicts the same classes. Weights are freshly initialised (`random`) or
+    `source`'s own, sliced to each layer's channels with the largest L1 norms (`teacher`). A
+    Reshape that keeps the channels last (squeeze-and-excitation's (C,) -> (1, 1, C)) infers
+    them (-1): its fixed target shape would not fit the narrower student.
     """
     output = output_layer(source)
 
@@ -51,7 +59,9 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
         config = layer.get_config()
         key = width_key(layer)
         if key and layer is not output:
-            config[key] = max(1, round(config[key] * width))
+            config[key] = narrowed_units(config[key], width)
+        elif keeps_channels_last(layer):
+            config["target_shape"] = (*config["target_shape"][:-1], -1)
         return type(layer).from_config(config)
 
     try:
@@ -64,6 +74,12 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
     if init == "teacher":
         copy_top_channels(source, student)
     return student
+
+
+def keeps_channels_last(layer: keras.layers.Layer) -> bool:
+    """A Reshape whose fixed target shape ends in its input's channels."""
+    return (isinstance(layer, keras.layers.Reshape) and -1 not in layer.target_shape
+            and layer.target_shape[-1] == layer.input_shape[-1])
 
 
 def student_widths(teacher: keras.Model, width: float | str) -> list[float]:
