@@ -44,6 +44,9 @@ MODEL_INPUT = ""  # the inbound name of a Sequential model's first layer
 MIN_UNITS = 4  # the narrowest layer a derived width may leave
 WIDTH_STEP = math.sqrt(2)
 FIRST_WIDTH = 0.5
+GLOBAL_POOLING = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+                  keras.layers.GlobalAveragePooling3D, keras.layers.GlobalMaxPooling1D,
+                  keras.layers.GlobalMaxPooling2D, keras.layers.GlobalMaxPooling3D)
 
 
 def width_key(layer: keras.layers.Layer) -> str | None:
@@ -59,33 +62,56 @@ def output_layer(model: keras.Model) -> keras.layers.Layer:
 
 
 def narrowed_units(units: int, width: float) -> int:
-    """A layer's size in a `width`-wide student: never below MIN_UNITS, and a layer of MIN_UNITS
-    or fewer (a squeeze-and-excitation bottleneck) keeps its size."""
+    """A layer's size in a `width`-wide student: never below MIN_UNITS (a layer of MIN_UNITS or
+    fewer keeps its size)."""
     return max(min(units, MIN_UNITS), round(units * width))
 
 
 def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
-    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer
-    (the output layer and layers of MIN_UNITS or fewer aside) keeps MIN_UNITS units: relative to
-    this teacher, not to a data set. `setting` names the key that asked for them, for the error
-    when there are none."""
-    output = output_layer(teacher)
+    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer keeps
+    MIN_UNITS units: relative to this teacher, not to a data set. The output layer and the
+    bottlenecks of squeeze-and-excitation gates (`gate_layers`: a handful of units in
+    EfficientNet) do not count. `setting` names the key that asked for them, for the error when
+    there are none."""
+    output, gates = output_layer(teacher), gate_layers(teacher)
     units = [layer.get_config()[key] for layer in teacher.layers
-             if (key := width_key(layer)) and layer is not output]
-    narrowed = [n for n in units if n > MIN_UNITS]
-    if not narrowed:
-        raise InputError(f"{setting}: the teacher has no layer with more than {MIN_UNITS} filters "
-                         f"or units besides its output, so no narrower student can be derived; "
-                         f"set {setting}")
+             if (key := width_key(layer)) and layer is not output and layer.name not in gates]
+    if not units:
+        raise InputError(f"{setting}: the teacher has no layer with filters or units besides "
+                         f"its output, so no narrower student can be derived; set {setting}")
     widths = []
     width = FIRST_WIDTH
-    while round(min(narrowed) * width) >= MIN_UNITS:
+    while round(min(units) * width) >= MIN_UNITS:
         widths.append(round(width, 3))
         width /= WIDTH_STEP
     if not widths:
-        raise InputError(f"{setting}: the teacher's narrowest layer has {min(narrowed)} units, so "
+        raise InputError(f"{setting}: the teacher's narrowest layer has {min(units)} units, so "
                          f"no width of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set {setting}")
     return widths
+
+
+def gate_layers(model: keras.Model) -> set[str]:
+    """The width layers of squeeze-and-excitation gates: on a path from a global pooling layer
+    to an elementwise Multiply, without another merge between."""
+    if isinstance(model, keras.Sequential):
+        return set()
+    inbound, gates = _inbound(model), set()
+
+    def walk(name: str, path: list[str]) -> None:
+        if name == MODEL_INPUT or name not in inbound:
+            return
+        layer = model.get_layer(name)
+        if isinstance(layer, GLOBAL_POOLING):
+            gates.update(path)
+        elif not _is_merge(layer) and not isinstance(layer, keras.layers.InputLayer):
+            for before in inbound[name]:
+                walk(before, [*path, name] if width_key(layer) else path)
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Multiply):
+            for before in inbound[layer.name]:
+                walk(before, [])
+    return gates
 
 
 def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
@@ -123,7 +149,10 @@ def _inbound(model: keras.Model) -> dict[str, list[str]]:
         if len(spec["inbound_nodes"]) > 1:
             layer = model.get_layer(spec["name"])
             raise _unsupported(layer, "it is shared (called more than once)")
-        inbound[spec["name"]] = [node[0] for nodes in spec["inbound_nodes"] for node in nodes]
+        # a node is a list of [layer, node, tensor, kwargs] entries, or one such entry (a
+        # TFOpLambda, as in MobileNetV3)
+        nodes = [[entry] if isinstance(entry[0], str) else entry for entry in spec["inbound_nodes"]]
+        inbound[spec["name"]] = [node[0] for entries in nodes for node in entries]
     return inbound
 
 

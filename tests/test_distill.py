@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from flows.params import load_params
-from tasks.channels import teacher_widths
+from tasks.channels import gate_layers, teacher_widths
 from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
 from tasks.distill import (
     DistillationLoss,
@@ -99,14 +99,14 @@ def test_residual_student_keeps_the_same_channels_on_both_sides_of_the_add(digit
 
 def squeeze_excite_model() -> keras.Model:
     """EfficientNet's blocks in small: input Normalization, a conv, and a squeeze-and-excitation
-    gate whose Reshape has a fixed target shape and whose bottleneck has 4 filters."""
+    gate whose Reshape has a fixed target shape and whose bottleneck has 6 filters."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     normalized = keras.layers.Normalization(mean=0.3, variance=0.1, name="norm")(inputs)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="swish", name="conv")(normalized)
     se = keras.layers.GlobalAveragePooling2D(name="se_squeeze")(x)
     se = keras.layers.Reshape((1, 1, 16), name="se_reshape")(se)
-    se = keras.layers.Conv2D(4, 1, activation="swish", name="se_reduce")(se)
+    se = keras.layers.Conv2D(6, 1, activation="swish", name="se_reduce")(se)
     se = keras.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(se)
     x = keras.layers.Multiply(name="se_excite")([x, se])
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -115,10 +115,11 @@ def squeeze_excite_model() -> keras.Model:
 
 def test_squeeze_excite_student_stays_a_valid_graph_and_keeps_its_bottleneck(digits):
     teacher = squeeze_excite_model()
-    assert teacher_widths(teacher, "distill.width") == [0.5, 0.354, 0.25]  # se_reduce aside
+    assert gate_layers(teacher) == {"se_reduce", "se_expand"}
+    assert teacher_widths(teacher, "distill.width") == [0.5, 0.354, 0.25]  # the gate aside
     student = derive_student(teacher, width=0.5, init="teacher")
     assert student.get_layer("conv").filters == 8 and student.get_layer("se_expand").filters == 8
-    assert student.get_layer("se_reduce").filters == 4  # a bottleneck of 4: kept as it is
+    assert student.get_layer("se_reduce").filters == 4  # 3 would be below MIN_UNITS
     assert student.get_layer("se_reshape").output_shape == (None, 1, 1, 8)
     assert student.predict(digits.x_val, verbose=0).shape == (len(digits.x_val), 10)
     same = derive_student(teacher, width=1.0, init="teacher")  # every weight copied through
