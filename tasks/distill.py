@@ -48,24 +48,32 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
     """`source`'s architecture with every layer but the output `width` times as wide.
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
-    output layer (the last layer that has one) keeps its size so the student predicts the same classes. Weights are freshly initialised (`random`) or
-    `source`'s own, sliced to each layer's channels with the largest L1 norms (`teacher`). A
-    Reshape that keeps the channels last (squeeze-and-excitation's (C,) -> (1, 1, C)) infers
-    them (-1): its fixed target shape would not fit the narrower student.
+    output layer (the last layer that has one) keeps its size so the student predicts the same
+    classes. Weights are freshly initialised (`random`) or `source`'s own, sliced to each layer's
+    channels with the largest L1 norms (`teacher`).
+
+    A Reshape that keeps the channels last (squeeze-and-excitation's (C,) -> (1, 1, C)) has a
+    fixed target shape that would not fit the narrower student: a first build lets it infer its
+    channels (-1), a second fixes them. -1 alone leaves them unknown in the traced graph (its
+    batch is dynamic), and the TFLite converter refuses the Conv2D after it as a flex op.
     """
     output = output_layer(source)
+    reshapes = {layer.name: None for layer in source.layers if keeps_channels_last(layer)}
 
     def narrowed(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
         key = width_key(layer)
         if key and layer is not output:
             config[key] = narrowed_units(config[key], width)
-        elif keeps_channels_last(layer):
-            config["target_shape"] = (*config["target_shape"][:-1], -1)
+        elif layer.name in reshapes:
+            config["target_shape"] = reshapes[layer.name] or (*config["target_shape"][:-1], -1)
         return type(layer).from_config(config)
 
     try:
         student = keras.models.clone_model(source, clone_function=narrowed)
+        if reshapes:
+            reshapes.update({name: student.get_layer(name).output_shape[1:] for name in reshapes})
+            student = keras.models.clone_model(source, clone_function=narrowed)
     except Exception as exc:  # shape errors from fixed reshapes, layers that refuse new sizes
         raise InputError(
             f"distill.width: cannot derive a {width}-wide student from {source.name} ({exc}); "

@@ -21,6 +21,7 @@ from tasks.distill import (
 from tasks.errors import InputError
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity
+from tasks.quantize import convert_to_tflite
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -120,8 +121,9 @@ def test_squeeze_excite_student_stays_a_valid_graph_and_keeps_its_bottleneck(dig
     student = derive_student(teacher, width=0.5, init="teacher")
     assert student.get_layer("conv").filters == 8 and student.get_layer("se_expand").filters == 8
     assert student.get_layer("se_reduce").filters == 4  # 3 would be below MIN_UNITS
-    assert student.get_layer("se_reshape").output_shape == (None, 1, 1, 8)
+    assert student.get_layer("se_reshape").target_shape == (1, 1, 8)  # static: for the converter
     assert student.predict(digits.x_val, verbose=0).shape == (len(digits.x_val), 10)
+    assert convert_to_tflite(student, "int8", digits.x_val[:8])  # no flex op (-1 made one)
     same = derive_student(teacher, width=1.0, init="teacher")  # every weight copied through
     np.testing.assert_allclose(same.predict(digits.x_val, verbose=0),
                                teacher.predict(digits.x_val, verbose=0), rtol=1e-5, atol=1e-6)
