@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,6 +142,20 @@ def make_project(root: Path, data: Path, *overrides: str) -> Params:
     params = write_tiny_params(root, data, *overrides)
     init_workspace(root, params)
     return params
+
+
+def copy_project(source: Path, target: Path) -> None:
+    """A project that has run, copied to `target` with its git, DVC cache and MLflow store: the
+    paths that name `source` (the tracking URI in params.yaml, the artifact locations in
+    mlflow.db) rewritten to name `target`. A test starts from a finished chain without running one."""
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+    old, new = f"{source}/", f"{target}/"
+    with closing(sqlite3.connect(target / "mlflow.db")) as db, db:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("model_versions", "source"), ("model_versions", "storage_location")):
+            db.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+    params = target / "params.yaml"
+    params.write_text(params.read_text().replace(old, new))
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
+from conftest import copy_project, make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
 from flows.versioning import workspace_lock
@@ -28,11 +30,25 @@ def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def finished(prefect_server, tmp_path_factory, digits_npz) -> tuple[Path, dict]:
+    """A project after a whole run, and that run's report: the module's tests start from copies."""
+    root = tmp_path_factory.mktemp("finished")
+    make_project(root, digits_npz)
+    return root, compress(write_tiny_params(root, digits_npz), workdir=str(root))
+
+
+@pytest.fixture
+def project(finished, tmp_path: Path) -> Path:
+    """A copy of the finished project, this test's own."""
+    copy_project(finished[0], tmp_path)
+    return tmp_path
+
+
 def test_after_a_run_dvc_has_nothing_to_do_and_a_rerun_skips_every_stage(
-    prefect_server, dvc_project, tiny_params
+    finished, project, tiny_params
 ):
-    params = tiny_params()
-    first = compress(params, workdir=str(dvc_project))
+    dvc_project, (_, first), params = project, finished, tiny_params()
     assert json.loads(run("dvc", "status", "--json", cwd=dvc_project)) == {}
     assert "Data and pipelines are up to date" in run("dvc", "repro", cwd=dvc_project)
 
@@ -55,9 +71,9 @@ def test_after_a_run_dvc_has_nothing_to_do_and_a_rerun_skips_every_stage(
     assert len(parent["mlflow.source.git.commit"]) == 40
 
 
-def test_every_run_is_an_experiment_that_restores_byte_for_byte(prefect_server, dvc_project, tiny_params):
+def test_every_run_is_an_experiment_that_restores_byte_for_byte(finished, project, tiny_params):
+    dvc_project, (_, first) = project, finished
     model = dvc_project / "artifacts" / "model.tflite"
-    first = compress(tiny_params(), workdir=str(dvc_project))
     first_md5 = md5(model)
     second = compress(tiny_params("distill.temperature=2", "quantize.calibration_samples=30"),
                       workdir=str(dvc_project))
@@ -89,8 +105,9 @@ def test_every_run_is_an_experiment_that_restores_byte_for_byte(prefect_server, 
 
 
 def test_outputs_push_to_a_local_remote_and_pull_into_a_fresh_clone(
-    prefect_server, dvc_project, tiny_params, tmp_path_factory
+    project, tiny_params, tmp_path_factory
 ):
+    dvc_project = project
     store, clone = tmp_path_factory.mktemp("store"), tmp_path_factory.mktemp("clone") / "project"
     run("dvc", "remote", "add", "-d", "store", str(store), cwd=dvc_project)
     compress(tiny_params(), workdir=str(dvc_project))
@@ -103,10 +120,8 @@ def test_outputs_push_to_a_local_remote_and_pull_into_a_fresh_clone(
     assert md5(clone / model) == md5(dvc_project / model)
 
 
-def test_a_second_run_waits_for_the_first_and_leaves_its_outputs_intact(
-    prefect_server, dvc_project, tiny_params
-):
-    compress(tiny_params(), workdir=str(dvc_project))
+def test_a_second_run_waits_for_the_first_and_leaves_its_outputs_intact(project):
+    dvc_project = project
     model = dvc_project / "artifacts" / "model.tflite"
     before = md5(model)
     from prefect.settings import PREFECT_API_URL
