@@ -91,26 +91,37 @@ def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
 
 
 def gate_layers(model: keras.Model) -> set[str]:
-    """The width layers of squeeze-and-excitation gates: on a path from a global pooling layer
-    to an elementwise Multiply, without another merge between."""
+    """The width layers of squeeze-and-excitation gates: between a global pooling layer and an
+    elementwise Multiply, with no other merge between. (MobileNetV3's head conv, pooled and then
+    hard-swished by a Multiply, counts too: harmless, as it is wide.)"""
     if isinstance(model, keras.Sequential):
         return set()
-    inbound, gates = _inbound(model), set()
+    inbound, layers = _inbound(model), {layer.name: layer for layer in model.layers}
+    pooled: dict[str, bool] = {}  # memo of `from_pooling`: a graph's paths can be many
 
-    def walk(name: str, path: list[str]) -> None:
-        if name == MODEL_INPUT or name not in inbound:
+    def from_pooling(name: str) -> bool:
+        """Whether the output of `name` comes from a global pooling layer with no merge between."""
+        if name not in pooled:
+            layer = layers.get(name)
+            pooled[name] = layer is not None and (isinstance(layer, GLOBAL_POOLING) or (
+                not _is_merge(layer) and any(from_pooling(before) for before in inbound[name])))
+        return pooled[name]
+
+    gates: set[str] = set()
+
+    def mark(name: str) -> None:
+        layer = layers[name]
+        if isinstance(layer, GLOBAL_POOLING) or not from_pooling(name) or name in gates:
             return
-        layer = model.get_layer(name)
-        if isinstance(layer, GLOBAL_POOLING):
-            gates.update(path)
-        elif not _is_merge(layer) and not isinstance(layer, keras.layers.InputLayer):
-            for before in inbound[name]:
-                walk(before, [*path, name] if width_key(layer) else path)
+        if width_key(layer):
+            gates.add(name)
+        for before in inbound[name]:
+            mark(before)
 
     for layer in model.layers:
         if isinstance(layer, keras.layers.Multiply):
             for before in inbound[layer.name]:
-                walk(before, [])
+                mark(before)
     return gates
 
 
