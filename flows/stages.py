@@ -76,7 +76,7 @@ def check_inputs(params: Params) -> None:
     from flows.search import check_search
     from tasks.distill import cannot_narrow, check_student, derive_student, student_widths
     from tasks.evaluate import warn_if_oversubscribed
-    from tasks.load import open_inputs
+    from tasks.load import open_inputs, warn_if_scaled_twice
     from tasks.models import read_model
     from tasks.qat import quantize_aware
     from tasks.quantize import calibration_samples, check_quantizable
@@ -87,6 +87,7 @@ def check_inputs(params: Params) -> None:
     inputs = open_inputs(params.data, params.model, params.seed)
     warn_if_uncertifiable(params.gate, len(inputs.data.y_test))  # the test split: known from here
     warn_if_oversubscribed(params.evaluate)
+    warn_if_scaled_twice(inputs.teacher, inputs.data)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
     student = inputs.teacher  # the architecture quantize receives, untrained

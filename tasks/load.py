@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tf_keras as keras
 from prefect import task
 
@@ -23,6 +25,9 @@ from tasks.models import (
     write_model,
 )
 
+log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
+PIXEL_SCALE = 1 / 100  # a first Rescaling below this expects pixels 0-255 (EfficientNet: 1/255)
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -39,6 +44,19 @@ def open_inputs(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> Inpu
     teacher, needs_training = _teacher(model_cfg, data)
     check_compatible(teacher, data, "model.source")
     return Inputs(data, teacher, needs_training)
+
+
+def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
+    """The pre-check's warning for a teacher that scales 0-255 pixels itself (a Rescaling first,
+    as keras.applications' EfficientNet and MobileNetV3) fed data already in [0, 1] (uint8 pixels
+    scaled by data.scale_uint8): it would see nearly black images, and train or score poorly."""
+    first = next(layer for layer in teacher.layers if not isinstance(layer, keras.layers.InputLayer))
+    if (isinstance(first, keras.layers.Rescaling) and np.max(first.scale) < PIXEL_SCALE
+            and data.x_train.max() <= 1.0):
+        log.warning("model.source: the teacher rescales its inputs by %.4g itself, so it expects "
+                    "pixels from 0 to 255, but the data reach it in [0, 1]; set "
+                    "data.scale_uint8: false (uint8 data) or give it unscaled pixels",
+                    np.max(first.scale))
 
 
 def train_teacher(teacher: keras.Model, data: Dataset, cfg: ModelConfig) -> keras.Model:

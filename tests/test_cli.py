@@ -111,8 +111,8 @@ BAD_INPUTS = {
     ),
     "2:4 on a narrower student's layer, policy error": (
         lambda d: ["sparsify.pattern=2:4", "sparsify.unsupported_layers=error", "distill.width=0.125",
-                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(16)])}"],
-        r"\(Dense: input dimension 2 of \(2, 10\) is not a multiple of 4\)",  # the teacher's: 16
+                   f"model.source={model_file(Path(d, 'm.h5'), (8, 8, 1), 10, [keras.layers.Dense(48)])}"],
+        r"\(Dense: input dimension 6 of \(6, 10\) is not a multiple of 4\)",  # the teacher's: 48
     ),
     "QAT for a float16 conversion": (
         lambda d: ["quantize.qat_epochs=1", "quantize.mode=float16"],

@@ -1,9 +1,11 @@
 """Bringing a model file: Keras 3 files are rebuilt in tf_keras with the same outputs, and code
 stored in a model file (Lambda layers) runs only when `model.trust_code` allows it."""
 
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import tf_keras as keras
 from tasks.artifacts import Workspace
 from tasks.config import DataConfig, ModelConfig
 from tasks.errors import InputError
-from tasks.load import run_load
+from tasks.load import run_load, warn_if_scaled_twice
 from tasks.model_files import ModelSource, model_source
 from tasks.models import read_model
 
@@ -180,3 +182,18 @@ def test_keras3_teachers_go_through_the_whole_flow(
     assert 0 <= report["metrics"]["final"]["accuracy"] <= 1
     tags = MlflowClient(params.tracking.uri).get_run(report["mlflow_run_id"]).data.tags
     assert tags["teacher.converted"] == "true" and tags["teacher.keras_version"].startswith("3.")
+
+
+@pytest.mark.parametrize(("scale", "pixels", "warned"), [
+    (1 / 255, 1.0, True),  # EfficientNet's own rescaling, fed [0, 1]: nearly black images
+    (1 / 255, 255.0, False),  # the same, fed 0-255 (data.scale_uint8: false)
+    (1.0, 1.0, False),  # no rescaling of its own
+])
+def test_a_teacher_that_scales_pixels_itself_is_warned_about_scaled_data(
+        digits, caplog, scale, pixels, warned):
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(scale),
+                                keras.layers.Flatten(), keras.layers.Dense(10)])
+    data = replace(digits, x_train=digits.x_train * pixels)
+    with caplog.at_level(logging.WARNING, logger="tasks.load"):
+        warn_if_scaled_twice(teacher, data)
+    assert ("set data.scale_uint8: false" in caplog.text) == warned
