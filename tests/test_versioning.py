@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, make_project, write_tiny_params
 from mlflow import MlflowClient
 
+from conftest import copy_project, make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
 from flows.versioning import workspace_lock
