@@ -50,7 +50,8 @@ def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
     """The pre-check's warning for a teacher that scales 0-255 pixels itself (a Rescaling first,
     as keras.applications' EfficientNet and MobileNetV3) fed data already in [0, 1] (uint8 pixels
     scaled by data.scale_uint8): it would see nearly black images, and train or score poorly."""
-    first = next(layer for layer in teacher.layers if not isinstance(layer, keras.layers.InputLayer))
+    first = next((layer for layer in teacher.layers
+                  if not isinstance(layer, keras.layers.InputLayer)), None)
     if (isinstance(first, keras.layers.Rescaling) and np.max(first.scale) < PIXEL_SCALE
             and data.x_train.max() <= 1.0):
         log.warning("model.source: the teacher rescales its inputs by %.4g itself, so it expects "

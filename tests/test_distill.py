@@ -114,7 +114,7 @@ def squeeze_excite_model() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(x))
 
 
-def test_squeeze_excite_student_stays_a_valid_graph_and_keeps_its_bottleneck(digits):
+def test_squeeze_excite_student_is_a_valid_graph_and_its_gate_does_not_bound_the_widths(digits):
     teacher = squeeze_excite_model()
     assert gate_layers(teacher) == {"se_reduce", "se_expand"}
     assert teacher_widths(teacher, "distill.width") == [0.5, 0.354, 0.25]  # the gate aside
