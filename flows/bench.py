@@ -43,7 +43,6 @@ from flows.tracking import pipeline_run
 from flows.versioning import init_workspace
 from tasks.artifacts import Workspace, copy_file, write_bytes, write_json
 from tasks.config import Params, QuantizeConfig, SparsifyConfig, TrackingConfig
-from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
 from tasks.inputs import APPLICATIONS_PREFIX
@@ -52,6 +51,7 @@ from tasks.plots import plot_tradeoff
 from tasks.qat import quantization_aware_training
 from tasks.quantize import calibration_samples, convert_to_tflite, quantize_model
 from tasks.sparsify import sparsify
+from tasks.splits import Dataset
 
 if TYPE_CHECKING:
     import tf_keras as keras
@@ -101,9 +101,10 @@ def fp32(bench: Bench) -> Built:
 
 
 def ptq_random_calib(bench: Bench) -> Built:
-    """Full-INT8 PTQ calibrated on seeded random-uniform inputs in the data's range (tutorials)."""
-    x = bench.data.x_train
-    shape = (bench.params.quantize.calibration_samples, *x.shape[1:])
+    """Full-INT8 PTQ calibrated on seeded random-uniform inputs in the range of the real
+    calibration samples (tutorials)."""
+    x = _calibration(bench)
+    shape = x.shape
     noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), shape)
     return Built(convert_to_tflite(bench.teacher, "int8", noise.astype(np.float32)),
                  bench.teacher.count_params())
@@ -213,7 +214,7 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
             "params": params.model_dump(mode="json"),
             "config": str(params),
             "machine": machine_facts(),
-            "test_samples": len(bench.data.x_test),
+            "test_samples": len(bench.data.test),
             "recipes": recipes,
         }
         if overhead:
@@ -389,8 +390,7 @@ def _run_stages(names: Iterable[str], params: Params, ws: Workspace) -> None:
 def _teacher_in(bench: Bench, mode: str) -> Built:
     """The teacher through the quantize stage's own conversion, in `mode`."""
     cfg = bench.params.quantize.model_copy(update={"enabled": True, "mode": mode})
-    validation = (bench.data.x_val, bench.data.y_val)
-    quantized = quantize_model(bench.teacher, cfg, _calibration(bench), validation)
+    quantized = quantize_model(bench.teacher, cfg, _calibration(bench), bench.data.val)
     return Built(quantized.tflite, bench.teacher.count_params())
 
 

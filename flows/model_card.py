@@ -6,12 +6,12 @@ and measured on, and how it was made. The registry appends the gate's verdict (f
 from __future__ import annotations
 
 from flows.report import drop_metrics, markdown_table, paired_line, summary_rows
-from flows.tracking import digest
+from flows.tracking import SPLITS
 from tasks.artifacts import Workspace
 from tasks.choice import chosen_params, search_summary
 from tasks.config import Params
-from tasks.data import Dataset
 from tasks.evaluate import recorded_drop
+from tasks.splits import Dataset
 
 # The keys of the recipe, as `--set` spells them (with the search's choice applied)
 RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "epochs"),
@@ -29,9 +29,8 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         "## Data", "",
         f"`{params.data.source}`; MD5 of every value of each split (as the MLflow run's datasets):",
         "",
-        *(f"- {split}: {len(y):,} samples, `{digest(x, y)}`" for split, (x, y) in {
-            "train": (data.x_train, data.y_train), "validation": (data.x_val, data.y_val),
-            "test": (data.x_test, data.y_test)}.items()), "",
+        *(f"- {SPLITS[name]}: {len(split):,} samples, `{split.digest}`"
+          for name, split in data.splits.items()), "",
         "## Measured on the test split", "",
         f"- {paired_line(drop_metrics('drop', drop), 'drop', drop.confidence, 'vs the teacher')}",
         f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt", "",
@@ -47,7 +46,7 @@ def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: dict) ->
     quantize = recipe.quantize
     shape = "×".join(str(d) for d in data.input_shape)
     return (f"A TFLite classifier ({quantize.mode if quantize.enabled else 'fp32'}) of "
-            f"{data.num_classes} classes over inputs of shape {shape} ({data.x_test.dtype}), "
+            f"{data.num_classes} classes over inputs of shape {shape} (float32), "
             f"compressed by shrinkflow from the teacher (`model.source: {params.model.source}`, "
             f"{metrics['teacher']['params']:,} params) into a student of "
             f"{metrics['final']['params']:,} params.")

@@ -18,10 +18,10 @@ from flows.report import drop_metrics
 from flows.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
-from tasks.data import Dataset
 from tasks.evaluate import measure_tflite
 from tasks.gate import Decision, Interface, judge, not_comparable, uncertifiable
 from tasks.paired import PairedDrop, paired_drop
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
@@ -117,8 +117,8 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop
     if champion and not refusal:
         measured["gate.champion"], champion_predicted = measure_tflite(champion.tflite, data,
                                                                        evaluate)
-        drops["gate.champion_drop"] = paired_drop(champion_predicted == data.y_test,
-                                                  predicted == data.y_test, cfg.confidence)
+        drops["gate.champion_drop"] = paired_drop(champion_predicted == data.test.labels,
+                                                  predicted == data.test.labels, cfg.confidence)
     decision = refusal or judge(cfg, candidate, teacher_drop, measured.get("gate.champion"),
                                 drops.get("gate.champion_drop"))
     metrics = {f"{who}.{key}": value for who, values in measured.items()

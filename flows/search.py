@@ -64,7 +64,6 @@ from prefect_dask import DaskTaskRunner
 from tasks.artifacts import Workspace, copy_file, write_json
 from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
-from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.models import read_model
 from tasks.paired import PairedDrop
@@ -85,6 +84,7 @@ from tasks.search import (
     validation_parts,
     warn_if_uncertified,
 )
+from tasks.splits import Dataset
 
 if TYPE_CHECKING:
     import tf_keras as keras
@@ -137,14 +137,14 @@ def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
                          f"it cannot run with {' and '.join(conflicts)}; turn those stages on and "
                          "leave distill.student empty, or set search.enabled: false")
     search_space(cfg, params, teacher)
-    selection, confirmation = validation_parts(len(data.y_val), cfg)
+    selection, confirmation = validation_parts(len(data.val), cfg)
     if min(selection, confirmation) < data.num_classes:
-        raise InputError(f"search.confirm_fraction: the {len(data.y_val)} validation samples split "
+        raise InputError(f"search.confirm_fraction: the {len(data.val)} validation samples split "
                          f"into {selection} for selection and {confirmation} for confirmation, "
                          f"fewer than the {data.num_classes} classes; raise data.val_fraction "
                          "(or give x_val/y_val in the npz) or move search.confirm_fraction "
                          "towards 0.5")
-    warn_if_uncertified(cfg, len(data.y_val))
+    warn_if_uncertified(cfg, len(data.val))
     if cfg.dask_address:
         check_reachable(cfg.dask_address)
     else:
@@ -219,13 +219,13 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
 
     Args:
         params: The pipeline configuration; its `search` section sets the space and budget.
-        workdir: The project directory holding artifacts/data.npz and artifacts/teacher.h5.
+        workdir: The project directory holding artifacts/splits.json and artifacts/teacher.h5.
         mlflow_parent: The MLflow run the trials' runs nest under (none: not tracked).
     """
     cfg, ws = params.search, Workspace(Path(workdir))
     # the teacher's logits and answers are the workers' (cached_inputs): not computed here
     space = search_space(cfg, params, read_model(ws.teacher))
-    budget, _ = budget_for(cfg, len(Dataset.load(ws.data).y_val))
+    budget, _ = budget_for(cfg, len(Dataset.load(ws.data).val))
     study = open_study(ws, params, space)
     run_trials(study, params, workdir, space, budget, mlflow_parent)
     return publish(study, params, ws, space, budget, mlflow_parent)

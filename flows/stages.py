@@ -85,7 +85,7 @@ def check_inputs(params: Params) -> None:
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
-    warn_if_uncertifiable(params.gate, len(inputs.data.y_test))  # the test split: known from here
+    warn_if_uncertifiable(params.gate, len(inputs.data.test))  # the test split: known from here
     warn_if_oversubscribed(params.evaluate)
     warn_if_scaled_twice(inputs.teacher, inputs.data)
     if params.sparsify.enabled:
@@ -99,14 +99,14 @@ def check_inputs(params: Params) -> None:
             narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
             student = derive_student(inputs.teacher, narrowest, params.distill.init)
             if params.distill.width == "auto" and not params.search.enabled:  # a search sets it
-                cannot_narrow(params.gate, len(inputs.data.y_val))
+                cannot_narrow(params.gate, len(inputs.data.val))
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:
         calibration_samples(inputs.data, params.quantize, params.seed)
     for mode in params.search.modes if params.search.enabled else [params.quantize.mode]:
         check_quantizable(student, params.quantize.model_copy(update={"mode": mode}),
-                          inputs.data.x_train)
+                          inputs.data.train.read(slice(2)))
     if params.quantize.qat_epochs:
         quantize_aware(student)
     if params.search.enabled:

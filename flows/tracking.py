@@ -3,7 +3,6 @@ data splits as datasets."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import traceback
@@ -17,16 +16,18 @@ import mlflow
 import numpy as np
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.types.schema import Schema, TensorSpec
 
 from flows.params import dump_params, flatten
 from flows.versioning import Fingerprint, git_commit, output_md5s, recorded_inputs
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
-from tasks.data import Dataset
 from tasks.inputs import load_inputs
+from tasks.splits import Dataset
 
 if TYPE_CHECKING:
     from tasks.model_files import ModelSource
@@ -217,7 +218,7 @@ def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
 
 
 def log_data_and_teacher(params: Params, ws: Workspace) -> None:
-    """The splits the run used (artifacts/data.npz) as MLflow datasets, and how a teacher file was
+    """The splits the run used (artifacts/splits.json) as MLflow datasets, and how a teacher file was
     read, so that runs on other data or another teacher show it."""
     inputs = load_inputs(params.data, params.model)
     log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
@@ -228,27 +229,21 @@ def log_data_and_teacher(params: Params, ws: Workspace) -> None:
 
 
 def log_datasets(data: Dataset, source: str, path: Path | None) -> None:
-    """Each split as a dataset input of the active run, with context train / validation / test.
+    """Each split as a dataset input of the active run, with context train / validation / test:
+    its schema and digest, not its data (a MetaDataset: the data may not fit in memory).
 
-    The digest is our own MD5 of every value: MLflow's own numpy digest hashes only the first
-    10,000 values, so two image sets differing after the first few images would look the same.
+    The digest is the load stage's MD5 of every value (tasks/splits.py): MLflow's own numpy digest
+    hashes only the first 10,000 values, so two image sets differing after the first few images
+    would look the same.
     """
     origin: DatasetSource = (LocalArtifactDatasetSource(str(path.resolve())) if path
                              else CodeDatasetSource({"data.source": source}))
     name = path.name if path else source
+    schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *data.input_shape), "features"),
+                     TensorSpec(np.dtype(np.int64), (-1,), "targets")])
     for split, context in SPLITS.items():
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        mlflow.log_input(mlflow.data.from_numpy(x, targets=y, source=origin, name=name,
-                                                digest=digest(x, y)), context=context)
-
-
-def digest(x: np.ndarray, y: np.ndarray) -> str:
-    """MD5 of a split's shapes, dtypes and values."""
-    md5 = hashlib.md5()
-    for array in (x, y):
-        md5.update(f"{array.shape}{array.dtype}".encode())
-        md5.update(array.tobytes())
-    return md5.hexdigest()
+        logged = MetaDataset(origin, name=name, digest=data.splits[split].digest, schema=schema)
+        mlflow.log_input(logged, context=context)
 
 
 def teacher_tags(source: ModelSource) -> dict[str, str]:

@@ -21,7 +21,8 @@ class Workspace:
 
     @property
     def data(self) -> Path:
-        return self.root / "artifacts" / "data.npz"
+        """The splits' manifest (tasks/splits.py): the user's data is never copied."""
+        return self.root / "artifacts" / "splits.json"
 
     @property
     def teacher(self) -> Path:

@@ -95,6 +95,10 @@ class DataConfig(Section):
         None, description="Resize images:DIR pictures to [height, width]; default: first image's."
     )
     color_mode: Literal["grayscale", "rgb"] = Field("rgb", description="Channels for images:DIR.")
+    cache_mb: int = Field(
+        1024, ge=0, description="images:DIR decoded up to this size (uint8) are held in memory, decoded "
+        "once per stage; larger folders are decoded a batch at a time every epoch (0: always)."
+    )
 
     @field_validator("source")
     @classmethod

@@ -1,67 +1,34 @@
 """Data sets: the built-in digits, npz files and image folders, split and checked the same way.
 
-scikit-learn (seconds to import) is imported where data is read and split: loading saved splits
-(`Dataset.load`) needs numpy only.
+What is read here is the split (tasks/splits.py): labels, and where each split's inputs are. The
+inputs are read, checked finite and hashed a batch at a time, never all at once as float32.
+scikit-learn (seconds to import) is imported where data is split: the stages that reopen a
+manifest do not need it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from tasks.artifacts import atomic_path
 from tasks.config import DataConfig
 from tasks.errors import InputError
+from tasks.splits import Dataset, Source, Split, read_digits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train / validation / test splits. The test split is never trained, calibrated or selected on."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_val.max(), self.y_test.max())) + 1
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def for_selection(self) -> Dataset:
-        """The validation split in the test split's place: what a search measures its candidates
-        on with the evaluator (which reads the test split), so the test split never chooses."""
-        return replace(self, x_test=self.x_val, y_test=self.y_val)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **{field.name: getattr(self, field.name) for field in fields(self)})
-
-    @classmethod
-    def load(cls, path: Path) -> Dataset:
-        with np.load(path) as arrays:
-            return cls(**{field.name: arrays[field.name] for field in fields(cls)})
+PIXEL_DIVISOR = 255.0  # uint8 pixels -> [0, 1] (data.scale_uint8)
+DIGITS_DIVISOR = 16.0  # digits' pixels are 0-16
 
 
 def load_data(cfg: DataConfig, seed: int) -> Dataset:
-    """Read, scale, split and check the configured data set."""
+    """Read, split and check the configured data set; the inputs are hashed, not kept."""
     kind, _, location = cfg.source.partition(":")
     if kind == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = (digits.images / 16.0)[..., None]
-        return _checked(_split_xy(x, digits.target, cfg, seed), cfg.source)
-    path = Path(location).expanduser()
+        _, y = read_digits()
+        return _checked(_split(Source("digits", divisor=DIGITS_DIVISOR), y, cfg, seed), cfg.source)
+    path = Path(location).expanduser().resolve()
     if not path.exists():
         raise InputError(f"data.source: {path} does not exist; point `{kind}:` at a real path")
     if kind == "npz":
@@ -75,16 +42,26 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
             arrays = {name: npz[name] for name in npz.files}
     except Exception as exc:  # zipfile, pickle and format errors all mean "not a readable npz"
         raise InputError(f"data.source: cannot read {path} as .npz ({exc})") from exc
+
+    def source(name: str) -> Source:
+        _check_numeric(arrays[name], name)
+        divisor = PIXEL_DIVISOR if arrays[name].dtype == np.uint8 and cfg.scale_uint8 else 1.0
+        return Source("npz", str(path), name, divisor=divisor).holding(arrays[name])
+
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         _check_lengths(arrays["x_train"], arrays["y_train"], "x_train", "y_train")
-        x_train, y_train = _scaled(arrays["x_train"], cfg), arrays["y_train"]
+        _check_lengths(arrays["x_test"], arrays["y_test"], "x_test", "y_test")
+        train = Split(source("x_train"), np.arange(len(arrays["y_train"])), arrays["y_train"])
         if {"x_val", "y_val"} <= arrays.keys():
-            x_val, y_val = _scaled(arrays["x_val"], cfg), arrays["y_val"]
+            _check_lengths(arrays["x_val"], arrays["y_val"], "x_val", "y_val")
+            val = Split(source("x_val"), np.arange(len(arrays["y_val"])), arrays["y_val"])
         else:
-            x_train, x_val, y_train, y_val = _stratified(x_train, y_train, cfg.val_fraction, seed)
-        return Dataset(x_train, y_train, x_val, y_val, _scaled(arrays["x_test"], cfg), arrays["y_test"])
+            train, val = _stratified(train, cfg.val_fraction, seed)
+        test = Split(source("x_test"), np.arange(len(arrays["y_test"])), arrays["y_test"])
+        return Dataset(train, val, test)
     if {"x", "y"} <= arrays.keys():
-        return _split_xy(_scaled(arrays["x"], cfg), arrays["y"], cfg, seed)
+        _check_lengths(arrays["x"], arrays["y"], "x", "y")
+        return _split(source("x"), arrays["y"], cfg, seed)
     raise InputError(
         f"data.source: {path} holds arrays {sorted(arrays)}; expected x_train, y_train, x_test, "
         "y_test (optionally x_val, y_val) or x, y"
@@ -92,78 +69,83 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
 
 
 def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
-    from PIL import Image, UnidentifiedImageError
-
+    """The folder's files and labels; the first image gives the size unless data.image_size."""
     if not path.is_dir():
         raise InputError(f"data.source: {path} is not a folder; images: wants one sub-folder per class")
     classes = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"data.source: {path} has no sub-folders; put each class in its own folder")
-    mode = "L" if cfg.color_mode == "grayscale" else "RGB"
-    size = tuple(reversed(cfg.image_size)) if cfg.image_size else None  # PIL wants (width, height)
-    images, labels = [], []
+    files, labels = [], []
     for label, folder in enumerate(classes):
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise InputError(
                 f"data.source: class folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                 "remove it or add its images"
             )
-        for file in files:
-            try:
-                with Image.open(file) as image:
-                    image = image.convert(mode)
-                    size = size or image.size
-                    images.append(np.asarray(image.resize(size), dtype=np.uint8))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise InputError(f"data.source: cannot read image {file} ({exc})") from exc
-            labels.append(label)
-    x = np.stack(images)
-    x = x[..., None] if x.ndim == 3 else x
-    return _split_xy(_scaled(x, cfg), np.asarray(labels), cfg, seed)
+        files += [str(f.relative_to(path)) for f in found]
+        labels += [label] * len(found)
+    source = Source("images", str(path), files=tuple(files), grayscale=cfg.color_mode == "grayscale",
+                    divisor=PIXEL_DIVISOR if cfg.scale_uint8 else 1.0,
+                    cache_bytes=cfg.cache_mb * 2**20)
+    size = tuple(cfg.image_size) if cfg.image_size else _first_size(source)
+    return _split(replace(source, size=size), np.asarray(labels), cfg, seed)
+
+
+def _first_size(source: Source) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    first = Path(source.path) / source.files[0]
+    try:
+        with Image.open(first) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"data.source: cannot read image {first} ({exc})") from exc
 
 
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """The validation split in two seeded, stratified parts, each in the validation's place:
     (the rest, `fraction` of it)."""
-    x_kept, x_held, y_kept, y_held = _stratified(data.x_val, data.y_val, fraction, seed)
-    return replace(data, x_val=x_kept, y_val=y_kept), replace(data, x_val=x_held, y_val=y_held)
+    kept, held = _stratified(data.val, fraction, seed)
+    return Dataset(data.train, kept, data.test), Dataset(data.train, held, data.test)
 
 
-def _scaled(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    if x.dtype == np.uint8 and cfg.scale_uint8:
-        return x.astype(np.float32) / 255.0
-    return x
-
-
-def _split_xy(x: np.ndarray, y: np.ndarray, cfg: DataConfig, seed: int) -> Dataset:
-    _check_lengths(x, y, "x", "y")
+def _split(source: Source, y: np.ndarray, cfg: DataConfig, seed: int) -> Dataset:
     if len(y) == 0:
         raise InputError("data.source: the data set has no samples")
     _check_labels(y, "y")
-    x_rest, x_test, y_rest, y_test = _stratified(x, y, cfg.test_fraction, seed)
-    x_train, x_val, y_train, y_val = _stratified(x_rest, y_rest, cfg.val_fraction, seed)
-    return Dataset(x_train, y_train, x_val, y_val, x_test, y_test)
+    rest, test = _stratified(Split(source, np.arange(len(y)), y), cfg.test_fraction, seed)
+    train, val = _stratified(rest, cfg.val_fraction, seed)
+    return Dataset(train, val, test)
 
 
-def _stratified(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.ndarray]:
-    _, counts = np.unique(y, return_counts=True)
+def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(the rest, `fraction` of `split`), seeded and stratified by label where every class has
+    two samples (the same partition scikit-learn makes of the arrays themselves)."""
+    _, counts = np.unique(split.labels, return_counts=True)
     if len(counts) < 2:
         raise InputError(
             f"data.source: found {len(counts)} class(es); a classifier needs at least two"
         )
-    stratify = y if counts.min() >= 2 else None  # stratifying needs two samples of every class
+    stratify = split.labels if counts.min() >= 2 else None
     from sklearn.model_selection import train_test_split
 
     try:
-        return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+        kept, held = train_test_split(np.arange(len(split)), test_size=fraction,
+                                      random_state=seed, stratify=stratify)
     except ValueError as exc:
-        raise InputError(f"data.source: too few samples ({len(y)}) to split: {exc}") from exc
+        raise InputError(f"data.source: too few samples ({len(split)}) to split: {exc}") from exc
+    return split.subset(kept), split.subset(held)
 
 
 def _check_lengths(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> None:
     if len(x) != len(y):
         raise InputError(f"data.source: {x_name} has {len(x)} samples but {y_name} has {len(y)}")
+
+
+def _check_numeric(x: np.ndarray, name: str) -> None:
+    if not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"data.source: {name} must be numeric, got {x.dtype}")
 
 
 def _check_labels(y: np.ndarray, name: str) -> None:
@@ -179,33 +161,23 @@ def _check_labels(y: np.ndarray, name: str) -> None:
 
 
 def _checked(data: Dataset, source: str) -> Dataset:
-    """Refuse data no stage can learn from: empty splits, bad labels, NaN/inf, one class.
-
-    Finiteness is checked after the cast to float32, where values beyond its range become inf.
-    """
-    for split in ("train", "val", "test"):
-        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
-        if len(x) == 0:
-            raise InputError(f"data.source {source}: the {split} split is empty; supply more samples")
-        _check_lengths(x, y, f"x_{split}", f"y_{split}")
-        if not np.issubdtype(x.dtype, np.number):
-            raise InputError(f"data.source {source}: x_{split} must be numeric, got {x.dtype}")
-        _check_labels(y, f"y_{split}")
-        if x.shape[1:] != data.x_train.shape[1:]:
+    """Refuse data no stage can learn from: empty splits, bad labels, NaN/inf, one class; and
+    hash every split (its inputs as float32, where values beyond its range become inf)."""
+    measured = {}
+    for name, split in data.splits.items():
+        if len(split) == 0:
+            raise InputError(f"data.source {source}: the {name} split is empty; supply more samples")
+        _check_labels(split.labels, f"y_{name}")
+        if split.sample_shape != data.input_shape:
             raise InputError(
-                f"data.source {source}: x_{split} samples have shape {x.shape[1:]}, "
-                f"x_train samples {data.x_train.shape[1:]}; all splits must match"
+                f"data.source {source}: x_{name} samples have shape {split.sample_shape}, "
+                f"x_train samples {data.input_shape}; all splits must match"
             )
-    cast = Dataset(**{
-        f.name: getattr(data, f.name).astype(np.float32 if f.name[0] == "x" else np.int64)
-        for f in fields(data)
-    })
-    for split in ("train", "val", "test"):
-        if not np.all(np.isfinite(getattr(cast, f"x_{split}"))):
-            raise InputError(
-                f"data.source {source}: x_{split} contains NaN, inf or values beyond float32; "
-                "clean or rescale them"
-            )
-    if len(np.unique(cast.y_train)) < 2:
+        split = Split(split.source, split.rows, split.labels.astype(np.int64))
+        try:
+            measured[name] = split.measured()
+        except ValueError as exc:
+            raise InputError(f"data.source {source}: x_{name} {exc}") from None
+    if len(np.unique(data.train.labels)) < 2:
         raise InputError(f"data.source {source}: the training split has one class; need at least two")
-    return cast
+    return Dataset(**measured)

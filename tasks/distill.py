@@ -26,7 +26,6 @@ from tasks.channels import (
     width_key,
 )
 from tasks.config import DistillConfig, GateConfig, SparsifyConfig, StudentInit, Training
-from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
@@ -39,6 +38,7 @@ from tasks.models import (
 )
 from tasks.paired import PairedDrop, paired_drop, uncertifiable
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
+from tasks.splits import BATCH, Dataset, Split
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
@@ -110,9 +110,10 @@ def check_student(student: keras.Model, teacher: keras.Model) -> None:
         )
 
 
-def logits(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Pre-softmax scores; for a softmax model, log-probabilities (equal up to a constant)."""
-    outputs = model.predict(x, batch_size=256, verbose=0)
+def logits(model: keras.Model, split: Split) -> np.ndarray:
+    """Pre-softmax scores of every sample; for a softmax model, log-probabilities (equal up to a
+    constant)."""
+    outputs = model.predict(split.batches(BATCH), verbose=0)
     return np.log(outputs + EPSILON) if outputs_probabilities(model) else outputs
 
 
@@ -125,7 +126,7 @@ class SoftTargets:
 
 
 def soft_targets(teacher: keras.Model, data: Dataset) -> SoftTargets:
-    return SoftTargets(logits(teacher, data.x_train), logits(teacher, data.x_val))
+    return SoftTargets(logits(teacher, data.train), logits(teacher, data.val))
 
 
 class DistillationLoss(keras.losses.Loss):
@@ -176,7 +177,7 @@ def distill(
     callbacks = []
     if sparsify_cfg.enabled:
         skipped = check_prunable(student, sparsify_cfg)
-        steps = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
+        steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
         student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
         callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
     fit_to_teacher(student, targets or soft_targets(teacher, data), data, cfg, cfg, callbacks)
@@ -200,18 +201,7 @@ def fit_to_teacher(
         loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
         metrics=[packed_accuracy],
     )
-    fit(
-        student,
-        data.x_train,
-        _pack(data.y_train, targets.train),
-        training,
-        validation=(data.x_val, _pack(data.y_val, targets.val)),
-        callbacks=callbacks,
-    )
-
-
-def _pack(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
-    return np.concatenate([labels[:, None].astype(np.float32), teacher_logits], axis=1)
+    fit(student, data, training, callbacks, targets=(targets.train, targets.val))
 
 
 def narrowest_within_budget(
@@ -223,10 +213,10 @@ def narrowest_within_budget(
     within gate.max_accuracy_drop (tasks/paired.py). Each probe is a whole distillation. Returns
     the width, its student and every probe's paired drop."""
     widths = teacher_widths(teacher, "distill.width")
-    if cannot_narrow(gate, len(data.y_val)):
+    if cannot_narrow(gate, len(data.val)):
         widths = widths[:1]
     targets = soft_targets(teacher, data)
-    teacher_right = targets.val.argmax(axis=-1) == data.y_val
+    teacher_right = targets.val.argmax(axis=-1) == data.val.labels
     students: dict[float, keras.Model] = {}
     probes: dict[float, PairedDrop] = {}
 
@@ -234,7 +224,7 @@ def narrowest_within_budget(
         seed_everything(seed)
         students[width] = distill(teacher, derive_student(teacher, width, cfg.init), data, cfg,
                                   sparsify_cfg, targets)
-        right = logits(students[width], data.x_val).argmax(axis=-1) == data.y_val
+        right = logits(students[width], data.val).argmax(axis=-1) == data.val.labels
         probes[width] = paired_drop(teacher_right, right, gate.confidence)
         log.info("distill.width auto: %g %s budget: validation %s", width,
                  "within" if probes[width].within(gate.max_accuracy_drop) else "over",

@@ -24,13 +24,13 @@ import numpy as np
 import tf_keras as keras
 
 from tasks.config import EvaluateConfig, Params
-from tasks.data import Dataset
 from tasks.distill import derive_student
 from tasks.evaluate import measure_tflite
 from tasks.mixed import WEIGHT_BITS, Mixer, Plan
 from tasks.models import seed_everything
 from tasks.quantize import calibration_samples, convert_to_tflite, quantize_student
 from tasks.sparsify import check_prunable, prune_at_once
+from tasks.splits import Dataset
 
 # Activation ranges change neither the size nor the speed of a model: a few samples do.
 CALIBRATION_SAMPLES = 16
@@ -80,7 +80,7 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
 def _mixed_bound(student: keras.Model, calibration: np.ndarray, one: Dataset,
                  cfg: EvaluateConfig) -> SizeEstimate:
     """Sizes of the every-op-smallest plan, latency of the every-op-INT8 plan."""
-    mixer = Mixer(convert_to_tflite(student), calibration, (one.x_val[:0], one.y_val[:0]))
+    mixer = Mixer(convert_to_tflite(student), calibration, one.val.subset(slice(0)))
     smallest: Plan = {op.scope: min(op.precisions, key=WEIGHT_BITS.get) for op in mixer.ops}
     int8: Plan = {op.scope: "int8" for op in mixer.ops}
     sized, _ = measure_tflite(mixer.quantize(smallest), one, cfg)
@@ -96,4 +96,4 @@ def _estimate(params: int, measured: dict[str, float]) -> SizeEstimate:
 def _one_sample(data: Dataset) -> Dataset:
     """`data` with a one-sample test split: the evaluator times its first sample, and accuracy
     means nothing before training."""
-    return replace(data, x_test=data.x_test[:1], y_test=data.y_test[:1])
+    return replace(data, test=data.test.subset(slice(1)))

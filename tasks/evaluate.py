@@ -17,8 +17,8 @@ from prefect import task
 
 from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
-from tasks.data import Dataset
 from tasks.paired import PairedDrop, paired_drop
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -103,11 +103,11 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
     at each of `thread_counts`; and the predicted class of every test sample, for paired
     comparisons on the same samples."""
     classifier = TFLiteClassifier(model, cfg.threads[0])
-    predicted = classifier.predict(data.x_test).argmax(axis=-1)
-    sample = data.x_test[0]
+    predicted = data.test.outputs(classifier.predict).argmax(axis=-1)
+    sample = data.test.read(slice(1))[0]
     latency = classifier.latency_us(sample, cfg.latency_runs, cfg.warmup_runs)
     measured = {
-        "accuracy": float(np.mean(predicted == data.y_test)),
+        "accuracy": float(np.mean(predicted == data.test.labels)),
         "sparsity": weight_sparsity(model),
         "blocks_2_4": blocks_2_4(model),
         "tflite_bytes": len(model),
@@ -180,8 +180,8 @@ def run_evaluate(
         metrics, predicted[name] = measure_tflite(tflite, data, cfg, cfg.threads)
         candidates[name] = CandidateMetrics.of(params, metrics)
     write_arrays(ws.predictions, predicted)
-    drop = paired_drop(predicted["teacher"] == data.y_test, predicted["final"] == data.y_test,
-                       confidence)
+    right = {name: predicted[name] == data.test.labels for name in ("teacher", "final")}
+    drop = paired_drop(right["teacher"], right["final"], confidence)
     document = summarize(candidates) | paired_summary(drop) | {
         "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)}
     }

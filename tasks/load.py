@@ -12,7 +12,7 @@ from prefect import task
 
 from tasks.artifacts import Workspace
 from tasks.config import DataConfig, ModelConfig
-from tasks.data import Dataset, load_data
+from tasks.data import load_data
 from tasks.errors import InputError
 from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
 from tasks.models import (
@@ -24,6 +24,7 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
+from tasks.splits import BATCH, Dataset
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 PIXEL_SCALE = 1 / 100  # a first Rescaling below this expects pixels 0-255 (EfficientNet: 1/255)
@@ -53,7 +54,7 @@ def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
     first = next((layer for layer in teacher.layers
                   if not isinstance(layer, keras.layers.InputLayer)), None)
     if (isinstance(first, keras.layers.Rescaling) and np.max(first.scale) < PIXEL_SCALE
-            and data.x_train.max() <= 1.0):
+            and data.train.read(slice(BATCH)).max() <= 1.0):
         log.warning("model.source: the teacher rescales its inputs by %.4g itself, so it expects "
                     "pixels from 0 to 255, but the data reach it in [0, 1]; set "
                     "data.scale_uint8: false (uint8 data) or give it unscaled pixels",
@@ -62,7 +63,7 @@ def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
 
 def train_teacher(teacher: keras.Model, data: Dataset, cfg: ModelConfig) -> keras.Model:
     compile_classifier(teacher, cfg.learning_rate)
-    fit(teacher, data.x_train, data.y_train, cfg, validation=(data.x_val, data.y_val))
+    fit(teacher, data, cfg)
     return teacher
 
 
@@ -101,7 +102,7 @@ def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
 
 
 def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: write the split data set and the trained teacher."""
+    """Stage: write the splits' manifest and the trained teacher."""
     seed_everything(seed)
     with read_steadily(load_inputs(data_cfg, model_cfg)):
         inputs = open_inputs(data_cfg, model_cfg, seed)
@@ -111,9 +112,9 @@ def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Worksp
     inputs.data.save(ws.data)
     write_model(teacher, ws.teacher)
     return {
-        "train_samples": len(inputs.data.x_train),
-        "val_samples": len(inputs.data.x_val),
-        "test_samples": len(inputs.data.x_test),
+        "train_samples": len(inputs.data.train),
+        "val_samples": len(inputs.data.val),
+        "test_samples": len(inputs.data.test),
         "num_classes": inputs.data.num_classes,
         "teacher_params": teacher.count_params(),
     }

@@ -17,11 +17,11 @@ import numpy as np
 from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
+from tasks.splits import Split
 from tasks.tflite import TFLiteClassifier, stored_weights
 
 WEIGHT_BITS = {"int4": 4, "int8": 8}  # the integer precisions tried per op; activations int8
 FLOAT = "float"
-Split = tuple[np.ndarray, np.ndarray]  # (x, y)
 Plan = dict[str, str]  # op scope -> "int4" | "int8" | "float"
 
 
@@ -140,8 +140,8 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
 
 
 def validation_accuracy(tflite: bytes, validation: Split) -> float:
-    x, y = validation
-    return float(np.mean(TFLiteClassifier(tflite).predict(x).argmax(axis=-1) == y))
+    predicted = validation.outputs(TFLiteClassifier(tflite).predict).argmax(axis=-1)
+    return float(np.mean(predicted == validation.labels))
 
 
 def _alone(mixer: Mixer, op: QuantizableOp) -> dict[str, float]:

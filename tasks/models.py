@@ -12,11 +12,11 @@ import tf_keras as keras
 
 from tasks.artifacts import atomic_path
 from tasks.config import Training
-from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.keras3 import read_keras3
 from tasks.model_files import code_refused, refuse_code, stored_model
 from tasks.progress import epoch_listener
+from tasks.splits import Dataset
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -109,7 +109,8 @@ def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
             f"{actual}; resize the data (data.image_size) or use a model built for it"
         )
     if model.inputs[0].dtype.is_integer and any(
-            not np.array_equal(x, np.round(x)) for x in (data.x_train, data.x_val, data.x_test)):
+            not np.array_equal(x, np.round(x)) for split in data.splits.values()
+            for x in split.chunks()):
         raise InputError(
             f"{key}: the model takes integer inputs ({model.inputs[0].dtype.name}: token ids, e.g. "
             "into an Embedding) but the data's samples are not whole numbers; give the ids as "
@@ -134,25 +135,25 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> None:
 
 def fit(
     model: keras.Model,
-    x: np.ndarray,
-    y: np.ndarray,
+    data: Dataset,
     cfg: Training,
-    validation: tuple[np.ndarray, np.ndarray],
     callbacks: list[keras.callbacks.Callback] = (),
+    targets: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.callbacks.History:
-    """Train with a progress bar on a terminal, one line per epoch otherwise."""
+    """Train on the training split (shuffled each epoch), validated on the validation split;
+    `targets`: rows packed after each split's labels (distillation's teacher logits). A progress
+    bar on a terminal, one line per epoch otherwise."""
     callbacks = list(callbacks)
     listener = epoch_listener.get()
     if listener is not None:
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs, logs or {})
         ))
+    train_targets, val_targets = targets or (None, None)
     return model.fit(
-        x,
-        y,
+        data.train.batches(cfg.batch_size, shuffle=True, targets=train_targets),
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        validation_data=validation,
+        validation_data=data.val.batches(cfg.batch_size, targets=val_targets),
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )

@@ -18,12 +18,12 @@ from tensorflow.lite.python.convert_phase import ConverterError  # not exported 
 
 from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import DistillConfig, QuantizeConfig
-from tasks.data import Dataset
 from tasks.errors import InputError
-from tasks.mixed import Mixer, Split, mixed_precision
+from tasks.mixed import Mixer, mixed_precision
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_quant_sensitivity
 from tasks.qat import quantization_aware_training
+from tasks.splits import Dataset, Split
 from tasks.tflite import TFLiteClassifier
 
 Precision = Literal["fp32", "int8", "int16x8", "dynamic", "float16"]  # the converter's own modes
@@ -41,14 +41,14 @@ class QuantizedModel:
 
 def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.ndarray:
     """A seeded draw of real training samples; never the test split, never random data."""
-    available = len(data.x_train)
+    available = len(data.train)
     if cfg.calibration_samples > available:
         raise InputError(
             f"quantize.calibration_samples is {cfg.calibration_samples} but the training split has "
             f"{available} samples; set it to at most {available}"
         )
     chosen = np.random.default_rng(seed).permutation(available)[: cfg.calibration_samples]
-    return data.x_train[chosen]
+    return data.train.read(np.sort(chosen))
 
 
 def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray,
@@ -145,10 +145,10 @@ def check_quantizable(model: keras.Model, cfg: QuantizeConfig, samples: np.ndarr
     refused before any training; `mixed` also needs AEQ to read and calibrate it (ops it cannot
     quantize stay float, so they never stop it). Raises InputError naming the mode."""
     if not (cfg.enabled and cfg.mode == "mixed"):
-        quantize_model(model, cfg, samples[:2], (samples[:0], np.zeros(0)))
+        quantize_model(model, cfg, samples[:2], Split.of(samples[:0], np.zeros(0)))
         return
     try:
-        Mixer(convert_to_tflite(model), samples[:2], (samples[:0], np.zeros(0)))
+        Mixer(convert_to_tflite(model), samples[:2], Split.of(samples[:0], np.zeros(0)))
     except (RuntimeError, ValueError, ConverterError) as exc:
         raise _cannot_run("mixed", exc) from None
 
@@ -157,8 +157,9 @@ def quantize_student(student: keras.Model, data: Dataset, cfg: QuantizeConfig,
                      seed: int) -> QuantizedModel:
     """The quantize stage's compute, shared with the search's trials: `student` in `cfg.mode`,
     calibrated on a seeded draw of training samples; `mixed` chooses on the validation split."""
-    calibration = calibration_samples(data, cfg, seed) if cfg.needs_calibration else data.x_train[:1]
-    return quantize_model(student, cfg, calibration, (data.x_val, data.y_val))
+    calibration = (calibration_samples(data, cfg, seed) if cfg.needs_calibration
+                   else data.train.read(slice(1)))
+    return quantize_model(student, cfg, calibration, data.val)
 
 
 def run_quantize(

@@ -24,7 +24,7 @@ import tf_keras as keras
 
 from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
-from tasks.data import Dataset, split_validation
+from tasks.data import split_validation
 from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
@@ -32,13 +32,14 @@ from tasks.models import read_model, seed_everything, write_model
 from tasks.paired import PairedDrop, certifiable_budget, paired_drop, uncertifiable
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 BYTES_PER_WEIGHT = 4
 # Per weight of the teacher: itself, a student up to as wide, its gradients and Adam's two slots.
 WEIGHT_COPIES = 5
-DATA_COPIES = 3  # the arrays, the packed teacher logits and TensorFlow's own copies
+BATCHES_IN_FLIGHT = 8  # float32 batches in tf.data's parallel reads and prefetch buffer, generously
 RUNTIME_BYTES = 400 * 2**20  # TensorFlow and Python in a worker process, measured here ~350 MiB
 OBJECTIVE_KEYS = {"smaller_gzip": "gzip_bytes", "faster": "latency_p50_us"}
 # How far a trained trial may come out below its estimate (tasks/estimate.py, measured on digits:
@@ -143,7 +144,7 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
         write_model(student, student_path)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
-    right = (predicted == inputs.selection.y_val,
+    right = (predicted == inputs.selection.val.labels,
              _correct(TFLiteClassifier(model), inputs.confirmation))
     selection, confirmation = (paired_drop(teacher, trial, params.search.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
@@ -181,7 +182,7 @@ def _stopping(stop: Stopper, can_beat: Callable[[], None], epochs: int, teacher_
 
 
 def _correct(classifier: TFLiteClassifier, data: Dataset) -> np.ndarray:
-    return classifier.predict(data.x_val).argmax(axis=-1) == data.y_val
+    return data.val.outputs(classifier.predict).argmax(axis=-1) == data.val.labels
 
 
 def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
@@ -214,14 +215,16 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 def trial_memory_bytes(teacher: keras.Model, data: Dataset, batch_size: int) -> int:
     """A generous estimate of one trial's peak memory, from the model's and the data's sizes:
-    the runtime, the data, the weights (teacher, student, gradients, Adam) and one batch of
+    the runtime, the data held in memory (none for streamed images), the teacher's logits, the
+    batches in flight, the weights (teacher, student, gradients, Adam) and one batch of
     activations forward and back."""
-    arrays = (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test)
-    data_bytes = sum(a.nbytes for a in arrays)
+    samples = sum(len(split) for split in data.splits.values())
+    data_bytes = (data.memory_bytes + samples * data.num_classes * BYTES_PER_WEIGHT
+                  + BATCHES_IN_FLIGHT * batch_size * math.prod(data.input_shape) * BYTES_PER_WEIGHT)
     weights = teacher.count_params() * BYTES_PER_WEIGHT
     activations = sum(math.prod(shape[1:]) for layer in teacher.layers
                       if isinstance(shape := layer.output_shape, tuple) and None not in shape[1:])
-    return (RUNTIME_BYTES + DATA_COPIES * data_bytes + WEIGHT_COPIES * weights
+    return (RUNTIME_BYTES + data_bytes + WEIGHT_COPIES * weights
             + 2 * batch_size * activations * BYTES_PER_WEIGHT)
 
 

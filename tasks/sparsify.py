@@ -13,16 +13,14 @@ from dataclasses import dataclass
 
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
+from prefect import task
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude,
 )
 
-from prefect import task
-
 from tasks.artifacts import Workspace, copy_file, write_json
 from tasks.config import SparsifyConfig
-from tasks.data import Dataset
 from tasks.errors import InputError
 from tasks.models import (
     compile_classifier,
@@ -33,6 +31,7 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
+from tasks.splits import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +172,10 @@ def prune_at_once(model: keras.Model, cfg: SparsifyConfig, skip: list[str]) -> k
 def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseResult:
     """Fine-tune `model` on the labels while magnitude pruning drives it to the target sparsity."""
     skipped = check_prunable(model, cfg)
-    total = training_steps(len(data.x_train), cfg.epochs, cfg.batch_size)
+    total = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
     pruned = wrap_for_pruning(model, cfg, total, skipped)
     compile_classifier(pruned, cfg.learning_rate)
-    fit(
-        pruned,
-        data.x_train,
-        data.y_train,
-        cfg,
-        validation=(data.x_val, data.y_val),
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-    )
+    fit(pruned, data, cfg, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return SparseResult(
         model=stripped,

@@ -16,7 +16,8 @@ import yaml
 
 import tasks  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tasks.config import DataConfig, Params
-from tasks.data import Dataset, load_data
+from tasks.data import load_data
+from tasks.splits import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +36,8 @@ QUIET_CRON = f"0 {(datetime.now(UTC).hour + 12) % 24} * * *"
 def digits() -> Dataset:
     """A small slice of the built-in digits: enough to learn, quick to train on."""
     full = load_data(DataConfig(), seed=0)
-    return Dataset(
-        full.x_train[:300], full.y_train[:300], full.x_val[:60], full.y_val[:60],
-        full.x_test[:60], full.y_test[:60],
-    )
+    return Dataset(full.train.subset(slice(300)), full.val.subset(slice(60)),
+                   full.test.subset(slice(60)))
 
 
 @pytest.fixture
@@ -95,7 +94,7 @@ def digits_npz(tmp_path_factory) -> Path:
     """500 of the digits as an `npz:` data source (x, y): a quicker chain for flow tests."""
     full = load_data(DataConfig(), seed=0)
     path = tmp_path_factory.mktemp("data") / "digits500.npz"
-    np.savez(path, x=full.x_train[:500], y=full.y_train[:500])
+    np.savez(path, x=full.train.read(slice(500)), y=full.train.labels[:500])
     return path
 
 

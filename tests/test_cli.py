@@ -171,7 +171,7 @@ def test_stages_run_one_by_one_from_each_others_files(project, capsys):
         assert main(["stage", name]) == 0, name
     out = capsys.readouterr().out
     assert "train_samples: 360" in out and "sparsity: 0.8" in out
-    for path in ("artifacts/data.npz", "artifacts/teacher.h5", "artifacts/sparse.h5",
+    for path in ("artifacts/splits.json", "artifacts/teacher.h5", "artifacts/sparse.h5",
                  "artifacts/student.h5", "metrics/sparsity.json", "plots/tradeoff.png",
                  "artifacts/predictions.npz"):
         assert Path(path).stat().st_size > 0, path

@@ -10,8 +10,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from tasks.config import DataConfig
-from tasks.data import Dataset, load_data
+from tasks.data import load_data
 from tasks.errors import InputError
+from tasks.splits import Dataset
 
 SPLITS = ("train", "val", "test")
 N, CLASSES, SHAPE = 60, 3, (6, 6, 1)
@@ -52,7 +53,8 @@ def _rows(*arrays: np.ndarray) -> list[bytes]:
 
 
 def _split(data: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
-    return getattr(data, f"x_{name}"), getattr(data, f"y_{name}")
+    split = data.splits[name]
+    return split.read(), split.labels
 
 
 # --- digits ----------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def test_digits_are_float32_images_in_unit_range_with_int64_labels(digits):
         assert y.dtype == np.int64 and y.shape == (len(x),)
     assert digits.input_shape == (8, 8, 1)
     assert digits.num_classes == 10
-    assert set(np.unique(digits.y_train)) == set(range(10))
+    assert set(np.unique(digits.train.labels)) == set(range(10))
 
 
 def test_digits_splits_partition_the_data_by_the_configured_fractions(digits):
@@ -93,7 +95,7 @@ def test_digits_split_is_reproducible_per_seed(digits):
     for name in SPLITS:
         assert np.array_equal(_split(again, name)[0], _split(digits, name)[0])
         assert np.array_equal(_split(again, name)[1], _split(digits, name)[1])
-    assert not np.array_equal(other.x_test, digits.x_test)
+    assert not np.array_equal(other.test.read(), digits.test.read())
 
 
 # --- npz -------------------------------------------------------------------------------------
@@ -103,12 +105,12 @@ def test_npz_without_val_carves_val_from_train_and_keeps_test(tmp_path):
     x_train, y_train, x_test, y_test = _x(50), _y(50), _x(10, seed=1), _y(10)
     source = _npz(tmp_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     data = _load(source)
-    assert (len(data.x_train), len(data.x_val)) == (45, 5)
-    assert _rows(data.x_train, data.x_val) == _rows(x_train)
-    np.testing.assert_array_equal(data.x_test, x_test)
-    np.testing.assert_array_equal(data.y_test, y_test)
-    assert np.array_equal(_load(source).x_val, data.x_val)
-    assert not np.array_equal(_load(source, seed=1).x_val, data.x_val)
+    assert (len(data.train), len(data.val)) == (45, 5)
+    assert _rows(data.train.read(), data.val.read()) == _rows(x_train)
+    np.testing.assert_array_equal(data.test.read(), x_test)
+    np.testing.assert_array_equal(data.test.labels, y_test)
+    assert np.array_equal(_load(source).val.read(), data.val.read())
+    assert not np.array_equal(_load(source, seed=1).val.read(), data.val.read())
 
 
 def test_npz_with_explicit_val_keeps_every_split_as_given(tmp_path):
@@ -118,18 +120,19 @@ def test_npz_with_explicit_val_keeps_every_split_as_given(tmp_path):
         "x_test": _x(12, np.float64, seed=2), "y_test": _y(12),
     }
     data = _load(_npz(tmp_path, **given))
-    for name, array in given.items():
-        loaded = getattr(data, name)
-        assert loaded.dtype == (np.float32 if name[0] == "x" else np.int64)
-        np.testing.assert_array_equal(loaded, array.astype(loaded.dtype))
+    for name in SPLITS:
+        x, y = _split(data, name)
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        np.testing.assert_array_equal(x, given[f"x_{name}"].astype(np.float32))
+        np.testing.assert_array_equal(y, given[f"y_{name}"])
 
 
 def test_npz_xy_is_split_stratified(tmp_path):
     x, y = _x(), _y()
     data = _load(_npz(tmp_path, x=x, y=y))
-    assert set(np.unique(data.y_train)) == set(range(CLASSES))
-    assert np.bincount(data.y_test).tolist() == [4, 4, 4]  # 20% of 20 per class
-    assert _rows(data.x_train, data.x_val, data.x_test) == _rows(x)
+    assert set(np.unique(data.train.labels)) == set(range(CLASSES))
+    assert np.bincount(data.test.labels).tolist() == [4, 4, 4]  # 20% of 20 per class
+    assert _rows(data.train.read(), data.val.read(), data.test.read()) == _rows(x)
 
 
 @pytest.mark.parametrize("scale_uint8, divisor", [(True, 255.0), (False, 1.0)])
@@ -138,9 +141,9 @@ def test_npz_uint8_pixels_are_scaled_only_when_asked(tmp_path, scale_uint8, divi
     x_test[0, 0, 0, 0], x_test[1, 0, 0, 0] = 0, 255
     source = _npz(tmp_path, x_train=_x(40, np.uint8), y_train=_y(40), x_test=x_test, y_test=_y(12))
     data = _load(source, scale_uint8=scale_uint8)
-    assert data.x_test.dtype == np.float32
-    np.testing.assert_allclose(data.x_test, x_test / divisor, rtol=1e-6)
-    assert data.x_train.max() <= 255.0 / divisor
+    assert data.test.read().dtype == np.float32
+    np.testing.assert_allclose(data.test.read(), x_test / divisor, rtol=1e-6)
+    assert data.train.read().max() <= 255.0 / divisor
 
 
 # --- images:DIR ------------------------------------------------------------------------------
@@ -296,7 +299,8 @@ BAD_INPUTS = [
         id="no-images",
     ),
     pytest.param(
-        lambda p: _class_folders(p, {"a": {"0.png": None}, "b": {"broken.png": b"\x89PNG junk"}}),
+        lambda p: _class_folders(p, {"a": {f"{i}.png": None for i in range(5)},
+                                     "b": {"0.png": None, "broken.png": b"\x89PNG junk"}}),
         r"cannot read image .*broken\.png",
         id="unreadable-image",
     ),

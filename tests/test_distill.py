@@ -95,7 +95,7 @@ def test_residual_student_keeps_the_same_channels_on_both_sides_of_the_add(digit
     a_kernel = teacher.get_layer("a").get_weights()[0]  # reads the stem's kept channels
     np.testing.assert_array_equal(student.get_layer("a").get_weights()[0],
                                   a_kernel[:, :, shared][..., own])
-    assert student.predict(digits.x_val, verbose=0).shape == (len(digits.x_val), 10)
+    assert student.predict(digits.val.read(), verbose=0).shape == (len(digits.val), 10)
 
 
 def squeeze_excite_model() -> keras.Model:
@@ -122,18 +122,18 @@ def test_squeeze_excite_student_is_a_valid_graph_and_its_gate_does_not_bound_the
     assert student.get_layer("conv").filters == 8 and student.get_layer("se_expand").filters == 8
     assert student.get_layer("se_reduce").filters == 4  # 3 would be below MIN_UNITS
     assert student.get_layer("se_reshape").target_shape == (1, 1, 8)  # static: for the converter
-    assert student.predict(digits.x_val, verbose=0).shape == (len(digits.x_val), 10)
-    assert convert_to_tflite(student, "int8", digits.x_val[:8])  # no flex op (-1 made one)
+    assert student.predict(digits.val.read(), verbose=0).shape == (len(digits.val), 10)
+    assert convert_to_tflite(student, "int8", digits.val.read(slice(8)))  # no flex op (-1 made one)
     same = derive_student(teacher, width=1.0, init="teacher")  # every weight copied through
-    np.testing.assert_allclose(same.predict(digits.x_val, verbose=0),
-                               teacher.predict(digits.x_val, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(same.predict(digits.val.read(), verbose=0),
+                               teacher.predict(digits.val.read(), verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_teacher_init_inherits_what_the_teacher_knows(digits, tiny_cnn):
     teacher = train_teacher(tiny_cnn, digits, ModelConfig(epochs=10, learning_rate=3e-3))
 
     def accuracy(model: keras.Model) -> float:
-        return (model.predict(digits.x_val, verbose=0).argmax(axis=1) == digits.y_val).mean()
+        return (model.predict(digits.val.read(), verbose=0).argmax(axis=1) == digits.val.labels).mean()
 
     assert accuracy(teacher) > 0.85
     # before any distillation; measured on seeds 0-2: teacher init >= 0.90, random <= 0.12
@@ -167,8 +167,8 @@ def test_distilled_student_learns_and_is_as_sparse_as_the_target(digits, trained
     cfg = DistillConfig(epochs=4, learning_rate=3e-3)
     result = distill(trained_cnn, student, digits, cfg, SparsifyConfig(final_sparsity=0.7))
     assert overall_sparsity(result) == pytest.approx(0.7, abs=0.01)
-    predicted = result.predict(digits.x_val, verbose=0).argmax(axis=1)
-    assert (predicted == digits.y_val).mean() > 0.3  # chance is 0.1
+    predicted = result.predict(digits.val.read(), verbose=0).argmax(axis=1)
+    assert (predicted == digits.val.labels).mean() > 0.3  # chance is 0.1
 
 
 def test_student_with_other_classes_is_refused(digits, trained_cnn):
@@ -205,10 +205,10 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_within_budget(di
         seed=0)
     assert width == 0.25 and set(probes) == {0.354, 0.25}  # both within a 100-point budget
     assert student.layers[0].filters == 4
-    assert all(drop.n == len(digits.y_val) for drop in probes.values())
+    assert all(drop.n == len(digits.val.labels) for drop in probes.values())
 
     # a budget its validation samples cannot certify: the widest alone, warned before training
-    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), len(digits.y_val))
+    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), len(digits.val.labels))
     width, _, probes = narrowest_within_budget(
         teacher, digits, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(), seed=0)
     assert width == 0.5 and set(probes) == {0.5}

@@ -26,26 +26,26 @@ from tasks.quantize import convert_to_tflite
 
 
 def test_fp32_predictions_match_keras(digits, trained_cnn):
-    expected = trained_cnn.predict(digits.x_test, verbose=0)
-    actual = TFLiteClassifier(convert_to_tflite(trained_cnn)).predict(digits.x_test)
+    expected = trained_cnn.predict(digits.test.read(), verbose=0)
+    actual = TFLiteClassifier(convert_to_tflite(trained_cnn)).predict(digits.test.read())
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
 def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_cnn):
-    int8 = TFLiteClassifier(convert_to_tflite(trained_cnn, "int8", digits.x_train[:50]))
-    outputs = int8.predict(digits.x_test)
+    int8 = TFLiteClassifier(convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(50))))
+    outputs = int8.predict(digits.test.read())
     assert outputs.dtype == np.float32 and outputs.shape == (60, 10)
     assert outputs.sum(axis=1) == pytest.approx(np.ones(60), abs=0.05)  # softmax, dequantized
-    keras_labels = trained_cnn.predict(digits.x_test, verbose=0).argmax(axis=1)
+    keras_labels = trained_cnn.predict(digits.test.read(), verbose=0).argmax(axis=1)
     assert (outputs.argmax(axis=1) == keras_labels).mean() > 0.9
 
 
 def test_candidate_metrics_are_measured(digits, trained_cnn):
-    model = convert_to_tflite(trained_cnn, "int8", digits.x_train[:50])
+    model = convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(50)))
     cfg = EvaluateConfig(latency_runs=200, warmup_runs=5, threads=[2, 1])
     metrics = evaluate_tflite(model, digits, cfg, 123)
-    predicted = TFLiteClassifier(model).predict(digits.x_test).argmax(axis=1)
-    assert metrics.accuracy == pytest.approx(np.mean(predicted == digits.y_test))
+    predicted = TFLiteClassifier(model).predict(digits.test.read()).argmax(axis=1)
+    assert metrics.accuracy == pytest.approx(np.mean(predicted == digits.test.labels))
     assert metrics.tflite_bytes == len(model)
     assert metrics.gzip_bytes == len(gzip.compress(model, compresslevel=9))
     assert metrics.params == 123
@@ -102,17 +102,17 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     digits.save(ws.data)
     write_model(keras.models.clone_model(trained_cnn), ws.teacher)  # fresh weights
     write_model(trained_cnn, ws.student)
-    final = convert_to_tflite(trained_cnn, "int8", digits.x_train[:50])
+    final = convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(50)))
     write_bytes(ws.model, final)
     run_evaluate(EvaluateConfig(latency_runs=200, warmup_runs=1), sparsified=False,
                  distilled=False, quantize_mode="int8", confidence=0.9, ws=ws)
     predictions = np.load(ws.predictions)
     assert set(predictions.files) == {"teacher", "final"}
     np.testing.assert_array_equal(predictions["final"],
-                                  TFLiteClassifier(final).predict(digits.x_test).argmax(axis=1))
+                                  TFLiteClassifier(final).predict(digits.test.read()).argmax(axis=1))
     document = json.loads(ws.metrics.read_text())
-    drop = paired_drop(predictions["teacher"] == digits.y_test,
-                       predictions["final"] == digits.y_test, 0.9)
+    drop = paired_drop(predictions["teacher"] == digits.test.labels,
+                       predictions["final"] == digits.test.labels, 0.9)
     assert recorded_drop(document) == drop and drop.worse + drop.better > 0
     assert document["paired"]["upper"] == document["accuracy_drop_upper"] == drop.upper
     assert document["accuracy_drop"] == pytest.approx(drop.drop)

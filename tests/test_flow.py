@@ -13,9 +13,10 @@ from prefect.artifacts import Artifact
 from conftest import make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
-from flows.tracking import digest, teacher_tags
+from flows.tracking import teacher_tags
 from tasks.config import DataConfig
-from tasks.data import Dataset, load_data
+from tasks.data import load_data
+from tasks.splits import Dataset
 from tasks.model_files import ModelSource
 from tasks.tflite import TFLiteClassifier
 
@@ -71,10 +72,10 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     card = client.download_artifacts(parent.info.run_id, "model_card.md", str(dvc_project))
     card = Path(card).read_text()
     assert card == Artifact.get("model-card").data  # shown in the Prefect UI
-    data = Dataset.load(dvc_project / "artifacts" / "data.npz")
+    data = Dataset.load(dvc_project / "artifacts" / "splits.json")
     assert card.startswith("# Model card: `test-int8`\n\nA TFLite classifier (int8) of 10 "
                            "classes over inputs of shape 8×8×1 (float32)")
-    assert f"- test: {len(data.y_test)} samples, `{digest(data.x_test, data.y_test)}`" in card
+    assert f"- test: {len(data.test)} samples, `{data.test.digest}`" in card
     assert "| latency p50 / p90, 4 threads |" in card and "| runtime memory |" in card
     assert "- distill: enabled True, width 0.25, init teacher" in card
     assert card.endswith("## Registry\n\nPromoted to `champion`, the first: first model within "
@@ -125,10 +126,11 @@ def two_runs(prefect_server, tmp_path_factory, digits_npz, digits) -> dict:
     teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                 keras.layers.Dense(10, activation="softmax")])
     teacher.compile("adam", "sparse_categorical_crossentropy")
-    teacher.fit(digits.x_train, digits.y_train, epochs=3, verbose=0)
+    teacher.fit(digits.train.read(), digits.train.labels, epochs=3, verbose=0)
     teacher.save(files / "teacher.h5")
     full = load_data(DataConfig(), seed=0)
-    np.savez(files / "other.npz", x=full.x_train[500:1000], y=full.y_train[500:1000])
+    np.savez(files / "other.npz", x=full.train.read(slice(500, 1000)),
+             y=full.train.labels[500:1000])
 
     root = tmp_path_factory.mktemp("project")
     settings = (f"model.source={files / 'teacher.h5'}", "sparsify.enabled=false",
@@ -141,14 +143,14 @@ def two_runs(prefect_server, tmp_path_factory, digits_npz, digits) -> dict:
     client = MlflowClient(params.tracking.uri)
     return {"runs": [client.get_run(r["mlflow_run_id"]) for r in (first, second)],
             "reports": (first, second), "champion": champion, "client": client,
-            "data": Dataset.load(root / "artifacts" / "data.npz")}
+            "data": Dataset.load(root / "artifacts" / "splits.json")}
 
 
 def test_the_champion_is_measured_again_on_the_new_runs_test_split(two_runs):
     (first, second), data = two_runs["reports"], two_runs["data"]
     assert first["promoted"] and second["model_version"] == "2"
-    predicted = TFLiteClassifier(two_runs["champion"]).predict(data.x_test).argmax(axis=1)
-    accuracy = float(np.mean(predicted == data.y_test))
+    predicted = TFLiteClassifier(two_runs["champion"]).predict(data.test.read()).argmax(axis=1)
+    accuracy = float(np.mean(predicted == data.test.labels))
     assert accuracy != first["metrics"]["final"]["accuracy"]  # else the test could not tell them apart
     recorded = two_runs["runs"][1].data
     assert recorded.metrics["gate.champion.accuracy"] == accuracy

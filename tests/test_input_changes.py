@@ -31,7 +31,8 @@ ALL_RAN = dict.fromkeys(STAGES, "ran")
 def digits_npz(path: Path, start: int) -> Path:
     """400 digits from `start` on, as an npz file (x, y), aged past the quiet period."""
     full = load_data(DataConfig(), seed=0)
-    np.savez(path, x=full.x_train[start:start + 400], y=full.y_train[start:start + 400])
+    np.savez(path, x=full.train.read(slice(start, start + 400)),
+             y=full.train.labels[start:start + 400])
     return aged(path)
 
 
@@ -123,9 +124,9 @@ def test_an_image_replaced_or_added_in_a_folder_changes_load_and_a_touch_does_no
     folder = dvc_project / "pictures"
     full = load_data(DataConfig(), seed=0)
     for i in range(150):  # enough for every class in each split
-        png = folder / str(full.y_train[i]) / f"{i}.png"
+        png = folder / str(full.train.labels[i]) / f"{i}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
-        keras.utils.save_img(png, full.x_train[i] * 255, scale=False)
+        keras.utils.save_img(png, full.train.read(slice(i, i + 1))[0] * 255, scale=False)
         aged(png)
     params = tiny_params(f"data.source=images:{folder}", "data.color_mode=grayscale")
     write_params_file(dvc_project, params)

@@ -18,6 +18,7 @@ from tasks.errors import InputError
 from tasks.load import run_load, warn_if_scaled_twice
 from tasks.model_files import ModelSource, model_source
 from tasks.models import read_model
+from tasks.splits import Split
 
 # Run by a Python without TF_USE_LEGACY_KERAS, so `keras` is Keras 3: writes NAME.keras and
 # NAME.npz (a batch x and the Keras 3 model's outputs y) for each model into argv[1].
@@ -193,7 +194,7 @@ def test_a_teacher_that_scales_pixels_itself_is_warned_about_scaled_data(
         digits, caplog, scale, pixels, warned):
     teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(scale),
                                 keras.layers.Flatten(), keras.layers.Dense(10)])
-    data = replace(digits, x_train=digits.x_train * pixels)
+    data = replace(digits, train=Split.of(digits.train.read() * pixels, digits.train.labels))
     with caplog.at_level(logging.WARNING, logger="tasks.load"):
         warn_if_scaled_twice(teacher, data)
     assert ("set data.scale_uint8: false" in caplog.text) == warned

@@ -68,7 +68,7 @@ def test_2_4_pattern_holds_from_the_stages_through_qat_into_the_int8_tflite(
     student = derive_student(trained_cnn, width=0.5, init="teacher")
     student = distill(trained_cnn, student, digits, DistillConfig(epochs=1), params.sparsify)
     assert_2_4(student)
-    assert blocks_2_4(convert_to_tflite(student, "int8", digits.x_train[:20])) == 1.0  # post-training
+    assert blocks_2_4(convert_to_tflite(student, "int8", digits.train.read(slice(20)))) == 1.0  # post-training
     write_model(student, ws.student)
     run_stage("quantize", params, ws)  # QAT on
     model = ws.model.read_bytes()
@@ -89,7 +89,7 @@ def test_qat_keeps_unstructured_zeros_and_trains_on_the_distillation_loss(digits
     trained = quantization_aware_training(sparse, trained_cnn, digits, qat, cfg)
     assert isinstance(trained.loss, DistillationLoss)
     assert (trained.loss.temperature, trained.loss.alpha) == (3.0, 0.2)
-    model = convert_to_tflite(trained, "int8", digits.x_train[:20])
+    model = convert_to_tflite(trained, "int8", digits.train.read(slice(20)))
     assert_zeros_kept(sparse, model)
     assert overall_sparsity(sparse) == pytest.approx(0.8, abs=0.01)
 
@@ -104,9 +104,9 @@ def test_qat_follows_the_teachers_soft_targets(digits, trained_cnn):
     soft_only = DistillConfig(temperature=1.0, alpha=0.0)
     cfg = QuantizeConfig(qat_epochs=1, qat_learning_rate=0.01)
     trained = quantization_aware_training(trained_cnn, says_three, digits, cfg, soft_only)
-    predicted = trained.predict(digits.x_val, verbose=0).argmax(axis=1)
+    predicted = trained.predict(digits.val.read(), verbose=0).argmax(axis=1)
     assert np.mean(predicted == 3) > 0.9
-    assert np.mean(trained_cnn.predict(digits.x_val, verbose=0).argmax(axis=1) == 3) < 0.3
+    assert np.mean(trained_cnn.predict(digits.val.read(), verbose=0).argmax(axis=1) == 3) < 0.3
 
 
 def test_a_layer_tfmot_cannot_quantize_is_named_with_the_fix(digits):

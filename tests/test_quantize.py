@@ -24,7 +24,7 @@ from tasks.tflite import TFLiteClassifier, layer_precisions
 
 
 def test_int8_model_takes_and_returns_int8(digits, trained_cnn):
-    model = convert_to_tflite(trained_cnn, "int8", digits.x_train[:20])
+    model = convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(20)))
     interpreter = Interpreter(model_content=model)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
@@ -35,14 +35,14 @@ def test_int8_model_takes_and_returns_int8(digits, trained_cnn):
 
 def test_pruned_zeros_stay_zeros(digits, trained_cnn):
     sparse = sparsify(trained_cnn, digits, SparsifyConfig(epochs=1, final_sparsity=0.8)).model
-    assert weight_sparsity(convert_to_tflite(sparse, "int8", digits.x_train[:20])) == pytest.approx(0.8, abs=0.01)
-    assert weight_sparsity(convert_to_tflite(trained_cnn, "int8", digits.x_train[:20])) < 0.05
+    assert weight_sparsity(convert_to_tflite(sparse, "int8", digits.train.read(slice(20)))) == pytest.approx(0.8, abs=0.01)
+    assert weight_sparsity(convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(20)))) < 0.05
 
 
 def test_calibration_draws_real_training_samples_repeatably(digits):
     drawn = calibration_samples(digits, QuantizeConfig(calibration_samples=25), seed=3)
     assert drawn.shape == (25, *digits.input_shape)
-    train_rows = {row.tobytes() for row in digits.x_train}
+    train_rows = {row.tobytes() for row in digits.train.read()}
     assert all(row.tobytes() in train_rows for row in drawn)
     again = calibration_samples(digits, QuantizeConfig(calibration_samples=25), seed=3)
     np.testing.assert_array_equal(drawn, again)
@@ -73,7 +73,7 @@ def residual(digits):
 
 
 def keras_accuracy(model, digits) -> float:
-    return float(np.mean(model.predict(digits.x_test, verbose=0).argmax(-1) == digits.y_test))
+    return float(np.mean(model.predict(digits.test.read(), verbose=0).argmax(-1) == digits.test.labels))
 
 
 IO_TYPES = {"int8": np.int8, "int16x8": np.int16, "dynamic": np.float32, "float16": np.float32}
@@ -82,8 +82,8 @@ WEIGHTS = {"int8": {"int8"}, "int16x8": {"int8"}, "dynamic": {"int8", "float"}, 
 
 @pytest.mark.parametrize("mode", IO_TYPES)
 def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, residual, digits):
-    quantized = quantize_model(residual, QuantizeConfig(mode=mode), digits.x_train[:50],
-                               (digits.x_val, digits.y_val))
+    quantized = quantize_model(residual, QuantizeConfig(mode=mode), digits.train.read(slice(50)),
+                               digits.val)
     classifier = TFLiteClassifier(quantized.tflite)
     assert classifier.input["dtype"] == classifier.output["dtype"] == IO_TYPES[mode]
     measured, _ = measure_tflite(quantized.tflite, digits,
@@ -98,10 +98,10 @@ def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, res
 
 
 def test_mixed_chooses_within_the_budget_and_the_model_matches_its_plan(residual, digits):
-    validation = (digits.x_val, digits.y_val)
+    validation = digits.val
     fp32 = validation_accuracy(convert_to_tflite(residual), validation)
     cfg = QuantizeConfig(mode="mixed", max_accuracy_drop=0.02)
-    quantized = quantize_model(residual, cfg, digits.x_train[:50], validation)
+    quantized = quantize_model(residual, cfg, digits.train.read(slice(50)), validation)
     layers = quantized.sensitivity["layers"]
     weighted = [layer for layer in layers if layer["params"]]
     assert [layer["layer"] for layer in weighted] == ["conv", "depthwise", "dense", "out"]
@@ -112,14 +112,14 @@ def test_mixed_chooses_within_the_budget_and_the_model_matches_its_plan(residual
     assert fp32 - validation_accuracy(quantized.tflite, validation) <= 0.02
     assert 1 - validation_accuracy(quantized.tflite, validation) == pytest.approx(
         quantized.sensitivity["validation_error"])
-    assert TFLiteClassifier(quantized.tflite).predict(digits.x_test[:5]).shape == (5, 10)
+    assert TFLiteClassifier(quantized.tflite).predict(digits.test.read(slice(5))).shape == (5, 10)
 
 
 def test_mixed_with_room_stores_int4_weights_and_shrinks_below_int8(residual, digits):
-    validation = (digits.x_val, digits.y_val)
+    validation = digits.val
     loose = quantize_model(residual, QuantizeConfig(mode="mixed", max_accuracy_drop=1.0),
-                           digits.x_train[:50], validation)
-    int8 = quantize_model(residual, QuantizeConfig(), digits.x_train[:50], validation)
+                           digits.train.read(slice(50)), validation)
+    int8 = quantize_model(residual, QuantizeConfig(), digits.train.read(slice(50)), validation)
     stored = {layer["layer"]: layer["precision"] for layer in loose.sensitivity["layers"]
               if layer["params"]}
     # AEQ's policy offers no INT4 for DEPTHWISE_CONV_2D: it stays INT8
@@ -138,6 +138,6 @@ def test_quantize_stage_writes_the_model_the_sensitivity_and_its_plot(residual, 
     assert sensitivity["mode"] == "mixed"
     assert len(sensitivity["layers"]) == len(quantizable_ops(convert_to_tflite(residual)))
     assert (ws.plots / "quant_sensitivity.png").stat().st_size > 0
-    assert TFLiteClassifier(ws.model.read_bytes()).predict(digits.x_test[:1]).shape == (1, 10)
+    assert TFLiteClassifier(ws.model.read_bytes()).predict(digits.test.read(slice(1))).shape == (1, 10)
     run_quantize(0, QuantizeConfig(mode="float16"), DistillConfig(), ws)
     assert json.loads(ws.quant_sensitivity.read_text()) == {"mode": "float16", "layers": []}

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -22,11 +21,12 @@ from flows.registry import Gated, register_and_gate
 from flows.report import gate_comparison
 from flows.tracking import use_experiment
 from tasks.artifacts import Workspace, write_bytes
-from tasks.config import EvaluateConfig, GateConfig, TrackingConfig
-from tasks.data import Dataset
+from tasks.config import DataConfig, EvaluateConfig, GateConfig, TrackingConfig
+from tasks.data import load_data
 from tasks.gate import Decision
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 NAME = "digits-int8"
@@ -54,11 +54,11 @@ def register(root: Path, data: Dataset) -> Gated:
                              name="model")  # fixed names, the input's too: the .tflite keeps them
     ws = Workspace(root)
     data.save(ws.data)
-    write_bytes(ws.model, convert_to_tflite(model, "int8", data.x_train[:20]))
+    write_bytes(ws.model, convert_to_tflite(model, "int8", data.train.read(slice(20))))
     with mlflow.start_run():
         return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
                                  EvaluateConfig(latency_runs=200, warmup_runs=1), ws,
-                                 PairedDrop(len(data.y_test), 1, 0, 0.95), CARD)
+                                 PairedDrop(len(data.test.labels), 1, 0, 0.95), CARD)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,11 @@ def champion(tmp_path_factory, digits: Dataset) -> Path:
 
 
 def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_setting(champion, digits, tmp_path):
-    smaller = replace(digits, **{f"x_{split}": getattr(digits, f"x_{split}")[:, ::2, ::2]
-                                 for split in ("train", "val", "test")})
+    arrays = {}
+    for name, split in digits.splits.items():
+        arrays |= {f"x_{name}": split.read()[:, ::2, ::2], f"y_{name}": split.labels}
+    np.savez(tmp_path / "smaller.npz", **arrays)
+    smaller = load_data(DataConfig(source=f"npz:{tmp_path / 'smaller.npz'}"), seed=0)
     gated = register(tmp_path, smaller)
     version, decision = gated.version, gated.decision
     assert not decision.promote
@@ -105,11 +108,11 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     version, decision = gated.version, gated.decision
     assert not decision.promote and "does not beat the champion: gzip_bytes" in decision.reason
     tags = MlflowClient().get_model_version(NAME, version).tags
-    n = str(len(digits.y_test))
+    n = str(len(digits.test.labels))
     assert (tags["gate.champion_drop"], tags["gate.champion_drop.worse"],
             tags["gate.champion_drop.better"], tags["gate.champion_drop.n"]) == ("0.0", "0", "0", n)
     assert float(tags["gate.champion_drop.lower"]) < 0 < float(tags["gate.champion_drop.upper"])
-    teacher = PairedDrop(len(digits.y_test), 1, 0, 0.95)
+    teacher = PairedDrop(len(digits.test.labels), 1, 0, 0.95)
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
     assert tags["gate.teacher_drop.worse"] == "1" and "gate.warning" not in tags
     table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion, 0.95)
@@ -141,11 +144,11 @@ def model_venv(champion, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_champion_loads_and_predicts_without_shrinkflow_installed(champion, model_venv, digits, tmp_path):
     """The slow one: a virtualenv built from PyPI (seconds with uv's cache, minutes without)."""
-    np.save(tmp_path / "x.npy", digits.x_test[:8])
+    np.save(tmp_path / "x.npy", digits.test.read(slice(8)))
     subprocess.run([str(model_venv), "-c", SERVE, f"models:/{NAME}@champion", "x.npy", "y.npy"],
                    cwd=tmp_path, env=model_env(model_venv), check=True, timeout=300)
     tflite = (champion / "artifacts" / "model.tflite").read_bytes()
-    expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
+    expected = TFLiteClassifier(tflite).predict(digits.test.read(slice(8)))
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
 
 
@@ -165,14 +168,14 @@ def test_the_champion_is_served_over_http_from_its_own_environment(champion, mod
         while not _answers(f"{url}/ping"):
             assert server.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
-        reply = requests.post(f"{url}/invocations", json={"inputs": digits.x_test[:8].tolist()},
+        reply = requests.post(f"{url}/invocations", json={"inputs": digits.test.read(slice(8)).tolist()},
                               timeout=60)
     finally:
         server.terminate()
         server.wait(timeout=30)
     assert reply.status_code == 200, reply.text
     tflite = (champion / "artifacts" / "model.tflite").read_bytes()
-    expected = TFLiteClassifier(tflite).predict(digits.x_test[:8])
+    expected = TFLiteClassifier(tflite).predict(digits.test.read(slice(8)))
     np.testing.assert_array_equal(np.asarray(reply.json()["predictions"], np.float32), expected)
 
 

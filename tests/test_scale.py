@@ -28,7 +28,7 @@ import yaml
 
 from conftest import REPO, make_project
 from flows.params import load_params
-from tasks.data import Dataset
+from tasks.splits import Dataset
 from tasks.errors import InputError
 from tasks.tflite import TFLiteClassifier
 from test_stack import SHRINKFLOW, free_port
@@ -312,8 +312,8 @@ def test_dvc_pushed_the_run_to_s3_and_a_fresh_clone_pulls_it(team, first_run, tm
 def test_the_champion_loads_from_mlflow_with_its_artifacts_on_s3(team, first_run, tmp_path):
     assert mlflow_api(team, f"registered-models/alias?name={MODEL}&alias=champion")[
         "model_version"]["version"] == "1"
-    data = Dataset.load(team.root / "artifacts" / "data.npz")
-    np.save(tmp_path / "x.npy", data.x_test)
+    data = Dataset.load(team.root / "artifacts" / "splits.json")
+    np.save(tmp_path / "x.npy", data.test.read())
     script = ("import mlflow, numpy as np, sys; "
               f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion'); "
               "np.save(sys.argv[2], m.predict(np.load(sys.argv[1])))")
@@ -321,7 +321,7 @@ def test_the_champion_loads_from_mlflow_with_its_artifacts_on_s3(team, first_run
     subprocess.run([sys.executable, "-c", script, "x.npy", "y.npy"], cwd=tmp_path, env=env,
                    check=True, timeout=300)
     expected = TFLiteClassifier((team.root / "artifacts" / "model.tflite").read_bytes())
-    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected.predict(data.x_test))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected.predict(data.test.read()))
 
 
 def test_a_postgres_restart_between_runs_loses_nothing(team, worker, first_run, postgres):

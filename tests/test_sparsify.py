@@ -20,8 +20,8 @@ def test_sparsify_reaches_the_target_and_strips_the_wrappers(digits, trained_cnn
     assert [type(layer).__name__ for layer in result.model.layers] == [
         "Conv2D", "Flatten", "Dense", "Dense"
     ]
-    predicted = result.model.predict(digits.x_val, verbose=0).argmax(axis=1)
-    assert (predicted == digits.y_val).mean() > 0.3  # still a classifier: chance is 0.1
+    predicted = result.model.predict(digits.val.read(), verbose=0).argmax(axis=1)
+    assert (predicted == digits.val.labels).mean() > 0.3  # still a classifier: chance is 0.1
 
 
 def test_size_aware_allocation_keeps_small_layers_denser_at_the_same_overall_sparsity(

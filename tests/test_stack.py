@@ -23,7 +23,7 @@ import pytest
 
 from conftest import QUIET_CRON, make_project
 from flows.stages import STAGES
-from tasks.data import Dataset
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 from test_input_changes import digits_npz
 
@@ -247,14 +247,14 @@ def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(sta
     version_2 = mlflow_api(stack, "model-versions/get", name=MODEL, version="2")["model_version"]
     assert "does not beat the champion" in as_dict(version_2["tags"])["gate.rejected"]
 
-    data = Dataset.load(stack.root / "artifacts" / "data.npz")
-    np.save(stack.root / "x_test.npy", data.x_test)
+    data = Dataset.load(stack.root / "artifacts" / "splits.json")
+    np.save(stack.root / "x_test.npy", data.test.read())
     script = ("import mlflow, numpy as np, sys; "
               f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion'); "
               "np.save(sys.argv[2], m.predict(np.load(sys.argv[1])))")
     subprocess.run([sys.executable, "-c", script, "x_test.npy", "served.npy"], cwd=stack.root,
                    env=os.environ | {"MLFLOW_TRACKING_URI": stack.mlflow}, check=True, timeout=300)
-    expected = TFLiteClassifier((stack.root / "artifacts" / "model.tflite").read_bytes()).predict(data.x_test)
+    expected = TFLiteClassifier((stack.root / "artifacts" / "model.tflite").read_bytes()).predict(data.test.read())
     np.testing.assert_array_equal(np.load(stack.root / "served.npy"), expected)
 
 
