@@ -27,6 +27,7 @@ from tasks.artifacts import atomic_path
 from tasks.errors import InputError
 
 BATCH = 256  # samples per batch when predicting or checking: a bounded amount of memory
+PREFETCH = 2  # batches tf.data reads ahead of training (AUTOTUNE's buffer may grow with RAM)
 SPLITS = ("train", "val", "test")
 _decoders = ThreadPoolExecutor(os.cpu_count() or 1)  # Pillow releases the GIL while decoding
 
@@ -178,7 +179,7 @@ class Split:
                     tf.ensure_shape(labels, (None, *y.shape[1:])))
 
         batched = positions.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-        return batched.prefetch(tf.data.AUTOTUNE)
+        return batched.prefetch(PREFETCH)
 
     def measured(self) -> Split:
         """This split with its digest, each input checked finite (a streaming pass over it:

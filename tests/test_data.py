@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from tasks.config import DataConfig
 from tasks.data import load_data
 from tasks.errors import InputError
-from tasks.splits import Dataset
+from tasks.splits import Dataset, Split
 
 SPLITS = ("train", "val", "test")
 N, CLASSES, SHAPE = 60, 3, (6, 6, 1)
@@ -311,3 +311,79 @@ BAD_INPUTS = [
 def test_bad_input_is_refused_with_a_message_naming_the_problem(tmp_path, make_source, message):
     with pytest.raises(InputError, match=message):
         _load(make_source(tmp_path))
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+def _streamed(image_dir: Path, **cfg) -> Dataset:
+    return _load(f"images:{image_dir}", cache_mb=0, **cfg)
+
+
+def test_a_folder_over_the_cache_streams_the_inputs_it_would_cache(image_dir):
+    streamed, cached = _streamed(image_dir), _load(f"images:{image_dir}")
+    assert streamed.train.source.stored is None and cached.train.source.stored is not None
+    for name in SPLITS:
+        np.testing.assert_array_equal(streamed.splits[name].read(), cached.splits[name].read())
+        assert streamed.splits[name].digest == cached.splits[name].digest
+
+
+def test_training_batches_keep_each_input_with_its_label_and_targets_when_shuffled(image_dir):
+    train = _streamed(image_dir).train
+    grey = train.read()[:, 0, 0, 0]
+    targets = np.stack([grey, -grey], axis=1)  # one row per sample, as the teacher's logits
+    seen = []
+    for x, packed in train.batches(4, shuffle=True, targets=targets).as_numpy_iterator():
+        np.testing.assert_array_equal(packed[:, 0], np.round(x[:, 0, 0, 0] * 255) // 60)  # label
+        np.testing.assert_array_equal(packed[:, 1:], np.stack([x[:, 0, 0, 0], -x[:, 0, 0, 0]], 1))
+        seen += x[:, 0, 0, 0].tolist()
+    assert sorted(seen) == sorted(grey.tolist()) and seen != grey.tolist()  # each once, shuffled
+
+
+def test_the_manifest_holds_no_pixels_and_its_digest_follows_a_file_changed_in_place(
+        image_dir, tmp_path):
+    data = _streamed(image_dir, image_size=(64, 64))
+    data.save(tmp_path / "splits.json")
+    decoded = sum(len(split) for split in data.splits.values()) * 64 * 64 * 3
+    assert (tmp_path / "splits.json").stat().st_size < decoded / 20
+    reopened = Dataset.load(tmp_path / "splits.json")
+    np.testing.assert_array_equal(reopened.test.read(), data.test.read())
+    test_file = Path(data.test.source.path) / data.test.source.files[data.test.rows[0]]
+    Image.fromarray(np.full((*IMAGE_HW, 3), 250, np.uint8)).save(test_file)  # same name, new pixels
+    again = _streamed(image_dir, image_size=(64, 64))
+    assert again.test.digest != data.test.digest
+    assert (again.train.digest, again.val.digest) == (data.train.digest, data.val.digest)
+
+
+@pytest.mark.parametrize("cache_mb, streams", [(0, True), (1024, False)])
+def test_an_epoch_of_a_streamed_folder_holds_a_few_batches_not_the_data_set(
+        tmp_path, cache_mb, streams):
+    """More samples than an epoch may hold at once when streamed: numpy's allocations (traced)
+    peak at a few batches, far below the data set's inputs; a cached folder holds them all."""
+    import tracemalloc
+
+    for label in range(2):
+        (tmp_path / "big" / str(label)).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2400):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "big" / str(i % 2) / f"{i}.png")
+    data = _load(f"images:{tmp_path / 'big'}", cache_mb=cache_mb, test_fraction=0.1,
+                 val_fraction=0.1)
+    data = Dataset.load(_saved(data, tmp_path))  # as a stage opens it: nothing read yet
+    warm_up = Split.of(np.zeros((2, 32, 32, 3), np.float32), np.zeros(2)).batches(2)
+    next(iter(warm_up))  # TensorFlow's own start-up allocations, before tracing
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in data.train.batches(32, shuffle=True).as_numpy_iterator())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == -(-len(data.train) // 32)
+    inputs_bytes = len(data.train) * 32 * 32 * 3 * 4  # float32
+    assert (peak < inputs_bytes / 4) == streams, f"peak {peak} bytes, {inputs_bytes} of inputs"
+
+
+def _saved(data: Dataset, folder: Path) -> Path:
+    data.save(folder / "splits.json")
+    return folder / "splits.json"
