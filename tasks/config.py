@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+)$")
+DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+|tfrecord:.+)$")
 
 CREDENTIALS_IN_URL = "credentials_in_url"  # an error whose value is not repeated (flows/params.py)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -86,7 +86,8 @@ class DataConfig(Section):
     source: str = Field(
         "digits",
         description="`digits` (built in) | `npz:PATH` (x_train,y_train,x_test,y_test[,x_val,y_val] "
-        "or x,y) | `images:DIR` (one sub-folder per class).",
+        "or x,y) | `images:DIR` (one sub-folder per class) | `tfrecord:PATH` (a .tfrecord file or "
+        "a folder of them: tf.train.Example records).",
     )
     test_fraction: Fraction = Field(0.2, description="Share held out for the test split (x,y data).")
     val_fraction: Fraction = Field(0.1, description="Share of the rest kept for validation.")
@@ -99,12 +100,18 @@ class DataConfig(Section):
         1024, ge=0, description="images:DIR decoded up to this size (uint8) are held in memory, decoded "
         "once per stage; larger folders are decoded a batch at a time every epoch (0: always)."
     )
+    record_input: str = Field("image", description="tfrecord: the feature holding the input: "
+                              "encoded image bytes, or a float or int list of record_shape.")
+    record_label: str = Field("label", description="tfrecord: the int64 feature of class ids.")
+    record_shape: list[PositiveInt] | None = Field(
+        None, description="tfrecord: a list input's sample shape, e.g. [28, 28, 1]."
+    )
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
         if not DATA_SOURCE.match(value):
-            raise ValueError("must be `digits`, `npz:PATH` or `images:DIR`")
+            raise ValueError("must be `digits`, `npz:PATH`, `images:DIR` or `tfrecord:PATH`")
         return value
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Data sets: the built-in digits, npz files and image folders, split and checked the same way.
+"""Data sets: the built-in digits, npz files, image folders and TFRecord files, split and checked
+the same way.
 
 What is read here is the split (tasks/splits.py): labels, and where each split's inputs are. The
 inputs are read, checked finite and hashed a batch at a time, never all at once as float32.
@@ -15,7 +16,8 @@ import numpy as np
 
 from tasks.config import DataConfig
 from tasks.errors import InputError
-from tasks.splits import Dataset, Source, Split, read_digits
+from tasks.sources import Arrays, ImageFiles, Pictures, Records, index_records, read_digits
+from tasks.splits import Dataset, Split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PIXEL_DIVISOR = 255.0  # uint8 pixels -> [0, 1] (data.scale_uint8)
@@ -27,13 +29,12 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
     kind, _, location = cfg.source.partition(":")
     if kind == "digits":
         _, y = read_digits()
-        return _checked(_split(Source("digits", divisor=DIGITS_DIVISOR), y, cfg, seed), cfg.source)
+        return _checked(_split(Arrays(DIGITS_DIVISOR), y, cfg, seed), cfg.source)
     path = Path(location).expanduser().resolve()
     if not path.exists():
         raise InputError(f"data.source: {path} does not exist; point `{kind}:` at a real path")
-    if kind == "npz":
-        return _checked(_load_npz(path, cfg, seed), cfg.source)
-    return _checked(_load_image_folder(path, cfg, seed), cfg.source)
+    read = {"npz": _load_npz, "images": _load_image_folder, "tfrecord": _load_records}[kind]
+    return _checked(read(path, cfg, seed), cfg.source)
 
 
 def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
@@ -43,10 +44,9 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     except Exception as exc:  # zipfile, pickle and format errors all mean "not a readable npz"
         raise InputError(f"data.source: cannot read {path} as .npz ({exc})") from exc
 
-    def source(name: str) -> Source:
+    def source(name: str) -> Arrays:
         _check_numeric(arrays[name], name)
-        divisor = PIXEL_DIVISOR if arrays[name].dtype == np.uint8 and cfg.scale_uint8 else 1.0
-        return Source("npz", str(path), name, divisor=divisor).holding(arrays[name])
+        return Arrays(_divisor(arrays[name].dtype, cfg), str(path), name).holding(arrays[name])
 
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         _check_lengths(arrays["x_train"], arrays["y_train"], "x_train", "y_train")
@@ -85,22 +85,59 @@ def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
             )
         files += [str(f.relative_to(path)) for f in found]
         labels += [label] * len(found)
-    source = Source("images", str(path), files=tuple(files), grayscale=cfg.color_mode == "grayscale",
-                    divisor=PIXEL_DIVISOR if cfg.scale_uint8 else 1.0,
-                    cache_bytes=cfg.cache_mb * 2**20)
-    size = tuple(cfg.image_size) if cfg.image_size else _first_size(source)
-    return _split(replace(source, size=size), np.asarray(labels), cfg, seed)
+    source = ImageFiles(**_pictures(cfg), path=str(path), files=tuple(files))
+    return _split(_sized(source, cfg), np.asarray(labels), cfg, seed)
 
 
-def _first_size(source: Source) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
+def _load_records(path: Path, cfg: DataConfig, seed: int) -> Dataset:
+    """tf.train.Example records: a .tfrecord file, or every *.tfrecord* file of a folder."""
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if ".tfrecord" in f.name)
+    if not files:
+        raise InputError(f"data.source: {path} has no *.tfrecord files; point `tfrecord:` at one "
+                         "or at their folder")
+    records = Records(**_pictures(cfg), files=tuple(map(str, files)),
+                      records=tuple(index_records(files)), feature=cfg.record_input)
+    if not records.records:
+        raise InputError(f"data.source: {path} holds no records")
+    labels = np.asarray([_record_feature(records, row, "label", cfg.record_label, "int64_list")[0]
+                         for row in range(len(records))])
+    first = _record_feature(records, 0, "input", cfg.record_input, "bytes_list", "float_list",
+                            "int64_list")
+    if isinstance(first[0], bytes):
+        return _split(_sized(records, cfg), labels, cfg, seed)
+    size = len(first)
+    if not cfg.record_shape or np.prod(cfg.record_shape) != size:
+        raise InputError(f"data.record_shape: the records' input `{cfg.record_input}` is a list "
+                         f"of {size} values; give its sample shape (e.g. [{size}]), not "
+                         f"{cfg.record_shape}")
+    return _split(replace(records, shape=tuple(cfg.record_shape), divisor=1.0), labels, cfg, seed)
 
-    first = Path(source.path) / source.files[0]
-    try:
-        with Image.open(first) as image:
-            return image.height, image.width
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"data.source: cannot read image {first} ({exc})") from exc
+
+def _record_feature(records: Records, row: int, setting: str, key: str, *kinds: str) -> list:
+    """The values of feature `key` (data.record_`setting`) of record `row`: the first of `kinds`
+    it holds."""
+    features = records.example(row).features.feature
+    values = [getattr(features[key], kind).value for kind in kinds] if key in features else []
+    if not any(values):
+        raise InputError(f"data.record_{setting}: record {records.describe(row)} has no "
+                         f"{' or '.join(kinds)} feature `{key}` (it has {sorted(features)}); "
+                         "name the feature that holds it")
+    return list(next(v for v in values if v))
+
+
+def _pictures(cfg: DataConfig) -> dict:
+    """The settings images are decoded with: channels, scaling, how much to cache."""
+    return {"grayscale": cfg.color_mode == "grayscale", "cache_bytes": cfg.cache_mb * 2**20,
+            "divisor": PIXEL_DIVISOR if cfg.scale_uint8 else 1.0}
+
+
+def _sized(source: Pictures, cfg: DataConfig) -> Pictures:
+    """`source` decoded to data.image_size, or to its first image's size."""
+    return replace(source, size=tuple(cfg.image_size) if cfg.image_size else source.stored_size(0))
+
+
+def _divisor(dtype: np.dtype, cfg: DataConfig) -> float:
+    return PIXEL_DIVISOR if dtype == np.uint8 and cfg.scale_uint8 else 1.0
 
 
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

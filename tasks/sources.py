@@ -1,0 +1,264 @@
+"""Where samples come from, read by row: arrays held in memory (the built-in digits, an npz's
+arrays), image files and TFRecord files decoded a batch at a time. Every source stores samples in
+their own dtype (uint8 pixels stay uint8: a quarter of float32) and gives float32 inputs, stored /
+`divisor`, only for the rows asked for.
+
+A source is written into the splits' manifest (tasks/splits.py) by its fields and reopened from
+them in every stage; files are read again, never copied.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from typing import BinaryIO, ClassVar
+
+import numpy as np
+
+from tasks.errors import InputError
+
+_decoders = ThreadPoolExecutor(os.cpu_count() or 1)  # Pillow and zlib release the GIL
+RECORD_HEADER = struct.Struct("<QI")  # TFRecord: length, masked CRC of the length; then the
+RECORD_FOOTER = 4                     # data and its masked CRC
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """The base: float32 inputs are stored / `divisor`. Subclasses read stored samples by row;
+    `stored` holds all of them in memory where the source keeps them there."""
+
+    KINDS: ClassVar[dict[str, type[Source]]] = {}
+    divisor: float = 1.0
+
+    def __init_subclass__(cls) -> None:
+        Source.KINDS[cls.__name__] = cls
+
+    @cached_property
+    def stored(self) -> np.ndarray | None:
+        """Every sample as stored, in memory; None when read from files a batch at a time."""
+        return None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.stored.shape[1:])
+
+    @property
+    def memory_bytes(self) -> int:
+        """What this source holds in memory in a process that reads it."""
+        return 0 if self.stored is None else self.stored.nbytes
+
+    def holding(self, array: np.ndarray) -> Source:
+        """This source with its samples already read: what `stored` would read."""
+        self.__dict__["stored"] = array  # cached_property's own slot
+        return self
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The samples at `rows` as float32 inputs."""
+        stored = self.stored
+        x = stored[rows] if stored is not None else self._read_files(rows)
+        return x.astype(np.float32) / self.divisor  # float32 division: the bits of every stage
+
+    def _read_files(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def manifest(self) -> dict:
+        return {"kind": type(self).__name__, **asdict(self)}
+
+    @staticmethod
+    def from_manifest(spec: dict) -> Source:
+        kind = Source.KINDS[spec["kind"]]
+        tuples = {f.name for f in fields(kind) if str(f.type).startswith("tuple")}
+        return kind(**{key: _tuples(value) if key in tuples else value
+                       for key, value in spec.items() if key != "kind"})
+
+
+def _tuples(value: list) -> tuple:
+    return tuple(_tuples(item) if isinstance(item, list) else item for item in value)
+
+
+@dataclass(frozen=True, eq=False)
+class Arrays(Source):
+    """An npz file's array `array` at `path`, the built-in digits (no path), or arrays handed in
+    by code (`Arrays.of`: no manifest)."""
+
+    path: str = ""
+    array: str = ""
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Arrays:
+        return cls(array="memory").holding(array)
+
+    @cached_property
+    def stored(self) -> np.ndarray | None:
+        if not self.path:
+            return read_digits()[0]
+        with np.load(self.path, allow_pickle=False) as arrays:
+            return arrays[self.array]
+
+    def manifest(self) -> dict:
+        if self.array == "memory":
+            raise ValueError("arrays handed in by code have no manifest: they cannot be reopened")
+        return super().manifest()
+
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (8x8 pixels 0-16, uint8) and labels, read from the file it ships
+    without importing scikit-learn (seconds), as `load_digits` would."""
+    package = Path(importlib.util.find_spec("sklearn").origin).parent
+    with gzip.open(package / "datasets" / "data" / "digits.csv.gz") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return table[:, :-1].reshape(-1, 8, 8, 1).astype(np.uint8), table[:, -1]
+
+
+@dataclass(frozen=True, eq=False)
+class Pictures(Source):
+    """Encoded images, decoded to `size` (height, width), grayscale or RGB, by Pillow (every
+    format it reads); held in memory once decoded when they fit in `cache_bytes`."""
+
+    size: tuple[int, int] = (0, 0)
+    grayscale: bool = False
+    cache_bytes: int = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @cached_property
+    def stored(self) -> np.ndarray | None:
+        fits = len(self) * np.prod(self.sample_shape) * self.item_bytes <= self.cache_bytes
+        return self._read_files(np.arange(len(self))) if fits else None
+
+    @property
+    def item_bytes(self) -> int:
+        return 1  # uint8 pixels
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (*self.size, 1 if self.grayscale else 3)
+
+    def _read_files(self, rows: np.ndarray) -> np.ndarray:
+        images = np.stack(list(_decoders.map(self._decode, rows)))
+        return images[..., None] if self.grayscale else images
+
+    def _decode(self, row: int) -> np.ndarray:
+        with self._image(row) as image:
+            image = image.convert("L" if self.grayscale else "RGB")
+            return np.asarray(image.resize(self.size[::-1]), dtype=np.uint8)  # PIL: (w, h)
+
+    def stored_size(self, row: int) -> tuple[int, int]:
+        """(height, width) of the image at `row` as stored."""
+        with self._image(row) as image:
+            return image.height, image.width
+
+    @contextmanager
+    def _image(self, row: int) -> Iterator:
+        """The Pillow image at `row`; any failure to read it names the file."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with self._open(row) as file, Image.open(file) as image:
+                yield image
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"data.source: cannot read image {self.describe(row)} ({exc})") from exc
+
+    def _open(self, row: int) -> BinaryIO:
+        raise NotImplementedError
+
+    def describe(self, row: int) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class ImageFiles(Pictures):
+    """One image file per sample: `files` under the folder `path`."""
+
+    path: str = ""
+    files: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _open(self, row: int) -> BinaryIO:
+        return open(Path(self.path) / self.files[row], "rb")
+
+    def describe(self, row: int) -> str:
+        return str(Path(self.path) / self.files[row])
+
+
+@dataclass(frozen=True, eq=False)
+class Records(Pictures):
+    """tf.train.Example records in TFRecord `files`, read by their byte offsets (`records`: file,
+    offset, length per sample): the input is feature `feature`, encoded image bytes (decoded as
+    `Pictures`) or a float or int list of `shape`."""
+
+    files: tuple[str, ...] = ()
+    records: tuple[tuple[int, int, int], ...] = ()
+    feature: str = "image"
+    shape: tuple[int, ...] = ()  # a list feature's sample shape; () for images
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def item_bytes(self) -> int:
+        return 8 if self.shape else 1  # a float or int list's values: up to int64
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.shape or super().sample_shape
+
+    def _read_files(self, rows: np.ndarray) -> np.ndarray:
+        if not self.shape:
+            return super()._read_files(rows)
+        return np.stack([self._values(row).reshape(self.shape) for row in rows])
+
+    def example(self, row: int):
+        """The tf.train.Example at `row`."""
+        from tensorflow.core.example.example_pb2 import Example
+
+        file, offset, length = self.records[row]
+        with open(self.files[file], "rb") as f:
+            f.seek(offset)
+            return Example.FromString(f.read(length))
+
+    def _values(self, row: int) -> np.ndarray:
+        value = self.example(row).features.feature[self.feature]
+        listed = value.float_list.value or value.int64_list.value
+        return np.asarray(listed, dtype=np.float32 if value.float_list.value else np.int64)
+
+    def _open(self, row: int) -> BinaryIO:
+        return io.BytesIO(self.example(row).features.feature[self.feature].bytes_list.value[0])
+
+    def describe(self, row: int) -> str:
+        file, offset, _ = self.records[row]
+        return f"{self.files[file]} (record at byte {offset})"
+
+
+def index_records(files: list[Path]) -> list[tuple[int, int, int]]:
+    """(file, offset, length) of every record in TFRecord `files`, from their length headers."""
+    index = []
+    for number, path in enumerate(files):
+        size, offset = path.stat().st_size, 0
+        with open(path, "rb") as f:
+            while offset < size:
+                header = f.read(RECORD_HEADER.size)
+                if len(header) < RECORD_HEADER.size:
+                    raise InputError(f"data.source: {path} ends inside a record header at byte "
+                                     f"{offset}; is it a TFRecord file, and complete?")
+                length, _ = RECORD_HEADER.unpack(header)
+                start = offset + RECORD_HEADER.size
+                offset = start + length + RECORD_FOOTER
+                if offset > size:
+                    raise InputError(f"data.source: {path} ends inside the record at byte "
+                                     f"{start}; is it a TFRecord file, and complete?")
+                index.append((number, start, length))
+                f.seek(offset)
+    return index
