@@ -16,7 +16,15 @@ import numpy as np
 
 from tasks.config import DataConfig
 from tasks.errors import InputError
-from tasks.sources import Arrays, ImageFiles, Pictures, Records, index_records, read_digits
+from tasks.sources import (
+    Arrays,
+    ImageFiles,
+    Pictures,
+    Records,
+    Source,
+    index_records,
+    read_digits,
+)
 from tasks.splits import Dataset, Split
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

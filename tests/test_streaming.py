@@ -83,12 +83,12 @@ def test_streamed_data_goes_through_the_whole_flow_and_only_its_manifest_is_writ
 def test_records_read_as_the_image_folder_they_were_written_from(digits, tmp_path):
     folder = load_data(DataConfig(source=_image_folder(digits, tmp_path), color_mode="grayscale"), 0)
     records = load_data(DataConfig(source=_records(digits, tmp_path), color_mode="grayscale"), 0)
-    inputs = {name: sorted(zip(split.labels, map(bytes, split.read()), strict=True))
-              for name, split in folder.splits.items()}
-    assert sum(map(len, inputs.values())) == sum(len(split) for split in records.splits.values())
-    everything = sorted(sum(inputs.values(), []))
-    assert everything == sorted((y, bytes(x)) for split in records.splits.values()
-                                for y, x in zip(split.labels, split.read(), strict=True))
+    def samples(data: Dataset) -> list[tuple[int, bytes]]:
+        return sorted((y, bytes(x)) for split in data.splits.values()
+                      for y, x in zip(split.labels, split.read(), strict=True))
+
+    assert len(samples(records)) == SAMPLES
+    assert samples(records) == samples(folder)
 
 
 def test_a_list_feature_is_read_in_the_declared_shape(tmp_path):
