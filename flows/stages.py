@@ -81,6 +81,7 @@ def check_inputs(params: Params) -> None:
     from tasks.qat import quantize_aware
     from tasks.quantize import calibration_samples, check_quantizable
     from tasks.sparsify import check_prunable
+    from tasks.views import check_augment
 
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
@@ -88,6 +89,7 @@ def check_inputs(params: Params) -> None:
     warn_if_uncertifiable(params.gate, len(inputs.data.test))  # the test split: known from here
     warn_if_oversubscribed(params.evaluate)
     warn_if_scaled_twice(inputs.teacher, inputs.data)
+    check_augment(params.distill.augment, inputs.data.input_shape)
     if params.sparsify.enabled:
         check_prunable(inputs.teacher, params.sparsify)
     student = inputs.teacher  # the architecture quantize receives, untrained

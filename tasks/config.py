@@ -197,6 +197,12 @@ class DistillConfig(Training):
     alpha: float = Field(
         0.1, ge=0, le=1, description="Weight of the hard-label loss; 1 - alpha weighs the KD loss."
     )
+    augment: Literal["none", "flip_crop", "mixup"] = Field(
+        "none",
+        description="Training views, the teacher's logits computed on each (consistent teaching): "
+        "`none` | `flip_crop` (images: random left-right flip, shift by up to 1/8) | `mixup` "
+        "(each sample mixed with another of its batch, at least half itself).",
+    )
     epochs: PositiveInt = Field(40, description="Distillation epochs.")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Adam learning rate.")
 

@@ -29,6 +29,7 @@ from tasks.config import DistillConfig, GateConfig, SparsifyConfig, StudentInit,
 from tasks.errors import InputError
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
+    EPSILON,
     fit,
     outputs_probabilities,
     overall_sparsity,
@@ -39,9 +40,9 @@ from tasks.models import (
 from tasks.paired import PairedDrop, paired_drop, uncertifiable
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
+from tasks.views import consistent_views
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
-EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 
 
 def derive_student(source: keras.Model, width: float, init: StudentInit) -> keras.Model:
@@ -119,14 +120,16 @@ def logits(model: keras.Model, split: Split) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SoftTargets:
-    """The teacher's logits on the training and validation splits of one data set."""
+    """The teacher and its logits on the training and validation splits of one data set (on
+    augmented views it runs again: tasks/views.py)."""
 
+    teacher: keras.Model
     train: np.ndarray
     val: np.ndarray
 
 
 def soft_targets(teacher: keras.Model, data: Dataset) -> SoftTargets:
-    return SoftTargets(logits(teacher, data.train), logits(teacher, data.val))
+    return SoftTargets(teacher, logits(teacher, data.train), logits(teacher, data.val))
 
 
 class DistillationLoss(keras.losses.Loss):
@@ -193,7 +196,8 @@ def fit_to_teacher(
     callbacks: list[keras.callbacks.Callback] = (),
 ) -> None:
     """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and train it
-    (`training`: epochs, batch size, rate) on the labels packed with the teacher's logits.
+    (`training`: epochs, batch size, rate) on the labels packed with the teacher's logits: on
+    `cfg.augment`'s views, the teacher's logits on each view.
 
     Distillation and quantization-aware fine-tuning (tasks/qat.py) both train this way."""
     student.compile(
@@ -201,7 +205,11 @@ def fit_to_teacher(
         loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
         metrics=[packed_accuracy],
     )
-    fit(student, data, training, callbacks, targets=(targets.train, targets.val))
+    views = None
+    if cfg.augment != "none":
+        views = consistent_views(data.train.batches(training.batch_size, shuffle=True),
+                                 targets.teacher, cfg.augment)
+    fit(student, data, training, callbacks, targets=(targets.train, targets.val), training=views)
 
 
 def narrowest_within_budget(

@@ -19,6 +19,7 @@ from tasks.progress import epoch_listener
 from tasks.splits import Dataset
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 
 def seed_everything(seed: int) -> None:
     """Make weight init, shuffling and dropout repeatable (CPU kernels are then deterministic)."""
@@ -139,10 +140,12 @@ def fit(
     cfg: Training,
     callbacks: list[keras.callbacks.Callback] = (),
     targets: tuple[np.ndarray, np.ndarray] | None = None,
+    training: tf.data.Dataset | None = None,
 ) -> keras.callbacks.History:
     """Train on the training split (shuffled each epoch), validated on the validation split;
-    `targets`: rows packed after each split's labels (distillation's teacher logits). A progress
-    bar on a terminal, one line per epoch otherwise."""
+    `targets`: rows packed after each split's labels (distillation's teacher logits); `training`:
+    the training batches instead (augmented views). A progress bar on a terminal, one line per
+    epoch otherwise."""
     callbacks = list(callbacks)
     listener = epoch_listener.get()
     if listener is not None:
@@ -150,8 +153,10 @@ def fit(
             on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs, logs or {})
         ))
     train_targets, val_targets = targets or (None, None)
+    if training is None:
+        training = data.train.batches(cfg.batch_size, shuffle=True, targets=train_targets)
     return model.fit(
-        data.train.batches(cfg.batch_size, shuffle=True, targets=train_targets),
+        training,
         epochs=cfg.epochs,
         validation_data=data.val.batches(cfg.batch_size, targets=val_targets),
         callbacks=callbacks,

@@ -48,7 +48,7 @@ def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.nda
             f"{available} samples; set it to at most {available}"
         )
     chosen = np.random.default_rng(seed).permutation(available)[: cfg.calibration_samples]
-    return data.train.read(np.sort(chosen))
+    return data.train.read(chosen)
 
 
 def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray,

@@ -22,6 +22,7 @@ from tasks.errors import InputError
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity
 from tasks.quantize import convert_to_tflite
+from tasks.views import check_augment, consistent_views
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -219,3 +220,29 @@ def test_auto_width_names_a_validation_split_too_small_to_narrow(caplog):
     assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), 144)
     assert "144 samples cannot certify a drop of 1.00 pt" in caplog.text
     assert "that takes 268 samples" in caplog.text and "data.val_fraction" in caplog.text
+
+
+@pytest.mark.parametrize("augment", ["flip_crop", "mixup"])
+def test_the_teacher_labels_the_very_view_the_student_trains_on(trained_cnn, digits, augment):
+    batches = digits.train.batches(16, shuffle=True)
+    views = consistent_views(batches, trained_cnn, augment)
+    (clean, _), (x, packed) = next(iter(batches)), next(iter(views))
+    assert x.shape == clean.shape and packed.shape == (16, 11)
+    np.testing.assert_allclose(packed[:, 1:], np.log(trained_cnn(x).numpy() + 1e-7), atol=1e-5)
+    assert set(np.unique(packed[:, 0])) <= set(range(10))
+    assert not np.allclose(x, clean)  # a new view, not the inputs
+
+
+def test_flip_crop_is_refused_for_samples_that_are_not_images():
+    check_augment("flip_crop", (8, 8, 1))
+    check_augment("mixup", (20,))
+    with pytest.raises(InputError, match=r"distill.augment: flip_crop .* shape \(20,\); use mixup"):
+        check_augment("flip_crop", (20,))
+
+
+def test_distillation_on_augmented_views_learns(trained_cnn, digits):
+    cfg = DistillConfig(epochs=3, augment="mixup", alpha=0.0)  # the teacher's logits alone
+    student = distill(trained_cnn, derive_student(trained_cnn, 0.5, "teacher"), digits, cfg,
+                      SparsifyConfig(enabled=False))
+    predicted = student.predict(digits.val.read(), verbose=0).argmax(axis=1)
+    assert np.mean(predicted == digits.val.labels) > 0.4  # chance: 0.1

@@ -112,7 +112,7 @@ BAD_OVERRIDES = [
     ),
     pytest.param(
         ["data.source=csv:x.csv"],
-        r"data\.source = 'csv:x\.csv': must be `digits`, `npz:PATH` or `images:DIR`",
+        r"data\.source = 'csv:x\.csv': must be `digits`, `npz:PATH`, `images:DIR` or `tfrecord:PATH`",
         id="bad-data-source",
     ),
     pytest.param(
