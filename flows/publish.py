@@ -22,7 +22,7 @@ from flows.report import markdown_report, markdown_table, sensitivity_rows, summ
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
-from tasks.progress import epoch_listener
+from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
     from flows.registry import Gated
@@ -39,12 +39,15 @@ class Progress:
     def stage(self, name: str) -> Iterator[None]:
         done = self.stages.index(name)
         share = 100.0 / len(self.stages)
-        token = epoch_listener.set(
+        epochs = epoch_listener.set(
             lambda fraction, _logs: self._set(share * (done + fraction), name))
+        batches = batch_listener.set(lambda fraction, rate: self._set(
+            share * (done + fraction), f"{name}, {rate:,.0f} samples/s"))
         try:
             yield
         finally:
-            epoch_listener.reset(token)
+            epoch_listener.reset(epochs)
+            batch_listener.reset(batches)
         self._set(share * (done + 1), name)
 
     def _set(self, percent: float, stage: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tasks import progress
 from tasks.artifacts import atomic_path
 from tasks.config import Training
 from tasks.errors import InputError
 from tasks.keras3 import read_keras3
 from tasks.model_files import code_refused, refuse_code, stored_model
-from tasks.progress import epoch_listener
+from tasks.progress import BatchListener, batch_listener, epoch_listener
 from tasks.splits import Dataset
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
@@ -152,6 +154,8 @@ def fit(
         callbacks.append(keras.callbacks.LambdaCallback(
             on_epoch_end=lambda epoch, logs: listener((epoch + 1) / cfg.epochs, logs or {})
         ))
+    if batch_listener.get() is not None:
+        callbacks.append(BatchProgress(batch_listener.get(), cfg))
     train_targets, val_targets = targets or (None, None)
     if training is None:
         training = data.train.batches(cfg.batch_size, shuffle=True, targets=train_targets)
@@ -162,6 +166,30 @@ def fit(
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
+
+
+class BatchProgress(keras.callbacks.Callback):
+    """Tells a `BatchListener` the share of `fit` done and the training samples per second, at
+    most every BATCH_SECONDS (read when training starts)."""
+
+    def __init__(self, listener: BatchListener, cfg: Training):
+        super().__init__()
+        self.listener, self.cfg = listener, cfg
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = self.told = time.monotonic()
+        self.every, self.samples, self.epoch = progress.BATCH_SECONDS, 0, 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.samples += self.cfg.batch_size  # the last batch may be smaller: a rate, not a count
+        now = time.monotonic()
+        if now - self.told >= self.every:
+            self.told = now
+            done = (self.epoch + (batch + 1) / self.params["steps"]) / self.cfg.epochs
+            self.listener(done, self.samples / (now - self.start))
 
 
 def kernels(model: keras.Model) -> dict[str, np.ndarray]:

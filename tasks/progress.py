@@ -11,3 +11,9 @@ from contextvars import ContextVar
 # stop hopeless training early (by raising); the compute layer stays free of any orchestrator.
 EpochListener = Callable[[float, dict[str, float]], None]
 epoch_listener: ContextVar[EpochListener | None] = ContextVar("epoch_listener", default=None)
+
+# Told the share of training done and the samples per second since it began, within epochs, at
+# most every BATCH_SECONDS: long epochs move the flow's progress bar too.
+BatchListener = Callable[[float, float], None]
+batch_listener: ContextVar[BatchListener | None] = ContextVar("batch_listener", default=None)
+BATCH_SECONDS = 10.0

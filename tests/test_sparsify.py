@@ -3,9 +3,10 @@
 import pytest
 import tf_keras as keras
 
-from tasks.config import SparsifyConfig
+from tasks import progress
+from tasks.config import SparsifyConfig, Training
 from tasks.errors import InputError
-from tasks.models import layer_sparsity, overall_sparsity
+from tasks.models import compile_classifier, fit, layer_sparsity, overall_sparsity
 from tasks.sparsify import layer_targets, prune_at_once, pruning_schedule, sparsify
 
 
@@ -82,3 +83,19 @@ def test_prune_at_once_reaches_each_layers_target_and_the_2_4_pattern(tiny_cnn):
     dense = paired.get_layer("dense").get_weights()[0]  # [in, out]: blocks of 4 inputs
     assert ((dense.T.reshape(-1, 4) == 0).sum(axis=1) >= 2).all()
     assert layer_sparsity(paired)["conv/kernel"] == 0  # skipped: left dense
+
+
+def test_long_epochs_report_progress_and_samples_per_second_within_epochs(
+        trained_cnn, digits, monkeypatch):
+    told = []
+    monkeypatch.setattr(progress, "BATCH_SECONDS", 0.0)  # every batch
+    token = progress.batch_listener.set(lambda done, rate: told.append((done, rate)))
+    try:
+        compile_classifier(trained_cnn, 1e-3)
+        fit(trained_cnn, digits, Training(epochs=2, batch_size=50))
+    finally:
+        progress.batch_listener.reset(token)
+    steps = -(-len(digits.train) // 50)
+    expected = [(i + 1) / (2 * steps) for i in range(2 * steps)]
+    assert [done for done, _ in told] == pytest.approx(expected)
+    assert all(rate > 0 for _, rate in told)
