@@ -9,6 +9,7 @@ manifest do not need it.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from tasks.sources import (
     Source,
     index_records,
     read_digits,
+    read_npz_array,
 )
 from tasks.splits import Dataset, Split
 
@@ -47,8 +49,9 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
 
 def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        with zipfile.ZipFile(path) as archive:
+            names = [name.removesuffix(".npy") for name in archive.namelist()]
+        arrays = {name: read_npz_array(path, name) for name in names}
     except Exception as exc:  # zipfile, pickle and format errors all mean "not a readable npz"
         raise InputError(f"data.source: cannot read {path} as .npz ({exc})") from exc
 

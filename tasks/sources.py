@@ -14,6 +14,7 @@ import importlib.util
 import io
 import os
 import struct
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from tasks.errors import InputError
 _decoders = ThreadPoolExecutor(os.cpu_count() or 1)  # Pillow and zlib release the GIL
 RECORD_HEADER = struct.Struct("<QI")  # TFRecord: length, masked CRC of the length; then the
 RECORD_FOOTER = 4                     # data and its masked CRC
+ZIP_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # a zip member's header, 30 bytes, before its name
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +90,9 @@ def _tuples(value: list) -> tuple:
 @dataclass(frozen=True, eq=False)
 class Arrays(Source):
     """An npz file's array `array` at `path`, the built-in digits (no path), or arrays handed in
-    by code (`Arrays.of`: no manifest)."""
+    by code (`Arrays.of`: no manifest). An npz array stored uncompressed (`np.savez`) is
+    memory-mapped: the OS pages in the rows read, so its size does not bound the run's memory;
+    a compressed one (`np.savez_compressed`) is read whole."""
 
     path: str = ""
     array: str = ""
@@ -101,13 +105,34 @@ class Arrays(Source):
     def stored(self) -> np.ndarray | None:
         if not self.path:
             return read_digits()[0]
-        with np.load(self.path, allow_pickle=False) as arrays:
-            return arrays[self.array]
+        return read_npz_array(Path(self.path), self.array)
 
     def manifest(self) -> dict:
         if self.array == "memory":
             raise ValueError("arrays handed in by code have no manifest: they cannot be reopened")
         return super().manifest()
+
+
+def read_npz_array(path: Path, name: str) -> np.ndarray:
+    """Array `name` of the npz at `path`: memory-mapped where stored uncompressed (a zip member
+    is a .npy file at an offset: its local header, then the .npy header, then the data)."""
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo(f"{name}.npy")
+    if member.compress_type != zipfile.ZIP_STORED:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays[name]
+    with open(path, "rb") as f:
+        f.seek(member.header_offset + ZIP_LOCAL_HEADER.size - 4)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(member.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        if dtype.hasobject:
+            raise ValueError(f"{name} holds Python objects, which are never unpickled")
+        offset = f.tell()
+    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran_order else "C")
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -237,6 +237,11 @@ BAD_INPUTS = [
     pytest.param(lambda p: f"images:{p / 'missing'}", r"missing does not exist", id="missing-dir"),
     pytest.param(_corrupt_npz, r"cannot read .*data\.npz as \.npz", id="corrupt-npz"),
     pytest.param(
+        lambda p: _npz(p, x=np.array([{}] * N, dtype=object), y=_y()),
+        r"cannot read .*data\.npz as \.npz \(x holds Python objects",
+        id="object-array",
+    ),
+    pytest.param(
         lambda p: _npz(p, a=_x(), b=_y()),
         r"holds arrays \['a', 'b'\]; expected x_train, y_train, x_test, y_test",
         id="wrong-array-names",
@@ -387,3 +392,16 @@ def test_an_epoch_of_a_streamed_folder_holds_a_few_batches_not_the_data_set(
 def _saved(data: Dataset, folder: Path) -> Path:
     data.save(folder / "splits.json")
     return folder / "splits.json"
+
+
+def test_an_uncompressed_npz_is_memory_mapped_and_reads_as_a_compressed_one(tmp_path):
+    x, y = _x(dtype=np.uint8), _y()
+    x = np.asfortranarray(x)  # the .npy header's order is honoured too
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    plain, packed = _load(f"npz:{tmp_path / 'plain.npz'}"), _load(f"npz:{tmp_path / 'packed.npz'}")
+    assert isinstance(plain.train.source.stored, np.memmap)
+    assert not isinstance(packed.train.source.stored, np.memmap)
+    for name in SPLITS:
+        np.testing.assert_array_equal(plain.splits[name].read(), packed.splits[name].read())
+        assert plain.splits[name].digest == packed.splits[name].digest
