@@ -11,11 +11,15 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tasks.artifacts import atomic_path
 from tasks.sources import Arrays, Source
+
+if TYPE_CHECKING:
+    import tensorflow as tf  # imported by `batches`: reading a manifest needs numpy only
 
 BATCH = 256  # samples per batch when predicting or checking: a bounded amount of memory
 PREFETCH = 2  # batches tf.data reads ahead of training (AUTOTUNE's buffer may grow with RAM)
@@ -61,7 +65,7 @@ class Split:
         return np.concatenate([predict(x) for x in self.chunks()])
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                targets: np.ndarray | None = None):
+                targets: np.ndarray | None = None) -> tf.data.Dataset:
         """A tf.data pipeline of (inputs, labels) batches, read and decoded in parallel and
         prefetched; `targets` (one row per sample) come after the label in each target row, as
         distillation packs the teacher's logits. Shuffled anew each epoch from TensorFlow's
@@ -106,11 +110,6 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-
-    @classmethod
-    def of(cls, *arrays: np.ndarray) -> Dataset:
-        """From in-memory x_train, y_train, x_val, y_val, x_test, y_test (tests, benchmarks)."""
-        return cls(*(Split.of(x, y) for x, y in zip(arrays[::2], arrays[1::2], strict=True)))
 
     @property
     def num_classes(self) -> int:
