@@ -14,8 +14,9 @@ import importlib.util
 import io
 import os
 import struct
+import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -147,7 +148,8 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
 @dataclass(frozen=True, eq=False)
 class Pictures(Source):
     """Encoded images, decoded to `size` (height, width), grayscale or RGB, by Pillow (every
-    format it reads); held in memory once decoded when they fit in `cache_bytes`."""
+    format it reads); held in memory once decoded when they fit in `cache_bytes`, otherwise
+    decoded once per process into a temporary file (`Decoded`) as rows are first read."""
 
     size: tuple[int, int] = (0, 0)
     grayscale: bool = False
@@ -158,18 +160,25 @@ class Pictures(Source):
 
     @cached_property
     def stored(self) -> np.ndarray | None:
-        fits = len(self) * np.prod(self.sample_shape) * self.item_bytes <= self.cache_bytes
-        return self._read_files(np.arange(len(self))) if fits else None
+        fits = len(self) * np.prod(self.sample_shape) * self.dtype.itemsize <= self.cache_bytes
+        return self._decode_rows(np.arange(len(self))) if fits else None
 
     @property
-    def item_bytes(self) -> int:
-        return 1  # uint8 pixels
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)  # pixels
+
+    @cached_property
+    def _decoded(self) -> Decoded:
+        return Decoded(len(self), self.sample_shape, self.dtype)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return (*self.size, 1 if self.grayscale else 3)
 
     def _read_files(self, rows: np.ndarray) -> np.ndarray:
+        return self._decoded.read(rows, self._decode_rows)
+
+    def _decode_rows(self, rows: np.ndarray) -> np.ndarray:
         images = np.stack(list(_decoders.map(self._decode, rows)))
         return images[..., None] if self.grayscale else images
 
@@ -234,16 +243,16 @@ class Records(Pictures):
         return len(self.records)
 
     @property
-    def item_bytes(self) -> int:
-        return 8 if self.shape else 1  # a float or int list's values: up to int64
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.shape else np.uint8)  # a list's values: as read()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return self.shape or super().sample_shape
 
-    def _read_files(self, rows: np.ndarray) -> np.ndarray:
+    def _decode_rows(self, rows: np.ndarray) -> np.ndarray:
         if not self.shape:
-            return super()._read_files(rows)
+            return super()._decode_rows(rows)
         return np.stack([self._values(row).reshape(self.shape) for row in rows])
 
     def example(self, row: int):
@@ -257,8 +266,7 @@ class Records(Pictures):
 
     def _values(self, row: int) -> np.ndarray:
         value = self.example(row).features.feature[self.feature]
-        listed = value.float_list.value or value.int64_list.value
-        return np.asarray(listed, dtype=np.float32 if value.float_list.value else np.int64)
+        return np.asarray(value.float_list.value or value.int64_list.value, dtype=np.float32)
 
     def _open(self, row: int) -> BinaryIO:
         return io.BytesIO(self.example(row).features.feature[self.feature].bytes_list.value[0])
@@ -266,6 +274,33 @@ class Records(Pictures):
     def describe(self, row: int) -> str:
         file, offset, _ = self.records[row]
         return f"{self.files[file]} (record at byte {offset})"
+
+
+class Decoded:
+    """Samples decoded once per process into a temporary file, filled as rows are first read:
+    later epochs read them back (from the OS's page cache, not the process's memory) instead of
+    decoding again, as tf.data's `cache(filename)`. Needs the decoded size free in TMPDIR."""
+
+    def __init__(self, count: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.shape, self.dtype = shape, dtype
+        self.row_bytes = int(np.prod(shape)) * dtype.itemsize
+        # open as long as the source lives; the OS deletes it when closed, or at exit
+        self.file = tempfile.TemporaryFile(prefix="shrinkflow-decoded-")  # noqa: SIM115
+        os.ftruncate(self.file.fileno(), count * self.row_bytes)  # sparse until written
+        self.filled = np.zeros(count, dtype=bool)
+
+    def read(self, rows: np.ndarray, decode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The samples at `rows`, decoding (`decode`) and writing those never read before."""
+        rows = np.asarray(rows)
+        fd = self.file.fileno()
+        missing = rows[~self.filled[rows]]
+        if len(missing):
+            for row, sample in zip(missing, decode(missing), strict=True):
+                os.pwrite(fd, np.ascontiguousarray(sample, self.dtype).tobytes(),
+                          int(row) * self.row_bytes)
+            self.filled[missing] = True  # after the writes: a filled row is always on disk
+        data = b"".join(os.pread(fd, self.row_bytes, int(row) * self.row_bytes) for row in rows)
+        return np.frombuffer(data, self.dtype).reshape(len(rows), *self.shape)
 
 
 def index_records(files: list[Path]) -> list[tuple[int, int, int]]:

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from tasks.config import DataConfig
 from tasks.data import load_data
 from tasks.errors import InputError
+from tasks.sources import ImageFiles
 from tasks.splits import Dataset, Split
 
 SPLITS = ("train", "val", "test")
@@ -405,3 +406,13 @@ def test_an_uncompressed_npz_is_memory_mapped_and_reads_as_a_compressed_one(tmp_
     for name in SPLITS:
         np.testing.assert_array_equal(plain.splits[name].read(), packed.splits[name].read())
         assert plain.splits[name].digest == packed.splits[name].digest
+
+
+def test_a_streamed_folder_decodes_each_image_once_per_process(image_dir, tmp_path, monkeypatch):
+    data = Dataset.load(_saved(_streamed(image_dir), tmp_path))  # as a stage opens it
+    decoded = []
+    decode = ImageFiles._decode
+    monkeypatch.setattr(ImageFiles, "_decode", lambda self, row: decoded.append(row) or decode(self, row))
+    epochs = [data.train.read(), data.train.read(np.arange(len(data.train))[::-1])]
+    np.testing.assert_array_equal(epochs[0], epochs[1][::-1])  # read back from the decoded file
+    assert sorted(decoded) == sorted(data.train.rows.tolist())
