@@ -39,7 +39,7 @@ def load_data(cfg: DataConfig, seed: int) -> Dataset:
     kind, _, location = cfg.source.partition(":")
     if kind == "digits":
         _, y = read_digits()
-        return _checked(_split(Arrays(DIGITS_DIVISOR), y, cfg, seed), cfg.source)
+        return _checked(_split(Arrays(divisor=DIGITS_DIVISOR), y, cfg, seed), cfg.source)
     path = Path(location).expanduser().resolve()
     if not path.exists():
         raise InputError(f"data.source: {path} does not exist; point `{kind}:` at a real path")
@@ -57,7 +57,8 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
 
     def source(name: str) -> Arrays:
         _check_numeric(arrays[name], name)
-        return Arrays(_divisor(arrays[name].dtype, cfg), str(path), name).holding(arrays[name])
+        divisor = _divisor(arrays[name].dtype, cfg)
+        return Arrays(divisor=divisor, path=str(path), array=name).holding(arrays[name])
 
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         _check_lengths(arrays["x_train"], arrays["y_train"], "x_train", "y_train")

@@ -31,7 +31,7 @@ from tasks.errors import InputError
 _decoders = ThreadPoolExecutor(os.cpu_count() or 1)  # Pillow and zlib release the GIL
 RECORD_HEADER = struct.Struct("<QI")  # TFRecord: length, masked CRC of the length; then the
 RECORD_FOOTER = 4                     # data and its masked CRC
-ZIP_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # a zip member's header, 30 bytes, before its name
+ZIP_LOCAL_HEADER_BYTES = 30  # before a zip member's name; its last 4: name and extra lengths
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,8 +56,10 @@ class Source:
 
     @property
     def memory_bytes(self) -> int:
-        """What this source holds in memory in a process that reads it."""
-        return 0 if self.stored is None else self.stored.nbytes
+        """What this source holds in memory in a process that reads it (a memory-mapped array:
+        nothing, the OS's page cache holds what was read)."""
+        stored = self.stored
+        return 0 if stored is None or isinstance(stored, np.memmap) else stored.nbytes
 
     def holding(self, array: np.ndarray) -> Source:
         """This source with its samples already read: what `stored` would read."""
@@ -123,9 +125,9 @@ def read_npz_array(path: Path, name: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as arrays:
             return arrays[name]
     with open(path, "rb") as f:
-        f.seek(member.header_offset + ZIP_LOCAL_HEADER.size - 4)
+        f.seek(member.header_offset + ZIP_LOCAL_HEADER_BYTES - 4)
         name_length, extra_length = struct.unpack("<HH", f.read(4))
-        f.seek(member.header_offset + ZIP_LOCAL_HEADER.size + name_length + extra_length)
+        f.seek(member.header_offset + ZIP_LOCAL_HEADER_BYTES + name_length + extra_length)
         version = np.lib.format.read_magic(f)
         read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
             version, np.lib.format.read_array_header_2_0)
