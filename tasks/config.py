@@ -97,8 +97,9 @@ class DataConfig(Section):
     )
     color_mode: Literal["grayscale", "rgb"] = Field("rgb", description="Channels for images:DIR.")
     cache_mb: int = Field(
-        1024, ge=0, description="images:DIR decoded up to this size (uint8) are held in memory, decoded "
-        "once per stage; larger folders are decoded a batch at a time every epoch (0: always)."
+        1024, ge=0, description="Images (folder, tfrecord) up to this size decoded (uint8) are held "
+        "in memory; larger sets stream: decoded once per stage into a temporary file, read a "
+        "batch at a time (0: always)."
     )
     record_input: str = Field("image", description="tfrecord: the feature holding the input: "
                               "encoded image bytes, or a float or int list of record_shape.")
