@@ -218,8 +218,8 @@ def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:
 
 
 def log_data_and_teacher(params: Params, ws: Workspace) -> None:
-    """The splits the run used (artifacts/splits.json) as MLflow datasets, and how a teacher file was
-    read, so that runs on other data or another teacher show it."""
+    """The splits the run used (artifacts/splits.json) as MLflow datasets, and how a teacher file
+    was read, so that runs on other data or another teacher show it."""
     inputs = load_inputs(params.data, params.model)
     log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
     if inputs["model.source"] is not None:  # a file, not built here

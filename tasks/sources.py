@@ -204,7 +204,8 @@ class Pictures(Source):
             with self._open(row) as file, Image.open(file) as image:
                 yield image
         except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"data.source: cannot read image {self.describe(row)} ({exc})") from exc
+            raise InputError(
+                f"data.source: cannot read image {self.describe(row)} ({exc})") from exc
 
     def _open(self, row: int) -> BinaryIO:
         raise NotImplementedError

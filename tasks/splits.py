@@ -96,7 +96,8 @@ class Split:
         md5 = hashlib.md5(f"{(len(self), *self.sample_shape)}float32".encode())
         for x in self.chunks():
             if not np.all(np.isfinite(x)):
-                raise ValueError("contains NaN, inf or values beyond float32; clean or rescale them")
+                raise ValueError(
+                    "contains NaN, inf or values beyond float32; clean or rescale them")
             md5.update(x.tobytes())
         md5.update(f"{self.labels.shape}{self.labels.dtype}".encode())
         md5.update(self.labels.tobytes())

@@ -412,7 +412,8 @@ def test_a_streamed_folder_decodes_each_image_once_per_process(image_dir, tmp_pa
     data = Dataset.load(_saved(_streamed(image_dir), tmp_path))  # as a stage opens it
     decoded = []
     decode = ImageFiles._decode
-    monkeypatch.setattr(ImageFiles, "_decode", lambda self, row: decoded.append(row) or decode(self, row))
+    monkeypatch.setattr(ImageFiles, "_decode",
+                        lambda self, row: decoded.append(row) or decode(self, row))
     epochs = [data.train.read(), data.train.read(np.arange(len(data.train))[::-1])]
     np.testing.assert_array_equal(epochs[0], epochs[1][::-1])  # read back from the decoded file
     assert sorted(decoded) == sorted(data.train.rows.tolist())

@@ -51,9 +51,10 @@ def _records(digits: Dataset, root: Path) -> str:
     for part in range(2):
         with tf.io.TFRecordWriter(str(root / "records" / f"digits-{part}.tfrecord")) as writer:
             for i in range(part, SAMPLES, 2):
-                writer.write(_example(
-                    image=tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(_pixels(digits, i))])),
-                    label=tf.train.Feature(int64_list=tf.train.Int64List(value=[digits.train.labels[i]]))))
+                png = tf.train.BytesList(value=[_png(_pixels(digits, i))])
+                label = tf.train.Int64List(value=[digits.train.labels[i]])
+                writer.write(_example(image=tf.train.Feature(bytes_list=png),
+                                      label=tf.train.Feature(int64_list=label)))
     return f"tfrecord:{root / 'records'}"
 
 
@@ -81,8 +82,9 @@ def test_streamed_data_goes_through_the_whole_flow_and_only_its_manifest_is_writ
 
 
 def test_records_read_as_the_image_folder_they_were_written_from(digits, tmp_path):
-    folder = load_data(DataConfig(source=_image_folder(digits, tmp_path), color_mode="grayscale"), 0)
-    records = load_data(DataConfig(source=_records(digits, tmp_path), color_mode="grayscale"), 0)
+    grey = {"color_mode": "grayscale"}
+    folder = load_data(DataConfig(source=_image_folder(digits, tmp_path), **grey), 0)
+    records = load_data(DataConfig(source=_records(digits, tmp_path), **grey), 0)
     def samples(data: Dataset) -> list[tuple[int, bytes]]:
         return sorted((y, bytes(x)) for split in data.splits.values()
                       for y, x in zip(split.labels, split.read(), strict=True))
