@@ -30,6 +30,7 @@ from tasks.errors import InputError
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
     EPSILON,
+    as_logits,
     fit,
     outputs_probabilities,
     overall_sparsity,
@@ -147,7 +148,7 @@ class DistillationLoss(keras.losses.Loss):
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         labels, teacher_logits = tf.cast(y_true[:, 0], tf.int32), y_true[:, 1:]
-        student_logits = tf.math.log(y_pred + EPSILON) if self.student_probabilities else y_pred
+        student_logits = as_logits(y_pred, self.student_probabilities)
         hard = keras.losses.sparse_categorical_crossentropy(labels, student_logits, from_logits=True)
         t = self.temperature
         soft = keras.losses.kl_divergence(

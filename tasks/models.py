@@ -102,6 +102,12 @@ def outputs_probabilities(model: keras.Model) -> bool:
     return isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
 
 
+def as_logits(outputs: tf.Tensor, probabilities: bool) -> tf.Tensor:
+    """A model's outputs as logits: for a softmax model, log-probabilities (equal up to a
+    constant)."""
+    return tf.math.log(outputs + EPSILON) if probabilities else outputs
+
+
 def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
     """The model must take the data's samples and have an output for every label."""
     expected = tuple(model.input_shape[1:])

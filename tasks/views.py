@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tasks.errors import InputError
-from tasks.models import EPSILON, outputs_probabilities
+from tasks.models import as_logits, outputs_probabilities
 from tasks.splits import PREFETCH
 
 
@@ -35,8 +35,7 @@ def consistent_views(batches: tf.data.Dataset, teacher: keras.Model,
 
     def pack(x: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = view(x)
-        outputs = teacher(x, training=False)
-        logits = tf.math.log(outputs + EPSILON) if probabilities else outputs
+        logits = as_logits(teacher(x, training=False), probabilities)
         return x, tf.concat([tf.cast(labels[:, None], tf.float32), logits], axis=1)
 
     return batches.map(pack).prefetch(PREFETCH)
