@@ -50,8 +50,10 @@ from tasks.artifacts import Workspace
 from tasks.choice import search_refusal, search_summary
 from tasks.config import Params, TrackingConfig
 from tasks.errors import InputChanged
-from tasks.evaluate import headline, recorded_drop
+from tasks.evaluate import headline
+from tasks.gate import announce_rule, rule_for, weigh
 from tasks.inputs import read_steadily, stage_inputs
+from tasks.splits import Dataset
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -90,7 +92,8 @@ def compress(params: Params = Params(), workdir: str = ".",
                 metrics, changes, gated = record_run(params, root, name, before)
         publish_results(params, Workspace(root), metrics, gated, announcer.mlflow_url)
     if gated.decision.promote:
-        announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason)
+        announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason,
+                           gated.certified)
     return {
         "metrics": metrics,
         "stages": stages,
@@ -99,6 +102,7 @@ def compress(params: Params = Params(), workdir: str = ".",
         "mlflow_run_id": run.info.run_id,
         "model_version": gated.version,
         "promoted": gated.decision.promote,
+        "certified": gated.certified,
         "gate": gated.decision.reason,
         "search": search_summary(Workspace(root)),
     }
@@ -142,6 +146,8 @@ def run_stages(params: Params, root: Path) -> tuple[dict[str, str], dict[str, Fi
     for stage in STAGES:
         with progress.stage(stage):
             stages[stage] = run_or_skip(stage, params, root, changed)
+        if stage == "load":  # the test split and the teacher's errors on it are known from here
+            announce_rule(rule_for(params.gate, Dataset.load(Workspace(root).data)), params.gate)
     return stages, before
 
 
@@ -203,9 +209,9 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
     changes = input_changes(before, recorded_inputs(root, params))
     remote = record_experiment(root, name)
     log_run(params, root, name, remote, changes, headline(metrics))
-    gated = register_and_gate(params.gate, params.evaluate, ws, recorded_drop(metrics),
-                              model_card(params, ws, metrics),
-                              search_refusal(ws))
+    gated = register_and_gate(params.gate, params.evaluate, ws,
+                              weigh(params.gate, Dataset.load(ws.data), metrics),
+                              model_card(params, ws, metrics), search_refusal(ws))
     get_run_logger().info("gate: version %s %s: %s", gated.version,
                           "promoted to champion" if gated.decision.promote else "not promoted",
                           gated.decision.reason)

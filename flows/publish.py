@@ -18,7 +18,13 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import markdown_report, markdown_table, sensitivity_rows, summary_rows
+from flows.report import (
+    markdown_report,
+    markdown_table,
+    promotion,
+    sensitivity_rows,
+    summary_rows,
+)
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
@@ -91,7 +97,7 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
 def publish_repeat(report: dict) -> None:
     """The report of a run that repeats an earlier one (flows/unchanged.py): which, and its model's
     figures."""
-    verdict = "promoted to `champion`" if report["promoted"] else "not promoted"
+    verdict = promotion(report["promoted"], report["certified"]).replace("champion", "`champion`")
     create_markdown_artifact(
         key="compress-report",
         description="Nothing changed: a repeat of an earlier run",
@@ -126,10 +132,14 @@ class Announcer:
             self._emit(RUN_FAILED, f"{type(exc).__name__}: {exc}")
             raise
 
-    def promoted(self, model_name: str, version: str, reason: str) -> None:
-        self._emit(CHAMPION_PROMOTED, f"{model_name} version {version} is the new champion: {reason}")
+    def promoted(self, model_name: str, version: str, reason: str, certified: bool) -> None:
+        """The promotion event; `certified` False (on the point estimate) is in its reason and
+        payload."""
+        self._emit(CHAMPION_PROMOTED, f"{model_name} version {version} is the new "
+                   f"{promotion(True, certified).removeprefix('promoted to ')}: {reason}",
+                   certified=certified)
 
-    def _emit(self, event: str, reason: str) -> None:
+    def _emit(self, event: str, reason: str, **payload: object) -> None:
         emit_event(
             event=event,
             resource={"prefect.resource.id": f"shrinkflow.run.{self.flow_run_id}",
@@ -137,5 +147,6 @@ class Announcer:
             related=[{"prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
                       "prefect.resource.role": "flow-run"}] if self.flow_run_id else None,
             payload={"run_name": self.run_name, "reason": reason,
-                     "mlflow_url": self.mlflow_url or "none (the run failed before its MLflow run)"},
+                     "mlflow_url": self.mlflow_url or "none (the run failed before its MLflow run)",
+                     **payload},
         )

@@ -19,8 +19,8 @@ from flows.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.evaluate import measure_tflite
-from tasks.gate import Decision, Interface, judge, not_comparable, uncertifiable
-from tasks.paired import PairedDrop, paired_drop
+from tasks.gate import Decision, Evidence, Interface, judge, not_comparable
+from tasks.paired import paired_drop
 from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
@@ -41,6 +41,7 @@ class Gated:
     measured: dict[str, float]  # gate.candidate.*, gate.champion.*, gate.*_drop* (see `_gate`)
     champion: str | None  # the champion's version at the time, if any
     card: str  # model_card.md, with the gate's verdict
+    certified: bool  # the accuracy drop certified (else, if promoted: on the point estimate)
 
 
 @dataclass(frozen=True)
@@ -50,27 +51,24 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      teacher_drop: PairedDrop, card: str,
-                      refusal: Decision | None = None) -> Gated:
+                      evidence: Evidence, card: str, refusal: Decision | None = None) -> Gated:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
-    gate measured goes on the version (as tags) and the run (as metrics), with `gate.warning` when
-    the test split is too small to ever pass. `teacher_drop` is the final model's paired drop vs
-    the teacher on the test split (metrics.json). A `refusal` decided before the gate (a search
-    that found nothing within its budget) stands. The model `card` (flows/model_card.py), with
-    the verdict appended, goes beside the .tflite in the registered model and the run, and is the
-    version's description in the registry."""
+    gate measured goes on the version (as tags) and the run (as metrics), with `gate.certified`
+    (false: decided on the point estimate, gate.require) and the drop the test split can certify.
+    `evidence` is the final model's drop vs the teacher (tasks/gate.py `weigh`). A `refusal`
+    decided before the gate (a search that found nothing likely to pass) stands. The model `card`
+    (flows/model_card.py), with the verdict appended, goes beside the .tflite in the registered
+    model and the run, and is the version's description in the registry."""
     champion = _champion(cfg.registered_model)
-    decision, measured = _gate(cfg, evaluate, ws, teacher_drop, champion)
+    decision, measured = _gate(cfg, evaluate, ws, evidence, champion)
     decision = refusal or decision
-    card += verdict(decision, champion.version if champion else None)
+    card += verdict(decision, champion.version if champion else None, evidence.certified)
     version = _register(cfg.registered_model, ws.model, card)
-    tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower()}
+    tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower(),
+            **evidence.tags()}
     if champion:
         tags["gate.champion.version"] = champion.version
-    warning = uncertifiable(cfg, teacher_drop.n)
-    if warning:
-        tags["gate.warning"] = warning
     mlflow.log_metrics(measured)
     mlflow.set_tags(tags | {VERSION_TAG: version})
     mlflow.log_text(card, MODEL_CARD)
@@ -82,21 +80,24 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
         client.set_registered_model_alias(cfg.registered_model, CHAMPION, version)
     else:
         client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
-    return Gated(version, decision, measured, champion.version if champion else None, card)
+    return Gated(version, decision, measured, champion.version if champion else None, card,
+                 evidence.certified)
 
 
-def verdict(decision: Decision, champion: str | None) -> str:
-    """The model card's last section: what the gate decided, and the champion it replaced."""
+def verdict(decision: Decision, champion: str | None, certified: bool) -> str:
+    """The model card's last section: what the gate decided, on what evidence, and the champion it
+    replaced."""
     if decision.promote:
-        outcome = f"Promoted to `{CHAMPION}`, " + (f"replacing version {champion}" if champion
-                                                   else "the first")
+        outcome = (f"Promoted to `{CHAMPION}`" + ("" if certified else
+                                                  " **uncertified** (on the point estimate)")
+                   + (f", replacing version {champion}" if champion else ", the first"))
     else:
         outcome = "Not promoted; " + (f"the champion stays version {champion}" if champion
                                       else "there is no champion yet")
     return f"\n## Registry\n\n{outcome}: {decision.reason}.\n"
 
 
-def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop: PairedDrop,
+def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, evidence: Evidence,
           champion: Champion | None) -> tuple[Decision, dict[str, float]]:
     """The decision, and what it rests on as metrics: `gate.candidate.*` / `gate.champion.*`, the
     paired drops `gate.teacher_drop*` (vs the teacher) and `gate.champion_drop*` (vs the
@@ -111,7 +112,7 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop
     data = Dataset.load(ws.data)
     candidate, predicted = measure_tflite(model, data, evaluate)
     measured = {"gate.candidate": candidate}
-    drops = {"gate.teacher_drop": teacher_drop}
+    drops = {"gate.teacher_drop": evidence.labels}
     refusal = (not_comparable(cfg, _interface(champion.tflite), _interface(model))
                if champion else None)
     if champion and not refusal:
@@ -119,12 +120,15 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, teacher_drop
                                                                        evaluate)
         drops["gate.champion_drop"] = paired_drop(champion_predicted == data.test.labels,
                                                   predicted == data.test.labels, cfg.confidence)
-    decision = refusal or judge(cfg, candidate, teacher_drop, measured.get("gate.champion"),
+    decision = refusal or judge(cfg, candidate, evidence, measured.get("gate.champion"),
                                 drops.get("gate.champion_drop"))
     metrics = {f"{who}.{key}": value for who, values in measured.items()
                for key, value in values.items()}
     for prefix, drop in drops.items():
         metrics |= drop_metrics(prefix, drop)
+    if evidence.fidelity:
+        metrics |= {f"gate.fidelity.{key}": value
+                    for key, value in evidence.fidelity.as_dict().items() if key != "confidence"}
     return decision, metrics
 
 

@@ -26,7 +26,7 @@ def run_summary(report: dict) -> str:
         done = "all stages up to date: nothing re-ran"
     else:
         done = ", ".join(f"{stage} {status}" for stage, status in stages.items())
-    verdict = "promoted to champion" if report["promoted"] else "not promoted"
+    verdict = promotion(report["promoted"], report.get("certified", True))
     since = report.get("unchanged_since")
     return "\n".join([
         f"stages: {done}",
@@ -39,6 +39,14 @@ def run_summary(report: dict) -> str:
         "",
         summary_table(report["metrics"]),
     ])
+
+
+def promotion(promoted: bool, certified: bool) -> str:
+    """`promoted to champion`, `promoted to champion UNCERTIFIED (on the point estimate)` or
+    `not promoted`: an uncertified promotion says so wherever a run's verdict is shown."""
+    if not promoted:
+        return "not promoted"
+    return "promoted to champion" + ("" if certified else " UNCERTIFIED (on the point estimate)")
 
 
 def input_changes(before: dict[str, Fingerprint], after: dict[str, Fingerprint]) -> list[str]:
@@ -67,7 +75,7 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, confidence: fl
                     search: str | None, links: dict[str, str]) -> str:
     """The Prefect report: teacher vs final, the gate's decision with the figures it rests on,
     the search's choice, and `links` (title -> URL)."""
-    verdict = "promoted to `champion`" if gated.decision.promote else "not promoted"
+    verdict = promotion(gated.decision.promote, gated.certified).replace("champion", "`champion`")
     return "\n".join([
         "# shrinkflow compress", "",
         markdown_table(summary_rows(metrics)), "",

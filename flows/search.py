@@ -7,19 +7,20 @@ only the workspace's data and teacher files (once per process; a remote cluster 
 workspace on a shared filesystem), report each epoch to the study's storage (for the pruner) and
 never touch MLflow.
 
-- One objective (gzip bytes or latency, `search.objective`), the accuracy budget a constraint
-  (`Trial.set_constraint`): the objective is known before training (tasks/estimate.py), so a
-  trial that cannot beat the best one within the budget is not trained at all, and a training
-  one stops as soon as another within the budget makes it one that cannot win.
+- One objective (gzip bytes or latency, `search.objective`), the chance to pass the gate a
+  constraint (`Trial.set_constraint`): the objective is known before training
+  (tasks/estimate.py), so a trial that cannot beat the best one likely to pass is not trained at
+  all, and a training one stops as soon as another likely to pass makes it one that cannot win.
 - One student per training choice: the quantization mode acts after training, so a trial that
   differs from an earlier one only in mode quantizes its student instead of training it again.
 - Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
   float student's validation drop in excess of the budget per epoch: past distill.epochs /
   factor^k epochs a trial goes on only while it is in the best 1/factor of the trials measured
   there, and those within the budget there all go on (size, not accuracy, decides between them).
-- Decisions are paired statistics (tasks/paired.py): a trial is within budget when the upper
-  confidence bound of its drop vs the teacher is, on the validation split's selection part; the
-  chosen one must confirm it on the confirmation part, which the sampler and pruner never see.
+- Choosing aims at the gate (tasks/power.py): a trial counts ("within") when its chance of
+  passing the gate's rule on the test split, from its paired counts vs the teacher on the
+  validation split's selection part, is at least LIKELY; the chosen one must be likely from the
+  confirmation part too, which the sampler and pruner never see. The gate certifies, not this.
 - The study's journal file in .shrinkflow/ (file-locked: workers on other processes or hosts
   sharing the workspace write to it) lets a killed search resume: the study is named after
   everything that decides a trial's outcome, so the same search finds its finished trials again.
@@ -66,15 +67,15 @@ from tasks.choice import Choice, apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
 from tasks.models import read_model
+from tasks.gate import RuleChoice, announce_rule, rule_for
 from tasks.paired import PairedDrop
 from tasks.plots import plot_pareto
+from tasks.power import LIKELY
 from tasks.search import (
     OBJECTIVE_KEYS,
-    Budget,
     CannotBeat,
     HopelessTrial,
     TrialResult,
-    budget_for,
     cached_inputs,
     choose,
     pareto_front,
@@ -82,7 +83,6 @@ from tasks.search import (
     search_space,
     trial_memory_bytes,
     validation_parts,
-    warn_if_uncertified,
 )
 from tasks.splits import Dataset
 
@@ -98,7 +98,7 @@ dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 STUDY_JOURNAL = Path(".shrinkflow") / "search.journal"
 TRIAL_STUDENTS = Path(".shrinkflow") / "search-students"  # <study>/<md5 of the trained choice>.h5
 MODE_KEY = "quantize.mode"  # the one searched key that acts after training
-SHOWN = ("accuracy", "drop", "upper", "confirm_drop", "confirm_upper", "gzip_bytes",
+SHOWN = ("accuracy", "drop", "chance", "confirm_drop", "confirm_chance", "gzip_bytes",
          "latency_p50_us")
 # Keys that change how long or where a search runs, not what a trial measures: a study resumed
 # with other values is the same study.
@@ -109,7 +109,7 @@ CLOSEST_SHOWN = 3
 
 
 class NoFeasibleTrial(RuntimeError):
-    """No trial met search.max_accuracy_drop, and search.require_feasible is set: the run fails."""
+    """No trial is likely to pass the gate, and search.require_feasible is set: the run fails."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,6 @@ def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
                          f"fewer than the {data.num_classes} classes; raise data.val_fraction "
                          "(or give x_val/y_val in the npz) or move search.confirm_fraction "
                          "towards 0.5")
-    warn_if_uncertified(cfg, len(data.val))
     if cfg.dask_address:
         check_reachable(cfg.dask_address)
     else:
@@ -215,20 +214,22 @@ search_task = task(run_search, name="search")
 
 @flow(name="search", log_prints=True)
 def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> dict[str, float]:
-    """Search the recipe space for the best model within search.max_accuracy_drop.
+    """Search the recipe space for the best model likely to pass the gate.
 
     Args:
-        params: The pipeline configuration; its `search` section sets the space and budget.
+        params: The pipeline configuration; its `search` section sets the space, its `gate`
+            section the rule trials aim at.
         workdir: The project directory holding artifacts/splits.json and artifacts/teacher.h5.
         mlflow_parent: The MLflow run the trials' runs nest under (none: not tracked).
     """
     cfg, ws = params.search, Workspace(Path(workdir))
     # the teacher's logits and answers are the workers' (cached_inputs): not computed here
     space = search_space(cfg, params, read_model(ws.teacher))
-    budget, _ = budget_for(cfg, len(Dataset.load(ws.data).val))
+    rule = rule_for(params.gate, Dataset.load(ws.data))
+    announce_rule(rule, params.gate)
     study = open_study(ws, params, space)
-    run_trials(study, params, workdir, space, budget, mlflow_parent)
-    return publish(study, params, ws, space, budget, mlflow_parent)
+    run_trials(study, params, workdir, space, rule, mlflow_parent)
+    return publish(study, params, ws, space, rule, mlflow_parent)
 
 
 def study_storage(root: Path) -> JournalStorage:
@@ -276,7 +277,8 @@ def baseline(params: Params, space: dict[str, list]) -> Choice:
 
 def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
     """A digest of what decides a trial's outcome: inputs' content, space and settings."""
-    settings = params.model_dump(mode="json", include={"seed", *SEARCHED_STAGES, "evaluate"})
+    settings = params.model_dump(mode="json",
+                                 include={"seed", *SEARCHED_STAGES, "evaluate", "gate"})
     settings["search"] = params.search.model_dump(mode="json", exclude=RUN_CONTROL)
     md5 = hashlib.md5(json.dumps([settings, space], sort_keys=True).encode())
     for path in (ws.data, ws.teacher):
@@ -285,11 +287,12 @@ def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
 
 
 def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
-               budget: Budget, mlflow_parent: str | None) -> None:
+               rule: RuleChoice, mlflow_parent: str | None) -> None:
     """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
     the same search count) or `search.timeout_minutes` passed. A choice already measured, or being
     measured, is not trained again: Optuna is told the earlier result. Each trial is told the
-    best objective value within budget so far: it is not trained unless it can beat it."""
+    best objective value among those likely to pass so far: it is not trained unless it can beat
+    it."""
     cfg, logger = params.search, get_run_logger()
     distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -312,11 +315,11 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
                 # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
                 pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
                                           trial.params, params, workdir, best_within(study),
-                                          budget.selection)] = trial
+                                          rule.rule.budget)] = trial
         if not pending:
             break
         future = next(as_completed(list(pending)))
-        frozen = finish(study, pending.pop(future), future, budget, OBJECTIVE_KEYS[cfg.objective])
+        frozen = finish(study, pending.pop(future), future, rule, OBJECTIVE_KEYS[cfg.objective])
         if frozen.state != TrialState.FAIL:
             measured[_key(frozen.params)] = frozen
         for twin in [t for t in twins if _key(t.params) == _key(frozen.params)]:
@@ -331,7 +334,7 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
 
 
 def best_within(study: optuna.Study) -> float:
-    """The best objective value among the trials within budget (on the selection part)."""
+    """The best objective value among the trials likely to pass (from the selection part)."""
     feasible = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if all(c <= 0 for c in t.constraints.values())]
     return min(feasible, default=math.inf)
@@ -353,8 +356,8 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
                workdir: str, beat: float, budget: float) -> Outcome:
     """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
     split; not trained, or stopped after an epoch, when its estimate cannot beat `beat` or a
-    trial within budget finished since; stopped early (not failed) when the pruner, told the
-    drop's excess over `budget` (the selection part's) after every epoch, says so."""
+    trial likely to pass finished since; stopped early (not failed) when the pruner, told the
+    drop's excess over `budget` (the gate's) after every epoch, says so."""
     root = Path(workdir)
     ws = Workspace(root)
     inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)
@@ -411,10 +414,11 @@ def keep_chosen_student(ws: Workspace, study: str, chosen: Choice) -> None:
             shutil.rmtree(earlier)
 
 
-def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, budget: Budget,
+def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule: RuleChoice,
            objective_key: str) -> FrozenTrial:
-    """Tell Optuna how the trial ended: complete (objective, constraint: the selection bound over
-    its budget), not trained or stopped early (pruned), or failed."""
+    """Tell Optuna how the trial ended: complete (objective, constraint: how far its chance to
+    pass, from the selection part, falls short of LIKELY), not trained or stopped early
+    (pruned), or failed."""
     try:
         outcome: Outcome = future.result()
     except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert)
@@ -428,14 +432,14 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, budg
         trial.set_user_attr("stopped", outcome.stopped)
         return study.tell(trial, state=TrialState.PRUNED)
     result = outcome.result
-    attrs = result.metrics.as_dict() | _paired_attrs("", result.selection) | _paired_attrs(
-        "confirm_", result.confirmation)
+    chance, confirm_chance = result.chances(rule.rule)
+    attrs = (result.metrics.as_dict() | _paired_attrs("", result.selection)
+             | _paired_attrs("confirm_", result.confirmation)
+             | {"chance": chance, "confirm_chance": confirm_chance,
+                "within": chance >= LIKELY, "confirmed": confirm_chance >= LIKELY})
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    within = result.selection.within(budget.selection)
-    trial.set_user_attr("within", within)
-    trial.set_user_attr("confirmed", result.confirmation.within(budget.confirmation))
-    trial.set_constraint("accuracy_bound", 0.0 if within else attrs["upper"] - budget.selection)
+    trial.set_constraint("pass_chance", max(0.0, LIKELY - chance))
     return study.tell(trial, attrs[objective_key])
 
 
@@ -458,16 +462,16 @@ def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> Fr
 
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
-            budget: Budget, mlflow_parent: str | None) -> dict[str, float]:
-    """Choose (the best within budget that confirms it), then write chosen.json, trials.json and
-    pareto.png, and show them in MLflow and Prefect. No trial confirmed within the budget: the
-    closest (smallest selection bound) goes on, promoted by no gate; or, with
+            rule: RuleChoice, mlflow_parent: str | None) -> dict[str, float]:
+    """Choose (the best likely to pass, confirmed), then write chosen.json, trials.json and
+    pareto.png, and show them in MLflow and Prefect. No trial likely to pass and confirmed: the
+    closest (greatest chance from the selection part) goes on, promoted by no gate; or, with
     search.require_feasible, the run fails naming the closest."""
     cfg = params.search
     rows = trial_rows(study)
     measured = [row for row in rows if row["state"] == "COMPLETE"]
     chosen, refused = choose(measured, cfg.objective)
-    closest = sorted(measured, key=lambda row: row["upper"])[:CLOSEST_SHOWN]
+    closest = sorted(measured, key=lambda row: -row["chance"])[:CLOSEST_SHOWN]
     # on the selection part, as every trial measured it: a paired drop is the accuracy difference
     teacher_accuracy = next((row["accuracy"] + row["drop"] for row in measured), None)
     front = pareto_front(measured, cfg.objective)
@@ -475,17 +479,19 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
         row |= {"chosen": row is chosen, "pareto": row["number"] in front,
                 "refused_at_confirmation": row in refused}
     reason = "" if chosen else (
-        "search: no trial's accuracy drop vs the teacher"
+        f"search: no trial was likely (chance >= {LIKELY}) to pass the gate "
+        f"({rule.rule.require} within gate.max_accuracy_drop {100 * rule.rule.budget:.2f} pt on "
+        f"{rule.rule.n:,} test samples) from both parts of the validation split"
         + (f" (teacher validation accuracy {teacher_accuracy:.4f})" if measured else "")
-        + f" was within search.max_accuracy_drop {cfg.max_accuracy_drop} at "
-        f"{cfg.confidence:.0%} confidence on both parts of the validation split; closest: "
+        + "; closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
     chosen = chosen or (closest[0] if closest else {})
     epochs = sum(row.get("epochs", 0) for row in rows)
-    record = {"teacher_accuracy": teacher_accuracy, "budget": vars(budget), "space": space,
+    record = {"teacher_accuracy": teacher_accuracy, "gate": rule.describe(params.gate),
+              "likely": LIKELY, "space": space,
               "epochs_trained": epochs, "epochs_if_all_full": len(rows) * params.distill.epochs,
               "trials": rows}
-    publish_artifacts(rows, budget, reason, ws, mlflow_parent, record)
+    publish_artifacts(rows, rule.rule.budget, reason, ws, mlflow_parent, record)
     if reason and cfg.require_feasible:
         raise NoFeasibleTrial(f"{reason} (search.require_feasible is set)")
     keys = {key: chosen[key] for key in space} if chosen else {}
@@ -497,7 +503,7 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
                f"trained in all ({len(rows)} trials x {params.distill.epochs} epochs: "
                f"{len(rows) * params.distill.epochs})")
     write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": not reason,
-                           "reason": reason or "within search.max_accuracy_drop, confirmed",
+                           "reason": reason or "likely to pass the gate, confirmed",
                            "validation": {k: chosen.get(k) for k in SHOWN}, "summary": summary})
     get_run_logger().info("search: %s", summary)
     return {"search.trials_completed": len(measured), "search.feasible": float(not reason),
@@ -512,13 +518,13 @@ def trial_rows(study: optuna.Study) -> list[dict]:
             for t in study.get_trials(deepcopy=False)]
 
 
-def publish_artifacts(rows: list[dict], budget: Budget, reason: str, ws: Workspace,
+def publish_artifacts(rows: list[dict], budget: float, reason: str, ws: Workspace,
                       mlflow_parent: str | None, record: dict) -> None:
     """trials.json and pareto.png in the workspace, in the search's MLflow run, and as Prefect
     table and markdown (the plot inline) artifacts."""
     write_json(ws.search / "trials.json", record)
     plot = ws.search / "pareto.png"
-    plot_pareto([row for row in rows if row["state"] == "COMPLETE"], budget.selection, plot)
+    plot_pareto([row for row in rows if row["state"] == "COMPLETE"], budget, plot)
     if mlflow_parent:
         for path in (ws.search / "trials.json", plot):
             MlflowClient().log_artifact(mlflow_parent, str(path), artifact_path="search")
@@ -529,7 +535,7 @@ def publish_artifacts(rows: list[dict], budget: Budget, reason: str, ws: Workspa
     create_markdown_artifact(
         key="search-pareto",
         description="Accuracy drop vs the teacher (bar: to its upper bound) vs gzip size",
-        markdown=f"# shrinkflow search\n\n{reason or 'chosen: within the accuracy budget'}\n\n"
+        markdown=f"# shrinkflow search\n\n{reason or 'chosen: likely to pass the gate'}\n\n"
                  f"![Pareto front](data:image/png;base64,{image})",
     )
 
@@ -569,8 +575,8 @@ def _describe_row(row: dict) -> str:
     if "upper" not in row:
         return f"trial {row['number']} ({choice}): {row.get('stopped') or row.get('error')}"
     return (f"trial {row['number']} ({choice}): validation drop {100 * row['drop']:+.2f} pt "
-            f"(bound {100 * row['upper']:.2f} pt; confirmation {100 * row['confirm_drop']:+.2f}, "
-            f"bound {100 * row['confirm_upper']:.2f}), gzip {row['gzip_bytes']} B, latency "
+            f"(chance to pass {row['chance']:.2f}; confirmation {100 * row['confirm_drop']:+.2f}, "
+            f"chance {row['confirm_chance']:.2f}), gzip {row['gzip_bytes']} B, latency "
             f"{row['latency_p50_us']:.1f} µs")
 
 

@@ -15,7 +15,6 @@ from tasks.artifacts import Workspace
 from tasks.choice import chosen_params
 from tasks.config import Params
 from tasks.errors import InputError
-from tasks.gate import warn_if_uncertifiable
 from tasks.inputs import stage_inputs, wait_until_settled
 
 if TYPE_CHECKING:
@@ -67,14 +66,13 @@ def run_stage(name: str, params: Params, ws: Workspace) -> dict[str, float]:
 
 
 def check_inputs(params: Params) -> None:
-    """Every check that needs no training: bad input fails here, before any work or any write;
-    a test split too small for the gate ever to pass is a warning here (the run goes on).
+    """Every check that needs no training: bad input fails here, before any work or any write.
 
     Waits first until no input file is still being written: a half-written teacher is no bad input.
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
-    from tasks.distill import cannot_narrow, check_student, derive_student, student_widths
+    from tasks.distill import check_student, derive_student, student_widths
     from tasks.evaluate import warn_if_oversubscribed
     from tasks.load import open_inputs, warn_if_scaled_twice
     from tasks.models import read_model
@@ -86,7 +84,6 @@ def check_inputs(params: Params) -> None:
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
-    warn_if_uncertifiable(params.gate, len(inputs.data.test))  # the test split: known from here
     warn_if_oversubscribed(params.evaluate)
     warn_if_scaled_twice(inputs.teacher, inputs.data)
     check_augment(params.distill.augment, inputs.data.input_shape)
@@ -100,8 +97,6 @@ def check_inputs(params: Params) -> None:
         elif params.distill.width != 1.0:  # the narrowest it may derive
             narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
             student = derive_student(inputs.teacher, narrowest, params.distill.init)
-            if params.distill.width == "auto" and not params.search.enabled:  # a search sets it
-                cannot_narrow(params.gate, len(inputs.data.val))
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:

@@ -97,6 +97,7 @@ def record_unchanged(params: Params, root: Path, last: Run,
         "unchanged_since": made_by,
         "model_version": tags[VERSION_TAG],
         "promoted": tags["gate.promoted"] == "true",
+        "certified": tags.get("gate.certified", "true") == "true",
         "gate": tags["gate.decision"],
         "search": search_summary(ws),
     }

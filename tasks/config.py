@@ -91,6 +91,13 @@ class DataConfig(Section):
     )
     test_fraction: Fraction = Field(0.2, description="Share held out for the test split (x,y data).")
     val_fraction: Fraction = Field(0.1, description="Share of the rest kept for validation.")
+    val_from: Literal["auto", "train", "test"] = Field(
+        "auto",
+        description="Where the validation split comes from: `train` (carved from the training "
+        "data) | `test` (carved from the held-out samples: a third of them at most) | `auto`: "
+        "`train`, unless a teacher given as a file scores higher on it than on the test split "
+        "beyond noise (it was trained on those samples), then `test`. x_val in the npz is kept.",
+    )
     scale_uint8: bool = Field(True, description="Scale uint8 pixels to [0, 1].")
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="Resize images:DIR pictures to [height, width]; default: first image's."
@@ -291,17 +298,12 @@ class SearchConfig(Section):
 
     enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
     trials: PositiveInt = Field(30, description="Trials to run (a resumed search counts the done).")
-    max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1,
-        description="Largest teacher-to-trial accuracy drop, on the validation split, to be chosen "
-        "(its upper confidence bound, paired with the teacher on the same samples).",
-    )
     objective: Literal["smaller_gzip", "faster"] = Field(
         "smaller_gzip", description="Which point of the Pareto front within the drop is chosen."
     )
     require_feasible: bool = Field(
-        False, description="No trial within the drop: fail the run (exit 1) instead of going on "
-        "with the closest trial and promoting nothing.",
+        False, description="No trial likely to pass the gate: fail the run (exit 1) instead of "
+        "going on with the closest trial and promoting nothing.",
     )
     widths: list[Width] | None = Field(
         None, description="Student widths vs teacher; none = derived from the teacher: halvings by "
@@ -320,13 +322,9 @@ class SearchConfig(Section):
     temperatures: list[Temperature] | None = Field(
         None, description="Distillation temperatures; none = distill.temperature only."
     )
-    confidence: Confidence = Field(
-        0.95, description="Confidence of the one-sided bound on a trial's paired accuracy drop vs "
-        "the teacher: a trial is within max_accuracy_drop only when this bound is.",
-    )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "
-        "which the chosen trial must confirm its budget.",
+        "which the chosen trial must confirm that it is likely to pass the gate.",
     )
     reduction_factor: Annotated[int, Field(ge=2)] = Field(
         3, description="Successive halving: a trial trains on past distill.epochs / factor^k epochs "
@@ -374,8 +372,8 @@ class GateConfig(Section):
     )
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1,
-        description="Largest teacher-to-final accuracy drop a champion may have: the one-sided "
-        "upper confidence bound of the paired drop on the test split, not its point estimate.",
+        description="Largest teacher-to-final accuracy drop a champion may have, on the test "
+        "split, paired: its upper confidence bound or its point estimate (gate.require).",
     )
     objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
         "smaller_gzip",
@@ -387,6 +385,15 @@ class GateConfig(Section):
         0.95,
         description="Confidence of the paired bounds the gate compares: the teacher bound within "
         "max_accuracy_drop, and the champion better beyond noise (tasks/paired.py).",
+    )
+    require: Literal["auto", "certified", "estimate"] = Field(
+        "auto",
+        description="The evidence a promotion needs: `certified` (the upper confidence bound of "
+        "the drop within max_accuracy_drop, on the test labels or, with data.unlabeled, on the "
+        "disagreement with the teacher) | `estimate` (the point estimate within it; the bounds are "
+        "still measured and shown) | `auto`: `certified` when the test split (and pool) can "
+        "certify a student as accurate as the teacher with probability 0.8, else `estimate`, "
+        "said at the start of the run.",
     )
 
 

@@ -32,6 +32,7 @@ from tasks.splits import Dataset, Split
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 PIXEL_DIVISOR = 255.0  # uint8 pixels -> [0, 1] (data.scale_uint8)
 DIGITS_DIVISOR = 16.0  # digits' pixels are 0-16
+VAL_SHARE_OF_TEST = 1 / 3  # a validation split carved from the test split leaves it 2/3 at least
 
 
 def load_data(cfg: DataConfig, seed: int) -> Dataset:
@@ -150,6 +151,17 @@ def _sized(source: Pictures, cfg: DataConfig) -> Pictures:
 
 def _divisor(dtype: np.dtype, cfg: DataConfig) -> float:
     return PIXEL_DIVISOR if dtype == np.uint8 and cfg.scale_uint8 else 1.0
+
+
+def validation_from_test(data: Dataset, seed: int) -> Dataset:
+    """The validation split carved from the test split instead (seeded, stratified): as many
+    samples as it had, at most VAL_SHARE_OF_TEST of the test split; the old validation samples
+    join the training split (they were carved from it). Digests measured anew."""
+    share = min(len(data.val) / len(data.test), VAL_SHARE_OF_TEST)
+    test, val = _stratified(data.test, share, seed)
+    train = Split(data.train.source, np.concatenate([data.train.rows, data.val.rows]),
+                  np.concatenate([data.train.labels, data.val.labels]))
+    return Dataset(train.measured(), val.measured(), test.measured())
 
 
 def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

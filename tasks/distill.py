@@ -38,7 +38,9 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
-from tasks.paired import PairedDrop, paired_drop, uncertifiable
+from tasks.gate import RuleChoice, rule_for
+from tasks.paired import PairedDrop, paired_drop
+from tasks.power import LIKELY, chance_to_pass
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
 from tasks.views import consistent_views
@@ -213,49 +215,49 @@ def fit_to_teacher(
     fit(student, data, training, callbacks, targets=(targets.train, targets.val), training=views)
 
 
-def narrowest_within_budget(
+def narrowest_likely(
     teacher: keras.Model, data: Dataset, cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
     gate: GateConfig, seed: int,
 ) -> tuple[float, keras.Model, dict[float, PairedDrop]]:
-    """distill.width `auto`: the narrowest of the teacher's widths whose distilled student keeps
-    the gate's budget vs the teacher on the validation split: the upper bound of the paired drop
-    within gate.max_accuracy_drop (tasks/paired.py). Each probe is a whole distillation. Returns
-    the width, its student and every probe's paired drop."""
+    """distill.width `auto`: the narrowest of the teacher's widths whose distilled student is
+    likely to pass the gate: its chance of passing the gate's rule on the test split, from its
+    paired counts vs the teacher on the validation split, at least LIKELY (tasks/power.py). Each
+    probe is a whole distillation. Returns the width, its student and every probe's paired drop."""
     widths = teacher_widths(teacher, "distill.width")
-    if cannot_narrow(gate, len(data.val)):
+    rule = rule_for(gate, data)
+    if cannot_narrow(rule, len(data.val)):
         widths = widths[:1]
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.val.labels
     students: dict[float, keras.Model] = {}
     probes: dict[float, PairedDrop] = {}
 
-    def within(width: float) -> bool:
+    def likely(width: float) -> bool:
         seed_everything(seed)
         students[width] = distill(teacher, derive_student(teacher, width, cfg.init), data, cfg,
                                   sparsify_cfg, targets)
         right = logits(students[width], data.val).argmax(axis=-1) == data.val.labels
-        probes[width] = paired_drop(teacher_right, right, gate.confidence)
-        log.info("distill.width auto: %g %s budget: validation %s", width,
-                 "within" if probes[width].within(gate.max_accuracy_drop) else "over",
-                 probes[width].describe())
-        return probes[width].within(gate.max_accuracy_drop)
+        probe = probes[width] = paired_drop(teacher_right, right, gate.confidence)
+        chance = chance_to_pass(rule.rule, probe.worse, probe.better, probe.n)
+        log.info("distill.width auto: %g %s (chance %.2f to pass the gate): validation %s", width,
+                 "likely" if chance >= LIKELY else "unlikely", chance, probe.describe())
+        return chance >= LIKELY
 
-    width = narrowest_within(widths, within)
+    width = narrowest_within(widths, likely)
     return width, students[width], probes
 
 
-def cannot_narrow(gate: GateConfig, validation_samples: int) -> bool:
-    """Whether the validation split is too small for distill.width `auto` to show that any
-    student keeps the gate's budget: it then distills the widest width alone (warned, here and
-    before any training): choosing a narrower one by noise fails the gate on the test split."""
-    reason = uncertifiable(validation_samples, gate.max_accuracy_drop, gate.confidence)
-    if reason:
-        log.warning("distill.width auto: the validation split's %s (gate.max_accuracy_drop, "
-                    "gate.confidence), so no narrower student can be shown to keep the budget: "
-                    "the widest of the teacher's widths is distilled alone. Fix: more validation "
-                    "samples (data.val_fraction, or x_val/y_val in the npz) or a distill.width",
-                    reason)
-    return reason is not None
+def cannot_narrow(rule: RuleChoice, validation_samples: int) -> bool:
+    """Whether even a student that agrees with the teacher on every validation sample would be
+    unlikely to pass the gate (`certified` on a test split too small for it): distill.width
+    `auto` then distills the widest width alone, warned: probing narrower ones would only cost
+    distillations."""
+    if chance_to_pass(rule.rule, 0, 0, validation_samples) >= LIKELY:
+        return False
+    log.warning("distill.width auto: no student is likely to pass the gate (%s within %.2f pt on "
+                "%d test samples), so the widest of the teacher's widths is distilled alone",
+                rule.rule.require, 100 * rule.rule.budget, rule.rule.n)
+    return True
 
 
 def narrowest_within(widths: list[float], within: Callable[[float], bool]) -> float:
@@ -282,7 +284,7 @@ def run_distill(
     A width-scaled student is derived from the dense teacher, not the sparse model: measured
     (README, Benchmarks) it did as well or better, and the sparse model's damage is not inherited.
 
-    `gate`: the budget distill.width `auto` holds its students to. `trust_code`
+    `gate`: the rule distill.width `auto` aims its students at. `trust_code`
     (model.trust_code) lets a distill.student file with Lambda layers or custom objects load."""
     if not cfg.enabled:
         copy_file(ws.sparse, ws.student)
@@ -293,8 +295,7 @@ def run_distill(
     seed_everything(seed)
     teacher, data = read_model(ws.teacher), Dataset.load(ws.data)
     if cfg.width == "auto" and not cfg.student:
-        width, student, probes = narrowest_within_budget(teacher, data, cfg, sparsify_cfg, gate,
-                                                         seed)
+        width, student, probes = narrowest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
         write_model(student, ws.student)
         return _student_metrics(student) | {"student_width": width, "width_probes": len(probes)}
     if cfg.student:

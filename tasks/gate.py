@@ -1,13 +1,31 @@
-"""The promotion gate: does a new model deserve the `champion` alias? Pure logic, no registry."""
+"""The promotion gate: does a new model deserve the `champion` alias? Pure logic, no registry.
+
+Its accuracy rule is `gate.require`: `certified` (an upper confidence bound within the budget,
+on the test labels or on the disagreement with the teacher over unlabeled inputs), `estimate`
+(the paired point estimate within it), or `auto`, which picks one per run before any training,
+from the test split's size and the teacher's errors on it (`decide_rule`): `certified` when a
+student as accurate as the teacher would be certified with probability 0.8 (tasks/power.py).
+A promotion on the estimate alone says so wherever the model is seen.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tasks.config import GateConfig
-from tasks.paired import PairedDrop
-from tasks.paired import uncertifiable as paired_uncertifiable
+from tasks.fidelity import Fidelity
+from tasks.paired import TOLERANCE, PairedDrop
+from tasks.splits import Dataset
+from tasks.power import (
+    POWER,
+    GateRule,
+    certifiable_drop,
+    pool_to_certify,
+    power,
+    samples_to_certify,
+)
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
@@ -16,6 +34,121 @@ log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__in
 class Decision:
     promote: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class RuleChoice:
+    """The accuracy rule a run's gate applies, and why: decided once the test split and the
+    teacher's errors on it are known, before any training."""
+
+    rule: GateRule
+    teacher_error: float  # on the test split
+    power: float  # a student as accurate as the teacher is certified with this probability
+    certifiable: float  # the budget this split certifies with probability POWER
+
+    @property
+    def certifies(self) -> bool:
+        return self.power >= POWER
+
+    def describe(self, cfg: GateConfig) -> str:
+        """What the gate will demand, with the numbers behind `auto`'s choice and the fixes."""
+        rule, budget = self.rule, f"{100 * self.rule.budget:.2f} pt"
+        pool = f" and {rule.pool:,} unlabeled inputs" if rule.pool else ""
+        odds = (f"{rule.n:,} test samples{pool} certify a {budget} drop for a student as accurate "
+                f"as the teacher (wrong on {100 * self.teacher_error:.2f} % of them) with "
+                f"probability {self.power:.2f}")
+        if cfg.require != "auto":
+            return f"gate.require {cfg.require}: {odds}"
+        if self.certifies:
+            return f"gate.require auto -> certified: {odds} (>= {POWER})"
+        needed = samples_to_certify(rule, self.teacher_error)
+        inputs = pool_to_certify(rule, self.teacher_error)
+        return (f"gate.require auto -> estimate: {odds} (< {POWER}); they certify "
+                f"{100 * self.certifiable:.2f} pt. Promotions are decided on the point estimate "
+                f"within {budget} and marked uncertified. To certify, use more test samples"
+                + (f" ({needed:,} would)" if needed else "")
+                + " (data.test_fraction, or x_test in the npz), set data.unlabeled"
+                + (f" ({inputs:,} inputs to certify)" if inputs else "")
+                + ", or set gate.require: certified to refuse what is not certified")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The final model's accuracy drop vs the teacher, as the gate weighs it: paired on the test
+    labels and, with an unlabeled pool, its disagreement with the teacher there (each bound at
+    the rule's `bound_confidence`)."""
+
+    choice: RuleChoice
+    labels: PairedDrop
+    fidelity: Fidelity | None = None
+
+    @property
+    def certified(self) -> bool:
+        budget = self.choice.rule.budget
+        return self.labels.within(budget) or bool(self.fidelity and self.fidelity.within(budget))
+
+    @property
+    def passes(self) -> bool:
+        return self.certified or (self.choice.rule.require == "estimate"
+                                  and self.labels.drop <= self.choice.rule.budget + TOLERANCE)
+
+    def describe(self) -> str:
+        """`certified: accuracy drop +0.28 pt, upper bound 0.90 pt ...` or `uncertified: ...`."""
+        found = self.labels.describe() + (f"; {self.fidelity.describe()}" if self.fidelity else "")
+        if self.certified:
+            return f"certified: {found}"
+        return (f"uncertified: {found}; this test split certifies "
+                f"{100 * self.choice.certifiable:.2f} pt")
+
+    def tags(self) -> dict[str, str]:
+        """What the registry, the run and the report show of it."""
+        return {"gate.require": self.choice.rule.require,
+                "gate.certified": str(self.certified).lower(),
+                "gate.certifiable_drop": f"{self.choice.certifiable:.4f}",
+                "gate.evidence": self.describe()}
+
+
+def decide_rule(cfg: GateConfig, test_samples: int, teacher_errors: int,
+                pool: int = 0) -> RuleChoice:
+    """`gate.require` resolved for a test split of `test_samples` on which the teacher is wrong
+    `teacher_errors` times, with `pool` unlabeled inputs to certify on."""
+    return _decided(cfg.require, cfg.max_accuracy_drop, cfg.confidence, test_samples,
+                    teacher_errors, pool)
+
+
+@functools.lru_cache(maxsize=16)
+def _decided(require: str, budget: float, confidence: float, n: int, errors: int,
+             pool: int) -> RuleChoice:
+    error = errors / n if n else 0.0
+    certified = GateRule("certified", budget, confidence, n, pool)
+    chance = power(certified, error)
+    if require == "auto":
+        require = "certified" if chance >= POWER else "estimate"
+    return RuleChoice(replace(certified, require=require), error, chance,
+                      certifiable_drop(certified, error))
+
+
+def rule_for(cfg: GateConfig, data: Dataset) -> RuleChoice:
+    """The rule for this run's data: its test split, the teacher's errors on it (measured by the
+    load stage) and its unlabeled pool's certify part."""
+    return decide_rule(cfg, len(data.test), data.teacher_errors["test"], 0)
+
+
+def weigh(cfg: GateConfig, data: Dataset, document: dict) -> Evidence:
+    """The gate's evidence on the final model: metrics.json's paired counts vs the teacher on the
+    test split (and fidelity counts on the pool), each bound at the rule's confidence."""
+    choice = rule_for(cfg, data)
+    confidence = choice.rule.bound_confidence
+    labels = PairedDrop(**{key: document["paired"][key] for key in ("n", "worse", "better")},
+                        confidence=confidence)
+    fidelity = document.get("fidelity")
+    return Evidence(choice, labels, fidelity and Fidelity(fidelity["n"], fidelity["disagree"],
+                                                          confidence))
+
+
+def announce_rule(choice: RuleChoice, cfg: GateConfig) -> None:
+    """Say at the start of a run what its gate will demand: a warning when it cannot certify."""
+    (log.info if choice.certifies else log.warning)("gate: %s", choice.describe(cfg))
 
 
 @dataclass(frozen=True)
@@ -40,28 +173,29 @@ def not_comparable(cfg: GateConfig, champion: Interface, candidate: Interface) -
                            f"name per task, e.g. --set gate.registered_model={name}-<task>")
 
 
-def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: dict | None,
+def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict | None,
           champion_drop: PairedDrop | None) -> Decision:
     """`candidate` and `champion` hold the evaluator's accuracy, gzip_bytes and latency_p50_us,
-    measured on the same test split; `teacher_drop` is the candidate's paired drop vs the teacher
-    and `champion_drop` its paired drop vs the champion (reference: the champion), both on it.
+    measured on the same test split; `evidence` is the candidate's drop vs the teacher and
+    `champion_drop` its paired drop vs the champion (reference: the champion), both on it.
 
     The rules, in order (bounds at cfg.confidence, tasks/paired.py):
-    - the upper bound of `teacher_drop` must be within gate.max_accuracy_drop (a point drop
-      within it is not enough: on a few hundred samples it is a sample or two);
+    - the accuracy rule (`evidence.passes`): certified within gate.max_accuracy_drop, or under
+      `estimate` its point estimate within it;
     - the champion must not be more accurate beyond noise: the lower bound of `champion_drop`
       above 0 refuses; a difference within noise is no reason to keep the champion;
     - then the objective: smaller gzip or lower latency; or, for more_accurate, a higher accuracy
       (point estimate; it implies the above, as the lower bound never exceeds the estimate), ties
       broken by the smaller gzip.
     """
-    if not teacher_drop.within(cfg.max_accuracy_drop):
-        warning = uncertifiable(cfg, teacher_drop.n)
-        return Decision(False, f"{teacher_drop.describe()} exceeds gate.max_accuracy_drop "
-                               f"{100 * cfg.max_accuracy_drop:.2f} pt"
-                               + (f"; {warning}" if warning else ""))
+    budget = f"gate.max_accuracy_drop {100 * cfg.max_accuracy_drop:.2f} pt"
+    if not evidence.passes:
+        fix = "" if evidence.choice.rule.require == "estimate" else (
+            f"; {evidence.choice.describe(cfg)}" if not evidence.choice.certifies else "")
+        return Decision(False, f"{evidence.describe()}: over {budget}{fix}")
+    within = f"{evidence.describe()}: within {budget}"
     if champion is None:
-        return Decision(True, "first model within the accuracy gate")
+        return Decision(True, f"first model within the accuracy gate ({within})")
     if champion_drop.lower > 0:
         return Decision(False, f"accuracy {100 * candidate['accuracy']:.2f} % is below the "
                                f"champion's {100 * champion['accuracy']:.2f} % beyond noise: "
@@ -71,30 +205,12 @@ def judge(cfg: GateConfig, candidate: dict, teacher_drop: PairedDrop, champion: 
             candidate["accuracy"] == champion["accuracy"]
             and candidate["gzip_bytes"] < champion["gzip_bytes"]
         )
-        return _verdict(better, "accuracy", candidate, champion)
+        return _verdict(better, "accuracy", candidate, champion, within)
     key = "gzip_bytes" if cfg.objective == "smaller_gzip" else "latency_p50_us"
-    return _verdict(candidate[key] < champion[key], key, candidate, champion)
+    return _verdict(candidate[key] < champion[key], key, candidate, champion, within)
 
 
-def uncertifiable(cfg: GateConfig, test_samples: int) -> str | None:
-    """Why `test_samples` paired samples cannot certify gate.max_accuracy_drop, and the ways out;
-    None when they can. Only a model more accurate than the teacher on them could pass."""
-    reason = paired_uncertifiable(test_samples, cfg.max_accuracy_drop, cfg.confidence)
-    return reason and (f"the test split's {reason} (gate.max_accuracy_drop, gate.confidence), so "
-                       "the gate refuses every model not more accurate than the teacher; use more "
-                       "test samples (data.test_fraction, or x_test in the npz), raise "
-                       "gate.max_accuracy_drop, or lower gate.confidence")
-
-
-def warn_if_uncertifiable(cfg: GateConfig, test_samples: int) -> None:
-    """The pre-check, once the test split's size is known and before any training: a warning,
-    not an error (the run goes on, and the gate refuses its model)."""
-    warning = uncertifiable(cfg, test_samples)
-    if warning:
-        log.warning("gate: %s", warning)
-
-
-def _verdict(better: bool, key: str, candidate: dict, champion: dict) -> Decision:
+def _verdict(better: bool, key: str, candidate: dict, champion: dict, within: str) -> Decision:
     comparison = f"{key} {candidate[key]:g} vs champion {champion[key]:g}"
-    return Decision(better, f"beats the champion: {comparison}" if better
+    return Decision(better, f"beats the champion: {comparison} ({within})" if better
                     else f"does not beat the champion: {comparison}")

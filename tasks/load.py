@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import tf_keras as keras
@@ -12,7 +14,7 @@ from prefect import task
 
 from tasks.artifacts import Workspace
 from tasks.config import DataConfig, ModelConfig
-from tasks.data import load_data
+from tasks.data import load_data, validation_from_test
 from tasks.errors import InputError
 from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
 from tasks.models import (
@@ -28,6 +30,9 @@ from tasks.splits import BATCH, Dataset
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 PIXEL_SCALE = 1 / 100  # a first Rescaling below this expects pixels 0-255 (EfficientNet: 1/255)
+# One-sided: a teacher better on validation than on test by chance moves the validation split
+# once in a hundred runs (which costs test samples, never correctness).
+MEMORY_CONFIDENCE = 0.99
 
 
 @dataclass(frozen=True)
@@ -102,22 +107,74 @@ def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
 
 
 def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: write the splits' manifest and the trained teacher."""
+    """Stage: write the splits' manifest (with the teacher's errors on the held-out splits) and
+    the trained teacher. The validation split moves to held-out samples when data.val_from says
+    so (`place_validation`)."""
     seed_everything(seed)
     with read_steadily(load_inputs(data_cfg, model_cfg)):
         inputs = open_inputs(data_cfg, model_cfg, seed)
-    teacher = inputs.teacher
+    teacher, data = inputs.teacher, inputs.data
+    if data_cfg.val_from == "test":
+        data = validation_from_test(data, seed)
     if inputs.needs_training:
-        teacher = train_teacher(teacher, inputs.data, model_cfg)
-    inputs.data.save(ws.data)
+        teacher = train_teacher(teacher, data, model_cfg)
+    data = replace(data, teacher_errors=teacher_errors(teacher, data))
+    if data_cfg.val_from == "auto" and not inputs.needs_training:
+        data = place_validation(teacher, data, seed)
+    data.save(ws.data)
     write_model(teacher, ws.teacher)
     return {
-        "train_samples": len(inputs.data.train),
-        "val_samples": len(inputs.data.val),
-        "test_samples": len(inputs.data.test),
-        "num_classes": inputs.data.num_classes,
+        "train_samples": len(data.train),
+        "val_samples": len(data.val),
+        "test_samples": len(data.test),
+        "num_classes": data.num_classes,
         "teacher_params": teacher.count_params(),
+        **{f"teacher.{name}_accuracy": 1 - errors / len(data.splits[name])
+           for name, errors in data.teacher_errors.items()},
     }
+
+
+def teacher_errors(teacher: keras.Model, data: Dataset) -> dict[str, int]:
+    """How many samples of the validation and test splits the teacher gets wrong."""
+    return {name: int(np.sum(teacher.predict(split.batches(BATCH), verbose=0).argmax(axis=-1)
+                             != split.labels))
+            for name, split in (("val", data.val), ("test", data.test))}
+
+
+def memorized(data: Dataset) -> str | None:
+    """Why the teacher looks trained on the validation split: its accuracy there is above its
+    test accuracy beyond noise (one-sided two-proportion z-test at MEMORY_CONFIDENCE); None if
+    not. A paired comparison on samples the teacher remembers makes every student look worse."""
+    n_val, n_test = len(data.val), len(data.test)
+    right_val, right_test = (n - data.teacher_errors[name]
+                             for name, n in (("val", n_val), ("test", n_test)))
+    pooled = (right_val + right_test) / (n_val + n_test)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_val + 1 / n_test))
+    gap = right_val / n_val - right_test / n_test
+    if spread == 0 or gap / spread <= NormalDist().inv_cdf(MEMORY_CONFIDENCE):
+        return None
+    return (f"the teacher scores {100 * right_val / n_val:.2f} % on the {n_val:,} validation "
+            f"samples and {100 * right_test / n_test:.2f} % on the {n_test:,} test samples, "
+            f"above beyond noise ({100 * MEMORY_CONFIDENCE:.0f} %): it was trained on them")
+
+
+def place_validation(teacher: keras.Model, data: Dataset, seed: int) -> Dataset:
+    """data.val_from `auto`: a validation split the teacher remembers (`memorized`) is carved from
+    the test split instead, said with both accuracies and what it costs the test split. A
+    validation split given as its own arrays (x_val) is kept, with the warning."""
+    reason = memorized(data)
+    if reason is None:
+        return data
+    if data.val.source is not data.train.source:
+        log.warning("data.val_from auto: %s; x_val is kept as given (give held-out samples as "
+                    "x_val, or leave it out to validate on part of the test split)", reason)
+        return data
+    moved = validation_from_test(data, seed)
+    log.warning("data.val_from auto: %s. Validating on %s of the test split's samples instead "
+                "(the test split keeps %s; the old validation samples train); set "
+                "data.val_from: train to keep it", reason, f"{len(moved.val):,}",
+                f"{len(moved.test):,}")
+    return replace(moved, teacher_errors=teacher_errors(teacher, moved))
 
 
 load_task = task(run_load, name="load")

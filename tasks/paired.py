@@ -13,8 +13,8 @@ intervals for paired binomial proportions"). Why this one:
   microseconds; the simulation test checks its error rate at the stated confidence.
 
 With no discordant sample the bound is z^2 / (n + z^2): the smallest drop `n` samples can
-certify at all (`smallest_certifiable_drop`). Numpy and the standard library only: the gate of a
-run that skipped every stage imports this too.
+certify at all. Numpy and the standard library only: the gate of a run that skipped every stage
+imports this too.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 BISECTION_STEPS = 60  # halves [estimate, 1] to well below 1e-15
-# A bound at a budget set from `smallest_certifiable_drop` (closed form) is within it: bisection
-# and closed form differ in the last bits.
+# A bound compared with a budget computed in closed form: bisection and closed form differ in the
+# last bits.
 TOLERANCE = 1e-9
 
 
@@ -95,41 +95,6 @@ def upper_bound(worse: int, better: int, n: int, confidence: float) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if _score(worse, better, n, middle) >= -z else (low, middle)
     return high
-
-
-def smallest_certifiable_drop(n: int, confidence: float) -> float:
-    """The bound when the candidate agrees with the reference on every one of `n` samples: no
-    budget below it can ever be certified on them."""
-    z2 = NormalDist().inv_cdf(confidence) ** 2
-    return z2 / (n + z2) if n else 1.0
-
-
-def certifiable_budget(budget: float, samples: int, confidence: float) -> float:
-    """The budget a candidate is held to on `samples` paired samples: `budget`, or, where they cannot
-    certify it at all, the smallest drop they can (a candidate must then be as close to the teacher
-    as these samples can show: e.g. no validation error the teacher does not also make)."""
-    return max(budget, smallest_certifiable_drop(samples, confidence))
-
-
-def samples_to_certify(budget: float, confidence: float) -> int | None:
-    """How many paired samples make `budget` certifiable at all (inverse of the above); None for
-    a zero budget, which no number of samples certifies."""
-    if budget <= 0:
-        return None
-    z2 = NormalDist().inv_cdf(confidence) ** 2
-    return math.ceil(z2 * (1 - budget) / budget)
-
-
-def uncertifiable(samples: int, budget: float, confidence: float) -> str | None:
-    """Why `samples` paired samples can never certify `budget` at `confidence`; None if they can."""
-    floor = smallest_certifiable_drop(samples, confidence)
-    if floor <= budget:
-        return None
-    needed = samples_to_certify(budget, confidence)
-    return (f"{samples} samples cannot certify a drop of {100 * budget:.2f} pt at "
-            f"{100 * confidence:.4g} % confidence: even a model agreeing with the teacher on every "
-            f"one has an upper bound of {100 * floor:.2f} pt; "
-            + (f"that takes {needed} samples" if needed else "no number certifies a zero drop"))
 
 
 def _score(worse: int, better: int, n: int, d: float) -> float:

@@ -76,7 +76,7 @@ def plot_quant_sensitivity(sensitivity: dict, path: Path) -> None:
 def plot_pareto(trials: list[dict], budget: float, path: Path) -> None:
     """A search's measured trials: paired validation accuracy drop vs the teacher (bar: up to its
     upper confidence bound) against gzip size (log scale), latency as colour; the chosen trial
-    starred, the Pareto front (bound vs objective) ringed, the budget the bound must meet dashed."""
+    starred, the Pareto front (bound vs objective) ringed, the gate's budget dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     kib = [t["gzip_bytes"] / 1024 for t in trials]
     drops = [100 * t["drop"] for t in trials]
@@ -92,7 +92,7 @@ def plot_pareto(trials: list[dict], budget: float, path: Path) -> None:
             ax.scatter(x, drop, s=260, marker="*", color="red", label="chosen")
         ax.annotate(str(t["number"]), (x, drop), textcoords="offset points", xytext=(5, 3),
                     fontsize=7)
-    ax.axhline(100 * budget, linestyle="--", color="grey", label="budget (for the bound)")
+    ax.axhline(100 * budget, linestyle="--", color="grey", label="gate.max_accuracy_drop")
     ax.set_xscale("log")
     ax.set_xlabel("gzip size (KiB, log scale)")
     ax.set_ylabel("validation accuracy drop vs teacher (pt)")

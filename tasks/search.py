@@ -4,7 +4,9 @@ costs in memory, and which measured trial to keep.
 A trial is the distill and quantize stages' own code (`derive_student`, `distill`,
 `quantize_student`) run with the trial's choices applied to the params, measured by the evaluator
 (`evaluate_tflite`) on the validation split's *selection* part, and compared with the teacher,
-paired, on both parts of the validation split (tasks/paired.py). Before any training its size and
+paired, on both parts of the validation split (tasks/paired.py). What it aims at is the gate: a
+trial counts when its chance of passing the gate's rule on the test split, from its paired counts
+on a part (tasks/power.py `chance_to_pass`), is at least LIKELY. Before any training its size and
 latency are estimated (tasks/estimate.py): a trial that cannot beat the best size found so far is
 not trained. Sampling, scheduling and recording live in flows/search.py; nothing here knows
 Optuna, Prefect, Dask or MLflow.
@@ -29,7 +31,8 @@ from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite
 from tasks.models import read_model, seed_everything, write_model
-from tasks.paired import PairedDrop, certifiable_budget, paired_drop, uncertifiable
+from tasks.paired import PairedDrop, paired_drop
+from tasks.power import GateRule, chance_to_pass
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
 from tasks.splits import Dataset
@@ -50,7 +53,7 @@ ESTIMATE_MARGIN = {"gzip_bytes": 0.1, "latency_p50_us": 0.5}
 # Told (epoch, the float student's validation accuracy drop vs the teacher) after every epoch;
 # True stops the trial (HopelessTrial). The search's pruner decides; this module does not.
 Stopper = Callable[[int, float], bool]
-# The best objective value among the trials within budget so far (inf: none yet), asked before
+# The best objective value among the trials likely to pass so far (inf: none yet), asked before
 # training and after every epoch: a trial stops as soon as another has made it one that cannot win.
 Best = Callable[[], float]
 
@@ -61,11 +64,11 @@ class HopelessTrial(Exception):
 
 class CannotBeat(Exception):
     """A trial not trained, or not trained further: its size or latency, estimated before
-    training, cannot beat the best trial within the budget so far."""
+    training, cannot beat the best trial likely to pass the gate so far."""
 
     def __init__(self, estimate: SizeEstimate, key: str, best: float):
         super().__init__(f"estimated {key} {getattr(estimate, key):g} cannot beat {best:g}, the "
-                         "best within the budget so far")
+                         "best likely to pass so far")
         self.estimate = estimate
 
 
@@ -87,14 +90,6 @@ class SearchInputs:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """The accuracy budget a trial's bound is held to on each part of the validation split."""
-
-    selection: float
-    confirmation: float
-
-
-@dataclass(frozen=True)
 class TrialResult:
     """A trained trial: the evaluator's metrics on the selection part, and its paired drop vs the
     teacher on the selection part (what the sampler and pruner see) and on the confirmation part
@@ -104,6 +99,11 @@ class TrialResult:
     selection: PairedDrop
     confirmation: PairedDrop
     epochs: int  # trained by this trial: 0 when it quantized a student another trial trained
+
+    def chances(self, rule: GateRule) -> tuple[float, float]:
+        """Its chance of passing `rule` on the test split, from each part's paired counts."""
+        return tuple(chance_to_pass(rule, drop.worse, drop.better, drop.n)
+                     for drop in (self.selection, self.confirmation))
 
 
 def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
@@ -234,43 +234,23 @@ def validation_parts(validation_samples: int, cfg: SearchConfig) -> tuple[int, i
     return validation_samples - confirmation, confirmation
 
 
-def budget_for(cfg: SearchConfig, validation_samples: int) -> tuple[Budget, str | None]:
-    """The budget each part of the validation split is held to, and, when its confirmation part
-    has too few samples for a bound ever to reach search.max_accuracy_drop, why and the fix."""
-    parts = validation_parts(validation_samples, cfg)
-    budget = Budget(*(certifiable_budget(cfg.max_accuracy_drop, n, cfg.confidence) for n in parts))
-    reason = uncertifiable(parts[1], cfg.max_accuracy_drop, cfg.confidence)
-    return budget, reason and (
-        f"search: the validation split's confirmation part: {reason} (search.max_accuracy_drop, "
-        f"search.confidence); trials are held to {100 * budget.confirmation:.2f} pt on it "
-        "instead (as close to the teacher as its samples can show). Fix: more validation samples "
-        "(data.val_fraction, or x_val/y_val in the npz), a larger search.max_accuracy_drop or a "
-        "lower search.confidence")
-
-
-def warn_if_uncertified(cfg: SearchConfig, validation_samples: int) -> None:
-    """The pre-check, before any training: a warning (the search goes on, as `budget_for` says)."""
-    _, reason = budget_for(cfg, validation_samples)
-    if reason:
-        log.warning("%s", reason)
-
-
 def pareto_front(trials: list[dict], objective: str) -> set[int]:
-    """Numbers of the trials no other trial beats on both the drop's bound and the objective."""
+    """Numbers of the trials no other trial beats on both the chance to pass and the objective."""
     key = OBJECTIVE_KEYS[objective]
     return {t["number"] for t in trials
-            if not any(o["upper"] <= t["upper"] and o[key] <= t[key]
-                       and (o["upper"], o[key]) != (t["upper"], t[key]) for o in trials)}
+            if not any(o["chance"] >= t["chance"] and o[key] <= t[key]
+                       and (o["chance"], o[key]) != (t["chance"], t[key]) for o in trials)}
 
 
 def choose(trials: list[dict], objective: str) -> tuple[dict | None, list[dict]]:
-    """The best trial on `objective` (ties: the smaller bound) among those whose selection bound
-    is within budget (`within`), tried in that order until one is confirmed (`confirmed`: its
-    bound on the confirmation part is within budget too); and those refused at confirmation on
-    the way. None when no trial is both."""
+    """The best trial on `objective` (ties: the greater chance) among those likely to pass the
+    gate from the selection part (`within`: chance >= LIKELY), tried in that order until one is
+    confirmed (`confirmed`: likely from the confirmation part too, which no sampler or pruner
+    saw: the guard against the winner's curse); and those refused at confirmation on the way.
+    None when no trial is both."""
     key = OBJECTIVE_KEYS[objective]
     refused = []
-    for trial in sorted((t for t in trials if t["within"]), key=lambda t: (t[key], t["upper"])):
+    for trial in sorted((t for t in trials if t["within"]), key=lambda t: (t[key], -t["chance"])):
         if trial["confirmed"]:
             return trial, refused
         refused.append(trial)

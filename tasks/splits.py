@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,6 +111,9 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    # How many samples of each held-out split ("val", "test") the teacher gets wrong, measured by
+    # the load stage: the gate's rule is decided from them before any training (tasks/gate.py).
+    teacher_errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -147,6 +150,7 @@ class Dataset:
             "splits": {name: {"source": sources.index(split.source), "rows": split.rows.tolist(),
                               "labels": split.labels.tolist(), "digest": split.digest}
                        for name, split in self.splits.items()},
+            "teacher_errors": self.teacher_errors,
         }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest))
@@ -157,4 +161,5 @@ class Dataset:
         sources = [Source.from_manifest(spec) for spec in manifest["sources"]]
         return cls(**{name: Split(sources[entry["source"]], np.asarray(entry["rows"], np.int64),
                                   np.asarray(entry["labels"], np.int64), entry["digest"])
-                      for name, entry in manifest["splits"].items()})
+                      for name, entry in manifest["splits"].items()},
+                   teacher_errors=manifest.get("teacher_errors", {}))

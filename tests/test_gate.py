@@ -1,12 +1,12 @@
-"""The promotion gate's rules."""
-
-import logging
+"""The promotion gate's rules: the accuracy rule (`gate.require`), then the champion."""
 
 import pytest
 
 from tasks.config import GateConfig
-from tasks.gate import Decision, Interface, judge, not_comparable, uncertifiable
-from tasks.paired import PairedDrop, samples_to_certify, smallest_certifiable_drop
+from tasks.fidelity import Fidelity
+from tasks.gate import Evidence, Interface, decide_rule, judge, not_comparable
+from tasks.paired import PairedDrop
+from tasks.power import POWER, GateRule, power, samples_to_certify
 
 CHAMPION = {"accuracy": 0.97, "gzip_bytes": 20_000, "latency_p50_us": 3.0}
 
@@ -21,8 +21,16 @@ NOISE = PairedDrop(N, worse=2, better=1, confidence=0.95)  # vs the champion: eq
 WORSE = PairedDrop(N, worse=15, better=0, confidence=0.95)  # vs the champion: clearly worse
 
 
+def evidence(labels: PairedDrop, require: str = "certified", errors: int = 6,
+             fidelity: Fidelity | None = None) -> Evidence:
+    """The gate's evidence on `labels.n` test samples, the teacher wrong on `errors` of them."""
+    cfg = GateConfig(require=require)
+    return Evidence(decide_rule(cfg, labels.n, errors, fidelity.n if fidelity else 0), labels,
+                    fidelity)
+
+
 def judged(objective: str, new: dict, versus: PairedDrop = NOISE):
-    return judge(GateConfig(objective=objective), new, WITHIN, CHAMPION, versus)
+    return judge(GateConfig(objective=objective), new, evidence(WITHIN), CHAMPION, versus)
 
 
 @pytest.mark.parametrize("objective, new, promote, reason", [
@@ -58,36 +66,64 @@ def test_a_candidate_less_accurate_beyond_noise_is_refused_whatever_it_saves(obj
         f"lower bound {100 * WORSE.lower:.2f} pt at 95 % (15 worse, 0 better of 300)")
 
 
-def test_the_accuracy_gate_holds_the_upper_bound_not_the_point_drop_and_comes_first():
-    cfg = GateConfig(max_accuracy_drop=0.01)
+LUCKY = PairedDrop(360, worse=3, better=1, confidence=0.95)  # 0.56 pt, bound above 1 pt
+
+
+def test_certified_holds_the_upper_bound_not_the_point_drop_and_comes_first():
+    cfg = GateConfig(max_accuracy_drop=0.01, require="certified")
     tiny = candidate(gzip_bytes=1)
-    lucky = PairedDrop(360, worse=3, better=1, confidence=0.95)  # 0.56 pt, bound above 1 pt
-    assert lucky.drop < cfg.max_accuracy_drop < lucky.upper
-    refused = judge(cfg, tiny, lucky, CHAMPION, NOISE)
+    assert LUCKY.drop < cfg.max_accuracy_drop < LUCKY.upper
+    refused = judge(cfg, tiny, evidence(LUCKY), CHAMPION, NOISE)
     assert not refused.promote
-    assert refused.reason == (
-        f"accuracy drop +0.56 pt, upper bound {100 * lucky.upper:.2f} pt at 95 % "
-        "(3 worse, 1 better of 360) exceeds gate.max_accuracy_drop 1.00 pt")
-    first = Decision(True, "first model within the accuracy gate")
-    assert judge(cfg, tiny, WITHIN, None, None) == first
+    assert refused.reason.startswith(
+        f"uncertified: accuracy drop +0.56 pt, upper bound {100 * LUCKY.upper:.2f} pt at 95 % "
+        "(3 worse, 1 better of 360); this test split certifies ")
+    assert "over gate.max_accuracy_drop 1.00 pt" in refused.reason
+    assert "gate.require certified: 360 test samples certify" in refused.reason  # the numbers
+    first = judge(cfg, tiny, evidence(WITHIN), None, None)
+    assert first.promote and first.reason.startswith("first model within the accuracy gate "
+                                                     "(certified: accuracy drop +0.00 pt")
 
 
-def test_a_test_split_too_small_to_certify_the_budget_is_named_with_the_way_out():
-    cfg = GateConfig(max_accuracy_drop=0.01, confidence=0.95)
-    needed = samples_to_certify(0.01, 0.95)
-    assert uncertifiable(cfg, needed) is None
-    warning = uncertifiable(cfg, 144)
-    assert warning == (
-        "the test split's 144 samples cannot certify a drop of 1.00 pt at 95 % confidence: even a "
-        "model agreeing with the teacher on every one has an upper bound of "
-        f"{100 * smallest_certifiable_drop(144, 0.95):.2f} pt; that takes {needed} samples "
-        "(gate.max_accuracy_drop, gate.confidence), so the gate refuses every model not more "
-        "accurate than the teacher; use more test samples (data.test_fraction, or x_test in the "
-        "npz), raise gate.max_accuracy_drop, or lower gate.confidence")
-    perfect = PairedDrop(144, 0, 0, 0.95)
-    assert judge(cfg, CHAMPION, perfect, None, None).reason.endswith(f"; {warning}")
-    assert "no number certifies a zero drop" in uncertifiable(
-        GateConfig(max_accuracy_drop=0), 10_000)
+def test_estimate_promotes_on_the_point_estimate_and_says_it_is_uncertified():
+    cfg = GateConfig(require="estimate")
+    found = evidence(LUCKY, "estimate")
+    assert found.passes and not found.certified
+    decision = judge(cfg, candidate(), found, None, None)
+    assert decision.promote and "(uncertified: accuracy drop +0.56 pt" in decision.reason
+    assert found.tags()["gate.certified"] == "false" and found.tags()["gate.require"] == "estimate"
+    over = PairedDrop(360, worse=6, better=1, confidence=0.95)  # 1.39 pt
+    assert not judge(cfg, candidate(), evidence(over, "estimate"), None, None).promote
+    assert evidence(WITHIN, "estimate").certified  # a bound within budget certifies, either rule
+
+
+def test_auto_certifies_where_a_student_as_accurate_as_the_teacher_passes_with_power_0_8():
+    errors_share = 0.03
+    needed = samples_to_certify(GateRule("certified", 0.01, 0.95, 100), errors_share)
+    assert power(GateRule("certified", 0.01, 0.95, needed), errors_share) >= POWER
+    assert power(GateRule("certified", 0.01, 0.95, int(needed * 0.9)), errors_share) < POWER
+    at = decide_rule(GateConfig(), needed, round(errors_share * needed))
+    below = decide_rule(GateConfig(), int(needed * 0.9), round(errors_share * needed * 0.9))
+    assert at.rule.require == "certified" and below.rule.require == "estimate"
+    said = below.describe(GateConfig())
+    assert said.startswith(f"gate.require auto -> estimate: {int(needed * 0.9):,} test samples "
+                           "certify a 1.00 pt drop for a student as accurate as the teacher")
+    for fix in ("more test samples", "data.unlabeled", "gate.require: certified",
+                f"{100 * below.certifiable:.2f} pt"):
+        assert fix in said
+    assert below.certifiable > 0.01 and at.certifiable == pytest.approx(0.01, abs=2e-4)
+    assert decide_rule(GateConfig(require="certified"), 100, 3).rule.require == "certified"
+
+
+def test_fidelity_on_unlabeled_inputs_certifies_what_the_labels_cannot():
+    cfg = GateConfig(require="certified")
+    agreeing = Fidelity(n=2000, disagree=4, confidence=0.975)
+    found = evidence(LUCKY, fidelity=agreeing)
+    assert found.choice.rule.bound_confidence == 0.975  # two ways to certify: half the error each
+    assert found.certified and not found.labels.within(0.01)
+    decision = judge(cfg, candidate(), found, None, None)
+    assert decision.promote and "disagrees with the teacher on 4 of 2,000 unlabeled" in decision.reason
+    assert not evidence(LUCKY, fidelity=Fidelity(2000, 30, 0.975)).certified
 
 
 def test_a_champion_for_another_task_is_not_comparable_and_the_refusal_names_the_setting():
@@ -100,21 +136,3 @@ def test_a_champion_for_another_task_is_not_comparable_and_the_refusal_names_the
         assert f"the champion of gate.registered_model 'shrinkflow-int8' takes {champion}" in refusal.reason
         assert "--set gate.registered_model=shrinkflow-int8-<task>" in refusal.reason
     assert str(Interface((32, 32, 3), 100)) == "inputs (32, 32, 3) / 100 classes"
-
-
-def test_the_input_check_warns_before_any_training_and_the_run_goes_on(tiny_params, caplog):
-    from flows.stages import check_inputs
-
-    params = tiny_params("gate.max_accuracy_drop=0.01", "sparsify.enabled=false",
-                         "distill.enabled=false")
-    with caplog.at_level(logging.WARNING, logger="tasks.gate"):
-        check_inputs(params)  # 500 digits: 100 test samples, no error
-    assert gate_warnings(caplog) == [f"gate: {uncertifiable(params.gate, 100)}"]
-    caplog.clear()
-    check_inputs(tiny_params("gate.max_accuracy_drop=0.03", "sparsify.enabled=false",
-                             "distill.enabled=false"))
-    assert not gate_warnings(caplog)
-
-
-def gate_warnings(caplog) -> list[str]:
-    return [record.getMessage() for record in caplog.records if record.name == "tasks.gate"]
