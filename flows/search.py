@@ -19,8 +19,9 @@ never touch MLflow.
   there, and those within the budget there all go on (size, not accuracy, decides between them).
 - Choosing aims at the gate (tasks/power.py): a trial counts ("within") when its chance of
   passing the gate's rule on the test split, from its paired counts vs the teacher on the
-  validation split's selection part, is at least LIKELY; the chosen one must be likely from the
-  confirmation part too, which the sampler and pruner never see. The gate certifies, not this.
+  validation split's selection part, is at least LIKELY; the chosen one's chance from the
+  confirmation part, which the sampler and pruner never see, must be at least CONFIRMED. The
+  gate certifies, not this.
 - The study's journal file in .shrinkflow/ (file-locked: workers on other processes or hosts
   sharing the workspace write to it) lets a killed search resume: the study is named after
   everything that decides a trial's outcome, so the same search finds its finished trials again.
@@ -70,7 +71,7 @@ from tasks.models import read_model
 from tasks.gate import RuleChoice, announce_rule, rule_for
 from tasks.paired import PairedDrop
 from tasks.plots import plot_pareto
-from tasks.power import LIKELY
+from tasks.power import CONFIRMED, LIKELY
 from tasks.search import (
     OBJECTIVE_KEYS,
     CannotBeat,
@@ -436,7 +437,7 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule
     attrs = (result.metrics.as_dict() | _paired_attrs("", result.selection)
              | _paired_attrs("confirm_", result.confirmation)
              | {"chance": chance, "confirm_chance": confirm_chance,
-                "within": chance >= LIKELY, "confirmed": confirm_chance >= LIKELY})
+                "within": chance >= LIKELY, "confirmed": confirm_chance >= CONFIRMED})
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     trial.set_constraint("pass_chance", max(0.0, LIKELY - chance))
@@ -479,16 +480,17 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
         row |= {"chosen": row is chosen, "pareto": row["number"] in front,
                 "refused_at_confirmation": row in refused}
     reason = "" if chosen else (
-        f"search: no trial was likely (chance >= {LIKELY}) to pass the gate "
+        f"search: no trial was likely to pass the gate (chance >= {LIKELY} from the selection "
+        f"part, >= {CONFIRMED} from the confirmation part) "
         f"({rule.rule.require} within gate.max_accuracy_drop {100 * rule.rule.budget:.2f} pt on "
-        f"{rule.rule.n:,} test samples) from both parts of the validation split"
+        f"{rule.rule.n:,} test samples)"
         + (f" (teacher validation accuracy {teacher_accuracy:.4f})" if measured else "")
         + "; closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
     chosen = chosen or (closest[0] if closest else {})
     epochs = sum(row.get("epochs", 0) for row in rows)
     record = {"teacher_accuracy": teacher_accuracy, "gate": rule.describe(params.gate),
-              "likely": LIKELY, "space": space,
+              "likely": LIKELY, "confirmed": CONFIRMED, "space": space,
               "epochs_trained": epochs, "epochs_if_all_full": len(rows) * params.distill.epochs,
               "trials": rows}
     publish_artifacts(rows, rule.rule.budget, reason, ws, mlflow_parent, record)

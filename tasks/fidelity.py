@@ -5,7 +5,8 @@ and the first term alone is at most the disagreement). An exact upper confidence
 rate (Clopper-Pearson, one-sided) within the budget certifies the drop on the distribution those
 inputs come from, without a single label.
 
-Numpy and the standard library only, as tasks/paired.py.
+SciPy's beta and binomial distributions do the arithmetic (scikit-learn's dependency, already
+installed; imported only here and in tasks/power.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-BISECTION_STEPS = 60
+from scipy.stats import beta
 
 
 @dataclass(frozen=True)
@@ -58,31 +58,13 @@ def fidelity(teacher_classes: np.ndarray, candidate_classes: np.ndarray,
     return Fidelity(int(teacher.size), int(np.sum(teacher != candidate)), confidence)
 
 
-def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k), summed in log space (n up to millions, k up to a few thousand)."""
-    if k >= n or p <= 0:
-        return 1.0
-    if p >= 1:
-        return 0.0
-    i = np.arange(k + 1)
-    log_pmf = (math.lgamma(n + 1) - _lgamma(i + 1) - _lgamma(n - i + 1)
-               + i * math.log(p) + (n - i) * math.log1p(-p))
-    return float(min(1.0, np.exp(log_pmf).sum()))
-
-
 def disagreement_upper(disagree: int, n: int, confidence: float) -> float:
     """Clopper-Pearson's one-sided upper bound: the rate p at which seeing `disagree` or fewer of
-    `n` has probability 1 - confidence. Exact: its coverage is at least `confidence` for every p."""
+    `n` has probability 1 - confidence (the `confidence` quantile of Beta(k + 1, n - k)). Exact:
+    its coverage is at least `confidence` for every p."""
     if n == 0 or disagree >= n:
         return 1.0
-    if disagree == 0:
-        return 1 - (1 - confidence) ** (1 / n)
-    low, high = disagree / n, 1.0
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2
-        low, high = (middle, high) if binomial_cdf(disagree, n, middle) > 1 - confidence \
-            else (low, middle)
-    return high
+    return float(beta.ppf(confidence, disagree + 1, n - disagree))
 
 
 def inputs_to_certify(budget: float, confidence: float) -> int | None:
@@ -93,7 +75,3 @@ def inputs_to_certify(budget: float, confidence: float) -> int | None:
     if budget >= 1:
         return 1
     return math.ceil(math.log(1 - confidence) / math.log1p(-budget))
-
-
-def _lgamma(values: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.lgamma, otypes=[float])(values)

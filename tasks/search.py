@@ -245,8 +245,9 @@ def pareto_front(trials: list[dict], objective: str) -> set[int]:
 def choose(trials: list[dict], objective: str) -> tuple[dict | None, list[dict]]:
     """The best trial on `objective` (ties: the greater chance) among those likely to pass the
     gate from the selection part (`within`: chance >= LIKELY), tried in that order until one is
-    confirmed (`confirmed`: likely from the confirmation part too, which no sampler or pruner
-    saw: the guard against the winner's curse); and those refused at confirmation on the way.
+    confirmed (`confirmed`: chance >= CONFIRMED from the confirmation part, which no sampler or
+    pruner saw: the guard against the winner's curse); and those refused at confirmation on the
+    way.
     None when no trial is both."""
     key = OBJECTIVE_KEYS[objective]
     refused = []
