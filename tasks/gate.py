@@ -28,6 +28,7 @@ from tasks.power import (
 )
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
+POOL_SHOWN = 100_000  # a pool size worth suggesting; above, a student closer to the teacher needs less
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class RuleChoice:
                 f"within {budget} and marked uncertified. To certify, use more test samples"
                 + (f" ({needed:,} would)" if needed else "")
                 + " (data.test_fraction, or x_test in the npz), set data.unlabeled"
-                + (f" ({inputs:,} inputs to certify)" if inputs else "")
+                + (f" ({inputs:,} inputs would)" if inputs and inputs <= POOL_SHOWN else "")
                 + ", or set gate.require: certified to refuse what is not certified")
 
 

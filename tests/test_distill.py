@@ -1,5 +1,6 @@
 """Distillation: the student's shape, the loss, and a sparse student that learns."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from tasks.distill import (
     cannot_narrow,
     derive_student,
     distill,
+    narrowest_likely,
     narrowest_within,
-    narrowest_within_budget,
 )
+from tasks.gate import decide_rule
 from tasks.errors import InputError
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity
@@ -195,31 +197,32 @@ def test_auto_width_bisects_for_the_narrowest_within(smallest_within, chosen, as
     assert sorted(seen) == sorted(asked)
 
 
-def test_auto_width_distills_each_probe_and_keeps_the_narrowest_within_budget(digits):
+def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(digits):
     keras.utils.set_random_seed(0)
     teacher = train_teacher(keras.Sequential([  # narrowest layer 16 wide: widths 0.5, 0.354, 0.25
         keras.Input(digits.input_shape), keras.layers.Conv2D(16, 3, activation="relu"),
         keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
         digits, ModelConfig(epochs=2))
-    width, student, probes = narrowest_within_budget(
-        teacher, digits, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
+    data = replace(digits, teacher_errors={"val": 3, "test": 3})
+    width, student, probes = narrowest_likely(
+        teacher, data, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
-    assert width == 0.25 and set(probes) == {0.354, 0.25}  # both within a 100-point budget
+    assert width == 0.25 and set(probes) == {0.354, 0.25}  # both pass a 100-point budget
     assert student.layers[0].filters == 4
     assert all(drop.n == len(digits.val.labels) for drop in probes.values())
 
-    # a budget its validation samples cannot certify: the widest alone, warned before training
-    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), len(digits.val.labels))
-    width, _, probes = narrowest_within_budget(
-        teacher, digits, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(), seed=0)
+    # certified on 60 test samples, which cannot certify 1 point: the widest alone, warned
+    width, _, probes = narrowest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
+                                        GateConfig(require="certified"), seed=0)
     assert width == 0.5 and set(probes) == {0.5}
 
 
-def test_auto_width_names_a_validation_split_too_small_to_narrow(caplog):
-    assert not cannot_narrow(GateConfig(max_accuracy_drop=0.01), 1080)
-    assert cannot_narrow(GateConfig(max_accuracy_drop=0.01), 144)
-    assert "144 samples cannot certify a drop of 1.00 pt" in caplog.text
-    assert "that takes 268 samples" in caplog.text and "data.val_fraction" in caplog.text
+def test_auto_width_says_when_no_student_can_be_likely_to_pass(caplog):
+    certified = decide_rule(GateConfig(require="certified"), 200, 4)
+    assert cannot_narrow(certified, 144)  # 200 samples cannot certify 1 point: no student can
+    assert "no student is likely to pass the gate (certified within 1.00 pt on 200" in caplog.text
+    assert not cannot_narrow(decide_rule(GateConfig(), 360, 8), 144)  # auto: the estimate
+    assert not cannot_narrow(decide_rule(GateConfig(require="certified"), 4000, 80), 144)
 
 
 @pytest.mark.parametrize("augment", ["flip_crop", "mixup"])

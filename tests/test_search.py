@@ -2,7 +2,6 @@
 the chosen trial continuing the chain, and the search's bad input."""
 
 import json
-import logging
 import math
 import os
 import subprocess
@@ -24,15 +23,7 @@ from tasks.channels import teacher_widths
 from tasks.choice import apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
-from tasks.search import (
-    Budget,
-    CannotBeat,
-    budget_for,
-    choose,
-    run_trial,
-    search_inputs,
-    warn_if_uncertified,
-)
+from tasks.search import CannotBeat, choose, run_trial, search_inputs
 from test_stack import free_port
 
 DASK = Path(sys.executable).parent / "dask"
@@ -72,8 +63,7 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
         dask_cluster, tmp_path, digits_npz):
     address, worker = dask_cluster
     # successive halving's rungs at 1 and 3 of 9 epochs
-    params = search_project(tmp_path, digits_npz, address, "search.max_accuracy_drop=1.0",
-                            "search.trials=6", "search.widths=[0.5,0.25]",
+    params = search_project(tmp_path, digits_npz, address, "search.trials=6", "search.widths=[0.5,0.25]",
                             "search.sparsities=[0.5,0.7,0.9]", "distill.epochs=9")
     report = compress(params, workdir=str(tmp_path))
 
@@ -90,11 +80,15 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
     chosen = json.loads((tmp_path / "artifacts" / "chosen.json").read_text())
     assert chosen["feasible"] and chosen["trial"] in {t["number"] for t in trials}
     complete = [t for t in trials if t["state"] == "COMPLETE"]
-    best = min(complete, key=lambda t: (t["gzip_bytes"], t["upper"]))  # smaller_gzip
+    best = min(complete, key=lambda t: (t["gzip_bytes"], -t["chance"]))  # smaller_gzip
     assert chosen["keys"]["sparsify.final_sparsity"] == best["sparsify.final_sparsity"]
     for trial in complete:  # paired with the teacher on both parts of the validation split
-        assert trial["upper"] >= trial["drop"] and trial["confirm_upper"] >= trial["confirm_drop"]
+        assert trial["upper"] >= trial["drop"]
         assert trial["n"] + trial["confirm_n"] == 40  # 10 % of the 400 non-test samples
+        # a 1-point budget (conftest's gate) on 100 test samples: the point estimate decides
+        assert trial["within"] == (trial["chance"] >= 0.5)
+        assert trial["confirmed"] == (trial["confirm_chance"] >= 0.8)
+    assert "gate.require auto -> estimate" in record["gate"]
     # most trials stop early: not trained at all when their size estimate cannot beat the best
     # within budget, or stopped by the pruner; repeats of a measured choice train nothing
     assert all(t["stopped"] for t in trials if t["state"] == "PRUNED")
@@ -125,15 +119,15 @@ def test_trials_run_on_the_dask_worker_and_the_chosen_one_continues_the_chain(
         assert repo.status() == {}  # dvc repro would have nothing to do
 
 
-def test_a_budget_no_trial_meets_promotes_nothing_or_fails_when_required(
+def test_a_gate_no_trial_is_likely_to_pass_promotes_nothing_or_fails_when_required(
         dask_cluster, tmp_path, digits_npz):
     address, _ = dask_cluster
     # a one-unit-wide student cannot keep all of the teacher's validation accuracy
-    params = search_project(tmp_path, digits_npz, address, "search.max_accuracy_drop=0",
+    params = search_project(tmp_path, digits_npz, address, "gate.max_accuracy_drop=0",
                             "search.widths=[0.01]", "search.sparsities=[0.95]", "search.trials=1")
     report = compress(params, workdir=str(tmp_path))
     assert not report["promoted"]
-    assert report["gate"].startswith("search: no trial's accuracy drop vs the teacher")
+    assert report["gate"].startswith("search: no trial was likely to pass the gate")
     assert "closest: trial 0" in report["gate"]
 
     strict = load_params(tmp_path / "params.yaml", ["search.require_feasible=true"])
@@ -175,7 +169,7 @@ def test_widths_derive_from_the_teacher(tiny_cnn):
 
 
 def row(number: int, gzip: int, within: bool, confirmed: bool) -> dict:
-    return {"number": number, "gzip_bytes": gzip, "upper": 0.0, "within": within,
+    return {"number": number, "gzip_bytes": gzip, "chance": 0.9, "within": within,
             "confirmed": confirmed}
 
 
@@ -186,22 +180,10 @@ def test_a_trial_that_fails_confirmation_is_not_chosen():
     assert choose([lucky, big], "smaller_gzip") == (None, [lucky])
 
 
-def test_a_budget_the_samples_cannot_certify_is_named_and_becomes_the_smallest_they_can(caplog):
-    cfg = SearchConfig(max_accuracy_drop=0.005)
-    budget, reason = budget_for(cfg, 144)  # 72 to select on, 72 to confirm on
-    assert budget.confirmation == pytest.approx(2.706 / (72 + 2.706), rel=1e-3)
-    assert "72 samples cannot certify a drop of 0.50 pt at 95 % confidence" in reason
-    assert "that takes 539 samples" in reason and "data.val_fraction" in reason
-    with caplog.at_level(logging.WARNING, logger="tasks.search"):
-        warn_if_uncertified(cfg, 144)
-    assert reason in caplog.text
-    assert budget_for(SearchConfig(max_accuracy_drop=0.01), 4000) == (Budget(0.01, 0.01), None)
-
-
-@pytest.mark.parametrize("value", ["0", "1", "1.5"])
-def test_search_confidence_must_be_inside_0_and_1(tiny_params, value):
-    with pytest.raises(InputError, match=f"search.confidence = {value}"):
-        tiny_params(f"search.confidence={value}")
+@pytest.mark.parametrize("removed", ["search.max_accuracy_drop=0.01", "search.confidence=0.9"])
+def test_the_search_has_no_budget_of_its_own_it_aims_at_the_gate(tiny_params, removed):
+    with pytest.raises(InputError, match=f"{removed.split('=')[0]}: unknown key"):
+        tiny_params(removed)
 
 
 def test_a_trial_that_cannot_beat_the_best_size_is_not_trained_or_stops(trained_cnn, digits, tmp_path):
@@ -217,7 +199,7 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained_or_stops(trained_
                   student_path=tmp_path / "student.h5")
     assert not (tmp_path / "student.h5").exists()
 
-    # a trial within budget finishing while it trains stops it after the epoch (math.inf: none yet)
+    # a trial likely to pass finishing while it trains stops it after the epoch (math.inf: none yet)
     best_so_far, epochs = iter([math.inf]), []
 
     def record(epoch: int, drop: float) -> bool:
