@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from prefect.artifacts import Artifact
 
 from conftest import make_project, write_tiny_params
 from flows.compress import compress
+from flows.report import run_summary
 from flows.stages import STAGES
 from flows.tracking import teacher_tags
 from tasks.config import DataConfig
@@ -78,8 +80,32 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert f"- test: {len(data.test)} samples, `{data.test.digest}`" in card
     assert "| latency p50 / p90, 4 threads |" in card and "| runtime memory |" in card
     assert "- distill: enabled True, width 0.25, init teacher" in card
-    assert card.endswith("## Registry\n\nPromoted to `champion`, the first: first model within "
-                         "the accuracy gate.\n")
+    assert "## Registry\n\nPromoted to `champion`, the first: first model within the accuracy " \
+           "gate (certified: accuracy drop" in card
+    assert report["certified"]
+
+
+def test_an_uncertified_promotion_says_so_in_the_summary_registry_card_and_report(
+        prefect_server, dvc_project, tiny_params, caplog):
+    """On 100 test samples no bound reaches 2 points: `estimate` promotes on the point estimate
+    (plain post-training int8 keeps the teacher's answers), marked uncertified everywhere; the
+    run said which rule it applies after load, before any training."""
+    params = tiny_params("sparsify.enabled=false", "distill.enabled=false",
+                         "gate.max_accuracy_drop=0.02", "gate.require=estimate")
+    with caplog.at_level(logging.INFO, logger="tasks.gate"):
+        report = compress(params, workdir=str(dvc_project))
+    assert report["promoted"] and not report["certified"]
+    assert "promoted to champion UNCERTIFIED (on the point estimate)" in run_summary(report)
+    (said,) = [r for r in caplog.records if r.getMessage().startswith("gate: gate.require estimate")]
+    assert "100 test samples certify a 2.00 pt drop" in said.getMessage()
+    (parent,), children = runs_by_parent(params.tracking.uri)
+    assert said.created * 1000 < children["quantize"].info.start_time  # before the stages after load
+    client = MlflowClient(params.tracking.uri)
+    version = client.get_model_version("test-int8", report["model_version"])
+    assert version.tags["gate.certified"] == "false" and version.tags["gate.require"] == "estimate"
+    assert float(version.tags["gate.certifiable_drop"]) > 0.02
+    assert "Promoted to `champion` **uncertified** (on the point estimate)" in version.description
+    assert "promoted to `champion` UNCERTIFIED" in Artifact.get("compress-report").data
 
 
 def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, dvc_project, tiny_params):

@@ -23,7 +23,7 @@ from flows.tracking import use_experiment
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import DataConfig, EvaluateConfig, GateConfig, TrackingConfig
 from tasks.data import load_data
-from tasks.gate import Decision
+from tasks.gate import Evidence, decide_rule
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
 from tasks.splits import Dataset
@@ -55,10 +55,11 @@ def register(root: Path, data: Dataset) -> Gated:
     ws = Workspace(root)
     data.save(ws.data)
     write_bytes(ws.model, convert_to_tflite(model, "int8", data.train.read(slice(20))))
+    cfg = GateConfig(registered_model=NAME, max_accuracy_drop=1.0)
+    found = Evidence(decide_rule(cfg, len(data.test), 2), PairedDrop(len(data.test), 1, 0, 0.95))
     with mlflow.start_run():
-        return register_and_gate(GateConfig(registered_model=NAME, max_accuracy_drop=1.0),
-                                 EvaluateConfig(latency_runs=200, warmup_runs=1), ws,
-                                 PairedDrop(len(data.test.labels), 1, 0, 0.95), CARD)
+        return register_and_gate(cfg, EvaluateConfig(latency_runs=200, warmup_runs=1), ws, found,
+                                 CARD)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +68,9 @@ def champion(tmp_path_factory, digits: Dataset) -> Path:
     root = tmp_path_factory.mktemp("registry")
     previous = mlflow.get_tracking_uri()
     use_experiment(TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", experiment="test"))
-    first = Decision(True, "first model within the accuracy gate")
     gated = register(root / "champion", digits)
-    assert (gated.version, gated.decision, gated.champion) == ("1", first, None)
+    assert (gated.version, gated.decision.promote, gated.champion) == ("1", True, None)
+    assert gated.decision.reason.startswith("first model within the accuracy gate (certified: ")
     yield root / "champion"
     mlflow.set_tracking_uri(previous)
 
@@ -114,7 +115,7 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     assert float(tags["gate.champion_drop.lower"]) < 0 < float(tags["gate.champion_drop.upper"])
     teacher = PairedDrop(len(digits.test.labels), 1, 0, 0.95)
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
-    assert tags["gate.teacher_drop.worse"] == "1" and "gate.warning" not in tags
+    assert tags["gate.teacher_drop.worse"] == "1" and tags["gate.certified"] == "true"
     table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion, 0.95)
     header, _, accuracy, size, _, memory = table.splitlines()
     assert header == "| test split | this run's model | champion (version 1) |"
