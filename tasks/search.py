@@ -146,7 +146,7 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
     right = (predicted == inputs.selection.val.labels,
              _correct(TFLiteClassifier(model), inputs.confirmation))
-    selection, confirmation = (paired_drop(teacher, trial, params.search.confidence)
+    selection, confirmation = (paired_drop(teacher, trial, params.gate.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
     return TrialResult(CandidateMetrics.of(student.count_params(), measured), selection,
                        confirmation, params.distill.epochs if trained else 0)
