@@ -6,8 +6,8 @@ A trial is the distill and quantize stages' own code (`derive_student`, `distill
 (`evaluate_tflite`) on the validation split's *selection* part, and compared with the teacher,
 paired, on both parts of the validation split (tasks/paired.py). Before any training its size and
 latency are estimated (tasks/estimate.py): a trial that cannot beat the best size found so far is
-not trained. Sampling, scheduling and recording live in flows/search.py; nothing here knows
-Optuna, Prefect, Dask or MLflow.
+not trained. Sampling, scheduling and recording live in flows/search.py and flows/trials.py;
+nothing here knows Optuna, Prefect, Dask or MLflow.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ import requests
 from mlflow import MlflowClient
 from test_stack import free_port
 
-from flows.registry import Gated, register_and_gate
-from flows.report import gate_comparison
-from flows.tracking import use_experiment
+from flows.record.gated import Gated
+from flows.record.registry import register_and_gate
+from flows.record.report import gate_comparison
+from flows.record.tracking import use_experiment
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import DataConfig, EvaluateConfig, GateConfig, TrackingConfig
 from tasks.data import load_data
@@ -30,7 +31,7 @@ from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 NAME = "digits-int8"
-CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/model_card.py) is tested in test_flow
+CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/record/model_card.py): test_flow
 UV = str(Path(sys.executable).parent / "uv")
 SERVE = """
 import importlib.util, sys

@@ -18,14 +18,14 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import markdown_report, markdown_table, sensitivity_rows, summary_rows
+from flows.record.report import markdown_report, markdown_table, sensitivity_rows, summary_rows
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
 from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
-    from flows.registry import Gated
+    from flows.record.gated import Gated
 
 
 class Progress:
@@ -89,8 +89,8 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
 
 
 def publish_repeat(report: dict) -> None:
-    """The report of a run that repeats an earlier one (flows/unchanged.py): which, and its model's
-    figures."""
+    """The report of a run that repeats an earlier one (flows/record/unchanged.py): which, and its
+    model's figures."""
     verdict = "promoted to `champion`" if report["promoted"] else "not promoted"
     create_markdown_artifact(
         key="compress-report",

@@ -8,11 +8,10 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from flows.versioning import Fingerprint
+from flows.workspace.versioning import Fingerprint
 
 if TYPE_CHECKING:
-    from flows.registry import Gated
-    from tasks.paired import PairedDrop
+    from flows.record.gated import Gated
 
 DIGEST_SHOWN = 8  # hex digits of an md5 in messages
 THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
@@ -20,7 +19,8 @@ THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
 
 def run_summary(report: dict) -> str:
     """What ran, what changed, where the run is recorded, the gate, teacher vs final. A run that
-    repeats an earlier one (flows/unchanged.py) says which, and that its model is that run's."""
+    repeats an earlier one (flows/record/unchanged.py) says which, and that its model is that
+    run's."""
     stages = report["stages"]
     if all(status == "skipped" for status in stages.values()):
         done = "all stages up to date: nothing re-ran"
@@ -96,13 +96,6 @@ def gate_comparison(measured: dict[str, float], champion: str | None,
     drops = {"gate.teacher_drop": "vs the teacher", "gate.champion_drop": "vs the champion"}
     return [markdown_table(rows), "", *(f"- {paired_line(measured, key, confidence, what)}"
                                         for key, what in drops.items() if key in measured), ""]
-
-
-def drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:
-    """`prefix` (the point estimate), `prefix.upper` / `.lower` (the bounds), and the counts: what
-    `paired_line` reads."""
-    return {prefix: drop.drop, f"{prefix}.upper": drop.upper, f"{prefix}.lower": drop.lower,
-            f"{prefix}.worse": drop.worse, f"{prefix}.better": drop.better, f"{prefix}.n": drop.n}
 
 
 def paired_line(measured: dict[str, float], key: str, confidence: float, what: str) -> str:

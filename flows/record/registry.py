@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 import tasks.tflite
-from flows.report import drop_metrics
-from flows.tracking import CHAMPION, VERSION_TAG, champion_version
+from flows.record.gated import Gated, drop_metrics
+from flows.record.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.evaluate import measure_tflite
@@ -33,17 +33,6 @@ MODEL_CARD = "model_card.md"
 
 
 @dataclass(frozen=True)
-class Gated:
-    """A registered version, the gate's decision on it and what the decision rests on."""
-
-    version: str
-    decision: Decision
-    measured: dict[str, float]  # gate.candidate.*, gate.champion.*, gate.*_drop* (see `_gate`)
-    champion: str | None  # the champion's version at the time, if any
-    card: str  # model_card.md, with the gate's verdict
-
-
-@dataclass(frozen=True)
 class Champion:
     version: str
     tflite: bytes
@@ -57,9 +46,9 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     gate measured goes on the version (as tags) and the run (as metrics), with `gate.warning` when
     the test split is too small to ever pass. `teacher_drop` is the final model's paired drop vs
     the teacher on the test split (metrics.json). A `refusal` decided before the gate (a search
-    that found nothing within its budget) stands. The model `card` (flows/model_card.py), with
-    the verdict appended, goes beside the .tflite in the registered model and the run, and is the
-    version's description in the registry."""
+    that found nothing within its budget) stands. The model `card` (flows/record/model_card.py),
+    with the verdict appended, goes beside the .tflite in the registered model and the run, and is
+    the version's description in the registry."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, teacher_drop, champion)
     decision = refusal or decision
