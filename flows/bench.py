@@ -1,11 +1,11 @@
 """`shrinkflow bench`: the pipeline against the recipes tutorials print, on the same data, the same
 teacher and the same evaluator.
 
-The pipeline's own load stage runs once, in a temp workspace; every recipe then starts from its
-data split and trained teacher and ends at a .tflite, measured by `tasks.evaluate.evaluate_tflite`
-(test split, LiteRT, 1 thread, batch 1). A recipe's wall time covers teacher -> .tflite only:
-neither training the teacher nor measuring is in it. With `overhead`, the real `shrinkflow run` is
-also timed, cold and warm, in a fresh copy of the project.
+The pipeline's own load stage runs once, in a temp workspace; every recipe (flows/recipes.py) then
+starts from its data split and trained teacher and ends at a .tflite, measured by
+`tasks.evaluate.evaluate_tflite` (test split, LiteRT, 1 thread, batch 1). A recipe's wall time
+covers teacher -> .tflite only: neither training the teacher nor measuring is in it. With
+`overhead`, the real `shrinkflow run` is also timed, cold and warm, in a fresh copy of the project.
 """
 
 from __future__ import annotations
@@ -17,18 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import mlflow
-import numpy as np
 
-from flows.params import flatten
-from flows.report import (
+from flows.recipes import COMPRESS_STAGES, RECIPES, REFERENCE, Bench, run_stages
+from flows.record.report import (
     aligned,
     human_size,
     latency,
@@ -38,156 +36,28 @@ from flows.report import (
     thread_counts,
     threads,
 )
-from flows.stages import STAGES, check_inputs, run_stage
-from flows.tracking import pipeline_run
-from flows.versioning import init_workspace
-from tasks.artifacts import Workspace, copy_file, write_bytes, write_json
-from tasks.config import Params, QuantizeConfig, SparsifyConfig, TrackingConfig
+from flows.record.tracking import pipeline_run
+from flows.stages import STAGES, check_inputs
+from flows.workspace.params import flatten
+from flows.workspace.versioning import init_workspace
+from tasks.artifacts import Workspace, write_bytes, write_json
+from tasks.config import Params, QuantizeConfig, TrackingConfig
 from tasks.errors import InputError
 from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
 from tasks.inputs import APPLICATIONS_PREFIX
-from tasks.models import read_model, seed_everything
+from tasks.models import read_model
 from tasks.plots import plot_tradeoff
-from tasks.qat import quantization_aware_training
-from tasks.quantize import calibration_samples, convert_to_tflite, quantize_model
-from tasks.sparsify import sparsify
 from tasks.splits import Dataset
-
-if TYPE_CHECKING:
-    import tf_keras as keras
 
 T = TypeVar("T")
 
 BENCH_JSON = Path("metrics") / "bench.json"
 BENCH_MD = Path("reports") / "bench.md"
 BENCH_PLOT = Path("plots") / "bench.png"
-REFERENCE = "fp32"
 HEADLINE = ("accuracy_drop", "compression_ratio", "speedup")
-# teacher -> .tflite: the shrinkflow recipe (the search as configured: off by default)
-COMPRESS_STAGES = ("search", "sparsify", "distill", "quantize")
-# The tfmot pruning guide's recipe: 50 % -> 80 % polynomial decay while fine-tuning 2 epochs at
-# batch 128 with Adam's default rate. Gotcha: tasks.sparsify reaches the target at 70 % of the
-# steps (the guide at 100 %) and shrinks the update frequency to fit short runs.
-GUIDE_PRUNING = SparsifyConfig(
-    initial_sparsity=0.5, final_sparsity=0.8, frequency=100,
-    epochs=2, batch_size=128, learning_rate=1e-3,
-)
-BENCH_QAT_EPOCHS = 4  # the qat row's epochs when quantize.qat_epochs is 0 (off)
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-class Built(NamedTuple):
-    """What a recipe makes: the .tflite file and the parameter count of its Keras model."""
-
-    tflite: bytes
-    params: int
-
-
-@dataclass(frozen=True)
-class Bench:
-    """What every recipe starts from: the load stage's outputs, in the pipeline's temp workspace."""
-
-    params: Params
-    ws: Workspace
-    data: Dataset
-    teacher: keras.Model
-
-
-def fp32(bench: Bench) -> Built:
-    """The teacher as an FP32 .tflite: the reference row."""
-    return Built(convert_to_tflite(bench.teacher), bench.teacher.count_params())
-
-
-def ptq_random_calib(bench: Bench) -> Built:
-    """Full-INT8 PTQ calibrated on seeded random-uniform inputs in the range of the real
-    calibration samples (tutorials)."""
-    x = _calibration(bench)
-    shape = x.shape
-    noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), shape)
-    return Built(convert_to_tflite(bench.teacher, "int8", noise.astype(np.float32)),
-                 bench.teacher.count_params())
-
-
-def ptq_int8(bench: Bench) -> Built:
-    """Full-INT8 PTQ calibrated on real training samples, as the pipeline calibrates."""
-    return _teacher_in(bench, "int8")
-
-
-def ptq_dynamic(bench: Bench) -> Built:
-    """Dynamic-range PTQ: INT8 weights, float activations and I/O, no calibration."""
-    return _teacher_in(bench, "dynamic")
-
-
-def ptq_float16(bench: Bench) -> Built:
-    """Float16 weights, float compute and I/O."""
-    return _teacher_in(bench, "float16")
-
-
-def ptq_int16x8(bench: Bench) -> Built:
-    """INT16 activations, INT8 weights, int16 I/O, calibrated on real samples (slow on x86)."""
-    return _teacher_in(bench, "int16x8")
-
-
-def mixed(bench: Bench) -> Built:
-    """The teacher in quantize.mode mixed: per op INT4/INT8 weights or float (AI Edge Quantizer),
-    chosen on the validation split within quantize.max_accuracy_drop."""
-    return _teacher_in(bench, "mixed")
-
-
-def prune_ptq(bench: Bench) -> Built:
-    """The tfmot guide: pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
-    seed_everything(bench.params.seed)
-    pruned = sparsify(bench.teacher, bench.data, GUIDE_PRUNING).model
-    return Built(convert_to_tflite(pruned, "int8", _calibration(bench)), pruned.count_params())
-
-
-def shrinkflow(bench: Bench) -> Built:
-    """The pipeline with the configured params: its sparsify, distill and quantize stages."""
-    _run_stages(COMPRESS_STAGES, bench.params, bench.ws)
-    return Built(bench.ws.model.read_bytes(), read_model(bench.ws.student).count_params())
-
-
-def qat(bench: Bench) -> Built:
-    """shrinkflow's student after quantization-aware training on the distillation loss
-    (quantize.qat_epochs, or BENCH_QAT_EPOCHS when that is 0), then INT8. Wall time: QAT and
-    conversion only, on top of shrinkflow's."""
-    cfg = bench.params.quantize.model_copy(
-        update={"qat_epochs": bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS}
-    )
-    student = read_model(bench.ws.student)
-    distill = bench.params.distill
-    trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, distill)
-    return Built(convert_to_tflite(trained, "int8", _calibration(bench)), student.count_params())
-
-
-def search(bench: Bench) -> Built:
-    """The pipeline with search.enabled: the search chooses width, sparsity and mode on the
-    validation split, then its sparsify, distill and quantize stages run with the choice."""
-    ws = Workspace(bench.ws.root / "search")
-    for source, target in ((bench.ws.data, ws.data), (bench.ws.teacher, ws.teacher)):
-        copy_file(source, target)
-    searching = bench.params.model_copy(
-        update={"search": bench.params.search.model_copy(update={"enabled": True})})
-    _run_stages(COMPRESS_STAGES, searching, ws)
-    return Built(ws.model.read_bytes(), read_model(ws.student).count_params())
-
-
-Recipe = Callable[[Bench], Built]
-RECIPES: dict[str, Recipe] = {
-    REFERENCE: fp32,
-    "ptq-random-calib": ptq_random_calib,
-    "ptq-int8": ptq_int8,
-    "ptq-dynamic": ptq_dynamic,
-    "ptq-float16": ptq_float16,
-    "ptq-int16x8": ptq_int16x8,
-    "mixed": mixed,
-    "prune-ptq": prune_ptq,
-    "shrinkflow": shrinkflow,
-    "qat": qat,  # after shrinkflow: it starts from its student
-    "search": search,
-}
 
 
 def bench_command(params: Params, overhead: bool) -> int:
@@ -207,7 +77,7 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
         tempfile.TemporaryDirectory(prefix="shrinkflow-bench-") as tmp,
     ):
         ws = Workspace(Path(tmp))
-        _, load_s = timed(_run_stages, ["load"], params, ws)
+        _, load_s = timed(run_stages, ["load"], params, ws)
         bench = Bench(params, ws, Dataset.load(ws.data), read_model(ws.teacher))
         recipes = measure_recipes(bench)
         document = {
@@ -219,7 +89,7 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
         }
         if overhead:
             rest = [stage for stage in STAGES if stage != "load" and stage not in COMPRESS_STAGES]
-            _, rest_s = timed(_run_stages, rest, params, ws)
+            _, rest_s = timed(run_stages, rest, params, ws)
             in_process_s = load_s + recipes["shrinkflow"]["wall_s"] + rest_s
             document["overhead"] = measure_overhead(params, root, in_process_s)
         paths = write_outputs(document, root)
@@ -261,7 +131,8 @@ def measure_overhead(params: Params, root: Path, in_process_s: float) -> dict[st
         "run_ratio_without_imports": (run_s - import_s) / in_process_s,
         "warm_run_s": warm_s,
         "warm_ratio": warm_s / run_s,
-        "warm_all_skipped": "nothing re-ran" in warm_summary,  # flows.report.run_summary's words
+        # flows.record.report.run_summary's words
+        "warm_all_skipped": "nothing re-ran" in warm_summary,
     }
 
 
@@ -380,22 +251,6 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
-
-
-def _run_stages(names: Iterable[str], params: Params, ws: Workspace) -> None:
-    for name in names:
-        run_stage(name, params, ws)
-
-
-def _teacher_in(bench: Bench, mode: str) -> Built:
-    """The teacher through the quantize stage's own conversion, in `mode`."""
-    cfg = bench.params.quantize.model_copy(update={"enabled": True, "mode": mode})
-    quantized = quantize_model(bench.teacher, cfg, _calibration(bench), bench.data.val)
-    return Built(quantized.tflite, bench.teacher.count_params())
-
-
-def _calibration(bench: Bench) -> np.ndarray:
-    return calibration_samples(bench.data, bench.params.quantize, bench.params.seed)
 
 
 def _row(reference: CandidateMetrics, metrics: CandidateMetrics, wall_s: float) -> dict[str, float]:

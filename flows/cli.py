@@ -59,18 +59,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.params import load_params
+    from flows.workspace.params import load_params
 
     params = load_params(args.params, args.set)  # bad params: refused before the heavy imports
 
-    from flows.versioning import StageStatus, open_repo, workspace_lock
+    from flows.workspace.versioning import StageStatus, open_repo, workspace_lock
 
     open_repo(Path(".")).close()
     with workspace_lock(Path("."), on_wait=lambda message: print(message, file=sys.stderr)):
         status = StageStatus(Path("."))  # DVC's verdict, in a child process while MLflow imports
-        from flows.report import run_summary
-        from flows.stack import use_running_stack
-        from flows.unchanged import last_run_if_unchanged, record_unchanged
+        from flows.record.report import run_summary
+        from flows.record.unchanged import last_run_if_unchanged, record_unchanged
+        from flows.stack.servers import use_running_stack
 
         # In-process, so the run keeps this terminal, its overrides and its exit code; with the
         # stack up it is still a flow run of the stack's Prefect server, in its UI.
@@ -178,8 +178,8 @@ def _start_temporary_prefect() -> Thread | None:
 
 
 def init(args: argparse.Namespace) -> int:
-    from flows.params import load_params
-    from flows.versioning import init_workspace
+    from flows.workspace.params import load_params
+    from flows.workspace.versioning import init_workspace
 
     done = init_workspace(Path("."), load_params(args.params, args.set))
     print(f"initialised: {', '.join(done)}" if done else "already initialised: git, DVC, a commit")
@@ -187,9 +187,9 @@ def init(args: argparse.Namespace) -> int:
 
 
 def stage(args: argparse.Namespace) -> int:
-    from flows.params import load_params
     from flows.stages import run_stage
-    from flows.versioning import check_inputs_section, workspace_lock
+    from flows.workspace.params import load_params
+    from flows.workspace.versioning import check_inputs_section, workspace_lock
     from tasks.artifacts import Workspace
 
     params = load_params(args.params, args.set)
@@ -202,29 +202,29 @@ def stage(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
-    from flows.params import load_params, load_stack
-    from flows.stack import up as start_stack
+    from flows.stack.servers import up as start_stack
+    from flows.workspace.params import load_params, load_stack
 
     params, stack = load_params(args.params, args.set), load_stack(args.params, args.set)
     return start_stack(params, stack, Path("."))
 
 
 def down(args: argparse.Namespace) -> int:
-    from flows.stack import down as stop_stack
+    from flows.stack.servers import down as stop_stack
 
     return stop_stack(Path("."))
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from flows.params import load_params
-    from flows.stack import deploy as deploy_to_pools
+    from flows.stack.deployments import deploy as deploy_to_pools
+    from flows.workspace.params import load_params
 
     return deploy_to_pools(load_params(args.params, args.set), Path("."))
 
 
 def serve(args: argparse.Namespace) -> int:
-    from flows.params import load_params, load_stack
-    from flows.stack import serve as serve_deployments
+    from flows.stack.deployments import serve as serve_deployments
+    from flows.workspace.params import load_params, load_stack
 
     serve_deployments(load_params(args.params, args.set), load_stack(args.params, args.set))
     return 0
@@ -232,7 +232,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     from flows.bench import bench_command
-    from flows.params import load_params
+    from flows.workspace.params import load_params
 
     return bench_command(load_params(args.params, args.set), args.overhead)
 

@@ -11,22 +11,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger, task
-from prefect.exceptions import ObjectNotFound
+from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
-from prefect.states import Crashed
 
-from flows.model_card import model_card
-from flows.publish import Announcer, Progress, publish_repeat, publish_results
-from flows.registry import Gated, register_and_gate
-from flows.report import input_changes
-from flows.retry import RETRY_POLICY
-from flows.stages import STAGES, check_changed_inputs, stage_call
-from flows.tracking import (
-    KILLED_TAG,
-    close_killed_runs,
+from flows.record.gated import Gated
+from flows.record.killed import close_killed
+from flows.record.model_card import model_card
+from flows.record.publish import Announcer, Progress, publish_repeat, publish_results
+from flows.record.registry import register_and_gate
+from flows.record.report import input_changes
+from flows.record.tracking import (
     log_run,
     log_stage,
     mlflow_run_url,
@@ -34,8 +29,10 @@ from flows.tracking import (
     process_tags,
     stage_run,
 )
-from flows.unchanged import FlowRunRecord, last_run_if_unchanged, record_unchanged
-from flows.versioning import (
+from flows.record.unchanged import FlowRunRecord, last_run_if_unchanged, record_unchanged
+from flows.retry import RETRY_POLICY
+from flows.stages import STAGES, check_changed_inputs, stage_call
+from flows.workspace.versioning import (
     Fingerprint,
     forget_stage,
     is_up_to_date,
@@ -48,7 +45,7 @@ from flows.versioning import (
 )
 from tasks.artifacts import Workspace
 from tasks.choice import search_refusal, search_summary
-from tasks.config import Params, TrackingConfig
+from tasks.config import Params
 from tasks.errors import InputChanged
 from tasks.evaluate import headline
 from tasks.gate import announce_rule, rule_for, weigh
@@ -74,7 +71,7 @@ def compress(params: Params = Params(), workdir: str = ".",
         workdir: The project directory holding dvc.yaml, params.yaml and the artifacts.
         repeat_unchanged: When nothing changed since the last run (same params, inputs, outputs
             and champion), record a repeat of it instead of gating and registering the same
-            model again (flows/unchanged.py). On for the nightly deployment.
+            model again (flows/record/unchanged.py). On for the nightly deployment.
     """
     get_run_logger().info("params: %s", params)
     root = Path(workdir)
@@ -149,29 +146,6 @@ def run_stages(params: Params, root: Path) -> tuple[dict[str, str], dict[str, Fi
         if stage == "load":  # the test split and the teacher's errors on it are known from here
             announce_rule(rule_for(params.gate, Dataset.load(Workspace(root).data)), params.gate)
     return stages, before
-
-
-def close_killed(tracking: TrackingConfig, root: Path) -> None:
-    """Close the runs of this workspace that a killed process left RUNNING: in MLflow (KILLED),
-    and in Prefect (Crashed), when its flow run is on this Prefect server."""
-    for killed in close_killed_runs(tracking, root):
-        note = killed.data.tags[KILLED_TAG]
-        get_run_logger().warning("MLflow run %s %s", killed.info.run_id, note)
-        flow_run_id = killed.data.tags.get("prefect.flow_run_id")
-        if flow_run_id:
-            crash_flow_run(flow_run_id, note)
-
-
-def crash_flow_run(flow_run_id: str, note: str) -> None:
-    """Set the flow run Crashed if Prefect still has it Running. A flow run of another server
-    (the temporary one, then the stack's) is not found here and is left alone."""
-    with get_client(sync_client=True) as client:
-        try:
-            state = client.read_flow_run(UUID(flow_run_id)).state
-        except ObjectNotFound:
-            return
-        if state and state.is_running():
-            client.set_flow_run_state(UUID(flow_run_id), Crashed(message=note), force=True)
 
 
 @task(name="stage", task_run_name="{stage}", **RETRY_POLICY)

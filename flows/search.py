@@ -1,4 +1,5 @@
-"""The search stage: an Optuna study over the recipe whose trials are Prefect tasks on Dask.
+"""The search stage: an Optuna study over the recipe whose trials are Prefect tasks on Dask (the
+study and one trial: flows/trials.py).
 
 The study lives in this process. It asks Optuna for a choice, submits a trial task to the Dask
 cluster (a local one, or the scheduler at `search.dask_address`) and tells Optuna the result when
@@ -30,14 +31,10 @@ never touch MLflow.
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import math
 import os
-import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -45,12 +42,9 @@ from urllib.parse import urlparse
 import dask
 import mlflow
 import optuna
-from distributed import get_worker
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from optuna.distributions import CategoricalDistribution
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -63,24 +57,27 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect_dask import DaskTaskRunner
 
-from tasks.artifacts import Workspace, copy_file, write_json
-from tasks.choice import Choice, apply_choice
+from flows.trials import (
+    SEARCHED_STAGES,
+    best_within,
+    choice_key,
+    finish,
+    keep_chosen_student,
+    open_study,
+    repeat,
+    trial_task,
+)
+from tasks.artifacts import Workspace, write_json
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
-from tasks.models import read_model
 from tasks.gate import RuleChoice, announce_rule, rule_for
-from tasks.paired import PairedDrop
+from tasks.models import read_model
 from tasks.plots import plot_pareto
 from tasks.power import CONFIRMED, LIKELY
 from tasks.search import (
     OBJECTIVE_KEYS,
-    CannotBeat,
-    HopelessTrial,
-    TrialResult,
-    cached_inputs,
     choose,
     pareto_front,
-    run_trial,
     search_space,
     trial_memory_bytes,
     validation_parts,
@@ -96,33 +93,14 @@ if TYPE_CHECKING:
 # without it (a remote cluster's are configured where they start: README).
 dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
-STUDY_JOURNAL = Path(".shrinkflow") / "search.journal"
-TRIAL_STUDENTS = Path(".shrinkflow") / "search-students"  # <study>/<md5 of the trained choice>.h5
-MODE_KEY = "quantize.mode"  # the one searched key that acts after training
 SHOWN = ("accuracy", "drop", "chance", "confirm_drop", "confirm_chance", "gzip_bytes",
          "latency_p50_us")
-# Keys that change how long or where a search runs, not what a trial measures: a study resumed
-# with other values is the same study.
-RUN_CONTROL = {"trials", "dask_address", "workers", "timeout_minutes", "require_feasible"}
-SEARCHED_STAGES = ("sparsify", "distill", "quantize")
 CONNECT_TIMEOUT_S = 5
 CLOSEST_SHOWN = 3
 
 
 class NoFeasibleTrial(RuntimeError):
     """No trial is likely to pass the gate, and search.require_feasible is set: the run fails."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a trial task sends back: where it ran, how many epochs it trained, and its result or
-    why it was stopped (with what it measured before: the size estimate, the last drop)."""
-
-    worker: str
-    epochs: int
-    result: TrialResult | None = None
-    stopped: str | None = None
-    measured: dict[str, float] | None = None
 
 
 def check_search(params: Params, teacher: keras.Model, data: Dataset) -> None:
@@ -233,60 +211,6 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
     return publish(study, params, ws, space, rule, mlflow_parent)
 
 
-def study_storage(root: Path) -> JournalStorage:
-    path = root / STUDY_JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path.resolve())))
-
-
-def pruner(params: Params) -> optuna.pruners.SuccessiveHalvingPruner:
-    """Rungs at distill.epochs / factor^k epochs (at least 1): with 40 epochs and factor 3, 4 and
-    12 (the trial task asks no rung past distill.epochs / factor). The same pruner in this process
-    and in every worker (Optuna does not store it)."""
-    factor = params.search.reduction_factor
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=max(1, params.distill.epochs // factor**2), reduction_factor=factor)
-
-
-def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.Study:
-    """The study for this exact search, created (its first trial the `baseline`) or resumed from
-    the workspace's journal; trials a killed search left running are marked failed (their work
-    is lost)."""
-    sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
-    study = optuna.create_study(
-        storage=study_storage(ws.root), study_name=study_name(ws, params, space),
-        direction="minimize", sampler=sampler, pruner=pruner(params), load_if_exists=True,
-    )
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(stale.number, state=TrialState.FAIL)
-    if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(baseline(params, space))
-    return study
-
-
-def baseline(params: Params, space: dict[str, list]) -> Choice:
-    """The first trial of a new search: the configured recipe, each key snapped into the space
-    (a value not among its choices, e.g. distill.width auto: the middle choice). A recipe that
-    keeps the budget gives every later trial a size to beat before TPE's random start, so larger
-    ones are not trained."""
-    configured = params.model_dump()
-    recipe = {key: configured[section][name] for key in space
-              for section, name in [key.split(".")]}
-    return {key: recipe[key] if recipe[key] in choices else choices[len(choices) // 2]
-            for key, choices in space.items()}
-
-
-def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
-    """A digest of what decides a trial's outcome: inputs' content, space and settings."""
-    settings = params.model_dump(mode="json",
-                                 include={"seed", *SEARCHED_STAGES, "evaluate", "gate"})
-    settings["search"] = params.search.model_dump(mode="json", exclude=RUN_CONTROL)
-    md5 = hashlib.md5(json.dumps([settings, space], sort_keys=True).encode())
-    for path in (ws.data, ws.teacher):
-        md5.update(path.read_bytes())
-    return f"search-{md5.hexdigest()[:16]}"
-
-
 def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
                rule: RuleChoice, mlflow_parent: str | None) -> None:
     """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
@@ -297,7 +221,7 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
     cfg, logger = params.search, get_run_logger()
     distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    measured = {_key(t.params): t for t in done}
+    measured = {choice_key(t.params): t for t in done}
     todo = max(0, cfg.trials - len(done))
     deadline = time.monotonic() + cfg.timeout_minutes * 60 if cfg.timeout_minutes else math.inf
     in_flight = cluster_threads()
@@ -308,9 +232,9 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
     while todo or pending:
         while todo and len(pending) < in_flight and time.monotonic() < deadline:
             trial, todo = study.ask(distributions), todo - 1
-            if _key(trial.params) in measured:
-                log_trial(mlflow_parent, repeat(study, trial, measured[_key(trial.params)]))
-            elif _key(trial.params) in {_key(t.params) for t in pending.values()}:
+            if choice_key(trial.params) in measured:
+                log_trial(mlflow_parent, repeat(study, trial, measured[choice_key(trial.params)]))
+            elif choice_key(trial.params) in {choice_key(t.params) for t in pending.values()}:
                 twins.append(trial)
             else:
                 # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
@@ -322,8 +246,8 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
         future = next(as_completed(list(pending)))
         frozen = finish(study, pending.pop(future), future, rule, OBJECTIVE_KEYS[cfg.objective])
         if frozen.state != TrialState.FAIL:
-            measured[_key(frozen.params)] = frozen
-        for twin in [t for t in twins if _key(t.params) == _key(frozen.params)]:
+            measured[choice_key(frozen.params)] = frozen
+        for twin in [t for t in twins if choice_key(t.params) == choice_key(frozen.params)]:
             twins.remove(twin)
             log_trial(mlflow_parent, repeat(study, twin, frozen))
         logger.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
@@ -332,13 +256,6 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
         finished = cfg.trials - todo - len(pending) - len(twins)
         update_progress_artifact(progress, 100.0 * finished / cfg.trials,
                                  description=f"search: {finished}/{cfg.trials} trials")
-
-
-def best_within(study: optuna.Study) -> float:
-    """The best objective value among the trials likely to pass (from the selection part)."""
-    feasible = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(c <= 0 for c in t.constraints.values())]
-    return min(feasible, default=math.inf)
 
 
 def cluster_threads() -> int:
@@ -350,116 +267,6 @@ def cluster_threads() -> int:
     if not runner.address:
         runner.cluster_kwargs["env"] = {"PREFECT_API_URL": str(context.client.api_url)}
     return max(1, sum(runner.client.nthreads().values()))
-
-
-@task(name="trial", task_run_name="trial {number}")
-def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: Params,
-               workdir: str, beat: float, budget: float) -> Outcome:
-    """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
-    split; not trained, or stopped after an epoch, when its estimate cannot beat `beat` or a
-    trial likely to pass finished since; stopped early (not failed) when the pruner, told the
-    drop's excess over `budget` (the gate's) after every epoch, says so."""
-    root = Path(workdir)
-    ws = Workspace(root)
-    inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)
-    trial = optuna.Trial(optuna.load_study(study_name=study, storage=study_storage(root),
-                                           pruner=pruner(params)), trial_id)
-    reported: dict[int, float] = {}
-
-    def stop(epoch: int, drop: float) -> bool:
-        # the pruner ranks what is left to gain, not accuracy: trials within the budget at a
-        # rung tie at 0 and go on whatever their size (the objective decides between them)
-        trial.report(max(drop - budget, 0.0), epoch)
-        reported[epoch] = drop
-        # past the last but one rung, stopping saves less than the measurement is worth
-        return epoch * params.search.reduction_factor <= params.distill.epochs and \
-            trial.should_prune()
-
-    def best() -> float:  # trials finished since this one was submitted count too
-        return min(beat, best_within(trial.study))
-
-    worker = get_worker().address
-    try:
-        result = run_trial(inputs, apply_choice(params, choice), best, stop,
-                           trial_student(root, study, choice))
-    except CannotBeat as skipped:
-        epochs = max(reported, default=0)
-        return Outcome(worker, epochs, stopped=f"{skipped}: " + (
-                           f"stopped after {epochs} epochs" if epochs else "not trained"),
-                       measured={f"estimated_{k}": v for k, v in vars(skipped.estimate).items()})
-    except HopelessTrial as hopeless:
-        last = max(reported)
-        return Outcome(worker, last, stopped=str(hopeless), measured={"drop": reported[last]})
-    return Outcome(worker, result.epochs, result=result)
-
-
-def trial_student(root: Path, study: str, choice: Choice) -> Path:
-    """Where the trials of `study` with `choice` keep their trained student (the workspace's
-    .shrinkflow/: on a shared filesystem for a remote cluster, as the data and teacher are). The
-    quantization mode is left out: it acts after training, so one student serves every mode."""
-    trained = _key({key: value for key, value in choice.items() if key != MODE_KEY})
-    return root / TRIAL_STUDENTS / study / f"{hashlib.md5(trained.encode()).hexdigest()[:16]}.h5"
-
-
-def keep_chosen_student(ws: Workspace, study: str, chosen: Choice) -> None:
-    """The student of the `chosen` choice becomes the distill stage's output
-    (artifacts/search/student.h5); the students of earlier searches are deleted, this study's
-    kept for a resumed search."""
-    source = trial_student(ws.root, study, chosen) if chosen else None
-    if source and source.exists():
-        copy_file(source, ws.searched_student)
-    else:  # none chosen, or its student is gone: the distill stage trains one
-        ws.searched_student.unlink(missing_ok=True)
-    for earlier in (ws.root / TRIAL_STUDENTS).glob("*"):
-        if earlier.name != study:
-            shutil.rmtree(earlier)
-
-
-def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule: RuleChoice,
-           objective_key: str) -> FrozenTrial:
-    """Tell Optuna how the trial ended: complete (objective, constraint: how far its chance to
-    pass, from the selection part, falls short of LIKELY), not trained or stopped early
-    (pruned), or failed."""
-    try:
-        outcome: Outcome = future.result()
-    except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert)
-        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-        return study.tell(trial, state=TrialState.FAIL)
-    trial.set_user_attr("worker", outcome.worker)
-    trial.set_user_attr("epochs", outcome.epochs)
-    if outcome.stopped:
-        for key, value in (outcome.measured or {}).items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("stopped", outcome.stopped)
-        return study.tell(trial, state=TrialState.PRUNED)
-    result = outcome.result
-    chance, confirm_chance = result.chances(rule.rule)
-    attrs = (result.metrics.as_dict() | _paired_attrs("", result.selection)
-             | _paired_attrs("confirm_", result.confirmation)
-             | {"chance": chance, "confirm_chance": confirm_chance,
-                "within": chance >= LIKELY, "confirmed": confirm_chance >= CONFIRMED})
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    trial.set_constraint("pass_chance", max(0.0, LIKELY - chance))
-    return study.tell(trial, attrs[objective_key])
-
-
-def _paired_attrs(prefix: str, paired: PairedDrop) -> dict[str, float]:
-    return {f"{prefix}{k}": v for k, v in paired.as_dict().items()
-            if k in ("drop", "upper", "worse", "better", "n")}
-
-
-def repeat(study: optuna.Study, trial: optuna.Trial, earlier: FrozenTrial) -> FrozenTrial:
-    """Tell Optuna that `trial` ended as `earlier`, the same choice, instead of training it."""
-    for key, value in earlier.user_attrs.items():
-        trial.set_user_attr(key, value)
-    trial.set_user_attr("repeat_of", earlier.number)
-    trial.set_user_attr("epochs", 0)
-    if earlier.state != TrialState.COMPLETE:
-        return study.tell(trial, state=earlier.state)
-    for name, value in earlier.constraints.items():
-        trial.set_constraint(name, value)
-    return study.tell(trial, earlier.value)
 
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
@@ -562,10 +369,6 @@ def log_trial(mlflow_parent: str | None, trial: FrozenTrial) -> None:
                      tags=[RunTag("search.number", str(trial.number))])
     client.set_terminated(run.info.run_id,
                           "FINISHED" if trial.state != TrialState.FAIL else "FAILED")
-
-
-def _key(choice: Choice) -> str:
-    return json.dumps(choice, sort_keys=True)
 
 
 def _describe(trial: FrozenTrial) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.connections import check_tracking_uri
-from flows.versioning import nothing_changed
+from flows.workspace.connections import check_tracking_uri
+from flows.workspace.versioning import nothing_changed
 from tasks.artifacts import Workspace
 from tasks.choice import chosen_params
 from tasks.config import Params

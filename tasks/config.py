@@ -24,7 +24,8 @@ from pydantic_core import PydanticCustomError
 
 DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+|tfrecord:.+)$")
 
-CREDENTIALS_IN_URL = "credentials_in_url"  # an error whose value is not repeated (flows/params.py)
+# an error whose value is not repeated (flows/workspace/params.py)
+CREDENTIALS_IN_URL = "credentials_in_url"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

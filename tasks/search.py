@@ -8,8 +8,8 @@ paired, on both parts of the validation split (tasks/paired.py). What it aims at
 trial counts when its chance of passing the gate's rule on the test split, from its paired counts
 on a part (tasks/power.py `chance_to_pass`), is at least LIKELY. Before any training its size and
 latency are estimated (tasks/estimate.py): a trial that cannot beat the best size found so far is
-not trained. Sampling, scheduling and recording live in flows/search.py; nothing here knows
-Optuna, Prefect, Dask or MLflow.
+not trained. Sampling, scheduling and recording live in flows/search.py and flows/trials.py;
+nothing here knows Optuna, Prefect, Dask or MLflow.
 """
 
 from __future__ import annotations

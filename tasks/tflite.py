@@ -2,8 +2,8 @@
 use this one class, so a served model returns exactly what was measured. Also the one reader of a
 .tflite's stored weights (`stored_weights`), for the evaluator, the quantize stage and `mixed`.
 
-The registered model carries this file alone (as `tflite.py`, see flows/pyfunc_model.py): import
-nothing here but numpy, ai_edge_litert and the standard library.
+The registered model carries this file alone (as `tflite.py`, see flows/record/pyfunc_model.py):
+import nothing here but numpy, ai_edge_litert and the standard library.
 """
 
 from __future__ import annotations

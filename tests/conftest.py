@@ -108,7 +108,7 @@ def tiny_params(tmp_path: Path, digits_npz: Path):
 
 
 def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
-    from flows.params import load_params
+    from flows.workspace.params import load_params
 
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump({
@@ -127,7 +127,7 @@ def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
 def make_project(root: Path, data: Path, *overrides: str) -> Params:
     """A fresh project in `root`: this repo's dvc.yaml and stage sources, a tiny params.yaml,
     git + DVC initialised. Returns the params."""
-    from flows.versioning import init_workspace
+    from flows.workspace.versioning import init_workspace
 
     shutil.copy(REPO / "dvc.yaml", root)
     shutil.copy(REPO / ".gitignore", root)

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from flows.bench import (
-    BENCH_JSON, BENCH_MD, BENCH_PLOT, RECIPES, bench_table, relocated_params, run_bench,
-)
-from flows.params import validate_params
+from flows.bench import BENCH_JSON, BENCH_MD, BENCH_PLOT, bench_table, relocated_params, run_bench
+from flows.recipes import RECIPES
+from flows.workspace.params import validate_params
 
 
 def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(

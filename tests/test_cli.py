@@ -202,7 +202,8 @@ def test_a_stop_signal_dropped_in_a_finalizer_is_sent_again():
 def test_finding_the_stack_imports_no_prefect():
     """Prefect reads PREFECT_API_URL once, when imported: `use_running_stack` sets it, so nothing
     it imports may import Prefect (else a run beside `up` starts a temporary server of its own)."""
-    probe = "import sys, flows.stack; print(sorted(m for m in sys.modules if m.startswith('prefect')))"
+    probe = ("import sys, flows.stack.servers; "
+             "print(sorted(m for m in sys.modules if m.startswith('prefect')))")
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               check=True, cwd=Path(__file__).parent.parent).stdout
     assert imported.strip() == "[]"

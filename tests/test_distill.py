@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from flows.params import load_params
+from flows.workspace.params import load_params
 from tasks.channels import gate_layers, teacher_widths
 from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
 from tasks.distill import (

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from flows.report import summary_table
+from flows.record.report import summary_table
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (

@@ -13,13 +13,13 @@ from prefect.artifacts import Artifact
 
 from conftest import make_project, write_tiny_params
 from flows.compress import compress
-from flows.report import run_summary
+from flows.record.report import run_summary
+from flows.record.tracking import teacher_tags
 from flows.stages import STAGES
-from flows.tracking import teacher_tags
 from tasks.config import DataConfig
 from tasks.data import load_data
-from tasks.splits import Dataset
 from tasks.model_files import ModelSource
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 

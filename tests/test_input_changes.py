@@ -18,7 +18,7 @@ from flows import compress as compress_module
 from flows.cli import main
 from flows.compress import compress
 from flows.stages import STAGES, run_stage
-from flows.versioning import is_up_to_date, record_stage, write_params_file
+from flows.workspace.versioning import is_up_to_date, record_stage, write_params_file
 from tasks.artifacts import Workspace
 from tasks.config import DataConfig
 from tasks.data import load_data

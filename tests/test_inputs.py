@@ -12,9 +12,9 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from flows.cli import main
-from flows.report import input_changes
+from flows.record.report import input_changes
 from flows.retry import is_transient
-from flows.versioning import Fingerprint, inputs_section
+from flows.workspace.versioning import Fingerprint, inputs_section
 from tasks.config import Params
 from tasks.errors import InputChanged, InputError
 from tasks.inputs import read_steadily, wait_until_settled

@@ -24,10 +24,10 @@ from mlflow.entities import Run
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from flows.params import load_params
-from flows.tracking import CHAMPION, KILLED_TAG, NOTE_TAG, PID_TAG
-from flows.unchanged import MADE_BY_TAG, last_run_if_unchanged
-from flows.versioning import StageStatus
+from flows.record.tracking import CHAMPION, KILLED_TAG, NOTE_TAG, PID_TAG
+from flows.record.unchanged import MADE_BY_TAG, last_run_if_unchanged
+from flows.workspace.params import load_params
+from flows.workspace.versioning import StageStatus
 
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
 DVC = str(Path(sys.executable).parent / "dvc")

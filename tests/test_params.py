@@ -1,4 +1,5 @@
-"""Tests for flows.params: params.yaml, `KEY=VALUE` overrides, errors naming the key, flatten."""
+"""Tests for flows.workspace.params: params.yaml, `KEY=VALUE` overrides, errors naming the key,
+flatten."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.params import flatten, load_params, load_stack, validate_params
-from flows.versioning import inputs_section
+from flows.workspace.params import flatten, load_params, load_stack, validate_params
+from flows.workspace.versioning import inputs_section
 from tasks.config import Params, StackConfig
 from tasks.errors import InputError
 

@@ -9,8 +9,8 @@ import pytest
 import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
-from flows.params import load_params
 from flows.stages import run_stage
+from flows.workspace.params import load_params
 from tasks.artifacts import Workspace
 from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, SparsifyConfig
 from tasks.distill import DistillationLoss, derive_student, distill

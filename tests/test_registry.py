@@ -17,9 +17,10 @@ import requests
 from mlflow import MlflowClient
 from test_stack import free_port
 
-from flows.registry import Gated, register_and_gate
-from flows.report import gate_comparison
-from flows.tracking import use_experiment
+from flows.record.gated import Gated
+from flows.record.registry import register_and_gate
+from flows.record.report import gate_comparison
+from flows.record.tracking import use_experiment
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import DataConfig, EvaluateConfig, GateConfig, TrackingConfig
 from tasks.data import load_data
@@ -30,7 +31,7 @@ from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 NAME = "digits-int8"
-CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/model_card.py) is tested in test_flow
+CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/record/model_card.py): test_flow
 UV = str(Path(sys.executable).parent / "uv")
 SERVE = """
 import importlib.util, sys
@@ -116,7 +117,7 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     teacher = PairedDrop(len(digits.test.labels), 1, 0, 0.95)
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
     assert tags["gate.teacher_drop.worse"] == "1" and tags["gate.certified"] == "true"
-    table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion, 0.95)
+    table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion)
     header, _, accuracy, size, _, memory = table.splitlines()
     assert header == "| test split | this run's model | champion (version 1) |"
     assert accuracy.startswith("| accuracy |") and size.startswith("| gzip size |")

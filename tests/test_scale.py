@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import REPO, make_project
-from flows.params import load_params
+from flows.workspace.params import load_params
 from tasks.splits import Dataset
 from tasks.errors import InputError
 from tasks.tflite import TFLiteClassifier
@@ -359,7 +359,7 @@ def test_wrong_mlflow_credentials_are_refused_before_a_run_trains(team, monkeypa
 def test_a_work_pool_that_does_not_exist_is_refused_by_deploy(team, tmp_path):
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows.stack import check_work_pools
+    from flows.stack.deployments import check_work_pools
 
     prefect_file = yaml.safe_load((team.root / "infra" / "prefect.yaml").read_text())
     prefect_file["deployments"][0]["work_pool"]["name"] = "nowhere"
@@ -376,7 +376,7 @@ def test_a_work_pool_that_does_not_exist_is_refused_by_deploy(team, tmp_path):
 
 def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgres, s3, tmp_path,
                                                                          monkeypatch):
-    from flows.stack import up
+    from flows.stack.servers import up
     from tasks.config import Params, StackConfig
 
     closed = free_port()
@@ -407,7 +407,7 @@ def test_an_unreachable_dvc_remote_or_missing_bucket_is_refused_before_training(
                                                                                 digits_npz):
     from dvc.repo import Repo
 
-    from flows.versioning import open_repo
+    from flows.workspace.versioning import open_repo
 
     make_project(tmp_path, digits_npz)
     closed = f"http://127.0.0.1:{free_port()}"
@@ -431,8 +431,8 @@ def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path
 
 
 def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypatch):
-    from flows.params import load_stack
-    from flows.stack import up
+    from flows.stack.servers import up
+    from flows.workspace.params import load_stack
     from tasks.config import Params, StackConfig
 
     with pytest.raises(InputError) as refused:

@@ -16,9 +16,10 @@ from mlflow import MlflowClient
 
 from conftest import make_project
 from flows.compress import compress
-from flows.params import load_params
-from flows.search import NoFeasibleTrial, baseline, study_storage, task_runner, trial_student
+from flows.search import NoFeasibleTrial, task_runner
 from flows.stages import check_inputs
+from flows.trials import baseline, study_storage, trial_student
+from flows.workspace.params import load_params
 from tasks.channels import teacher_widths
 from tasks.choice import apply_choice
 from tasks.config import Params, SearchConfig

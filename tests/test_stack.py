@@ -347,7 +347,7 @@ def test_the_ui_shows_the_run_form_and_the_mlflow_run(stack, first_run):
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
-    from flows.stack import up
+    from flows.stack.servers import up
     from tasks.config import Params, StackConfig
     from tasks.errors import InputError
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from conftest import copy_project, make_project, write_tiny_params
 from flows.compress import compress
 from flows.stages import STAGES
-from flows.versioning import workspace_lock
+from flows.workspace.versioning import workspace_lock
 
 VENV_BIN = str(Path(sys.executable).parent)
 ENV = os.environ | {"PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # dvc.yaml's cmd is `shrinkflow`

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 import tasks.tflite
-from flows.report import drop_metrics
-from flows.tracking import CHAMPION, VERSION_TAG, champion_version
+from flows.record.gated import Gated, drop_metrics
+from flows.record.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.evaluate import measure_tflite
@@ -33,18 +33,6 @@ MODEL_CARD = "model_card.md"
 
 
 @dataclass(frozen=True)
-class Gated:
-    """A registered version, the gate's decision on it and what the decision rests on."""
-
-    version: str
-    decision: Decision
-    measured: dict[str, float]  # gate.candidate.*, gate.champion.*, gate.*_drop* (see `_gate`)
-    champion: str | None  # the champion's version at the time, if any
-    card: str  # model_card.md, with the gate's verdict
-    certified: bool  # the accuracy drop certified (else, if promoted: on the point estimate)
-
-
-@dataclass(frozen=True)
 class Champion:
     version: str
     tflite: bytes
@@ -58,7 +46,7 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     (false: decided on the point estimate, gate.require) and the drop the test split can certify.
     `evidence` is the final model's drop vs the teacher (tasks/gate.py `weigh`). A `refusal`
     decided before the gate (a search that found nothing likely to pass) stands. The model `card`
-    (flows/model_card.py), with the verdict appended, goes beside the .tflite in the registered
+    (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the registered
     model and the run, and is the version's description in the registry."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, evidence, champion)

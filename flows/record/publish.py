@@ -18,7 +18,7 @@ from prefect.artifacts import (
 )
 from prefect.events import emit_event
 
-from flows.report import (
+from flows.record.report import (
     markdown_report,
     markdown_table,
     promotion,
@@ -31,7 +31,7 @@ from tasks.config import Params
 from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
-    from flows.registry import Gated
+    from flows.record.gated import Gated
 
 
 class Progress:
@@ -73,7 +73,7 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
         key="compress-report",
         description="Teacher vs final, the gate's decision and what it rests on",
         markdown=markdown_report(metrics, gated, params.gate.registered_model,
-                                 params.gate.confidence, search_summary(ws), links),
+                                 search_summary(ws), links),
     )
     create_markdown_artifact(key="model-card", description="model_card.md of the registered model",
                              markdown=gated.card)
@@ -95,8 +95,8 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
 
 
 def publish_repeat(report: dict) -> None:
-    """The report of a run that repeats an earlier one (flows/unchanged.py): which, and its model's
-    figures."""
+    """The report of a run that repeats an earlier one (flows/record/unchanged.py): which, and its
+    model's figures."""
     verdict = promotion(report["promoted"], report["certified"]).replace("champion", "`champion`")
     create_markdown_artifact(
         key="compress-report",

@@ -1,7 +1,8 @@
 """Notifications: a Prefect webhook block plus the automations in infra/automations.yaml.
 
-The flow only emits events (flows/publish.py); who hears about them is server configuration, so a
-team can add Slack or e-mail actions in the Prefect UI without touching the code.
+The flow only emits events (flows/record/publish.py); who hears about them is server
+configuration, so a team can add Slack or e-mail actions in the Prefect UI without touching the
+code.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """The model card that travels with the deployable model (`model_card.md` beside its .tflite in the
 registered model, the run's artifacts and the Prefect report): what it is, what it was made from
-and measured on, and how it was made. The registry appends the gate's verdict (flows/registry.py).
+and measured on, and how it was made. The registry appends the gate's verdict
+(flows/record/registry.py).
 """
 
 from __future__ import annotations
 
-from flows.report import drop_metrics, markdown_table, paired_line, summary_rows
-from flows.tracking import SPLITS
+from flows.record.gated import drop_metrics
+from flows.record.report import markdown_table, paired_line, summary_rows
+from flows.record.tracking import SPLITS
 from tasks.artifacts import Workspace
 from tasks.choice import chosen_params, search_summary
 from tasks.config import Params
@@ -32,7 +34,7 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         *(f"- {SPLITS[name]}: {len(split):,} samples, `{split.digest}`"
           for name, split in data.splits.items()), "",
         "## Measured on the test split", "",
-        f"- {paired_line(drop_metrics('drop', drop), 'drop', drop.confidence, 'vs the teacher')}",
+        f"- {paired_line(drop_metrics('drop', drop), 'drop', 'vs the teacher')}",
         f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt", "",
         markdown_table(summary_rows(metrics)), "",
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "

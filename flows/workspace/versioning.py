@@ -23,8 +23,8 @@ from dvc.repo import Repo
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from flows.connections import check_s3
-from flows.params import INPUTS, flatten
+from flows.workspace.connections import check_s3
+from flows.workspace.params import INPUTS, flatten
 from tasks.artifacts import atomic_path
 from tasks.config import Params
 from tasks.errors import InputError

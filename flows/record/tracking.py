@@ -22,8 +22,8 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.types.schema import Schema, TensorSpec
 
-from flows.params import dump_params, flatten
-from flows.versioning import Fingerprint, git_commit, output_md5s, recorded_inputs
+from flows.workspace.params import dump_params, flatten
+from flows.workspace.versioning import Fingerprint, git_commit, output_md5s, recorded_inputs
 from tasks.artifacts import Workspace
 from tasks.config import Params, TrackingConfig
 from tasks.inputs import load_inputs

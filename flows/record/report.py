@@ -8,11 +8,10 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from flows.versioning import Fingerprint
+from flows.workspace.versioning import Fingerprint
 
 if TYPE_CHECKING:
-    from flows.registry import Gated
-    from tasks.paired import PairedDrop
+    from flows.record.gated import Gated
 
 DIGEST_SHOWN = 8  # hex digits of an md5 in messages
 THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
@@ -20,7 +19,8 @@ THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
 
 def run_summary(report: dict) -> str:
     """What ran, what changed, where the run is recorded, the gate, teacher vs final. A run that
-    repeats an earlier one (flows/unchanged.py) says which, and that its model is that run's."""
+    repeats an earlier one (flows/record/unchanged.py) says which, and that its model is that
+    run's."""
     stages = report["stages"]
     if all(status == "skipped" for status in stages.values()):
         done = "all stages up to date: nothing re-ran"
@@ -71,8 +71,8 @@ def summary_table(metrics: dict) -> str:
     return aligned(summary_rows(metrics))
 
 
-def markdown_report(metrics: dict, gated: Gated, model_name: str, confidence: float,
-                    search: str | None, links: dict[str, str]) -> str:
+def markdown_report(metrics: dict, gated: Gated, model_name: str, search: str | None,
+                    links: dict[str, str]) -> str:
     """The Prefect report: teacher vs final, the gate's decision with the figures it rests on,
     the search's choice, and `links` (title -> URL)."""
     verdict = promotion(gated.decision.promote, gated.certified).replace("champion", "`champion`")
@@ -81,7 +81,7 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, confidence: fl
         markdown_table(summary_rows(metrics)), "",
         "## Gate", "",
         f"`{model_name}` version {gated.version} **{verdict}**: {gated.decision.reason}.", "",
-        *gate_comparison(gated.measured, gated.champion, confidence),
+        *gate_comparison(gated.measured, gated.champion),
         *(["## Search", "", search, ""] if search else []),
         "## Links", "",
         *(f"- [{title}]({url})" for title, url in links.items()),
@@ -89,10 +89,9 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, confidence: fl
     ])
 
 
-def gate_comparison(measured: dict[str, float], champion: str | None,
-                    confidence: float) -> list[str]:
+def gate_comparison(measured: dict[str, float], champion: str | None) -> list[str]:
     """The candidate beside the champion it was measured with on this run's test split, and the
-    paired drops (vs the teacher, vs the champion) with their `confidence` bounds, as markdown."""
+    paired drops (vs the teacher, vs the champion) with their bounds, as markdown."""
     who = {"candidate": "this run's model"} | ({"champion": f"champion (version {champion})"}
                                              if "gate.champion.accuracy" in measured else {})
     rows = [("test split", *who.values()),
@@ -102,20 +101,14 @@ def gate_comparison(measured: dict[str, float], champion: str | None,
                                     f"{measured[f'gate.{w}.latency_p90_us']:.1f} us" for w in who)),
             ("runtime memory", *(memory(measured[f"gate.{w}.memory_bytes"]) for w in who))]
     drops = {"gate.teacher_drop": "vs the teacher", "gate.champion_drop": "vs the champion"}
-    return [markdown_table(rows), "", *(f"- {paired_line(measured, key, confidence, what)}"
+    return [markdown_table(rows), "", *(f"- {paired_line(measured, key, what)}"
                                         for key, what in drops.items() if key in measured), ""]
 
 
-def drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:
-    """`prefix` (the point estimate), `prefix.upper` / `.lower` (the bounds), and the counts: what
-    `paired_line` reads."""
-    return {prefix: drop.drop, f"{prefix}.upper": drop.upper, f"{prefix}.lower": drop.lower,
-            f"{prefix}.worse": drop.worse, f"{prefix}.better": drop.better, f"{prefix}.n": drop.n}
-
-
-def paired_line(measured: dict[str, float], key: str, confidence: float, what: str) -> str:
+def paired_line(measured: dict[str, float], key: str, what: str) -> str:
     """`vs the teacher: drop +0.28 pt, between -0.40 and +0.98 pt at 95 % (worse on 2, better on 1
-    of 360 samples)`: a paired drop from the gate's metrics, `key` its prefix."""
+    of 360 samples)`: a paired drop from the gate's metrics (`drop_metrics`), `key` its prefix."""
+    confidence = measured[f"{key}.confidence"]
     count = {field: int(measured[f"{key}.{field}"]) for field in ("worse", "better", "n")}
     return (f"{what}: drop {100 * measured[key]:+.2f} pt, between "
             f"{100 * measured[f'{key}.lower']:+.2f} and {100 * measured[f'{key}.upper']:+.2f} pt at "

@@ -1,5 +1,5 @@
-"""`shrinkflow up` / `down`: a Prefect server, an MLflow server and the served deployments;
-`shrinkflow deploy`: infra/prefect.yaml's deployments on a work pool, for `prefect worker`s.
+"""`shrinkflow up` / `down`: a Prefect server, an MLflow server and the served deployments
+(flows/stack/deployments.py).
 
 Everything listens on the configured host (127.0.0.1 by default). On one machine the state stays
 in the project: Prefect's database under `.shrinkflow/prefect`, MLflow's in the `tracking.uri`
@@ -27,17 +27,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
-from flows.connections import MLFLOW_CREDENTIALS, check_postgres, check_s3
-from flows.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
+from flows.record.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
+from flows.workspace.connections import MLFLOW_CREDENTIALS, check_postgres, check_s3
 from tasks.config import LOOPBACK, Params, StackConfig
 from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")
 PID_FILE = STATE / "stack.pid"  # JSON: the `up` process, its URLs and the store it serves
 MLFLOW_AUTH_FILE = STATE / "mlflow-auth.ini"  # no secret in it: the admin is in the environment
-PREFECT_FILE = Path("infra") / "prefect.yaml"
 PREFECT_AUTH = "PREFECT_API_AUTH_STRING"
 STARTUP_TIMEOUT_S = 300  # Prefect's first start migrates its database: slow on a busy 2-core box
 STOP_TIMEOUT_S = 30
@@ -180,73 +177,6 @@ def down(root: Path) -> int:
         time.sleep(0.2)
     print("stack stopped")
     return 0
-
-
-def deploy(params: Params, root: Path) -> int:
-    """`prefect deploy` every deployment of infra/prefect.yaml to its work pool, with
-    `nightly_parameters` as the run form's defaults (a scheduled run uses them)."""
-    prefect_file = root / PREFECT_FILE
-    check_work_pools(prefect_file)
-    defaults = nightly_parameters(params, root)
-    return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
-                           "--prefect-file", str(prefect_file), "--params", json.dumps(defaults)],
-                          cwd=root).returncode
-
-
-def check_work_pools(prefect_file: Path) -> None:
-    """Every work pool the deployments of `prefect_file` name exists on the Prefect server."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL
-
-    deployments = yaml.safe_load(prefect_file.read_text())["deployments"]
-    with get_client(sync_client=True) as client:
-        for deployment in deployments:
-            pool = deployment["work_pool"]["name"]
-            try:
-                client.read_work_pool(pool)
-            except ObjectNotFound:
-                raise InputError(
-                    f"{prefect_file}: deployment {deployment['name']!r} names work pool {pool!r}, "
-                    f"which does not exist on {PREFECT_API_URL.value()}; create it with "
-                    f"`prefect work-pool create {pool} --type process`") from None
-            except OSError as exc:
-                raise InputError(f"PREFECT_API_URL: cannot reach {PREFECT_API_URL.value()}: "
-                                 f"{exc}; start the Prefect server or set the URL") from None
-
-
-def nightly_parameters(params: Params, root: Path) -> dict:
-    """The nightly deployment's defaults, served or deployed: the project's params with the search
-    on (a night has time to search; `shrinkflow run` has not), the project directory, and a
-    night in which nothing changed recorded as a repeat."""
-    nightly = params.model_dump(mode="json")
-    nightly["search"]["enabled"] = True
-    return {"params": nightly, "workdir": str(root.resolve()), "repeat_unchanged": True}
-
-
-def serve(params: Params, stack: StackConfig) -> None:
-    """Apply the notification automations, then serve `compress/nightly` on its cron; the
-    project's params, with the search on, are the form's defaults.
-
-    The schedule is not paused on shutdown, so it survives a restart of the stack. At most one
-    compression runs at a time: further runs wait in Prefect's queue.
-    """
-    from prefect import serve as prefect_serve
-    from prefect.schedules import Cron
-
-    from flows.compress import compress
-    from flows.notifications import apply_notifications
-
-    print(apply_notifications(Path.cwd()), flush=True)
-
-    deployment = compress.to_deployment(
-        name="nightly",
-        schedules=[Cron(stack.cron, timezone=stack.timezone)],
-        concurrency_limit=1,
-        parameters=nightly_parameters(params, Path.cwd()),
-        description="Nightly compression of the configured teacher (params.yaml).",
-    )
-    prefect_serve(deployment, pause_on_shutdown=False)
 
 
 def _mlflow_auth(root: Path, env: dict[str, str]) -> list[str]:

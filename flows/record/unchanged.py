@@ -22,8 +22,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Run
 
-from flows.params import flatten
-from flows.tracking import (
+from flows.record.tracking import (
     MD5_TAG,
     NOTE_TAG,
     VERSION_TAG,
@@ -33,7 +32,8 @@ from flows.tracking import (
     process_tags,
     use_experiment,
 )
-from flows.versioning import StageStatus, git_commit, nothing_changed, output_md5s
+from flows.workspace.params import flatten
+from flows.workspace.versioning import StageStatus, git_commit, nothing_changed, output_md5s
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params

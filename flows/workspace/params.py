@@ -2,7 +2,7 @@
 
 The file's `stack:` section configures `shrinkflow up` (servers, schedule); it is not a run
 parameter, so it is read separately into a `StackConfig`. Its `inputs:` section is derived from the
-run parameters for DVC (flows/versioning.py) and is not read back.
+run parameters for DVC (flows/workspace/versioning.py) and is not read back.
 """
 
 from __future__ import annotations

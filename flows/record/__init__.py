@@ -1,0 +1,1 @@
+"""What a run records: MLflow runs, the gated registry, reports, Prefect artifacts, events."""

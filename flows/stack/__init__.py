@@ -1,0 +1,1 @@
+"""The local stack: `shrinkflow up` / `down` / `deploy`, the servers and deployments."""
