@@ -102,7 +102,8 @@ def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
 
 
 def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: write the splits' manifest and the trained teacher."""
+    """Stage: write the splits' manifest (with the unlabeled pool's parts) and the trained
+    teacher."""
     seed_everything(seed)
     with read_steadily(load_inputs(data_cfg, model_cfg)):
         inputs = open_inputs(data_cfg, model_cfg, seed)
@@ -111,10 +112,12 @@ def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Worksp
         teacher = train_teacher(teacher, inputs.data, model_cfg)
     inputs.data.save(ws.data)
     write_model(teacher, ws.teacher)
+    pool = inputs.data.pool.parts if inputs.data.pool else {}
     return {
         "train_samples": len(inputs.data.train),
         "val_samples": len(inputs.data.val),
         "test_samples": len(inputs.data.test),
+        **{f"unlabeled_{name}_samples": len(part) for name, part in pool.items()},
         "num_classes": inputs.data.num_classes,
         "teacher_params": teacher.count_params(),
     }
