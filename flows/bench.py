@@ -162,9 +162,9 @@ def relocated_params(params: Params, root: Path) -> Params:
     """`params` for a copy of the project elsewhere: relative input paths resolved against `root`,
     and MLflow in the copy's own sqlite file so the timed runs stay out of the configured store."""
     moved = params.model_copy(deep=True)
-    kind, sep, location = moved.data.source.partition(":")
-    if sep:
-        moved.data.source = f"{kind}:{_absolute(location, root)}"
+    moved.data.source = _relocated_source(moved.data.source, root)
+    if moved.data.unlabeled:
+        moved.data.unlabeled = _relocated_source(moved.data.unlabeled, root)
     if moved.model.source != "train" and not moved.model.source.startswith(APPLICATIONS_PREFIX):
         moved.model.source = _absolute(moved.model.source, root)
     if moved.model.weights:
@@ -173,6 +173,12 @@ def relocated_params(params: Params, root: Path) -> Params:
         moved.distill.student = _absolute(moved.distill.student, root)
     moved.tracking.uri = TrackingConfig().uri
     return moved
+
+
+def _relocated_source(source: str, root: Path) -> str:
+    """A data source `KIND:PATH` with its path resolved against `root` (`digits` as it is)."""
+    kind, sep, location = source.partition(":")
+    return f"{kind}:{_absolute(location, root)}" if sep else source
 
 
 def machine_facts() -> dict[str, Any]:

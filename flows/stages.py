@@ -72,6 +72,7 @@ def check_inputs(params: Params) -> None:
     """
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
+    from tasks.data import check_certifiable
     from tasks.distill import check_student, derive_student, student_widths
     from tasks.evaluate import warn_if_oversubscribed
     from tasks.load import open_inputs, warn_if_scaled_twice
@@ -84,6 +85,7 @@ def check_inputs(params: Params) -> None:
     wait_until_settled({key: path for files in stage_inputs(params).values()
                         for key, path in files.items()})
     inputs = open_inputs(params.data, params.model, params.seed)
+    check_certifiable(inputs.data, params.data, params.gate)  # the unlabeled pool's certify part
     warn_if_oversubscribed(params.evaluate)
     warn_if_scaled_twice(inputs.teacher, inputs.data)
     check_augment(params.distill.augment, inputs.data.input_shape)

@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 DATA_SOURCE = re.compile(r"^(digits|npz:.+|images:.+|tfrecord:.+)$")
+UNLABELED_SOURCE = re.compile(r"^(npz:.+|images:.+|tfrecord:.+)$")
 
 # an error whose value is not repeated (flows/workspace/params.py)
 CREDENTIALS_IN_URL = "credentials_in_url"
@@ -115,12 +116,34 @@ class DataConfig(Section):
     record_shape: list[PositiveInt] | None = Field(
         None, description="tfrecord: a list input's sample shape, e.g. [28, 28, 1]."
     )
+    unlabeled: str | None = Field(
+        None,
+        description="Inputs without labels, of the data's sample shape, where the teacher's answer "
+        "is the reference: `npz:PATH` (an array x) | `images:DIR` (a flat folder of images, "
+        "decoded as images:DIR data) | `tfrecord:PATH` (records holding record_input). Inputs "
+        "equal to a training input are dropped; the rest split into a part that chooses and one "
+        "that certifies (the gate: an accuracy drop bounded by the disagreement with the teacher, "
+        "without labels); none = no pool.",
+    )
+    unlabeled_choose_fraction: Fraction = Field(
+        0.5,
+        description="Share of the unlabeled pool that may choose (the search, distill.width auto); "
+        "the rest only certifies (the gate). No input does both.",
+    )
 
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
         if not DATA_SOURCE.match(value):
             raise ValueError("must be `digits`, `npz:PATH`, `images:DIR` or `tfrecord:PATH`")
+        return value
+
+    @field_validator("unlabeled")
+    @classmethod
+    def _known_unlabeled(cls, value: str | None) -> str | None:
+        if value is not None and not UNLABELED_SOURCE.match(value):
+            raise ValueError("must be `npz:PATH` (an array x), `images:DIR` (a flat folder of "
+                             "images) or `tfrecord:PATH`, or null for no unlabeled pool")
         return value
 
     @model_validator(mode="after")

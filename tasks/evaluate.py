@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -17,8 +17,9 @@ from prefect import task
 
 from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
+from tasks.fidelity import fidelity
 from tasks.paired import PairedDrop, paired_drop
-from tasks.splits import Dataset
+from tasks.splits import Dataset, Rows
 from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -75,6 +76,15 @@ def blocks_2_4(model: bytes) -> float:
     return float(np.mean(zeros >= 2))
 
 
+def predicted_classes(classify: Callable[[np.ndarray], np.ndarray], inputs: Rows) -> np.ndarray:
+    """The class `classify` (a batch of float32 inputs -> class scores: `TFLiteClassifier.predict`,
+    or a Keras model's `predict`) gives each input of `inputs` (a split, or a part of the unlabeled
+    pool: `data.pool.choose`, `data.pool.certify`), in order, read a batch at a time."""
+    if not len(inputs):
+        return np.zeros(0, np.int64)
+    return inputs.outputs(classify).argmax(axis=-1)
+
+
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
     """Measure one candidate on the test split, at every thread count of `cfg`; `params` comes
     from its Keras form."""
@@ -103,7 +113,7 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
     at each of `thread_counts`; and the predicted class of every test sample, for paired
     comparisons on the same samples."""
     classifier = TFLiteClassifier(model, cfg.threads[0])
-    predicted = data.test.outputs(classifier.predict).argmax(axis=-1)
+    predicted = predicted_classes(classifier.predict, data.test)
     sample = data.test.read(slice(1))[0]
     latency = classifier.latency_us(sample, cfg.latency_runs, cfg.warmup_runs)
     measured = {
@@ -155,9 +165,11 @@ def run_evaluate(
     """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
 
     Writes metrics.json (with the final model's quantization mode, how many weight layers it
-    stores at each precision, and its paired drop vs the teacher bounded at `confidence`, the
-    gate's), each candidate's predicted classes (predictions.npz) and the plots; returns the
-    headline metrics.
+    stores at each precision, its paired drop vs the teacher bounded at `confidence`, the gate's,
+    and, with an unlabeled pool, `fidelity`: on how many of its certify part's `n` inputs the
+    final model's class differs from the teacher's), each candidate's predicted classes on the
+    test split and the teacher's and final model's on the certify part (`teacher.unlabeled`,
+    `final.unlabeled`) in predictions.npz, and the plots; returns the headline metrics.
     """
     from tasks.models import layer_sparsity, read_model
     from tasks.plots import plot_layer_sparsity, plot_tradeoff
@@ -179,12 +191,20 @@ def run_evaluate(
     for name, (tflite, params) in tflites.items():
         metrics, predicted[name] = measure_tflite(tflite, data, cfg, cfg.threads)
         candidates[name] = CandidateMetrics.of(params, metrics)
-    write_arrays(ws.predictions, predicted)
     right = {name: predicted[name] == data.test.labels for name in ("teacher", "final")}
     drop = paired_drop(right["teacher"], right["final"], confidence)
     document = summarize(candidates) | paired_summary(drop) | {
         "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)}
     }
+    if data.pool:
+        unlabeled = {f"{name}.unlabeled": predicted_classes(
+            TFLiteClassifier(tflites[name][0], cfg.threads[0]).predict, data.pool.certify)
+            for name in ("teacher", "final")}
+        predicted |= unlabeled
+        agreement = fidelity(unlabeled["teacher.unlabeled"], unlabeled["final.unlabeled"],
+                             confidence)
+        document["fidelity"] = {"n": agreement.n, "disagree": agreement.disagree}
+    write_arrays(ws.predictions, predicted)
     write_json(ws.metrics, document)
     plot_tradeoff(document["candidates"], ws.plots / "tradeoff.png")
     per_layer = {"sparsified": layer_sparsity(models["sparsified"])} if sparsified else {}
@@ -198,6 +218,7 @@ def headline(document: dict) -> dict[str, float]:
             for k in ("compression_ratio", "speedup", "accuracy_drop", "accuracy_drop_upper")}
     for name, metrics in document["candidates"].items():
         flat |= {f"{name}.{key}": value for key, value in metrics.items()}
+    flat |= {f"fidelity.{key}": value for key, value in document.get("fidelity", {}).items()}
     return flat
 
 

@@ -132,7 +132,8 @@ def _decided(require: str, budget: float, confidence: float, n: int, errors: int
 def rule_for(cfg: GateConfig, data: Dataset) -> RuleChoice:
     """The rule for this run's data: its test split, the teacher's errors on it (measured by the
     load stage) and its unlabeled pool's certify part."""
-    return decide_rule(cfg, len(data.test), data.teacher_errors["test"], 0)
+    return decide_rule(cfg, len(data.test), data.teacher_errors["test"],
+                       len(data.pool.certify) if data.pool else 0)
 
 
 def weigh(cfg: GateConfig, data: Dataset, document: dict) -> Evidence:

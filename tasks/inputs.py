@@ -25,14 +25,21 @@ Snapshot = dict[str, tuple[int, int]]  # file -> (size, mtime_ns)
 
 
 def load_inputs(data: DataConfig, model: ModelConfig) -> dict[str, Path | None]:
-    """The files the load stage reads, by config key; None where the source is built in."""
-    kind, _, location = data.source.partition(":")
+    """The files the load stage reads, by config key; None where the source is built in or
+    there is none."""
     builtin_model = model.source in BUILT_IN_MODELS or model.source.startswith(APPLICATIONS_PREFIX)
     return {
-        "data.source": Path(location).expanduser() if location else None,
+        "data.source": source_path(data.source),
+        "data.unlabeled": source_path(data.unlabeled),
         "model.source": None if builtin_model else Path(model.source).expanduser(),
         "model.weights": Path(model.weights).expanduser() if model.weights else None,
     }
+
+
+def source_path(source: str | None) -> Path | None:
+    """The file or folder of a data source (`KIND:PATH`); None for `digits` or no source."""
+    location = (source or "").partition(":")[2]
+    return Path(location).expanduser() if location else None
 
 
 def distill_inputs(cfg: DistillConfig) -> dict[str, Path | None]:

@@ -107,9 +107,9 @@ def _application(cfg: ModelConfig, data: Dataset) -> tuple[keras.Model, bool]:
 
 
 def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: write the splits' manifest (with the teacher's errors on the held-out splits) and
-    the trained teacher. The validation split moves to held-out samples when data.val_from says
-    so (`place_validation`)."""
+    """Stage: write the splits' manifest (with the teacher's errors on the held-out splits and
+    the unlabeled pool's parts) and the trained teacher. The validation split moves to held-out
+    samples when data.val_from says so (`place_validation`)."""
     seed_everything(seed)
     with read_steadily(load_inputs(data_cfg, model_cfg)):
         inputs = open_inputs(data_cfg, model_cfg, seed)
@@ -123,10 +123,12 @@ def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Worksp
         data = place_validation(teacher, data, seed)
     data.save(ws.data)
     write_model(teacher, ws.teacher)
+    pool = data.pool.parts if data.pool else {}
     return {
         "train_samples": len(data.train),
         "val_samples": len(data.val),
         "test_samples": len(data.test),
+        **{f"unlabeled_{name}_samples": len(part) for name, part in pool.items()},
         "num_classes": data.num_classes,
         "teacher_params": teacher.count_params(),
         **{f"teacher.{name}_accuracy": 1 - errors / len(data.splits[name])

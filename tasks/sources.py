@@ -50,6 +50,10 @@ class Source:
         """Every sample as stored, in memory; None when read from files a batch at a time."""
         return None
 
+    def __len__(self) -> int:
+        """How many samples the source holds."""
+        return len(self.stored)
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.stored.shape[1:])
@@ -204,8 +208,8 @@ class Pictures(Source):
             with self._open(row) as file, Image.open(file) as image:
                 yield image
         except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(
-                f"data.source: cannot read image {self.describe(row)} ({exc})") from exc
+            raise InputError(f"cannot read image {self.describe(row)} ({exc}); replace or "
+                             "remove it") from exc
 
     def _open(self, row: int) -> BinaryIO:
         raise NotImplementedError
@@ -306,8 +310,9 @@ class Decoded:
         return np.frombuffer(data, self.dtype).reshape(len(rows), *self.shape)
 
 
-def index_records(files: list[Path]) -> list[tuple[int, int, int]]:
-    """(file, offset, length) of every record in TFRecord `files`, from their length headers."""
+def index_records(files: list[Path], key: str) -> list[tuple[int, int, int]]:
+    """(file, offset, length) of every record in TFRecord `files` (of config `key`), from their
+    length headers."""
     index = []
     for number, path in enumerate(files):
         size, offset = path.stat().st_size, 0
@@ -315,13 +320,13 @@ def index_records(files: list[Path]) -> list[tuple[int, int, int]]:
             while offset < size:
                 header = f.read(RECORD_HEADER.size)
                 if len(header) < RECORD_HEADER.size:
-                    raise InputError(f"data.source: {path} ends inside a record header at byte "
+                    raise InputError(f"{key}: {path} ends inside a record header at byte "
                                      f"{offset}; is it a TFRecord file, and complete?")
                 length, _ = RECORD_HEADER.unpack(header)
                 start = offset + RECORD_HEADER.size
                 offset = start + length + RECORD_FOOTER
                 if offset > size:
-                    raise InputError(f"data.source: {path} ends inside the record at byte "
+                    raise InputError(f"{key}: {path} ends inside the record at byte "
                                      f"{start}; is it a TFRecord file, and complete?")
                 index.append((number, start, length))
                 f.seek(offset)

@@ -1,7 +1,8 @@
 """Splits as manifests: which samples of the user's data are train, validation and test, read a
-batch at a time. The load stage writes the manifest (artifacts/splits.json), never a copy of the
-data: every stage opens the user's data again (tasks/sources.py) and reads the rows its splits
-name. Inputs become float32 only a batch at a time.
+batch at a time; and, where data.unlabeled gives one, the pool of inputs without labels in its two
+parts (choose, certify). The load stage writes the manifest (artifacts/splits.json), never a copy
+of the data: every stage opens the user's data again (tasks/sources.py) and reads the rows its
+splits name. Inputs become float32 only a batch at a time.
 """
 
 from __future__ import annotations
@@ -24,10 +25,55 @@ if TYPE_CHECKING:
 BATCH = 256  # samples per batch when predicting or checking: a bounded amount of memory
 PREFETCH = 2  # batches tf.data reads ahead of training (AUTOTUNE's buffer may grow with RAM)
 SPLITS = ("train", "val", "test")
+POOL_PARTS = ("choose", "certify")
+
+
+class Rows:
+    """What labeled splits and unlabeled inputs share: `rows` of `source`, read a batch at a time.
+    Subclasses are dataclasses with the fields `source` and `rows`."""
+
+    source: Source
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.source.sample_shape
+
+    def read(self, positions: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """The inputs at `positions` (all by default: small sets only)."""
+        return self.source.read(self.rows[positions])
+
+    def chunks(self, size: int = BATCH) -> Iterator[np.ndarray]:
+        """The inputs in order, `size` at a time."""
+        for start in range(0, len(self), size):
+            yield self.read(slice(start, start + size))
+
+    def outputs(self, predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """`predict` of every chunk of inputs, concatenated (LiteRT's interpreter)."""
+        return np.concatenate([predict(x) for x in self.chunks()])
+
+    def sample_digests(self) -> list[bytes]:
+        """The MD5 of every input as float32, in order (a streaming pass): which inputs are the
+        same."""
+        return [hashlib.md5(x.tobytes()).digest() for chunk in self.chunks() for x in chunk]
+
+    def _inputs_md5(self):
+        """The MD5 of every input as float32, each checked finite (a streaming pass: ValueError
+        if not)."""
+        md5 = hashlib.md5(f"{(len(self), *self.sample_shape)}float32".encode())
+        for x in self.chunks():
+            if not np.all(np.isfinite(x)):
+                raise ValueError(
+                    "contains NaN, inf or values beyond float32; clean or rescale them")
+            md5.update(x.tobytes())
+        return md5
 
 
 @dataclass(frozen=True, eq=False)
-class Split:
+class Split(Rows):
     """The samples of one split: `rows` of `source`, their labels (in memory) and the MD5 of
     every input and label (as MLflow's dataset digest, computed by the load stage)."""
 
@@ -41,28 +87,8 @@ class Split:
         """A split of arrays in memory (`x` float32 inputs, `y` class ids)."""
         return cls(Arrays.of(x), np.arange(len(y)), np.asarray(y, dtype=np.int64))
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return self.source.sample_shape
-
-    def read(self, positions: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """The inputs at `positions` of this split (all by default: small splits only)."""
-        return self.source.read(self.rows[positions])
-
     def subset(self, positions: np.ndarray | slice) -> Split:
         return Split(self.source, self.rows[positions], self.labels[positions])
-
-    def chunks(self, size: int = BATCH) -> Iterator[np.ndarray]:
-        """The inputs in order, `size` at a time."""
-        for start in range(0, len(self), size):
-            yield self.read(slice(start, start + size))
-
-    def outputs(self, predict: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """`predict` of every chunk of inputs, concatenated (LiteRT's interpreter)."""
-        return np.concatenate([predict(x) for x in self.chunks()])
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 targets: np.ndarray | None = None) -> tf.data.Dataset:
@@ -93,20 +119,47 @@ class Split:
     def measured(self) -> Split:
         """This split with its digest, each input checked finite (a streaming pass over it:
         ValueError if not)."""
-        md5 = hashlib.md5(f"{(len(self), *self.sample_shape)}float32".encode())
-        for x in self.chunks():
-            if not np.all(np.isfinite(x)):
-                raise ValueError(
-                    "contains NaN, inf or values beyond float32; clean or rescale them")
-            md5.update(x.tobytes())
+        md5 = self._inputs_md5()
         md5.update(f"{self.labels.shape}{self.labels.dtype}".encode())
         md5.update(self.labels.tobytes())
         return replace(self, digest=md5.hexdigest())
 
 
+@dataclass(frozen=True, eq=False)
+class Unlabeled(Rows):
+    """Inputs without labels: `rows` of `source` and the MD5 of every input (as a split's, for
+    MLflow's dataset digest, computed by the load stage)."""
+
+    source: Source
+    rows: np.ndarray
+    digest: str = ""
+
+    def subset(self, positions: np.ndarray | slice) -> Unlabeled:
+        return Unlabeled(self.source, self.rows[positions])
+
+    def measured(self) -> Unlabeled:
+        """These inputs with their digest, each checked finite (ValueError if not)."""
+        return replace(self, digest=self._inputs_md5().hexdigest())
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The unlabeled pool (data.unlabeled) in two parts that share no input: `choose` for what
+    selects (the search, distill.width auto), `certify` for the gate only, so that no input both
+    chooses a model and vouches for it."""
+
+    choose: Unlabeled
+    certify: Unlabeled
+
+    @property
+    def parts(self) -> dict[str, Unlabeled]:
+        return {name: getattr(self, name) for name in POOL_PARTS}
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Train / validation / test splits. The test split is never trained, calibrated or selected on."""
+    """Train / validation / test splits, and the unlabeled pool where there is one. The test split
+    and the pool's certify part are never trained, calibrated or selected on."""
 
     train: Split
     val: Split
@@ -114,6 +167,7 @@ class Dataset:
     # How many samples of each held-out split ("val", "test") the teacher gets wrong, measured by
     # the load stage: the gate's rule is decided from them before any training (tasks/gate.py).
     teacher_errors: dict[str, int] = field(default_factory=dict)
+    pool: Pool | None = None
 
     @property
     def num_classes(self) -> int:
@@ -134,8 +188,9 @@ class Dataset:
 
     @property
     def sources(self) -> list[Source]:
-        """Each split's source, once (splits of one array or folder share it)."""
-        return list({id(split.source): split.source for split in self.splits.values()}.values())
+        """Each split's source, once (splits of one array or folder share it), then the pool's."""
+        parts = list(self.splits.values()) + list(self.pool.parts.values() if self.pool else [])
+        return list({id(part.source): part.source for part in parts}.values())
 
     def for_selection(self) -> Dataset:
         """The validation split in the test split's place: what a search measures its candidates
@@ -143,7 +198,8 @@ class Dataset:
         return replace(self, test=self.val)
 
     def save(self, path: Path) -> None:
-        """The manifest: each source once, then each split's rows, labels and digest."""
+        """The manifest: each source once, then each split's rows, labels and digest, then (with
+        a pool) each pool part's rows and digest."""
         sources = self.sources
         manifest = {
             "sources": [source.manifest() for source in sources],
@@ -152,6 +208,10 @@ class Dataset:
                        for name, split in self.splits.items()},
             "teacher_errors": self.teacher_errors,
         }
+        if self.pool:
+            manifest["pool"] = {name: {"source": sources.index(part.source),
+                                       "rows": part.rows.tolist(), "digest": part.digest}
+                                for name, part in self.pool.parts.items()}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest))
 
@@ -159,7 +219,11 @@ class Dataset:
     def load(cls, path: Path) -> Dataset:
         manifest = json.loads(path.read_text())
         sources = [Source.from_manifest(spec) for spec in manifest["sources"]]
-        return cls(**{name: Split(sources[entry["source"]], np.asarray(entry["rows"], np.int64),
-                                  np.asarray(entry["labels"], np.int64), entry["digest"])
-                      for name, entry in manifest["splits"].items()},
-                   teacher_errors=manifest.get("teacher_errors", {}))
+        splits = {name: Split(sources[entry["source"]], np.asarray(entry["rows"], np.int64),
+                              np.asarray(entry["labels"], np.int64), entry["digest"])
+                  for name, entry in manifest["splits"].items()}
+        pool = manifest.get("pool")
+        return cls(**splits, teacher_errors=manifest.get("teacher_errors", {}), pool=Pool(**{
+            name: Unlabeled(sources[entry["source"]], np.asarray(entry["rows"], np.int64),
+                            entry["digest"])
+            for name, entry in pool.items()}) if pool else None)

@@ -63,16 +63,18 @@ def test_bench_measures_every_recipe_and_writes_and_tracks_the_table(
 
 def test_a_project_copy_reads_the_same_inputs_and_tracks_in_its_own_store(tmp_path):
     params = validate_params({
-        "data": {"source": "npz:data/digits.npz"},
+        "data": {"source": "npz:data/digits.npz", "unlabeled": "images:data/unlabeled"},
         "model": {"source": "models/teacher.h5"},
         "distill": {"student": "~/student.h5"},
         "tracking": {"uri": "http://mlflow.example:5000"},
     })
     moved = relocated_params(params, tmp_path)
     assert moved.data.source == f"npz:{tmp_path.resolve() / 'data' / 'digits.npz'}"
+    assert moved.data.unlabeled == f"images:{tmp_path.resolve() / 'data' / 'unlabeled'}"
     assert moved.model.source == str(tmp_path.resolve() / "models" / "teacher.h5")
     assert moved.distill.student == str(Path("~/student.h5").expanduser().resolve())
     assert moved.tracking.uri == "sqlite:///mlflow.db"
     assert params.data.source == "npz:data/digits.npz"  # the original is left alone
     defaults = relocated_params(validate_params({}), tmp_path)
-    assert (defaults.data.source, defaults.model.source) == ("digits", "train")
+    assert (defaults.data.source, defaults.data.unlabeled, defaults.model.source) == (
+        "digits", None, "train")

@@ -86,6 +86,12 @@ BAD_INPUTS = {
         lambda d: [f"data.source={npz_file(Path(d, 'd.npz'), np.zeros((0, 8, 8, 1)), np.zeros(0, int))}"],
         "the data set has no samples",
     ),
+    "unlabeled pool too small to certify the gate's budget": (
+        lambda d: (np.savez(Path(d, "pool.npz"), x=digits_like(20)[0]),
+                   [f"data.unlabeled=npz:{Path(d, 'pool.npz')}", "gate.max_accuracy_drop=0.01"])[1],
+        r"data.unlabeled: its certify part holds 10 inputs .* takes at least 299 .*give at least "
+        r"597 unlabeled inputs",
+    ),
     "final_sparsity of 1": (lambda d: ["sparsify.final_sparsity=1.0"], "final_sparsity = 1.0: Input should be less than 1"),
     "temperature of 0": (lambda d: ["distill.temperature=0"], "temperature = 0: Input should be greater than 0"),
     "calibration beyond the split": (

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tasks.config import DataConfig
-from tasks.data import load_data
+from tasks.config import DataConfig, GateConfig
+from tasks.data import check_certifiable, load_data
 from tasks.errors import InputError
-from tasks.sources import ImageFiles
-from tasks.splits import Dataset, Split
+from tasks.sources import Arrays, ImageFiles
+from tasks.splits import Dataset, Pool, Split, Unlabeled
 
 SPLITS = ("train", "val", "test")
 N, CLASSES, SHAPE = 60, 3, (6, 6, 1)
@@ -417,3 +417,127 @@ def test_a_streamed_folder_decodes_each_image_once_per_process(image_dir, tmp_pa
     epochs = [data.train.read(), data.train.read(np.arange(len(data.train))[::-1])]
     np.testing.assert_array_equal(epochs[0], epochs[1][::-1])  # read back from the decoded file
     assert sorted(decoded) == sorted(data.train.rows.tolist())
+
+
+# --- the unlabeled pool (data.unlabeled) -----------------------------------------------------
+
+
+def _pool_npz(tmp_path: Path, x: np.ndarray) -> str:
+    np.savez(tmp_path / "pool.npz", x=x)
+    return f"npz:{tmp_path / 'pool.npz'}"
+
+
+@pytest.fixture
+def labeled(tmp_path: Path) -> tuple[str, Dataset]:
+    """An npz data source and its splits (no pool)."""
+    source = _npz(tmp_path, x=_x(), y=_y())
+    return source, _load(source)
+
+
+def test_a_pool_drops_training_inputs_and_splits_the_rest_in_two_disjoint_seeded_parts(
+        tmp_path, labeled, caplog):
+    source, plain = labeled
+    trained = plain.train.read(slice(4))
+    pool_x = np.concatenate([trained, _x(30, seed=5)])
+    pool = _pool_npz(tmp_path, pool_x)
+    data = _load(source, unlabeled=pool, unlabeled_choose_fraction=0.4)
+
+    assert "data.unlabeled: 4 of its 34 inputs are training inputs too" in caplog.text
+    choose, certify = data.pool.choose, data.pool.certify
+    assert (len(choose), len(certify)) == (12, 18)  # 40 % of the 30 left choose
+    assert not set(choose.rows) & set(certify.rows)
+    assert sorted([*choose.rows, *certify.rows]) == list(range(4, 34))  # all but the trained
+    assert _rows(choose.read(), certify.read()) == _rows(pool_x[4:])
+    assert {name: s.digest for name, s in data.splits.items()} == {
+        name: s.digest for name, s in plain.splits.items()}  # the splits as without a pool
+    again, other = _load(source, unlabeled=pool, unlabeled_choose_fraction=0.4), \
+        _load(source, seed=1, unlabeled=pool, unlabeled_choose_fraction=0.4)
+    np.testing.assert_array_equal(again.pool.certify.rows, certify.rows)
+    assert again.pool.certify.digest == certify.digest != choose.digest
+    assert not np.array_equal(other.pool.certify.rows, certify.rows)
+
+    data.save(tmp_path / "splits.json")  # reopened from the manifest, as a stage does
+    manifest = (tmp_path / "splits.json").read_text()
+    assert '"pool": {"choose"' in manifest and "labels" not in manifest.split('"pool"')[1]
+    reopened = Dataset.load(tmp_path / "splits.json").pool
+    for name, part in data.pool.parts.items():
+        np.testing.assert_array_equal(reopened.parts[name].read(), part.read())
+        assert reopened.parts[name].digest == part.digest
+    outputs = reopened.certify.outputs(lambda x: x.reshape(len(x), -1)[:, :3])
+    assert outputs.shape == (18, 3)
+
+
+def test_a_flat_image_folder_pool_is_decoded_as_the_labeled_images_are(image_dir, tmp_path):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((*IMAGE_HW, 3), 200 + i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    data = _load(f"images:{image_dir}", color_mode="grayscale", unlabeled=f"images:{folder}",
+                 cache_mb=0)
+    pool = data.pool
+    assert (len(pool.choose), len(pool.certify)) == (6, 6)
+    assert pool.certify.sample_shape == data.input_shape == (*IMAGE_HW, 1)
+    assert pool.certify.source.stored is None  # streamed, as the labeled images are
+    grey = np.round(np.concatenate([pool.choose.read(), pool.certify.read()])[:, 0, 0, 0] * 255)
+    assert sorted(grey.tolist()) == list(range(200, 212))
+
+
+def _certify(size: int, budget: float, fraction: float = 0.5) -> None:
+    """check_certifiable of a pool of `size` inputs, `fraction` of them choosing (in memory)."""
+    pool = Unlabeled(Arrays.of(_x(size, seed=9)), np.arange(size))
+    choosing = int(size * fraction)
+    labeled = Split.of(_x(6), _y(6))
+    data = Dataset(labeled, labeled, labeled, Pool(pool.subset(slice(choosing)),
+                                                   pool.subset(slice(choosing, None))))
+    check_certifiable(data, DataConfig(unlabeled_choose_fraction=fraction),
+                      GateConfig(max_accuracy_drop=budget, confidence=0.95))
+
+
+def test_a_certify_part_too_small_to_certify_the_gates_budget_is_refused_naming_the_size():
+    _certify(598, 0.01)  # 299 certify: a model that never disagrees certifies 1 pt at 95 %
+    with pytest.raises(InputError, match=r"certify part holds 298 inputs \(of the 596 .*takes at "
+                                         r"least 299 .*give at least 597 unlabeled inputs"):
+        _certify(596, 0.01)
+    with pytest.raises(InputError, match=r"holds 30 inputs .* at least 299 .*at least 2,981"):
+        _certify(300, 0.01, fraction=0.9)
+    with pytest.raises(InputError, match="no number of unlabeled inputs certifies a "
+                                         "gate.max_accuracy_drop of 0"):
+        _certify(1000, 0.0)
+
+
+BAD_POOLS = [
+    pytest.param(lambda p: f"npz:{p / 'nope.npz'}", r"data.unlabeled: .*nope\.npz does not exist",
+                 id="missing"),
+    pytest.param(lambda p: _pool_npz(p, _x(10)[:, :5]),
+                 r"data.unlabeled: its inputs have shape \(5, 6, 1\), the data's \(and the "
+                 r"teacher's\) \(6, 6, 1\)", id="other-shape"),
+    pytest.param(lambda p: _pool_npz(p, np.array([["a"] * 6] * 10)),
+                 r"data.unlabeled: x must be numeric, got <U1", id="not-numeric"),
+    pytest.param(lambda p: _pool_npz(p, _x(0)), r"data.unlabeled: .*pool.npz holds no inputs",
+                 id="empty"),
+    pytest.param(lambda p: _npz(p, inputs=_x(5)),
+                 r"data.unlabeled: .*data.npz holds arrays \['inputs'\]; expected an array x",
+                 id="no-x"),
+    pytest.param(lambda p: _pool_npz(p, _poisoned(np.nan)[:20]),
+                 r"data.unlabeled npz:.*: an input contains NaN", id="nan"),
+    pytest.param(lambda p: _class_folders(p, {"a": {"0.png": None}}),
+                 r"data.unlabeled: .*images holds no images .*\(only the folders a\); put the "
+                 r"unlabeled images in the folder itself", id="class-folders"),
+]
+
+
+@pytest.mark.parametrize("make_pool, message", BAD_POOLS)
+def test_a_bad_pool_is_refused_with_a_message_naming_the_problem(tmp_path, labeled, make_pool,
+                                                                  message):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    with pytest.raises(InputError, match=message):
+        _load(labeled[0], unlabeled=make_pool(pool))
+
+
+def test_a_pool_of_training_inputs_only_is_refused(tmp_path, labeled):
+    source, plain = labeled
+    with pytest.raises(InputError, match=r"all 8 of its inputs are training inputs too; the "
+                                         r"teacher trained on them"):
+        _load(source, unlabeled=_pool_npz(tmp_path, plain.train.read(slice(8))))

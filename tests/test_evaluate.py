@@ -14,6 +14,7 @@ from tasks.config import EvaluateConfig
 from tasks.evaluate import (
     CandidateMetrics,
     evaluate_tflite,
+    predicted_classes,
     recorded_drop,
     run_evaluate,
     summarize,
@@ -29,6 +30,18 @@ def test_fp32_predictions_match_keras(digits, trained_cnn):
     expected = trained_cnn.predict(digits.test.read(), verbose=0)
     actual = TFLiteClassifier(convert_to_tflite(trained_cnn)).predict(digits.test.read())
     np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_predicted_classes_of_a_split_or_pool_part_read_in_batches(digits, trained_cnn):
+    from tasks.splits import Unlabeled
+
+    classify = TFLiteClassifier(convert_to_tflite(trained_cnn)).predict
+    expected = trained_cnn.predict(digits.train.read(), verbose=0).argmax(axis=1)
+    part = Unlabeled(digits.train.source, digits.train.rows)
+    assert (predicted_classes(classify, part) == expected).mean() > 0.98  # 300: two batches
+    np.testing.assert_array_equal(predicted_classes(classify, digits.train),
+                                  predicted_classes(classify, part))
+    assert predicted_classes(classify, part.subset(slice(0))).shape == (0,)  # an empty part
 
 
 def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_cnn):

@@ -40,6 +40,7 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert metrics == report["metrics"]
     assert report["stages"] == dict.fromkeys(STAGES, "ran")
     assert set(metrics["candidates"]) == {"teacher", "sparsified", "distilled", "final"}
+    assert "fidelity" not in metrics  # no unlabeled pool (tests/test_unlabeled.py)
     assert metrics["final"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert metrics["compression_ratio"] == pytest.approx(
         metrics["teacher"]["gzip_bytes"] / metrics["final"]["gzip_bytes"]

@@ -29,17 +29,18 @@ def aged(path: Path, seconds: float = 60) -> Path:
 
 def test_the_inputs_section_names_each_file_and_a_stage_module_for_built_ins():
     params = Params.model_validate({
-        "data": {"source": "images:~/pictures"},
+        "data": {"source": "images:~/pictures", "unlabeled": "tfrecord:/shared/unlabeled"},
         "model": {"source": "models/teacher.keras"},
         "distill": {"student": "/shared/student.h5"},
     })
     assert inputs_section(params) == {
-        "data": {"source": str(Path("~/pictures").expanduser())},
+        "data": {"source": str(Path("~/pictures").expanduser()),
+                 "unlabeled": "/shared/unlabeled"},
         "model": {"source": "models/teacher.keras", "weights": "tasks/load.py"},
         "distill": {"student": "/shared/student.h5"},
     }
     builtin = inputs_section(Params.model_validate({"model": {"source": "keras.applications.MobileNetV2"}}))
-    assert builtin == {"data": {"source": "tasks/load.py"},
+    assert builtin == {"data": {"source": "tasks/load.py", "unlabeled": "tasks/load.py"},
                        "model": {"source": "tasks/load.py", "weights": "tasks/load.py"},
                        "distill": {"student": "tasks/distill.py"}}
 

@@ -117,6 +117,17 @@ BAD_OVERRIDES = [
         id="bad-data-source",
     ),
     pytest.param(
+        ["data.unlabeled=digits"],
+        r"data\.unlabeled = 'digits': must be `npz:PATH` \(an array x\), `images:DIR` \(a flat "
+        r"folder of images\) or `tfrecord:PATH`, or null",
+        id="unknown-unlabeled-kind",
+    ),
+    pytest.param(
+        ["data.unlabeled_choose_fraction=1"],
+        r"data\.unlabeled_choose_fraction = 1: Input should be less than 1",
+        id="choose-all-of-the-pool",
+    ),
+    pytest.param(
         ["tracking.uri=file:./mlruns"],
         r"tracking\.uri = 'file:\./mlruns': MLflow 3 refuses file stores",
         id="file-store-uri",

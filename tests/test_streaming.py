@@ -95,6 +95,20 @@ def test_records_read_as_the_image_folder_they_were_written_from(digits, tmp_pat
     assert samples(records) == samples(folder)
 
 
+def test_records_without_labels_are_a_pool_decoded_as_the_labeled_images(digits, tmp_path):
+    (tmp_path / "pool").mkdir()
+    with tf.io.TFRecordWriter(str(tmp_path / "pool" / "unlabeled.tfrecord")) as writer:
+        for i in range(SAMPLES, SAMPLES + 20):
+            png = tf.train.BytesList(value=[_png(_pixels(digits, i))])
+            writer.write(_example(image=tf.train.Feature(bytes_list=png)))
+    data = load_data(DataConfig(source=_image_folder(digits, tmp_path), color_mode="grayscale",
+                                unlabeled=f"tfrecord:{tmp_path / 'pool'}"), 0)
+    read = np.concatenate([part.read() for part in data.pool.parts.values()])
+    assert read.shape == (20, 8, 8, 1)
+    assert (sorted(bytes(x) for x in np.round(read * 255).astype(np.uint8))
+            == sorted(bytes(_pixels(digits, i)) for i in range(SAMPLES, SAMPLES + 20)))
+
+
 def test_a_list_feature_is_read_in_the_declared_shape(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.random((30, 12)).astype(np.float32)

@@ -32,7 +32,9 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         f"`{params.data.source}`; MD5 of every value of each split (as the MLflow run's datasets):",
         "",
         *(f"- {SPLITS[name]}: {len(split):,} samples, `{split.digest}`"
-          for name, split in data.splits.items()), "",
+          for name, split in data.splits.items()),
+        *(f"- unlabeled, {name} (`{params.data.unlabeled}`): {len(part):,} inputs, `{part.digest}`"
+          for name, part in (data.pool.parts.items() if data.pool else ())), "",
         "## Measured on the test split", "",
         f"- {paired_line(drop_metrics('drop', drop), 'drop', 'vs the teacher')}",
         f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt", "",

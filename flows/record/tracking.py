@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SQLITE = "sqlite:///"
 SPLITS = {"train": "train", "val": "validation", "test": "test"}  # Dataset field -> MLflow context
+POOL_PARTS = {"choose": "unlabeled_choose", "certify": "unlabeled_certify"}  # Pool field -> context
 # The MLflow server of `shrinkflow up` in front of the sqlite store: set for the stack's own
 # processes, and by `shrinkflow run` while the stack runs. Runs log through it.
 MLFLOW_UI_ENV = "SHRINKFLOW_MLFLOW_UI"
@@ -221,7 +222,10 @@ def log_data_and_teacher(params: Params, ws: Workspace) -> None:
     """The splits the run used (artifacts/splits.json) as MLflow datasets, and how a teacher file
     was read, so that runs on other data or another teacher show it."""
     inputs = load_inputs(params.data, params.model)
-    log_datasets(Dataset.load(ws.data), params.data.source, inputs["data.source"])
+    data = Dataset.load(ws.data)
+    log_datasets(data, params.data.source, inputs["data.source"])
+    if data.pool:
+        log_pool(data, inputs["data.unlabeled"])
     if inputs["model.source"] is not None:  # a file, not built here
         from tasks.model_files import model_source  # tf_keras: imported for a teacher file only
 
@@ -239,11 +243,24 @@ def log_datasets(data: Dataset, source: str, path: Path | None) -> None:
     origin: DatasetSource = (LocalArtifactDatasetSource(str(path.resolve())) if path
                              else CodeDatasetSource({"data.source": source}))
     name = path.name if path else source
-    schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *data.input_shape), "features"),
-                     TensorSpec(np.dtype(np.int64), (-1,), "targets")])
+    schema = Schema([_features(data), TensorSpec(np.dtype(np.int64), (-1,), "targets")])
     for split, context in SPLITS.items():
         logged = MetaDataset(origin, name=name, digest=data.splits[split].digest, schema=schema)
         mlflow.log_input(logged, context=context)
+
+
+def log_pool(data: Dataset, path: Path) -> None:
+    """The unlabeled pool's two parts as datasets of the active run, as the splits are (schema
+    and digest; inputs only), with context unlabeled_choose / unlabeled_certify."""
+    origin = LocalArtifactDatasetSource(str(path.resolve()))
+    for part, context in POOL_PARTS.items():
+        logged = MetaDataset(origin, name=path.name, digest=data.pool.parts[part].digest,
+                             schema=Schema([_features(data)]))
+        mlflow.log_input(logged, context=context)
+
+
+def _features(data: Dataset) -> TensorSpec:
+    return TensorSpec(np.dtype(np.float32), (-1, *data.input_shape), "features")
 
 
 def teacher_tags(source: ModelSource) -> dict[str, str]:
