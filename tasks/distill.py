@@ -40,7 +40,9 @@ from tasks.models import (
 )
 from tasks.gate import RuleChoice, rule_for
 from tasks.paired import PairedDrop, paired_drop
-from tasks.power import CONFIRMED, chance_to_pass
+from tasks.evaluate import predicted_classes
+from tasks.fidelity import fidelity
+from tasks.power import CONFIRMED, chance_to_certify, chance_to_pass
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
 from tasks.views import consistent_views
@@ -224,38 +226,52 @@ def narrowest_likely(
     paired counts vs the teacher on the validation split, at least CONFIRMED (tasks/power.py: the
     search's final choice needs as much; measured on digits, LIKELY let the bisection's last
     probes, each as close to the teacher on 144 samples, narrow to a student 1.1 pt worse on
-    test). Each probe is a whole distillation. Returns the width, its student and every probe's
-    paired drop."""
+    test). With data.unlabeled, a probe's disagreement with the teacher on the pool's choose part
+    counts too: its chance is the greater of the two. Each probe is a whole distillation. Returns
+    the width, its student and every probe's paired drop."""
     widths = teacher_widths(teacher, "distill.width")
     rule = rule_for(gate, data)
-    if cannot_narrow(rule, len(data.val)):
+    if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
         widths = widths[:1]
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.val.labels
     students: dict[float, keras.Model] = {}
     probes: dict[float, PairedDrop] = {}
 
+    teacher_choice = chosen_classes(teacher, data)
+
     def likely(width: float) -> bool:
         seed_everything(seed)
-        students[width] = distill(teacher, derive_student(teacher, width, cfg.init), data, cfg,
-                                  sparsify_cfg, targets)
-        right = logits(students[width], data.val).argmax(axis=-1) == data.val.labels
+        student = students[width] = distill(teacher, derive_student(teacher, width, cfg.init),
+                                            data, cfg, sparsify_cfg, targets)
+        right = logits(student, data.val).argmax(axis=-1) == data.val.labels
         probe = probes[width] = paired_drop(teacher_right, right, gate.confidence)
         chance = chance_to_pass(rule.rule, probe.worse, probe.better, probe.n)
+        found = probe.describe()
+        if teacher_choice is not None:  # fidelity on the pool's choose part can certify too
+            agree = fidelity(teacher_choice, chosen_classes(student, data), gate.confidence)
+            chance = max(chance, chance_to_certify(rule.rule, agree.disagree, agree.n))
+            found += f"; choose part: {agree.describe()}"
         log.info("distill.width auto: %g %s (chance %.2f to pass the gate): validation %s", width,
-                 "likely" if chance >= CONFIRMED else "unlikely", chance, probe.describe())
+                 "likely" if chance >= CONFIRMED else "unlikely", chance, found)
         return chance >= CONFIRMED
 
     width = narrowest_within(widths, likely)
     return width, students[width], probes
 
 
-def cannot_narrow(rule: RuleChoice, validation_samples: int) -> bool:
-    """Whether even a student that agrees with the teacher on every validation sample would be
-    unlikely to pass the gate (`certified` on a test split too small for it): distill.width
-    `auto` then distills the widest width alone, warned: probing narrower ones would only cost
-    distillations."""
-    if chance_to_pass(rule.rule, 0, 0, validation_samples) >= CONFIRMED:
+def chosen_classes(model: keras.Model, data: Dataset) -> np.ndarray | None:
+    """`model`'s classes on the unlabeled pool's choose part; None without a pool."""
+    return predicted_classes(model.predict, data.pool.choose) if data.pool else None
+
+
+def cannot_narrow(rule: RuleChoice, validation_samples: int, choose_inputs: int = 0) -> bool:
+    """Whether even a student that agrees with the teacher on every validation sample (and every
+    input of the pool's choose part) would be unlikely to pass the gate (`certified` on a test
+    split too small for it): distill.width `auto` then distills the widest width alone, warned:
+    probing narrower ones would only cost distillations."""
+    if max(chance_to_pass(rule.rule, 0, 0, validation_samples),
+           chance_to_certify(rule.rule, 0, choose_inputs)) >= CONFIRMED:
         return False
     log.warning("distill.width auto: no student is likely to pass the gate (%s within %.2f pt on "
                 "%d test samples), so the widest of the teacher's widths is distilled alone",
