@@ -29,10 +29,11 @@ from tasks.config import Params, SearchConfig
 from tasks.data import split_validation
 from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.estimate import SizeEstimate, estimate_candidate
-from tasks.evaluate import CandidateMetrics, measure_tflite
+from tasks.evaluate import CandidateMetrics, measure_tflite, predicted_classes
+from tasks.fidelity import Fidelity, fidelity
 from tasks.models import read_model, seed_everything, write_model
 from tasks.paired import PairedDrop, paired_drop
-from tasks.power import GateRule, chance_to_pass
+from tasks.power import GateRule, chance_to_certify, chance_to_pass
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
 from tasks.splits import Dataset
@@ -76,13 +77,15 @@ class CannotBeat(Exception):
 class SearchInputs:
     """What every trial of a worker shares, read and computed once per process: the data with
     the validation split's selection part in the validation's place, the confirmation part, the
-    teacher, its logits (soft targets) and which samples of each part it gets right."""
+    teacher, its logits (soft targets), which samples of each part it gets right and its classes
+    on the unlabeled pool's choose part (None without a pool)."""
 
     teacher: keras.Model
     selection: Dataset
     confirmation: Dataset
     targets: SoftTargets
     teacher_right: tuple[np.ndarray, np.ndarray]  # on selection, on confirmation
+    teacher_choice: np.ndarray | None = None
 
     @property
     def teacher_accuracy(self) -> float:
@@ -99,11 +102,18 @@ class TrialResult:
     selection: PairedDrop
     confirmation: PairedDrop
     epochs: int  # trained by this trial: 0 when it quantized a student another trial trained
+    choice: Fidelity | None = None  # its disagreement with the teacher on the pool's choose part
 
     def chances(self, rule: GateRule) -> tuple[float, float]:
-        """Its chance of passing `rule` on the test split, from each part's paired counts."""
-        return tuple(chance_to_pass(rule, drop.worse, drop.better, drop.n)
-                     for drop in (self.selection, self.confirmation))
+        """Its chance of passing `rule` on the test split, from each part's paired counts; on the
+        selection part, with a pool, the greater of that and its chance of being certified by
+        fidelity (the choose part chooses; it never confirms: the sampler has seen it)."""
+        selection, confirmation = (chance_to_pass(rule, drop.worse, drop.better, drop.n)
+                                   for drop in (self.selection, self.confirmation))
+        if self.choice:
+            selection = max(selection, chance_to_certify(rule, self.choice.disagree,
+                                                         self.choice.n))
+        return selection, confirmation
 
 
 def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
@@ -148,8 +158,12 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
              _correct(TFLiteClassifier(model), inputs.confirmation))
     selection, confirmation = (paired_drop(teacher, trial, params.gate.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
+    choice = None if inputs.teacher_choice is None else fidelity(
+        inputs.teacher_choice, predicted_classes(TFLiteClassifier(model).predict,
+                                                 inputs.selection.pool.choose),
+        params.gate.confidence)
     return TrialResult(CandidateMetrics.of(student.count_params(), measured), selection,
-                       confirmation, params.distill.epochs if trained else 0)
+                       confirmation, params.distill.epochs if trained else 0, choice)
 
 
 def _distilled(inputs: SearchInputs, params: Params, stop: Stopper,
@@ -191,8 +205,10 @@ def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
     (as the evaluator does: its FP32 .tflite) on both."""
     selection, confirmation = split_validation(data, confirm_fraction, seed)
     classifier = TFLiteClassifier(convert_to_tflite(teacher))
+    choice = predicted_classes(classifier.predict, data.pool.choose) if data.pool else None
     return SearchInputs(teacher, selection, confirmation, soft_targets(teacher, selection),
-                        (_correct(classifier, selection), _correct(classifier, confirmation)))
+                        (_correct(classifier, selection), _correct(classifier, confirmation)),
+                        choice)
 
 
 @functools.lru_cache(maxsize=1)
