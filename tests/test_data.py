@@ -488,18 +488,20 @@ def _certify(size: int, budget: float, fraction: float = 0.5) -> None:
     pool = Unlabeled(Arrays.of(_x(size, seed=9)), np.arange(size))
     choosing = int(size * fraction)
     labeled = Split.of(_x(6), _y(6))
-    data = Dataset(labeled, labeled, labeled, Pool(pool.subset(slice(choosing)),
-                                                   pool.subset(slice(choosing, None))))
+    data = Dataset(labeled, labeled, labeled, pool=Pool(pool.subset(slice(choosing)),
+                                                        pool.subset(slice(choosing, None))))
     check_certifiable(data, DataConfig(unlabeled_choose_fraction=fraction),
                       GateConfig(max_accuracy_drop=budget, confidence=0.95))
 
 
 def test_a_certify_part_too_small_to_certify_the_gates_budget_is_refused_naming_the_size():
-    _certify(598, 0.01)  # 299 certify: a model that never disagrees certifies 1 pt at 95 %
-    with pytest.raises(InputError, match=r"certify part holds 298 inputs \(of the 596 .*takes at "
-                                         r"least 299 .*give at least 597 unlabeled inputs"):
-        _certify(596, 0.01)
-    with pytest.raises(InputError, match=r"holds 30 inputs .* at least 299 .*at least 2,981"):
+    # 368 certify: a model that never disagrees certifies 1 pt at 97.5 %, the confidence of each
+    # of the gate's two bounds when it has a pool (95 % in all)
+    _certify(736, 0.01)
+    with pytest.raises(InputError, match=r"certify part holds 367 inputs \(of the 734 .*takes at "
+                                         r"least 368 .*give at least 735 unlabeled inputs"):
+        _certify(734, 0.01)
+    with pytest.raises(InputError, match=r"holds 30 inputs .* at least 368 .*at least 3,671"):
         _certify(300, 0.01, fraction=0.9)
     with pytest.raises(InputError, match="no number of unlabeled inputs certifies a "
                                          "gate.max_accuracy_drop of 0"):
