@@ -28,7 +28,7 @@ from tasks.power import (
 )
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
-POOL_SHOWN = 100_000  # a pool size worth suggesting; above, a student closer to the teacher needs less
+POOL_SHOWN = 100_000  # a pool size worth suggesting (a student closer to the teacher needs fewer)
 
 
 @dataclass(frozen=True)

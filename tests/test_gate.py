@@ -122,7 +122,8 @@ def test_fidelity_on_unlabeled_inputs_certifies_what_the_labels_cannot():
     assert found.choice.rule.bound_confidence == 0.975  # two ways to certify: half the error each
     assert found.certified and not found.labels.within(0.01)
     decision = judge(cfg, candidate(), found, None, None)
-    assert decision.promote and "disagrees with the teacher on 4 of 2,000 unlabeled" in decision.reason
+    assert decision.promote
+    assert "disagrees with the teacher on 4 of 2,000 unlabeled" in decision.reason
     assert not evidence(LUCKY, fidelity=Fidelity(2000, 30, 0.975)).certified
 
 

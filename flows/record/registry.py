@@ -46,8 +46,8 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     (false: decided on the point estimate, gate.require) and the drop the test split can certify.
     `evidence` is the final model's drop vs the teacher (tasks/gate.py `weigh`). A `refusal`
     decided before the gate (a search that found nothing likely to pass) stands. The model `card`
-    (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the registered
-    model and the run, and is the version's description in the registry."""
+    (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the
+    registered model and the run, and is the version's description in the registry."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, evidence, champion)
     decision = refusal or decision
