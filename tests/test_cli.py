@@ -89,8 +89,8 @@ BAD_INPUTS = {
     "unlabeled pool too small to certify the gate's budget": (
         lambda d: (np.savez(Path(d, "pool.npz"), x=digits_like(20)[0]),
                    [f"data.unlabeled=npz:{Path(d, 'pool.npz')}", "gate.max_accuracy_drop=0.01"])[1],
-        r"data.unlabeled: its certify part holds 10 inputs .* takes at least 299 .*give at least "
-        r"597 unlabeled inputs",
+        r"data.unlabeled: its certify part holds 10 inputs .* takes at least 368 .*give at least "
+        r"735 unlabeled inputs",
     ),
     "final_sparsity of 1": (lambda d: ["sparsify.final_sparsity=1.0"], "final_sparsity = 1.0: Input should be less than 1"),
     "temperature of 0": (lambda d: ["distill.temperature=0"], "temperature = 0: Input should be greater than 0"),
