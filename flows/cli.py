@@ -12,16 +12,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from threading import Thread, Timer
+from threading import Thread
 from unittest import mock
+
+from flows.signals import guard_run, starting_process
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
-STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 
 
 def entry() -> None:
@@ -31,8 +30,12 @@ def entry() -> None:
     no-op run. Every atexit handler still runs (the temporary Prefect server's stop, MLflow's,
     logging's flush): this one, registered first, runs last."""
     code = EXIT_FAILURE  # an uncaught exception's
+    # `run` stops at any SIGTERM or Ctrl-C with every process it started (flows/signals.py)
+    guard = guard_run() if sys.argv[1:2] == ["run"] else None
 
     def exit_now() -> None:
+        if guard:  # after Prefect's atexit stop of its temporary server: anything still left
+            guard.end_started()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -41,9 +44,12 @@ def entry() -> None:
     atexit.register(exit_now)
     try:
         code = main()
-    except SystemExit as exc:  # a signal's (`stopped_by_signals`) or argparse's
+    except SystemExit as exc:  # SIGTERM's (flows/signals.py) or argparse's
         code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE if exc.code else 0
         raise
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+        raise SystemExit(code) from None
     sys.exit(code)
 
 
@@ -91,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if prefect_ready:
         prefect_ready.join()
     try:
-        with stopped_by_signals():
-            report = compress(params)
+        report = compress(params)
     except InputError:
         raise
     except Exception as exc:  # Prefect has already logged the traceback
@@ -100,53 +105,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(run_summary(report))
     return 0
-
-
-@contextmanager
-def stopped_by_signals() -> Iterator[None]:
-    """SIGTERM (how Kubernetes, systemd and Prefect workers stop a job) ends the run the way
-    Ctrl-C does: as an exception that unwinds it. Its MLflow runs end KILLED, the workspace lock
-    is released, the Dask workers stop, Prefect marks the flow run Crashed, and the temporary
-    server stops at exit. Exit code 128 + the signal.
-
-    Two gotchas. Prefect's engine turns SIGTERM into `TerminationSignal` and, once the flow run
-    is Crashed, sends it again to the handler it found: Python's default would kill the process
-    there, before any of the above (the temporary server was left running). And a handler's
-    exception raised while Python runs a weakref callback or `__del__` is printed and dropped
-    (seen in training: the run went on): such a signal is sent again, from another thread (sent
-    from the hook, its handler would run, and raise, within the hook)."""
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    def send_dropped_signal_again(unraisable: sys.UnraisableHookArgs) -> None:
-        dropped = _signal_of(unraisable.exc_value)
-        if dropped:
-            Timer(0.1, os.kill, (os.getpid(), dropped)).start()
-        previous_hook(unraisable)
-
-    previous, previous_hook = signal.signal(signal.SIGTERM, stop), sys.unraisablehook
-    sys.unraisablehook = send_dropped_signal_again
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise SystemExit(128 + signal.SIGINT) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sys.unraisablehook = previous_hook
-
-
-def _signal_of(exc: BaseException | None) -> int | None:
-    """The signal an exception stands for: Prefect's TerminationSignal, Ctrl-C's
-    KeyboardInterrupt, `stopped_by_signals`' SystemExit; None for any other."""
-    from prefect.exceptions import TerminationSignal
-
-    if isinstance(exc, TerminationSignal):
-        return exc.signal
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    if isinstance(exc, SystemExit) and exc.code == STOPPED_BY_SIGTERM:
-        return signal.SIGTERM
-    return None
 
 
 def _start_temporary_prefect() -> Thread | None:
@@ -168,8 +126,8 @@ def _start_temporary_prefect() -> Thread | None:
         def _run_uvicorn_command(self) -> subprocess.Popen:
             # Popen patched for the one call: another thread's child started meanwhile merely
             # gets a session of its own too.
-            with mock.patch.object(subprocess, "Popen",
-                                   partial(subprocess.Popen, start_new_session=True)):
+            with starting_process(), mock.patch.object(
+                    subprocess, "Popen", partial(subprocess.Popen, start_new_session=True)):
                 return super()._run_uvicorn_command()
 
     thread = Thread(target=OwnSessionServer().start, name="prefect-server", daemon=True)

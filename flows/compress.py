@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,21 +17,24 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.record.gated import Gated
-from flows.record.killed import close_killed
+from flows.record.killed import close_killed, crash_flow_run
 from flows.record.model_card import model_card
 from flows.record.publish import Announcer, Progress, publish_repeat, publish_results
 from flows.record.registry import register_and_gate
 from flows.record.report import input_changes
 from flows.record.tracking import (
+    end_killed,
     log_run,
     log_stage,
     mlflow_run_url,
     pipeline_run,
     process_tags,
     stage_run,
+    tracking_uri,
 )
 from flows.record.unchanged import FlowRunRecord, last_run_if_unchanged, record_unchanged
 from flows.retry import RETRY_POLICY
+from flows.signals import HARD_STOP_NOTE, on_hard_stop
 from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.workspace.versioning import (
     Fingerprint,
@@ -77,12 +81,14 @@ def compress(params: Params = Params(), workdir: str = ".",
     root = Path(workdir)
     name = flow_run.get_name() or "shrinkflow"
     announcer = Announcer(name, str(flow_run.get_id() or ""))
-    with announcer.failures():
+    with announcer.failures(), on_hard_stop(partial(crash_flow_run, announcer.flow_run_id,
+                                                    HARD_STOP_NOTE)):
         tags = run_tags(root, announcer)
         with locked_workspace(params, root):
             if repeat_unchanged and (last := last_run_if_unchanged(params, root)):
                 return repeated(params, root, last, announcer)
-            with pipeline_run(params, name, tags) as run:
+            with pipeline_run(params, name, tags) as run, on_hard_stop(partial(
+                    end_killed, tracking_uri(params.tracking), run.info.run_id, HARD_STOP_NOTE)):
                 announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
                                                       run.info.run_id)
                 stages, before = run_stages(params, root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,9 @@ from tasks.data import load_data
 from tasks.splits import Dataset
 
 REPO = Path(__file__).resolve().parents[1]
+# Set by a test in the environment of a process it starts: every process that one starts, and
+# theirs, inherit it, wherever they end up (a session of their own, re-parented to init).
+TEST_MARK = "SHRINKFLOW_TEST_MARK"
 
 # Two xdist workers for the two cores (pyproject.toml): TensorFlow in each, and in every process a
 # test starts, keeps to one thread instead of sizing its pools to the whole machine in both (as
@@ -178,3 +182,28 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=300):
         yield
+
+
+def running_with_mark(mark: str) -> list[str]:
+    """The processes (as `pid command`) whose environment holds `TEST_MARK=mark`, dead ones not yet
+    reaped (zombies) left out."""
+    wanted, found = f"{TEST_MARK}={mark}".encode(), []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or wanted not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            if (proc / "stat").read_text().rsplit(") ", 1)[1].split()[0] not in "ZX":
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                found.append(f"{proc.name} {command[:200].decode(errors='replace')}")
+        except (OSError, IndexError):  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def wait_until_none_with_mark(mark: str, seconds: float = 3.0) -> list[str]:
+    """`running_with_mark` once it is empty, or after `seconds` (a process SIGKILLed at the end
+    may take a moment to leave the process table)."""
+    deadline = time.monotonic() + seconds
+    while (left := running_with_mark(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

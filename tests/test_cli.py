@@ -3,18 +3,15 @@ leaving earlier artifacts untouched; stages run one at a time from each other's 
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tf_keras as keras
-from prefect.exceptions import TerminationSignal
 
-from flows.cli import main, stopped_by_signals
+from flows.cli import main
 from flows.stages import STAGES
 from tasks.models import write_model
 
@@ -190,19 +187,6 @@ def test_a_model_file_with_code_is_refused_before_its_code_runs(workspace, lambd
     err = capsys.readouterr().err
     assert "has a Lambda layer 'side_effect'" in err and "set model.trust_code: true" in err, err
     assert not marker.exists()
-
-
-def test_a_stop_signal_dropped_in_a_finalizer_is_sent_again():
-    """Python prints and drops a signal handler's exception raised while a `__del__` or weakref
-    callback runs (seen in training: a SIGTERM ignored). The run's handler must see it again."""
-    class Dropping:
-        def __del__(self):
-            raise TerminationSignal(signal.SIGTERM)
-
-    with pytest.raises(SystemExit) as stopped, stopped_by_signals():
-        Dropping()  # finalized at once: its TerminationSignal is dropped
-        time.sleep(10)
-    assert stopped.value.code == 128 + signal.SIGTERM
 
 
 def test_finding_the_stack_imports_no_prefect():

@@ -103,16 +103,29 @@ def close_killed_runs(cfg: TrackingConfig, root: Path) -> list[Run]:
         if not _alive(int(run.data.tags[PID_TAG]))]
     noticed = datetime.now(UTC).isoformat(timespec="seconds")
     for run in orphans:
-        note = (f"killed: process {run.data.tags[PID_TAG]} on {host} ended without closing this "
-                f"run; noticed by process {os.getpid()} at {noticed}")
-        stages = client.search_runs(
-            [experiment], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'")
-        for closed in (*stages, run):
-            earlier = closed.data.tags.get(NOTE_TAG)
-            client.set_tag(closed.info.run_id, KILLED_TAG, note)
-            client.set_tag(closed.info.run_id, NOTE_TAG, f"{earlier}\n\n{note}" if earlier else note)
-            client.set_terminated(closed.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        _end_killed(client, run, f"killed: process {run.data.tags[PID_TAG]} on {host} ended "
+                                 f"without closing this run; noticed by process {os.getpid()} "
+                                 f"at {noticed}")
     return [client.get_run(run.info.run_id) for run in orphans]
+
+
+def end_killed(tracking: str, run_id: str, note: str) -> None:
+    """End the parent run `run_id` of this process, if still running, and its stage runs, KILLED
+    with `note`, from any thread (a run stopped hard: flows/signals.py)."""
+    client = mlflow.MlflowClient(tracking)
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":  # else ended already, as the stop unwound
+        _end_killed(client, run, note)
+
+
+def _end_killed(client: mlflow.MlflowClient, run: Run, note: str) -> None:
+    stages = client.search_runs([run.info.experiment_id], "attributes.status = 'RUNNING' and "
+                                f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    for closed in (*stages, run):
+        earlier = closed.data.tags.get(NOTE_TAG)
+        client.set_tag(closed.info.run_id, KILLED_TAG, note)
+        client.set_tag(closed.info.run_id, NOTE_TAG, f"{earlier}\n\n{note}" if earlier else note)
+        client.set_terminated(closed.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
 def _alive(pid: int) -> bool:
