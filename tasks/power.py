@@ -45,7 +45,7 @@ CONFIRMED = 0.8
 DISAGREEMENT = 0.5  # a fair student's disagreement with the teacher, per teacher error
 SPREAD = 8  # discordant counts beyond mean +- 8 sd have negligible probability (< 1e-15)
 DRAWS = 4000  # posterior draws per candidate: the chance of passing to within +-0.008
-MAX_SAMPLES = 10**7
+MAX_SAMPLES = 10**6
 BUDGET_STEPS = 14  # bisection of the certifiable drop: to 0.006 pt
 
 
@@ -140,7 +140,10 @@ def certifiable_drop(rule: GateRule, teacher_error: float) -> float:
 
 def samples_to_certify(rule: GateRule, teacher_error: float) -> int | None:
     """The fewest labeled test samples with which a student as accurate as the teacher is
-    certified with probability POWER (no pool); None when no number below MAX_SAMPLES does."""
+    certified with probability POWER (no pool); None when no number below MAX_SAMPLES does
+    (none certifies a zero budget)."""
+    if rule.budget <= 0:
+        return None
     return _fewest(lambda n: power(GateRule("certified", rule.budget, rule.confidence, n),
                                    teacher_error), rule.n)
 
@@ -149,7 +152,7 @@ def pool_to_certify(rule: GateRule, teacher_error: float) -> int | None:
     """The fewest unlabeled inputs in the pool's certify part with which a student as accurate as
     the teacher is certified by fidelity alone with probability POWER; None when its disagreement
     rate is above the budget (no pool certifies that)."""
-    if DISAGREEMENT * teacher_error >= rule.budget:
+    if rule.budget <= 0 or DISAGREEMENT * teacher_error >= rule.budget:
         return None
     return _fewest(lambda m: fidelity_pass_probability(
         GateRule("certified", rule.budget, rule.confidence, rule.n, m),
