@@ -120,7 +120,7 @@ def chance_to_certify(rule: GateRule, disagree: int, n: int, seed: int = 0) -> f
     """A candidate's chance of being certified by fidelity on the pool's certify part, from its
     disagreements with the teacher on `n` inputs of the choose part (posterior Beta(k+1/2,
     n-k+1/2))."""
-    if not rule.pool:
+    if not rule.pool or not n:  # an empty choose part shows nothing
         return 0.0
     rng = np.random.default_rng(seed)
     rates = rng.beta(disagree + 0.5, n - disagree + 0.5, DRAWS)
