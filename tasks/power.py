@@ -38,7 +38,7 @@ POWER = 0.8  # the conventional power of a study: certify when the split gives a
 # test split, certifies or not). The search's sampler and distill.width auto keep a candidate
 # more likely than not to pass; the search's chosen trial must also be CONFIRMED from the
 # confirmation part, which no choice saw: tried in order of size, refused trials give the next
-# ones more chances, and a simulation (docs/decisions.md) put the chosen trial's true chance of
+# ones more chances, and a simulation (docs/search.md) put the chosen trial's true chance of
 # passing at 0.42 (digits' 72-sample parts) and 0.75 (400) with 0.8 there, 0.36 and 0.48 with 0.5.
 LIKELY = 0.5
 CONFIRMED = 0.8
