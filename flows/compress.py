@@ -184,6 +184,7 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
                ) -> tuple[dict, list[str], Gated]:
     """The run as a DVC experiment (pushed if a remote is set) and in MLflow, the model registered
     and gated. Returns the metrics, what changed in the inputs since `before`, the gate's result."""
+    get_run_logger().info("recording the run: DVC experiment %s, MLflow, the registry", name)
     ws = Workspace(root)
     metrics = json.loads(ws.metrics.read_text())
     changes = input_changes(before, recorded_inputs(root, params))

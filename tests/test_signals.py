@@ -20,6 +20,8 @@ from flows.signals import GRACE_S
 STARTS_CHILDREN = """
 import os, signal, subprocess, sys, time
 from flows.signals import guard_run, on_hard_stop
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the tests
+# run where SIGINT is inherited ignored (a `&` job of a script, nohup): the guard leaves it so
 guard = guard_run()
 subprocess.Popen(["sleep", "300"], start_new_session=True)  # as the temporary Prefect server
 subprocess.Popen(["sh", "-c", "sleep 300 & exit 0"])  # its child is re-parented to init
