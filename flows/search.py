@@ -20,9 +20,10 @@ never touch MLflow.
   there, and those within the budget there all go on (size, not accuracy, decides between them).
 - Choosing aims at the gate (tasks/power.py): a trial counts ("within") when its chance of
   passing the gate's rule on the test split, from its paired counts vs the teacher on the
-  validation split's selection part, is at least LIKELY; the chosen one's chance from the
-  confirmation part, which the sampler and pruner never see, must be at least CONFIRMED. The
-  gate certifies, not this.
+  validation split's selection part, is at least LIKELY and it is not slower than the teacher
+  beyond noise by more than gate.max_slowdown (the gate's speed floor, tasks/speed.py); the
+  chosen one's chance from the confirmation part, which the sampler and pruner never see, must
+  be at least CONFIRMED. The gate certifies, not this.
 - The study's journal file in .shrinkflow/ (file-locked: workers on other processes or hosts
   sharing the workspace write to it) lets a killed search resume: the study is named after
   everything that decides a trial's outcome, so the same search finds its finished trials again.
@@ -94,7 +95,7 @@ if TYPE_CHECKING:
 dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 SHOWN = ("accuracy", "drop", "chance", "confirm_drop", "confirm_chance", "gzip_bytes",
-         "latency_p50_us")
+         "latency_p50_us", "slowdown")
 CONNECT_TIMEOUT_S = 5
 CLOSEST_SHOWN = 3
 
@@ -244,7 +245,8 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
         if not pending:
             break
         future = next(as_completed(list(pending)))
-        frozen = finish(study, pending.pop(future), future, rule, OBJECTIVE_KEYS[cfg.objective])
+        frozen = finish(study, pending.pop(future), future, rule, OBJECTIVE_KEYS[cfg.objective],
+                        params.gate.max_slowdown)
         if frozen.state != TrialState.FAIL:
             measured[choice_key(frozen.params)] = frozen
         for twin in [t for t in twins if choice_key(t.params) == choice_key(frozen.params)]:
@@ -290,7 +292,8 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
         f"search: no trial was likely to pass the gate (chance >= {LIKELY} from the selection "
         f"part, >= {CONFIRMED} from the confirmation part) "
         f"({rule.rule.require} within gate.max_accuracy_drop {100 * rule.rule.budget:.2f} pt on "
-        f"{rule.rule.n:,} test samples)"
+        f"{rule.rule.n:,} test samples, and not slower than the teacher beyond noise by more "
+        f"than gate.max_slowdown {params.gate.max_slowdown:g}x)"
         + (f" (teacher validation accuracy {teacher_accuracy:.4f})" if measured else "")
         + "; closest: "
         + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
@@ -382,7 +385,7 @@ def _describe_row(row: dict) -> str:
     return (f"trial {row['number']} ({choice}): validation drop {100 * row['drop']:+.2f} pt "
             f"(chance to pass {row['chance']:.2f}; confirmation {100 * row['confirm_drop']:+.2f}, "
             f"chance {row['confirm_chance']:.2f}), gzip {row['gzip_bytes']} B, latency "
-            f"{row['latency_p50_us']:.1f} µs")
+            f"{row['latency_p50_us']:.1f} µs ({row['slowdown']:.2f}x the teacher's)")
 
 
 def _column_order(key: str) -> tuple[int, str]:

@@ -181,9 +181,10 @@ def keep_chosen_student(ws: Workspace, study: str, chosen: Choice) -> None:
 
 
 def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule: RuleChoice,
-           objective_key: str) -> FrozenTrial:
-    """Tell Optuna how the trial ended: complete (objective, constraint: how far its chance to
-    pass, from the selection part, falls short of LIKELY), not trained or stopped early
+           objective_key: str, max_slowdown: float) -> FrozenTrial:
+    """Tell Optuna how the trial ended: complete (objective; constraints: how far its chance to
+    pass, from the selection part, falls short of LIKELY, and how far its slowdown vs the teacher
+    exceeds the gate's `max_slowdown` beyond noise), not trained or stopped early
     (pruned), or failed."""
     try:
         outcome: Outcome = future.result()
@@ -199,13 +200,17 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule
         return study.tell(trial, state=TrialState.PRUNED)
     result = outcome.result
     chance, confirm_chance = result.chances(rule.rule)
+    too_slow = result.slowdown.excess(max_slowdown)
     attrs = (result.metrics.as_dict() | _paired_attrs("", result.selection)
              | _paired_attrs("confirm_", result.confirmation)
              | {"chance": chance, "confirm_chance": confirm_chance,
-                "within": chance >= LIKELY, "confirmed": confirm_chance >= CONFIRMED})
+                "slowdown": result.slowdown.ratio, "slowdown_lower": result.slowdown.lower,
+                "within": chance >= LIKELY and too_slow <= 0,
+                "confirmed": confirm_chance >= CONFIRMED})
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     trial.set_constraint("pass_chance", max(0.0, LIKELY - chance))
+    trial.set_constraint("speed_floor", max(0.0, too_slow))
     return study.tell(trial, attrs[objective_key])
 
 

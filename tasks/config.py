@@ -410,6 +410,13 @@ class GateConfig(Section):
         description="Confidence of the paired bounds the gate compares: the teacher bound within "
         "max_accuracy_drop, and the champion better beyond noise (tasks/paired.py).",
     )
+    max_slowdown: float = Field(
+        1.0, gt=0,
+        description="The speed floor: a model slower than the teacher, or than the champion, by "
+        "more than this factor beyond noise (its latency at evaluate.threads[0], timed "
+        "interleaved with theirs; lower bound at gate.confidence: tasks/speed.py) is not promoted; "
+        "1.0: never slower; raise it where only bytes count. The search holds its trials to it.",
+    )
     require: Literal["auto", "certified", "estimate"] = Field(
         "auto",
         description="The evidence a promotion needs: `certified` (the upper confidence bound of "

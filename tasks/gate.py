@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from tasks.config import GateConfig
 from tasks.fidelity import Fidelity
 from tasks.paired import TOLERANCE, PairedDrop
-from tasks.splits import Dataset
 from tasks.power import (
     POWER,
     GateRule,
@@ -26,6 +25,8 @@ from tasks.power import (
     power,
     samples_to_certify,
 )
+from tasks.speed import Slowdown
+from tasks.splits import Dataset
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 POOL_SHOWN = 100_000  # a pool size worth suggesting (a student closer to the teacher needs fewer)
@@ -75,12 +76,13 @@ class RuleChoice:
 
 @dataclass(frozen=True)
 class Evidence:
-    """The final model's accuracy drop vs the teacher, as the gate weighs it: paired on the test
-    labels and, with an unlabeled pool, its disagreement with the teacher there (each bound at
-    the rule's `bound_confidence`)."""
+    """The final model vs the teacher, as the gate weighs it: its accuracy drop, paired on the
+    test labels and, with an unlabeled pool, its disagreement with the teacher there (each bound
+    at the rule's `bound_confidence`); and its slowdown (tasks/speed.py)."""
 
     choice: RuleChoice
     labels: PairedDrop
+    slowdown: Slowdown
     fidelity: Fidelity | None = None
 
     @property
@@ -138,14 +140,15 @@ def rule_for(cfg: GateConfig, data: Dataset) -> RuleChoice:
 
 def weigh(cfg: GateConfig, data: Dataset, document: dict) -> Evidence:
     """The gate's evidence on the final model: metrics.json's paired counts vs the teacher on the
-    test split (and fidelity counts on the pool), each bound at the rule's confidence."""
+    test split (and fidelity counts on the pool), each bound at the rule's confidence, and its
+    slowdown vs the teacher."""
     choice = rule_for(cfg, data)
     confidence = choice.rule.bound_confidence
     labels = PairedDrop(**{key: document["paired"][key] for key in ("n", "worse", "better")},
                         confidence=confidence)
     fidelity = document.get("fidelity")
-    return Evidence(choice, labels, fidelity and Fidelity(fidelity["n"], fidelity["disagree"],
-                                                          confidence))
+    return Evidence(choice, labels, Slowdown(**document["slowdown"]),
+                    fidelity and Fidelity(fidelity["n"], fidelity["disagree"], confidence))
 
 
 def announce_rule(choice: RuleChoice, cfg: GateConfig) -> None:
@@ -176,14 +179,17 @@ def not_comparable(cfg: GateConfig, champion: Interface, candidate: Interface) -
 
 
 def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict | None,
-          champion_drop: PairedDrop | None) -> Decision:
+          champion_drop: PairedDrop | None, champion_slowdown: Slowdown | None) -> Decision:
     """`candidate` and `champion` hold the evaluator's accuracy, gzip_bytes and latency_p50_us,
-    measured on the same test split; `evidence` is the candidate's drop vs the teacher and
-    `champion_drop` its paired drop vs the champion (reference: the champion), both on it.
+    measured on the same test split; `evidence` is the candidate vs the teacher,
+    `champion_drop` its paired drop vs the champion (reference: the champion) on it and
+    `champion_slowdown` its latency over the champion's, timed interleaved.
 
-    The rules, in order (bounds at cfg.confidence, tasks/paired.py):
+    The rules, in order (bounds at cfg.confidence, tasks/paired.py, tasks/speed.py):
     - the accuracy rule (`evidence.passes`): certified within gate.max_accuracy_drop, or under
       `estimate` its point estimate within it;
+    - the speed floor: not slower than the teacher, nor than the champion, by more than
+      gate.max_slowdown beyond noise (a slowdown beyond noise within it is promoted, said so);
     - the champion must not be more accurate beyond noise: the lower bound of `champion_drop`
       above 0 refuses; a difference within noise is no reason to keep the champion;
     - then the objective: smaller gzip or lower latency; or, for more_accurate, a higher accuracy
@@ -195,7 +201,16 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
         fix = "" if evidence.choice.rule.require == "estimate" else (
             f"; {evidence.choice.describe(cfg)}" if not evidence.choice.certifies else "")
         return Decision(False, f"{evidence.describe()}: over {budget}{fix}")
-    within = f"{evidence.describe()}: within {budget}"
+    slowdowns = {"the teacher": evidence.slowdown, "the champion": champion_slowdown}
+    slowdowns = {who: slowdown for who, slowdown in slowdowns.items() if slowdown}
+    limit = f"gate.max_slowdown {cfg.max_slowdown:g}x"
+    for who, slowdown in slowdowns.items():
+        if slowdown.beyond(cfg.max_slowdown):
+            return Decision(False, f"{_slower(slowdown, who)}: over {limit} (raise it where "
+                                   f"only bytes count)")
+    within = f"{evidence.describe()}: within {budget}" + "".join(
+        f"; {_slower(slowdown, who)}: within {limit}"
+        for who, slowdown in slowdowns.items() if slowdown.beyond(1.0))
     if champion is None:
         return Decision(True, f"first model within the accuracy gate ({within})")
     if champion_drop.lower > 0:
@@ -210,6 +225,10 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
         return _verdict(better, "accuracy", candidate, champion, within)
     key = "gzip_bytes" if cfg.objective == "smaller_gzip" else "latency_p50_us"
     return _verdict(candidate[key] < champion[key], key, candidate, champion, within)
+
+
+def _slower(slowdown: Slowdown, reference: str) -> str:
+    return f"slower than {reference} beyond noise: {slowdown.describe(reference)}"
 
 
 def _verdict(better: bool, key: str, candidate: dict, champion: dict, within: str) -> Decision:

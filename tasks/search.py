@@ -36,6 +36,7 @@ from tasks.paired import PairedDrop, paired_drop
 from tasks.power import GateRule, chance_to_certify, chance_to_pass
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
+from tasks.speed import Slowdown, slowdown
 from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
@@ -77,10 +78,12 @@ class CannotBeat(Exception):
 class SearchInputs:
     """What every trial of a worker shares, read and computed once per process: the data with
     the validation split's selection part in the validation's place, the confirmation part, the
-    teacher, its logits (soft targets), which samples of each part it gets right and its classes
-    on the unlabeled pool's choose part (None without a pool)."""
+    teacher, its FP32 .tflite (what the evaluator measures), its logits (soft targets), which
+    samples of each part it gets right and its classes on the unlabeled pool's choose part (None
+    without a pool)."""
 
     teacher: keras.Model
+    teacher_tflite: bytes
     selection: Dataset
     confirmation: Dataset
     targets: SoftTargets
@@ -94,13 +97,14 @@ class SearchInputs:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """A trained trial: the evaluator's metrics on the selection part, and its paired drop vs the
+    """A trained trial: the evaluator's metrics on the selection part, its paired drop vs the
     teacher on the selection part (what the sampler and pruner see) and on the confirmation part
-    (what only the final choice reads)."""
+    (what only the final choice reads), and its slowdown vs the teacher (the gate's speed floor)."""
 
     metrics: CandidateMetrics
     selection: PairedDrop
     confirmation: PairedDrop
+    slowdown: Slowdown
     epochs: int  # trained by this trial: 0 when it quantized a student another trial trained
     choice: Fidelity | None = None  # its disagreement with the teacher on the pool's choose part
 
@@ -162,8 +166,10 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
         inputs.teacher_choice, predicted_classes(TFLiteClassifier(model).predict,
                                                  inputs.selection.pool.choose),
         params.gate.confidence)
+    slower = slowdown(model, inputs.teacher_tflite, inputs.selection.val.read(slice(1))[0],
+                      params.evaluate, params.gate.confidence)
     return TrialResult(CandidateMetrics.of(student.count_params(), measured), selection,
-                       confirmation, params.distill.epochs if trained else 0, choice)
+                       confirmation, slower, params.distill.epochs if trained else 0, choice)
 
 
 def _distilled(inputs: SearchInputs, params: Params, stop: Stopper,
@@ -204,9 +210,10 @@ def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
     """Split the validation split into selection and confirmation parts and measure the teacher
     (as the evaluator does: its FP32 .tflite) on both."""
     selection, confirmation = split_validation(data, confirm_fraction, seed)
-    classifier = TFLiteClassifier(convert_to_tflite(teacher))
+    tflite = convert_to_tflite(teacher)
+    classifier = TFLiteClassifier(tflite)
     choice = predicted_classes(classifier.predict, data.pool.choose) if data.pool else None
-    return SearchInputs(teacher, selection, confirmation, soft_targets(teacher, selection),
+    return SearchInputs(teacher, tflite, selection, confirmation, soft_targets(teacher, selection),
                         (_correct(classifier, selection), _correct(classifier, confirmation)),
                         choice)
 

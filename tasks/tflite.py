@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,17 +85,26 @@ class TFLiteClassifier:
     def latency_us(self, sample: np.ndarray, runs: int, warmup: int) -> Latency:
         """Median and 90th percentile wall time of one batch-1 invoke, in microseconds, over
         `runs` invokes after `warmup` untimed ones."""
+        time_invokes = self.invoke_timer(sample)
+        time_invokes(warmup)
+        p50, p90 = np.percentile(time_invokes(runs), [50, 90]) / 1000.0
+        return Latency(float(p50), float(p90))
+
+    def invoke_timer(self, sample: np.ndarray) -> Callable[[int], np.ndarray]:
+        """A function that times `n` batch-1 invokes on `sample` (ns each) on one interpreter
+        kept between its calls: warm once, then time in rounds (tasks/speed.py)."""
         interpreter = self._interpreter(1)
         interpreter.set_tensor(self.input["index"], self._to_input(sample[None]))
-        for _ in range(warmup):
-            interpreter.invoke()
-        timings = np.empty(runs)
-        for i in range(runs):
-            start = time.perf_counter_ns()
-            interpreter.invoke()
-            timings[i] = time.perf_counter_ns() - start
-        p50, p90 = np.percentile(timings, [50, 90]) / 1000.0
-        return Latency(float(p50), float(p90))
+
+        def time_invokes(n: int) -> np.ndarray:
+            timings = np.empty(n)
+            for i in range(n):
+                start = time.perf_counter_ns()
+                interpreter.invoke()
+                timings[i] = time.perf_counter_ns() - start
+            return timings
+
+        return time_invokes
 
     def memory_bytes(self) -> float:
         """Heap bytes a batch-1 interpreter holds once it has allocated and run: the tensor

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from flows.record.report import summary_table
+from flows.record.report import speed_change, summary_table
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
@@ -22,8 +22,9 @@ from tasks.evaluate import (
 )
 from tasks.models import write_model
 from tasks.paired import paired_drop
-from tasks.tflite import TFLiteClassifier
 from tasks.quantize import convert_to_tflite
+from tasks.speed import ROUNDS
+from tasks.tflite import TFLiteClassifier
 
 
 def test_fp32_predictions_match_keras(digits, trained_cnn):
@@ -136,3 +137,11 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
         p50, p90 = (final_metrics[f"latency_p{q}_us_{count}t"] for q in (50, 90))
         assert f"latency p50 / p90, {label}" in table and f"{p50:.1f} / {p90:.1f} us" in table
     assert "runtime memory" in table
+    slower = document["slowdown"]  # final vs teacher, interleaved, at the gate's confidence
+    assert slower["lower"] <= slower["ratio"] <= slower["upper"] and slower["confidence"] == 0.9
+    assert (slower["rounds"], slower["threads"]) == (ROUNDS, 1) and slower["model_us"] > 0
+
+
+def test_a_slower_model_is_said_in_words():
+    assert speed_change(90.0, 3.0) == "30.0x faster"
+    assert speed_change(281.0, 728.0) == "2.6x SLOWER"

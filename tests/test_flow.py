@@ -109,6 +109,23 @@ def test_an_uncertified_promotion_says_so_in_the_summary_registry_card_and_repor
     assert "promoted to `champion` UNCERTIFIED" in Artifact.get("compress-report").data
 
 
+def test_a_model_slower_than_the_floor_is_not_promoted_and_the_gate_says_both_latencies(
+        prefect_server, dvc_project, tiny_params):
+    """gate.max_slowdown 0.01: the model must be 100 times faster than its teacher (same
+    architecture, int8): refused, the interleaved measurement on the version and in the report."""
+    params = tiny_params("sparsify.enabled=false", "distill.enabled=false",
+                         "gate.max_slowdown=0.01")
+    report = compress(params, workdir=str(dvc_project))
+    assert not report["promoted"]
+    version = MlflowClient(params.tracking.uri).get_model_version("test-int8",
+                                                                  report["model_version"])
+    reason = version.tags["gate.rejected"]
+    assert reason.startswith("slower than the teacher beyond noise: latency ")
+    assert "interleaved rounds): over gate.max_slowdown 0.01x" in reason
+    assert float(version.tags["gate.teacher_slowdown.lower"]) > 0.01 * 1.05
+    assert "- vs the teacher: latency " in Artifact.get("compress-report").data
+
+
 def test_plain_post_training_quantization_when_sparsify_and_distill_are_off(prefect_server, dvc_project, tiny_params):
     """In mode mixed with room to spare: every conv and dense kernel INT4, its sensitivity shown."""
     params = tiny_params("sparsify.enabled=false", "distill.enabled=false", "quantize.mode=mixed",

@@ -7,6 +7,7 @@ from tasks.fidelity import Fidelity
 from tasks.gate import Evidence, Interface, decide_rule, judge, not_comparable
 from tasks.paired import PairedDrop
 from tasks.power import POWER, GateRule, power, samples_to_certify
+from tasks.speed import Slowdown
 
 CHAMPION = {"accuracy": 0.97, "gzip_bytes": 20_000, "latency_p50_us": 3.0}
 
@@ -21,16 +22,24 @@ NOISE = PairedDrop(N, worse=2, better=1, confidence=0.95)  # vs the champion: eq
 WORSE = PairedDrop(N, worse=15, better=0, confidence=0.95)  # vs the champion: clearly worse
 
 
+def timed(ratio: float, spread: float = 0.05) -> Slowdown:
+    """A slowdown measured at `ratio`, its bounds `spread` either side, of a 3 us reference."""
+    return Slowdown(ratio, ratio - spread, ratio + spread, 3.0 * ratio, 3.0, 20, 0.95, 1)
+
+
+AS_FAST = timed(1.0)
+
+
 def evidence(labels: PairedDrop, require: str = "certified", errors: int = 6,
-             fidelity: Fidelity | None = None) -> Evidence:
+             fidelity: Fidelity | None = None, slowdown: Slowdown = AS_FAST) -> Evidence:
     """The gate's evidence on `labels.n` test samples, the teacher wrong on `errors` of them."""
     cfg = GateConfig(require=require)
     return Evidence(decide_rule(cfg, labels.n, errors, fidelity.n if fidelity else 0), labels,
-                    fidelity)
+                    slowdown, fidelity)
 
 
 def judged(objective: str, new: dict, versus: PairedDrop = NOISE):
-    return judge(GateConfig(objective=objective), new, evidence(WITHIN), CHAMPION, versus)
+    return judge(GateConfig(objective=objective), new, evidence(WITHIN), CHAMPION, versus, AS_FAST)
 
 
 @pytest.mark.parametrize("objective, new, promote, reason", [
@@ -73,14 +82,14 @@ def test_certified_holds_the_upper_bound_not_the_point_drop_and_comes_first():
     cfg = GateConfig(max_accuracy_drop=0.01, require="certified")
     tiny = candidate(gzip_bytes=1)
     assert LUCKY.drop < cfg.max_accuracy_drop < LUCKY.upper
-    refused = judge(cfg, tiny, evidence(LUCKY), CHAMPION, NOISE)
+    refused = judge(cfg, tiny, evidence(LUCKY), CHAMPION, NOISE, AS_FAST)
     assert not refused.promote
     assert refused.reason.startswith(
         f"uncertified: accuracy drop +0.56 pt, upper bound {100 * LUCKY.upper:.2f} pt at 95 % "
         "(3 worse, 1 better of 360); this test split certifies ")
     assert "over gate.max_accuracy_drop 1.00 pt" in refused.reason
     assert "gate.require certified: 360 test samples certify" in refused.reason  # the numbers
-    first = judge(cfg, tiny, evidence(WITHIN), None, None)
+    first = judge(cfg, tiny, evidence(WITHIN), None, None, None)
     assert first.promote and first.reason.startswith("first model within the accuracy gate "
                                                      "(certified: accuracy drop +0.00 pt")
 
@@ -89,11 +98,11 @@ def test_estimate_promotes_on_the_point_estimate_and_says_it_is_uncertified():
     cfg = GateConfig(require="estimate")
     found = evidence(LUCKY, "estimate")
     assert found.passes and not found.certified
-    decision = judge(cfg, candidate(), found, None, None)
+    decision = judge(cfg, candidate(), found, None, None, None)
     assert decision.promote and "(uncertified: accuracy drop +0.56 pt" in decision.reason
     assert found.tags()["gate.certified"] == "false" and found.tags()["gate.require"] == "estimate"
     over = PairedDrop(360, worse=6, better=1, confidence=0.95)  # 1.39 pt
-    assert not judge(cfg, candidate(), evidence(over, "estimate"), None, None).promote
+    assert not judge(cfg, candidate(), evidence(over, "estimate"), None, None, None).promote
     assert evidence(WITHIN, "estimate").certified  # a bound within budget certifies, either rule
 
 
@@ -121,7 +130,7 @@ def test_fidelity_on_unlabeled_inputs_certifies_what_the_labels_cannot():
     found = evidence(LUCKY, fidelity=agreeing)
     assert found.choice.rule.bound_confidence == 0.975  # two ways to certify: half the error each
     assert found.certified and not found.labels.within(0.01)
-    decision = judge(cfg, candidate(), found, None, None)
+    decision = judge(cfg, candidate(), found, None, None, None)
     assert decision.promote
     assert "disagrees with the teacher on 4 of 2,000 unlabeled" in decision.reason
     assert not evidence(LUCKY, fidelity=Fidelity(2000, 30, 0.975)).certified
@@ -137,3 +146,37 @@ def test_a_champion_for_another_task_is_not_comparable_and_the_refusal_names_the
         assert f"the champion of gate.registered_model 'shrinkflow-int8' takes {champion}" in refusal.reason
         assert "--set gate.registered_model=shrinkflow-int8-<task>" in refusal.reason
     assert str(Interface((32, 32, 3), 100)) == "inputs (32, 32, 3) / 100 classes"
+
+
+def test_a_candidate_slower_than_the_teacher_beyond_noise_is_refused_naming_both_latencies():
+    refused = judge(GateConfig(), candidate(), evidence(WITHIN, slowdown=timed(2.6)), None, None,
+                    None)
+    assert not refused.promote
+    assert refused.reason.startswith("slower than the teacher beyond noise: latency 7.8 vs the "
+                                     "teacher's 3.0 us (2.60x, between 2.55x and 2.65x at 95 %")
+    assert "over gate.max_slowdown 1x" in refused.reason
+
+
+def test_a_slowdown_within_noise_is_no_slowdown():
+    """Its lower bound 3 % above the teacher's latency: within SAME_SPEED (5 %), what two
+    interpreters of one model differ by."""
+    noisy = judge(GateConfig(), candidate(), evidence(WITHIN, slowdown=timed(1.06, 0.03)), None,
+                  None, None)
+    assert noisy.promote and "slower" not in noisy.reason
+
+
+def test_a_raised_max_slowdown_lets_a_slower_model_through_and_says_so():
+    allowed = judge(GateConfig(max_slowdown=3), candidate(),
+                    evidence(WITHIN, slowdown=timed(2.6)), None, None, None)
+    assert allowed.promote
+    assert "slower than the teacher beyond noise: latency 7.8" in allowed.reason
+    assert "within gate.max_slowdown 3x" in allowed.reason
+
+
+def test_a_smaller_candidate_slower_than_the_champion_beyond_noise_is_refused():
+    smaller = candidate(gzip_bytes=15_000)
+    assert judge(GateConfig(), smaller, evidence(WITHIN), CHAMPION, NOISE, timed(1.02)).promote
+    refused = judge(GateConfig(), smaller, evidence(WITHIN), CHAMPION, NOISE, timed(1.5))
+    assert not refused.promote
+    assert refused.reason.startswith("slower than the champion beyond noise: latency 4.5 vs the "
+                                     "champion's 3.0 us")

@@ -27,6 +27,7 @@ from tasks.data import load_data
 from tasks.gate import Evidence, decide_rule
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
+from tasks.speed import SAME_SPEED, Slowdown
 from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
@@ -57,7 +58,10 @@ def register(root: Path, data: Dataset) -> Gated:
     data.save(ws.data)
     write_bytes(ws.model, convert_to_tflite(model, "int8", data.train.read(slice(20))))
     cfg = GateConfig(registered_model=NAME, max_accuracy_drop=1.0)
-    found = Evidence(decide_rule(cfg, len(data.test), 2), PairedDrop(len(data.test), 1, 0, 0.95))
+    as_fast = Slowdown(1.0, 0.9, 1.1, model_us=5.0, reference_us=5.0, rounds=20, confidence=0.95,
+                       threads=1)
+    found = Evidence(decide_rule(cfg, len(data.test), 2), PairedDrop(len(data.test), 1, 0, 0.95),
+                     as_fast)
     with mlflow.start_run():
         return register_and_gate(cfg, EvaluateConfig(latency_runs=200, warmup_runs=1), ws, found,
                                  CARD)
@@ -117,7 +121,8 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     teacher = PairedDrop(len(digits.test.labels), 1, 0, 0.95)
     assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
     assert tags["gate.teacher_drop.worse"] == "1" and tags["gate.certified"] == "true"
-    table, _, teacher_line, champion_line, _ = gate_comparison(gated.measured, gated.champion)
+    table, _, teacher_line, champion_line, teacher_speed, champion_speed, _ = gate_comparison(
+        gated.measured, gated.champion)
     header, _, accuracy, size, _, memory = table.splitlines()
     assert header == "| test split | this run's model | champion (version 1) |"
     assert accuracy.startswith("| accuracy |") and size.startswith("| gzip size |")
@@ -126,6 +131,10 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     assert teacher_line.startswith(f"- vs the teacher: drop +{100 / int(n):.2f} pt, between ")
     assert champion_line.startswith("- vs the champion: drop +0.00 pt, between ")
     assert champion_line.endswith(f"at 95 % (worse on 0, better on 0 of {n} samples)")
+    assert teacher_speed.startswith("- vs the teacher: latency 5.0 vs the teacher's 5.0 us (1.00x")
+    assert champion_speed.startswith("- vs the champion: latency ")
+    assert champion_speed.endswith("1 thread, 20 interleaved rounds)")
+    assert abs(float(tags["gate.champion_slowdown.ratio"]) - 1) < SAME_SPEED  # the same model
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from tasks.config import EvaluateConfig, GateConfig
 from tasks.evaluate import measure_tflite
 from tasks.gate import Decision, Evidence, Interface, judge, not_comparable
 from tasks.paired import paired_drop
+from tasks.speed import slowdown
 from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
@@ -89,7 +90,8 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, evidence: Ev
           champion: Champion | None) -> tuple[Decision, dict[str, float]]:
     """The decision, and what it rests on as metrics: `gate.candidate.*` / `gate.champion.*`, the
     paired drops `gate.teacher_drop*` (vs the teacher) and `gate.champion_drop*` (vs the
-    champion: above 0, the candidate is the less accurate).
+    champion: above 0, the candidate is the less accurate), the slowdowns
+    `gate.teacher_slowdown.*` and `gate.champion_slowdown.*` (above 1, the candidate is slower).
 
     The champion's own tags were measured on its run's data (perhaps other data, another teacher),
     so it is measured again here, beside the new model, in this process, with the evaluator's code
@@ -103,13 +105,19 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, evidence: Ev
     drops = {"gate.teacher_drop": evidence.labels}
     refusal = (not_comparable(cfg, _interface(champion.tflite), _interface(model))
                if champion else None)
+    slowdowns = {"gate.teacher_slowdown": evidence.slowdown}
     if champion and not refusal:
         measured["gate.champion"], champion_predicted = measure_tflite(champion.tflite, data,
                                                                        evaluate)
         drops["gate.champion_drop"] = paired_drop(champion_predicted == data.test.labels,
                                                   predicted == data.test.labels, cfg.confidence)
+        slowdowns["gate.champion_slowdown"] = slowdown(model, champion.tflite,
+                                                       data.test.read(slice(1))[0], evaluate,
+                                                       cfg.confidence)
     decision = refusal or judge(cfg, candidate, evidence, measured.get("gate.champion"),
-                                drops.get("gate.champion_drop"))
+                                drops.get("gate.champion_drop"),
+                                slowdowns.get("gate.champion_slowdown"))
+    measured |= {key: speed.as_dict() for key, speed in slowdowns.items()}
     metrics = {f"{who}.{key}": value for who, values in measured.items()
                for key, value in values.items()}
     for prefix, drop in drops.items():

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from flows.workspace.versioning import Fingerprint
+from tasks.speed import Slowdown
 
 if TYPE_CHECKING:
     from flows.record.gated import Gated
@@ -100,9 +102,20 @@ def gate_comparison(measured: dict[str, float], champion: str | None) -> list[st
             ("latency p50 / p90", *(f"{measured[f'gate.{w}.latency_p50_us']:.1f} / "
                                     f"{measured[f'gate.{w}.latency_p90_us']:.1f} us" for w in who)),
             ("runtime memory", *(memory(measured[f"gate.{w}.memory_bytes"]) for w in who))]
-    drops = {"gate.teacher_drop": "vs the teacher", "gate.champion_drop": "vs the champion"}
-    return [markdown_table(rows), "", *(f"- {paired_line(measured, key, what)}"
-                                        for key, what in drops.items() if key in measured), ""]
+    vs = {"teacher": "vs the teacher", "champion": "vs the champion"}
+    return [markdown_table(rows), "",
+            *(f"- {paired_line(measured, f'gate.{who}_drop', what)}"
+              for who, what in vs.items() if f"gate.{who}_drop" in measured),
+            *(f"- {what}: {slowdown_line(measured, f'gate.{who}_slowdown', f'the {who}')}"
+              for who, what in vs.items() if f"gate.{who}_slowdown.ratio" in measured), ""]
+
+
+def slowdown_line(measured: dict[str, float], key: str, reference: str) -> str:
+    """`latency 6.3 vs the teacher's 87.8 us (0.07x, between ...)`: a slowdown from the gate's
+    metrics, `key` its prefix (flows/record/registry.py)."""
+    values = {field.name: measured[f"{key}.{field.name}"] for field in fields(Slowdown)}
+    return Slowdown(**values | {"rounds": int(values["rounds"]),
+                                "threads": int(values["threads"])}).describe(reference)
 
 
 def paired_line(measured: dict[str, float], key: str, what: str) -> str:
@@ -130,13 +143,19 @@ def summary_rows(metrics: dict) -> list[tuple[str, ...]]:
         ("gzip size", human_size(teacher["gzip_bytes"]), human_size(final["gzip_bytes"]),
          f"{metrics['compression_ratio']:.1f}x smaller"),
         *((f"latency p50 / p90, {threads(n)}", latency(teacher, n), latency(final, n),
-           f"{teacher[f'latency_p50_us_{n}t'] / final[f'latency_p50_us_{n}t']:.1f}x faster")
+           speed_change(teacher[f"latency_p50_us_{n}t"], final[f"latency_p50_us_{n}t"]))
           for n in thread_counts(final)),
         ("runtime memory", memory(teacher["memory_bytes"]), memory(final["memory_bytes"]),
          f"{teacher['memory_bytes'] / final['memory_bytes']:.1f}x less"),
         ("quantization", "fp32", metrics["quantization"]["mode"],
          layer_precisions(metrics["quantization"]["layer_precisions"])),
     ]
+
+
+def speed_change(reference_us: float, model_us: float) -> str:
+    """`13.9x faster`, or `2.6x SLOWER`: a slower model is said in words, not as `0.4x faster`."""
+    ratio = reference_us / model_us
+    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x SLOWER"
 
 
 def thread_counts(measured: dict) -> list[int]:

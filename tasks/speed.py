@@ -1,0 +1,94 @@
+"""Is a model slower than another beyond noise? The gate's speed floor (`gate.max_slowdown`) and
+the search's ask this of the final model vs the teacher, and vs the champion.
+
+Two latencies measured minutes apart on a shared machine differ by tens of percent with nothing
+changed (seen on this project's 2-core box). So the two models are timed in ROUNDS interleaved
+rounds, in alternating order, on one interpreter each: whatever else the machine does slows both
+alike within a round. Each round gives the ratio of their median invoke times; the slowdown is
+the median of those ratios, with distribution-free bounds for it from their order statistics
+(rounds are independent; nothing assumed about how timings are distributed). "Beyond noise" is
+its lower bound, at the gate's confidence, above the limit by more than SAME_SPEED: the same
+model timed against itself on two interpreters (one .tflite of 6 us, one of 78 us, ten times each,
+2026-12-03) gave ratios from 0.981 to 1.002, some with bounds that exclude 1 (each interpreter
+has its own memory layout): differences that small are no evidence of a slower model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tasks.config import EvaluateConfig
+from tasks.tflite import TFLiteClassifier
+
+ROUNDS = 20  # at 95 %: the bounds are the 6th and 15th of the 20 sorted ratios
+SAME_SPEED = 0.05  # a lower bound up to 5 % above the limit is within it (see above)
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    """How many times a model's batch-1 latency is a reference's: `ratio` (1.0: as fast,
+    2.0: twice as slow), bounded by `lower` and `upper` at `confidence` each (one-sided)."""
+
+    ratio: float
+    lower: float
+    upper: float
+    model_us: float  # the median invoke of each over every round
+    reference_us: float
+    rounds: int
+    confidence: float
+    threads: int
+
+    def excess(self, limit: float) -> float:
+        """How far the lower bound lies above `limit` times the reference, and SAME_SPEED: above
+        0, the model is slower than that beyond noise."""
+        return self.lower - limit * (1 + SAME_SPEED)
+
+    def beyond(self, limit: float) -> bool:
+        """Slower than `limit` times the reference beyond noise."""
+        return self.excess(limit) > 0
+
+    def describe(self, reference: str) -> str:
+        """`latency 728.0 vs the teacher's 281.3 us (2.59x, at least 2.41x at 95 %, 1 thread)`."""
+        return (f"latency {self.model_us:.1f} vs {reference}'s {self.reference_us:.1f} us "
+                f"({self.ratio:.2f}x, between {self.lower:.2f}x and {self.upper:.2f}x at "
+                f"{100 * self.confidence:.4g} %, {self.threads} thread"
+                f"{'s' if self.threads > 1 else ''}, {self.rounds} interleaved rounds)")
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def slowdown(model: bytes, reference: bytes, sample: np.ndarray, cfg: EvaluateConfig,
+             confidence: float) -> Slowdown:
+    """`model`'s latency over `reference`'s on `sample`, at the deployment's thread count
+    (`cfg.threads[0]`), from `cfg.latency_runs` invokes of each in ROUNDS interleaved rounds
+    after `cfg.warmup_runs` untimed ones."""
+    threads = cfg.threads[0]
+    timers = [TFLiteClassifier(tflite, threads).invoke_timer(sample) for tflite in (model, reference)]
+    for time_invokes in timers:
+        time_invokes(cfg.warmup_runs)
+    per_round = max(1, cfg.latency_runs // ROUNDS)
+    timings: list[list[np.ndarray]] = [[], []]
+    for round_ in range(ROUNDS):
+        for which in (0, 1) if round_ % 2 == 0 else (1, 0):
+            timings[which].append(timers[which](per_round))
+    ratios = np.sort([np.median(m) / np.median(r) for m, r in zip(*timings)])
+    k = order_statistic_bound(ROUNDS, confidence)
+    return Slowdown(float(np.median(ratios)),
+                    float(ratios[k - 1]) if k else 0.0, float(ratios[-k]) if k else float("inf"),
+                    *(float(np.median(np.concatenate(t))) / 1000.0 for t in timings),
+                    ROUNDS, confidence, threads)
+
+
+def order_statistic_bound(n: int, confidence: float) -> int:
+    """The largest k such that the k-th smallest of `n` independent values lies below their
+    median with probability at least `confidence` (the k-th largest above it, alike): fewer
+    than k of them below it has probability P(Binomial(n, 1/2) < k) <= 1 - confidence. 0 when
+    `n` values cannot bound it so (too few)."""
+    k, below = 0, 0.0
+    while k < n and (below := below + math.comb(n, k) / 2**n) <= 1 - confidence:
+        k += 1
+    return k
