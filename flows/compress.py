@@ -48,7 +48,7 @@ from flows.workspace.versioning import (
     write_params_file,
 )
 from tasks.artifacts import Workspace
-from tasks.choice import search_refusal, search_summary
+from tasks.choice import chosen_params, search_refusal, search_summary
 from tasks.config import Params
 from tasks.errors import InputChanged
 from tasks.evaluate import headline
@@ -77,6 +77,8 @@ def compress(params: Params = Params(), workdir: str = ".",
             and champion), record a repeat of it instead of gating and registering the same
             model again (flows/record/unchanged.py). On for the nightly deployment.
     """
+    from tasks.friendly import student_changes  # TensorFlow: not at import
+
     get_run_logger().info("params: %s", params)
     root = Path(workdir)
     name = flow_run.get_name() or "shrinkflow"
@@ -93,7 +95,8 @@ def compress(params: Params = Params(), workdir: str = ".",
                                                       run.info.run_id)
                 stages, before = run_stages(params, root)
                 metrics, changes, gated = record_run(params, root, name, before)
-        publish_results(params, Workspace(root), metrics, gated, announcer.mlflow_url)
+        ws = Workspace(root)
+        publish_results(params, ws, metrics, gated, announcer.mlflow_url)
     if gated.decision.promote:
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason,
                            gated.certified)
@@ -107,7 +110,8 @@ def compress(params: Params = Params(), workdir: str = ".",
         "promoted": gated.decision.promote,
         "certified": gated.certified,
         "gate": gated.decision.reason,
-        "search": search_summary(Workspace(root)),
+        "search": search_summary(ws),
+        "student": student_changes(chosen_params(params, ws).distill, ws.teacher),
     }
 
 

@@ -96,7 +96,7 @@ def gate_layers(model: keras.Model) -> set[str]:
     hard-swished by a Multiply, counts too: harmless, as it is wide.)"""
     if isinstance(model, keras.Sequential):
         return set()
-    inbound, layers = _inbound(model), {layer.name: layer for layer in model.layers}
+    inbound, layers = inbound_layers(model), {layer.name: layer for layer in model.layers}
     pooled: dict[str, bool] = {}  # memo of `from_pooling`: a graph's paths can be many
 
     def from_pooling(name: str) -> bool:
@@ -130,7 +130,7 @@ def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
 
     `student` is `source`'s architecture with narrower layers of the same names (`derive_student`).
     """
-    inbound = _inbound(source)
+    inbound = inbound_layers(source)
     output = output_layer(source)
     kinds = {layer.name: _kind(layer, output) for layer in source.layers}
     kept = _kept_channels(source, student, inbound, kinds)
@@ -150,7 +150,7 @@ def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
                 raise _unsupported(layer, reason) from exc
 
 
-def _inbound(model: keras.Model) -> dict[str, list[str]]:
+def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
     """Each layer's input layers by name (Sequential: the one before; the first: MODEL_INPUT)."""
     if isinstance(model, keras.Sequential):
         names = [layer.name for layer in model.layers]

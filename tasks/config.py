@@ -57,6 +57,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 = 95 %
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
+StudentActivations = Literal["keep", "relu"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
 
 
@@ -224,6 +225,12 @@ class DistillConfig(Training):
         description="Width-scaled student's weights: `teacher` (each layer keeps the teacher's "
         "channels with the largest L1 norms) | `random` (fresh initialisation).",
     )
+    activations: StudentActivations = Field(
+        "keep",
+        description="A derived student's activations: `keep` the teacher's | `relu`: swish "
+        "(SiLU) and GELU become ReLU, which int8 fuses into the layer before (tasks/friendly.py; "
+        "the layers that make the outputs keep theirs).",
+    )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
     alpha: float = Field(
@@ -317,7 +324,8 @@ class SearchConfig(Section):
 
     The space's dimensions are lists of choices; each choice overrides its stage's key (width ->
     distill.width, sparsities -> sparsify.final_sparsity, patterns -> sparsify.pattern, modes ->
-    quantize.mode, temperatures -> distill.temperature) for one trial.
+    quantize.mode, temperatures -> distill.temperature, activations -> distill.activations) for
+    one trial.
     """
 
     enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
@@ -346,6 +354,10 @@ class SearchConfig(Section):
     temperatures: list[Temperature] | None = Field(
         None, description="Distillation temperatures; none = distill.temperature only."
     )
+    activations: list[StudentActivations] | None = Field(
+        None, description="distill.activations to try; none = `keep` and `relu` where the teacher "
+        "has swish or GELU layers to replace, else distill.activations only.",
+    )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "
         "which the chosen trial must confirm that it is likely to pass the gate.",
@@ -364,7 +376,7 @@ class SearchConfig(Section):
         None, gt=0, description="Start no trial after this long; the running ones finish."
     )
 
-    @field_validator("widths", "sparsities", "patterns", "modes", "temperatures")
+    @field_validator("widths", "sparsities", "patterns", "modes", "temperatures", "activations")
     @classmethod
     def _not_empty(cls, value: list | None) -> list | None:
         if value is not None and not value:

@@ -25,8 +25,19 @@ from tasks.channels import (
     teacher_widths,
     width_key,
 )
-from tasks.config import DistillConfig, GateConfig, SparsifyConfig, StudentInit, Training
+from tasks.config import (
+    DistillConfig,
+    GateConfig,
+    SparsifyConfig,
+    StudentActivations,
+    StudentInit,
+    Training,
+)
 from tasks.errors import InputError
+from tasks.evaluate import predicted_classes
+from tasks.fidelity import fidelity
+from tasks.friendly import friendly_rewrites
+from tasks.gate import RuleChoice, rule_for
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
     EPSILON,
@@ -38,10 +49,7 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
-from tasks.gate import RuleChoice, rule_for
 from tasks.paired import PairedDrop, paired_drop
-from tasks.evaluate import predicted_classes
-from tasks.fidelity import fidelity
 from tasks.power import CONFIRMED, chance_to_certify, chance_to_pass
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
@@ -50,8 +58,10 @@ from tasks.views import consistent_views
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
 
-def derive_student(source: keras.Model, width: float, init: StudentInit) -> keras.Model:
-    """`source`'s architecture with every layer but the output `width` times as wide.
+def derive_student(source: keras.Model, width: float, init: StudentInit,
+                   activations: StudentActivations = "keep") -> keras.Model:
+    """`source`'s architecture with every layer but the output `width` times as wide, made
+    quantization-friendly (tasks/friendly.py: squeezes keep their dims; `activations`).
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
     output layer (the last layer that has one) keeps its size so the student predicts the same
@@ -64,7 +74,9 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
     batch is dynamic), and the TFLite converter refuses the Conv2D after it as a flex op.
     """
     output = output_layer(source)
-    reshapes = {layer.name: None for layer in source.layers if keeps_channels_last(layer)}
+    rewrites = friendly_rewrites(source, activations)
+    reshapes = {layer.name: None for layer in source.layers
+                if keeps_channels_last(layer) and layer.name not in rewrites}
 
     def narrowed(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
@@ -73,7 +85,8 @@ def derive_student(source: keras.Model, width: float, init: StudentInit) -> kera
             config[key] = narrowed_units(config[key], width)
         elif layer.name in reshapes:
             config["target_shape"] = reshapes[layer.name] or (*config["target_shape"][:-1], -1)
-        return type(layer).from_config(config)
+        rewrite = rewrites.get(layer.name)
+        return rewrite(layer, config) if rewrite else type(layer).from_config(config)
 
     try:
         student = keras.models.clone_model(source, clone_function=narrowed)
@@ -242,8 +255,8 @@ def narrowest_likely(
 
     def likely(width: float) -> bool:
         seed_everything(seed)
-        student = students[width] = distill(teacher, derive_student(teacher, width, cfg.init),
-                                            data, cfg, sparsify_cfg, targets)
+        student = derive_student(teacher, width, cfg.init, cfg.activations)
+        student = students[width] = distill(teacher, student, data, cfg, sparsify_cfg, targets)
         right = logits(student, data.val).argmax(axis=-1) == data.val.labels
         probe = probes[width] = paired_drop(teacher_right, right, gate.confidence)
         chance = chance_to_pass(rule.rule, probe.worse, probe.better, probe.n)
@@ -323,7 +336,7 @@ def run_distill(
     elif cfg.width == 1.0:
         student = read_model(ws.sparse)
     else:
-        student = derive_student(teacher, cfg.width, cfg.init)
+        student = derive_student(teacher, cfg.width, cfg.init, cfg.activations)
     student = distill(teacher, student, data, cfg, sparsify_cfg)
     write_model(student, ws.student)
     return _student_metrics(student)

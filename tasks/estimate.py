@@ -63,7 +63,8 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
     on x86 here, so the smallest plan is not the fastest; optimistic, not a strict bound.
     """
     seed_everything(params.seed)
-    student = derive_student(teacher, params.distill.width, params.distill.init)
+    student = derive_student(teacher, params.distill.width, params.distill.init,
+                             params.distill.activations)
     if params.sparsify.enabled:
         student = prune_at_once(student, params.sparsify,
                                 check_prunable(student, params.sparsify))

@@ -1,5 +1,6 @@
 """Distillation: the student's shape, the loss, and a sparse student that learns."""
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
 
 from flows.workspace.params import load_params
-from tasks.channels import gate_layers, teacher_widths
+from tasks.channels import gate_layers, teacher_widths, width_key
 from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
 from tasks.distill import (
     DistillationLoss,
@@ -19,8 +21,8 @@ from tasks.distill import (
     narrowest_likely,
     narrowest_within,
 )
-from tasks.gate import decide_rule
 from tasks.errors import InputError
+from tasks.gate import decide_rule
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity
 from tasks.quantize import convert_to_tflite
@@ -101,35 +103,85 @@ def test_residual_student_keeps_the_same_channels_on_both_sides_of_the_add(digit
     assert student.predict(digits.val.read(), verbose=0).shape == (len(digits.val), 10)
 
 
-def squeeze_excite_model() -> keras.Model:
+def squeeze_excite_model(gate: str = "conv") -> keras.Model:
     """EfficientNet's blocks in small: input Normalization, a conv, and a squeeze-and-excitation
-    gate whose Reshape has a fixed target shape and whose bottleneck has 6 filters."""
+    gate whose bottleneck has 6 units: 1x1 convs after a squeeze (pooling, then a Reshape to
+    (1, 1, C)), as EfficientNet; or `dense` layers, then the Reshape, fixed to (1, 1, 16)."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     normalized = keras.layers.Normalization(mean=0.3, variance=0.1, name="norm")(inputs)
     x = keras.layers.Conv2D(16, 3, padding="same", activation="swish", name="conv")(normalized)
     se = keras.layers.GlobalAveragePooling2D(name="se_squeeze")(x)
-    se = keras.layers.Reshape((1, 1, 16), name="se_reshape")(se)
-    se = keras.layers.Conv2D(6, 1, activation="swish", name="se_reduce")(se)
-    se = keras.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(se)
+    if gate == "conv":
+        se = keras.layers.Reshape((1, 1, 16), name="se_reshape")(se)
+        se = keras.layers.Conv2D(6, 1, activation="swish", name="se_reduce")(se)
+        se = keras.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(se)
+    else:
+        se = keras.layers.Dense(6, activation="swish", name="se_reduce")(se)
+        se = keras.layers.Dense(16, activation="sigmoid", name="se_expand")(se)
+        se = keras.layers.Reshape((1, 1, 16), name="se_reshape")(se)
     x = keras.layers.Multiply(name="se_excite")([x, se])
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(x))
 
 
-def test_squeeze_excite_student_is_a_valid_graph_and_its_gate_does_not_bound_the_widths(digits):
-    teacher = squeeze_excite_model()
+@pytest.mark.parametrize("gate", ["conv", "dense"])
+def test_squeeze_excite_student_is_a_valid_graph_and_its_gate_does_not_bound_the_widths(
+        digits, gate):
+    teacher = squeeze_excite_model(gate)
     assert gate_layers(teacher) == {"se_reduce", "se_expand"}
     assert teacher_widths(teacher, "distill.width") == [0.5, 0.354, 0.25]  # the gate aside
     student = derive_student(teacher, width=0.5, init="teacher")
-    assert student.get_layer("conv").filters == 8 and student.get_layer("se_expand").filters == 8
-    assert student.get_layer("se_reduce").filters == 4  # 3 would be below MIN_UNITS
-    assert student.get_layer("se_reshape").target_shape == (1, 1, 8)  # static: for the converter
+    assert student.get_layer("conv").filters == 8
+    assert student.get_layer("se_reduce").get_config()[width_key(teacher.get_layer("se_reduce"))] \
+        == 4  # 3 would be below MIN_UNITS
+    reshape = student.get_layer("se_reshape")
+    if gate == "dense":  # static: for the converter (-1 made a flex op)
+        assert reshape.target_shape == (1, 1, 8)
+    else:  # a squeeze: pooled with keepdims (tasks/friendly.py)
+        assert isinstance(reshape, keras.layers.Identity)
+        assert student.get_layer("se_squeeze").keepdims
     assert student.predict(digits.val.read(), verbose=0).shape == (len(digits.val), 10)
-    assert convert_to_tflite(student, "int8", digits.val.read(slice(8)))  # no flex op (-1 made one)
+    assert convert_to_tflite(student, "int8", digits.val.read(slice(8)))
     same = derive_student(teacher, width=1.0, init="teacher")  # every weight copied through
     np.testing.assert_allclose(same.predict(digits.val.read(), verbose=0),
                                teacher.predict(digits.val.read(), verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def tflite_ops(tflite: bytes) -> Counter:
+    return Counter(op["op_name"] for op in Interpreter(model_content=tflite)._get_ops_details())
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8", "dynamic", "float16"])
+def test_a_friendly_student_converts_in_every_mode_to_the_intended_ops(digits, mode):
+    """Squeezes without the runtime reshape; with `relu`, swish fused away (a LOGISTIC and a MUL
+    each), the sigmoid gate and the softmax output kept."""
+    teacher = squeeze_excite_model()
+    calibration = digits.val.read(slice(8))
+    as_is = tflite_ops(convert_to_tflite(teacher, mode, calibration))
+    assert {"SHAPE", "STRIDED_SLICE", "PACK"} <= set(as_is)
+    kept = tflite_ops(convert_to_tflite(derive_student(teacher, 0.5, "teacher"), mode,
+                                        calibration))
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK", "RESHAPE"} & set(kept)
+    assert kept["LOGISTIC"] == 3  # swish in conv and se_reduce, the sigmoid gate
+    relu = tflite_ops(convert_to_tflite(derive_student(teacher, 0.5, "teacher", "relu"), mode,
+                                        calibration))
+    assert relu["LOGISTIC"] == 1 and relu["SOFTMAX"] == 1
+    assert relu["MUL"] == kept["MUL"] - 2  # the gate's multiply stays
+
+
+def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
+    """At width 1.0 with teacher init every weight is the teacher's; a layer that makes the
+    model's output keeps its activation, even a swish one."""
+    teacher = squeeze_excite_model()
+    swish_out = keras.Model(teacher.input, keras.layers.Activation("swish", name="act")(
+        teacher.output))
+    student = derive_student(swish_out, 1.0, "teacher", "relu")
+    for ours, theirs in zip(student.get_weights(), swish_out.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert student.get_layer("conv").get_config()["activation"] == "relu"
+    assert student.get_layer("act").get_config()["activation"] == "swish"
+    assert student.output_shape == swish_out.output_shape
 
 
 def test_teacher_init_inherits_what_the_teacher_knows(digits, tiny_cnn):

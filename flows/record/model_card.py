@@ -17,12 +17,14 @@ from tasks.splits import Dataset
 
 # The keys of the recipe, as `--set` spells them (with the search's choice applied)
 RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "epochs"),
-          "distill": ("enabled", "width", "init", "temperature", "alpha", "epochs"),
+          "distill": ("enabled", "width", "init", "activations", "temperature", "alpha", "epochs"),
           "quantize": ("enabled", "mode", "calibration_samples", "qat_epochs")}
 
 
 def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
     """The card's markdown for the run's model; `metrics` is its metrics.json."""
+    from tasks.friendly import student_changes  # TensorFlow: not at import
+
     data, recipe = Dataset.load(ws.data), chosen_params(params, ws)
     drop = recorded_drop(metrics)
     return "\n".join([
@@ -42,7 +44,7 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
          "(tensor arena, packed weights), not counting the model file."), "",
         "## Recipe", "",
-        *_recipe(recipe, search_summary(ws)),
+        *_recipe(recipe, search_summary(ws), student_changes(recipe.distill, ws.teacher)),
     ]) + "\n"
 
 
@@ -56,9 +58,10 @@ def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: dict) ->
             f"{metrics['final']['params']:,} params.")
 
 
-def _recipe(recipe: Params, search: str | None) -> list[str]:
-    """One line per stage's keys (`recipe`: the search's choice applied), and the search's
-    summary."""
+def _recipe(recipe: Params, search: str | None, student: str | None) -> list[str]:
+    """One line per stage's keys (`recipe`: the search's choice applied), what the derived
+    student changed in the teacher's architecture, and the search's summary."""
     return [f"- {section}: " + ", ".join(f"{key} {getattr(getattr(recipe, section), key)}"
                                         for key in keys) for section, keys in RECIPE.items()
-            ] + ([f"- search: {search}"] if search else [])
+            ] + ([f"- student: {student}"] if student else []) + (
+                [f"- search: {search}"] if search else [])

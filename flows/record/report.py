@@ -34,6 +34,7 @@ def run_summary(report: dict) -> str:
         f"stages: {done}",
         *report["inputs_changed"],
         *([f"search: {report['search']}"] if report.get("search") else []),
+        *([f"student: {report['student']}"] if report.get("student") else []),
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
         (f"unchanged since MLflow run {since}: its model, version {report['model_version']}, "
          f"{verdict} ({report['gate']})" if since else
