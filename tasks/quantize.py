@@ -57,17 +57,39 @@ def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndar
 
     `calibration` are real training samples (ignored by `dynamic` and `float16`); `validation`
     is what `mixed` measures its choices on (never the test split). A mode LiteRT cannot run for
-    this model raises InputError naming the mode.
+    this model raises InputError naming the mode. A recurrent model's `int8` is
+    `recurrent_int8`'s (its mode says which form it is).
     """
     if cfg.enabled and cfg.mode == "mixed":
         fp32 = convert_to_tflite(model)
         mixed = mixed_precision(fp32, calibration, validation, cfg.max_accuracy_drop)
         quantized = QuantizedModel(mixed.tflite, "mixed", mixed.sensitivity)
+    elif cfg.effective_mode == "int8" and is_recurrent(model):
+        quantized = recurrent_int8(model)
     else:
         quantized = QuantizedModel(_convert(model, cfg.effective_mode, calibration),
                                    cfg.effective_mode)
     check_runs(quantized.tflite, quantized.mode, calibration[0])
     return quantized
+
+
+def recurrent_int8(model: keras.Model) -> QuantizedModel:
+    """What `int8` gives a model with a recurrent layer: the smaller of its `dynamic` and
+    `float16` forms, both run by fast float kernels. Full integer is not offered: TFLite's int8
+    LSTM op runs an integer kernel XNNPACK does not take (5.7x slower than the float op, 28 steps
+    of 128 units), and calibrating a GRU's loop crashes the converter (segfault). `dynamic` (int8
+    weights, TFLite's hybrid LSTM and fully-connected kernels) is the smaller and faster one when
+    the converter quantizes the recurrent weights; it leaves tensors under 1,024 elements float
+    (an LSTM(32) over 28 features kept all its weights float), and then `float16` is the smaller.
+    Measured per form: docs/quantization.md, Recurrent layers."""
+    forms = [QuantizedModel(_convert(model, mode, np.empty(0)), mode)
+             for mode in ("dynamic", "float16")]
+    return min(forms, key=lambda form: len(form.tflite))
+
+
+def is_recurrent(model: keras.Model) -> bool:
+    """Whether any layer of `model` (nested ones too, e.g. inside Bidirectional) is recurrent."""
+    return any(isinstance(layer, keras.layers.RNN) for layer in model.submodules)
 
 
 def _convert(model: keras.Model, mode: Precision, calibration: np.ndarray) -> bytes:
@@ -114,7 +136,7 @@ def _converter(model: keras.Model) -> tf.lite.TFLiteConverter:
     RNN) or a plain loop (GRU) only with a static batch size (else: "'tf.TensorListReserve' op
     requires element_shape to be static"): such a model is converted for batch 1, and
     `TFLiteClassifier` runs it one sample at a time."""
-    if not any(isinstance(layer, keras.layers.RNN) for layer in model.submodules):
+    if not is_recurrent(model):
         return tf.lite.TFLiteConverter.from_keras_model(model)
     signature = [tf.TensorSpec([1, *tensor.shape[1:]], tensor.dtype) for tensor in model.inputs]
     function = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0]))

@@ -141,3 +141,11 @@ def test_quantize_stage_writes_the_model_the_sensitivity_and_its_plot(residual, 
     assert TFLiteClassifier(ws.model.read_bytes()).predict(digits.test.read(slice(1))).shape == (1, 10)
     run_quantize(0, QuantizeConfig(mode="float16"), DistillConfig(), ws)
     assert json.loads(ws.quant_sensitivity.read_text()) == {"mode": "float16", "layers": []}
+
+
+def test_a_model_without_recurrent_layers_gets_the_full_integer_conversion(trained_cnn, digits):
+    """The weight-only forms are for recurrent models only (tasks/quantize.py `recurrent_int8`)."""
+    calibration = digits.train.read(slice(20))
+    quantized = quantize_model(trained_cnn, QuantizeConfig(), calibration, digits.val)
+    assert quantized.mode == "int8"
+    assert quantized.tflite == convert_to_tflite(trained_cnn, "int8", calibration)
