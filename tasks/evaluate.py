@@ -19,6 +19,7 @@ from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
 from tasks.fidelity import fidelity
 from tasks.paired import PairedDrop, paired_drop
+from tasks.profile import slowest_ops
 from tasks.speed import slowdown
 from tasks.splits import Dataset, Rows
 from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
@@ -167,7 +168,8 @@ def run_evaluate(
 
     Writes metrics.json (with the final model's quantization mode, how many weight layers it
     stores at each precision, its paired drop vs the teacher bounded at `confidence`, the gate's,
-    its `slowdown` vs the teacher timed interleaved (tasks/speed.py) bounded alike,
+    its `slowdown` vs the teacher timed interleaved (tasks/speed.py) bounded alike, its
+    `slowest_ops` (tasks/profile.py),
     and, with an unlabeled pool, `fidelity`: on how many of its certify part's `n` inputs the
     final model's class differs from the teacher's), each candidate's predicted classes on the
     test split and the teacher's and final model's on the certify part (`teacher.unlabeled`,
@@ -195,10 +197,13 @@ def run_evaluate(
         candidates[name] = CandidateMetrics.of(params, metrics)
     right = {name: predicted[name] == data.test.labels for name in ("teacher", "final")}
     drop = paired_drop(right["teacher"], right["final"], confidence)
-    slower = slowdown(deployed, tflites["teacher"][0], data.test.read(slice(1))[0], cfg, confidence)
+    sample = data.test.read(slice(1))[0]
+    slower = slowdown(deployed, tflites["teacher"][0], sample, cfg, confidence)
     document = summarize(candidates) | paired_summary(drop) | {
         "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)},
         "slowdown": slower.as_dict(),
+        "slowest_ops": [op.as_dict() for op in slowest_ops(deployed, sample, cfg.threads[0],
+                                                           cfg.latency_runs)],
     }
     if data.pool:
         unlabeled = {f"{name}.unlabeled": predicted_classes(

@@ -4,11 +4,13 @@ import gzip
 import json
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
-from flows.record.report import speed_change, summary_table
+from flows.record.report import slowest_line, speed_change, summary_table
 from tasks.artifacts import Workspace, write_bytes
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
@@ -22,6 +24,7 @@ from tasks.evaluate import (
 )
 from tasks.models import write_model
 from tasks.paired import paired_drop
+from tasks.profile import SHOWN
 from tasks.quantize import convert_to_tflite
 from tasks.speed import ROUNDS
 from tasks.tflite import TFLiteClassifier
@@ -140,6 +143,11 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     slower = document["slowdown"]  # final vs teacher, interleaved, at the gate's confidence
     assert slower["lower"] <= slower["ratio"] <= slower["upper"] and slower["confidence"] == 0.9
     assert (slower["rounds"], slower["threads"]) == (ROUNDS, 1) and slower["model_us"] > 0
+    ops = Counter(op["op_name"] for op in Interpreter(model_content=final)._get_ops_details())
+    slowest = document["slowest_ops"]  # of the final model
+    assert 0 < len(slowest) <= SHOWN and {op["op"] for op in slowest} <= set(ops)
+    assert slowest == sorted(slowest, key=lambda op: -op["us"])
+    assert "slowest ops of the final model, 1 thread: " in slowest_line(document)
 
 
 def test_a_slower_model_is_said_in_words():

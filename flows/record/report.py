@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from flows.workspace.versioning import Fingerprint
+from tasks.profile import OpTime
 from tasks.speed import Slowdown
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def run_summary(report: dict) -> str:
          f"registered as version {report['model_version']}: {verdict} ({report['gate']})"),
         "",
         summary_table(report["metrics"]),
+        *([slowest_line(report["metrics"])] if report["metrics"].get("slowest_ops") else []),
     ])
 
 
@@ -70,6 +72,13 @@ def _short(md5: str) -> str:
     return f"{md5[:DIGEST_SHOWN]}…{'.dir' if md5.endswith('.dir') else ''}"
 
 
+def slowest_line(metrics: dict) -> str:
+    """`slowest ops of the final model, 1 thread: UNIDIRECTIONAL_SEQUENCE_LSTM #0 1171.0 us
+    (96 %), ...` (tasks/profile.py)."""
+    ops = ", ".join(str(OpTime(**op)) for op in metrics["slowest_ops"])
+    return f"slowest ops of the final model, {threads(metrics['slowdown']['threads'])}: {ops}"
+
+
 def summary_table(metrics: dict) -> str:
     return aligned(summary_rows(metrics))
 
@@ -82,6 +91,7 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, search: str | 
     return "\n".join([
         "# shrinkflow compress", "",
         markdown_table(summary_rows(metrics)), "",
+        *([slowest_line(metrics), ""] if metrics.get("slowest_ops") else []),
         "## Gate", "",
         f"`{model_name}` version {gated.version} **{verdict}**: {gated.decision.reason}.", "",
         *gate_comparison(gated.measured, gated.champion),
