@@ -52,7 +52,7 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         "evaluate": (
             evaluate_task,
             {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
-             "quantize_mode": p.quantize.effective_mode, "confidence": p.gate.confidence},
+             "confidence": p.gate.confidence},
         ),
     }
     task, kwargs = calls[name]

@@ -7,6 +7,7 @@ when the evaluate stage runs, so the gate of a run that skipped every stage stay
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -161,19 +162,19 @@ def recorded_drop(document: dict) -> PairedDrop:
 
 
 def run_evaluate(
-    cfg: EvaluateConfig, sparsified: bool, distilled: bool, quantize_mode: str, confidence: float,
-    ws: Workspace,
+    cfg: EvaluateConfig, sparsified: bool, distilled: bool, confidence: float, ws: Workspace,
 ) -> dict[str, float]:
     """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
 
-    Writes metrics.json (with the final model's quantization mode, how many weight layers it
-    stores at each precision, its paired drop vs the teacher bounded at `confidence`, the gate's,
-    its `slowdown` vs the teacher timed interleaved (tasks/speed.py) bounded alike, its
-    `slowest_ops` (tasks/profile.py),
-    and, with an unlabeled pool, `fidelity`: on how many of its certify part's `n` inputs the
-    final model's class differs from the teacher's), each candidate's predicted classes on the
-    test split and the teacher's and final model's on the certify part (`teacher.unlabeled`,
-    `final.unlabeled`) in predictions.npz, and the plots; returns the headline metrics.
+    Writes metrics.json (with the final model's quantization mode as the quantize stage recorded
+    it, a recurrent model's `int8` being dynamic or float16, how many weight layers it stores at
+    each precision, its paired drop vs the teacher bounded at `confidence`, the gate's, its
+    `slowdown` vs the teacher timed interleaved (tasks/speed.py) bounded alike, its
+    `slowest_ops` (tasks/profile.py), and, with an unlabeled pool, `fidelity`: on how many of
+    its certify part's `n` inputs the final model's class differs from the teacher's), each
+    candidate's predicted classes on the test split and the teacher's and final model's on the
+    certify part (`teacher.unlabeled`, `final.unlabeled`) in predictions.npz, and the plots;
+    returns the headline metrics.
     """
     from tasks.models import layer_sparsity, read_model
     from tasks.plots import plot_layer_sparsity, plot_tradeoff
@@ -200,7 +201,8 @@ def run_evaluate(
     sample = data.test.read(slice(1))[0]
     slower = slowdown(deployed, tflites["teacher"][0], sample, cfg, confidence)
     document = summarize(candidates) | paired_summary(drop) | {
-        "quantization": {"mode": quantize_mode, "layer_precisions": precision_counts(deployed)},
+        "quantization": {"mode": json.loads(ws.quant_sensitivity.read_text())["mode"],
+                         "layer_precisions": precision_counts(deployed)},
         "slowdown": slower.as_dict(),
         "slowest_ops": [op.as_dict() for op in slowest_ops(deployed, sample, cfg.threads[0],
                                                            cfg.latency_runs)],

@@ -11,7 +11,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from flows.record.report import slowest_line, speed_change, summary_table
-from tasks.artifacts import Workspace, write_bytes
+from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
     CandidateMetrics,
@@ -121,8 +121,9 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     write_model(trained_cnn, ws.student)
     final = convert_to_tflite(trained_cnn, "int8", digits.train.read(slice(50)))
     write_bytes(ws.model, final)
+    write_json(ws.quant_sensitivity, {"mode": "int8", "layers": []})  # the quantize stage's record
     run_evaluate(EvaluateConfig(latency_runs=200, warmup_runs=1), sparsified=False,
-                 distilled=False, quantize_mode="int8", confidence=0.9, ws=ws)
+                 distilled=False, confidence=0.9, ws=ws)
     predictions = np.load(ws.predictions)
     assert set(predictions.files) == {"teacher", "final"}
     np.testing.assert_array_equal(predictions["final"],
