@@ -72,11 +72,12 @@ def slowest_ops(model: bytes, sample: np.ndarray, threads: int, runs: int,
 
 
 def _cut(flatbuffer, ops: int) -> bytes:
-    """The model with its main graph's first `ops` operators, the last one's outputs as the
-    graph's (signatures dropped: they name the whole graph's outputs)."""
+    """The model with its main graph's first `ops` operators, the outputs of the last one that
+    has any as the graph's (signatures dropped: they name the whole graph's outputs)."""
     cut = copy.deepcopy(flatbuffer)
     graph = cut.subgraphs[0]
     graph.operators = graph.operators[:ops]
-    graph.outputs = [index for index in graph.operators[-1].outputs if index >= 0]
+    graph.outputs = next(outputs for op in reversed(graph.operators)
+                         if (outputs := [index for index in op.outputs if index >= 0]))
     cut.signatureDefs = []
     return bytes(flatbuffer_utils.convert_object_to_bytearray(cut))
