@@ -81,6 +81,9 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert f"- test: {len(data.test)} samples, `{data.test.digest}`" in card
     assert "| latency p50 / p90, 4 threads |" in card and "| runtime memory |" in card
     assert "- distill: enabled True, width 0.25, init teacher" in card
+    assert "- vs the teacher: latency " in card and "interleaved rounds)" in card
+    assert "- slowest ops of the final model, 1 thread: " in card
+    assert "\nslowest ops of the final model, 1 thread: " in run_summary(report)
     assert "## Registry\n\nPromoted to `champion`, the first: first model within the accuracy " \
            "gate (certified: accuracy drop" in card
     assert report["certified"]

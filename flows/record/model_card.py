@@ -7,12 +7,13 @@ and measured on, and how it was made. The registry appends the gate's verdict
 from __future__ import annotations
 
 from flows.record.gated import drop_metrics
-from flows.record.report import markdown_table, paired_line, summary_rows
+from flows.record.report import markdown_table, paired_line, slowest_line, summary_rows
 from flows.record.tracking import SPLITS
 from tasks.artifacts import Workspace
 from tasks.choice import chosen_params, search_summary
 from tasks.config import Params
 from tasks.evaluate import recorded_drop
+from tasks.speed import Slowdown
 from tasks.splits import Dataset
 
 # The keys of the recipe, as `--set` spells them (with the search's choice applied)
@@ -39,7 +40,9 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
           for name, part in (data.pool.parts.items() if data.pool else ())), "",
         "## Measured on the test split", "",
         f"- {paired_line(drop_metrics('drop', drop), 'drop', 'vs the teacher')}",
-        f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt", "",
+        f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt",
+        f"- vs the teacher: {Slowdown(**metrics['slowdown']).describe('the teacher')}",
+        *([f"- {slowest_line(metrics)}"] if metrics.get("slowest_ops") else []), "",
         markdown_table(summary_rows(metrics)), "",
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
          "(tensor arena, packed weights), not counting the model file."), "",
