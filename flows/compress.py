@@ -23,10 +23,11 @@ from flows.record.publish import Announcer, Progress, publish_repeat, publish_re
 from flows.record.registry import register_and_gate
 from flows.record.report import input_changes
 from flows.record.tracking import (
+    describe_run,
     end_killed,
     log_run,
     log_stage,
-    mlflow_run_url,
+    mlflow_url,
     pipeline_run,
     process_tags,
     stage_run,
@@ -91,12 +92,13 @@ def compress(params: Params = Params(), workdir: str = ".",
                 return repeated(params, root, last, announcer)
             with pipeline_run(params, name, tags) as run, on_hard_stop(partial(
                     end_killed, tracking_uri(params.tracking), run.info.run_id, HARD_STOP_NOTE)):
-                announcer.mlflow_url = mlflow_run_url(params.tracking, run.info.experiment_id,
-                                                      run.info.run_id)
+                announcer.mlflow_url = mlflow_url(params.tracking, run.info.experiment_id,
+                                                  run.info.run_id)
                 stages, before = run_stages(params, root)
                 metrics, changes, gated = record_run(params, root, name, before)
         ws = Workspace(root)
-        publish_results(params, ws, metrics, gated, announcer.mlflow_url)
+        runs_url = mlflow_url(params.tracking, run.info.experiment_id)
+        publish_results(params, ws, metrics, gated, run, runs_url)
     if gated.decision.promote:
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason,
                            gated.certified)
@@ -106,6 +108,8 @@ def compress(params: Params = Params(), workdir: str = ".",
         "inputs_changed": changes,
         "experiment": name,
         "mlflow_run_id": run.info.run_id,
+        "mlflow_url": announcer.mlflow_url,
+        "mlflow_runs_url": runs_url,
         "model_version": gated.version,
         "promoted": gated.decision.promote,
         "certified": gated.certified,
@@ -196,7 +200,8 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
     log_run(params, root, name, remote, changes, headline(metrics))
     gated = register_and_gate(params.gate, params.evaluate, ws,
                               weigh(params.gate, Dataset.load(ws.data), metrics),
-                              model_card(params, ws, metrics), search_refusal(ws))
+                              model_card(params, ws, metrics), metrics, search_refusal(ws))
+    describe_run(gated.headline, changes)
     get_run_logger().info("gate: version %s %s: %s", gated.version,
                           "promoted to champion" if gated.decision.promote else "not promoted",
                           gated.decision.reason)

@@ -33,6 +33,7 @@ from tasks.tflite import TFLiteClassifier
 
 NAME = "digits-int8"
 CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/record/model_card.py): test_flow
+FIGURES = {"compression_ratio": 4.0, "speedup": 2.0, "accuracy_drop": 0.001}  # metrics.json's
 UV = str(Path(sys.executable).parent / "uv")
 SERVE = """
 import importlib.util, sys
@@ -64,7 +65,7 @@ def register(root: Path, data: Dataset) -> Gated:
                      as_fast)
     with mlflow.start_run():
         return register_and_gate(cfg, EvaluateConfig(latency_runs=200, warmup_runs=1), ws, found,
-                                 CARD)
+                                 CARD, FIGURES)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,10 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
     assert "gate.champion_drop" not in tags
     assert float(tags["gate.candidate.accuracy"]) >= 0
     card = CARD + f"\n## Registry\n\nNot promoted; the champion stays version 1: {decision.reason}.\n"
-    assert gated.card == card == client.get_model_version(NAME, version).description
+    assert gated.headline == ("4.0x smaller (gzip), 2.0x faster, accuracy drop +0.10 pt: "
+                              "not promoted")
+    assert gated.card == card
+    assert client.get_model_version(NAME, version).description == f"**{gated.headline}**\n\n{card}"
     bundle = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}",
                                                       dst_path=str(tmp_path / "bundle")))
     assert (bundle / "artifacts" / "model_card.md").read_text() == card  # beside model.tflite

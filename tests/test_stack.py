@@ -207,6 +207,7 @@ def test_the_cli_runs_its_flow_on_the_stack_and_logs_through_its_mlflow_server(s
     assert done.returncode == 0, done.stderr[-3000:]
     assert "temporary server" not in done.stderr
     assert "all stages up to date: nothing re-ran" in done.stdout
+    assert f"        all runs {stack.mlflow}/#/experiments/" in done.stdout
     experiment = mlflow_api(stack, "experiments/get-by-name", experiment_name="test")["experiment"]
     (run,) = mlflow_api(stack, "runs/search", {
         "experiment_ids": [experiment["experiment_id"]], "max_results": 1,
@@ -214,6 +215,8 @@ def test_the_cli_runs_its_flow_on_the_stack_and_logs_through_its_mlflow_server(s
     })["runs"]
     tags = as_dict(run["data"]["tags"])
     assert run["info"]["run_id"] in done.stdout and run["info"]["status"] == "FINISHED"
+    assert (f"MLflow: this run {stack.mlflow}/#/experiments/{experiment['experiment_id']}/runs/"
+            f"{run['info']['run_id']}?workflowType=machine_learning") in done.stdout
     flow_run = get_json(f"{stack.prefect}/api/flow_runs/{tags['prefect.flow_run_id']}")
     assert flow_run["state"]["type"] == "COMPLETED" and flow_run["deployment_id"] is None
     assert tags["prefect.flow_run_url"].startswith(stack.prefect)
@@ -233,7 +236,11 @@ def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, firs
     assert "promoted to `champion`" in report and "```" not in report  # markdown, not a code block
     assert "| accuracy |" in report and "- vs the teacher: drop " in report
     assert f"]({stack.mlflow}/#/experiments/" in report and "/artifactPath/plots/" in report
-    assert f"({stack.mlflow}/#/experiments/" in by_key["mlflow-run"]["data"]  # a markdown link
+    links = [line for line in report.splitlines() if "/#/experiments/" in line]
+    assert links and all("?workflowType=machine_learning" in link for link in links)
+    for key in ("mlflow-run", "mlflow-runs"):  # markdown links to the training-runs view
+        assert f"({stack.mlflow}/#/experiments/" in by_key[key]["data"]
+        assert "?workflowType=machine_learning" in by_key[key]["data"]
     assert by_key["model-card"]["data"].startswith("# Model card: ")
 
 
@@ -269,6 +276,8 @@ def test_a_night_in_which_nothing_changed_is_recorded_as_a_repeat(stack, first_r
     tags = as_dict(mlflow_parent_run(stack, repeat["id"])["data"]["tags"])
     made_by = mlflow_parent_run(stack, made["id"])["info"]["run_id"]
     assert tags["shrinkflow.unchanged_since"] == made_by and "gate.decision" in tags
+    assert tags["mlflow.runName"] == f"repeat of {made['name']}"  # apart from real runs at a glance
+    assert tags["mlflow.note.content"].startswith(f"repeat of {made['name']}: ")
     artifacts = get_json(f"{stack.prefect}/api/artifacts/filter",
                          {"artifacts": {"flow_run_id": {"any_": [repeat["id"]]}}})
     (report,) = [a["data"] for a in artifacts if a["key"] == "compress-report"]
@@ -305,7 +314,9 @@ def test_data_replaced_in_place_is_picked_up_by_the_next_deployment_run(stack, f
     assert run["state"]["type"] == "COMPLETED"
     parent = mlflow_parent_run(stack, run["id"])
     tags = as_dict(parent["data"]["tags"])
-    assert tags["mlflow.note.content"] == f"data.source changed: md5 {old[:8]}… → {new[:8]}…"
+    headline, changed = tags["mlflow.note.content"].split("\n\n")
+    assert changed == f"data.source changed: md5 {old[:8]}… → {new[:8]}…"
+    assert "x smaller (gzip), " in headline and "x faster, accuracy drop " in headline
     assert tags["input.data.source.md5"] == new
     children = mlflow_api(stack, "runs/search", {
         "experiment_ids": [parent["info"]["experiment_id"]],
@@ -323,10 +334,16 @@ def test_an_invalid_parameter_is_refused_by_the_server(stack):
     assert refused.value.code == 409 and "temperature" in refused.value.read().decode()
 
 
-def test_the_ui_shows_the_run_form_and_the_mlflow_run(stack, first_run):
+def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_run):
+    """One page load each: the Prefect run form; the published MLflow links (the run's report
+    artifacts) open the training runs with their headline and the run itself, not MLflow 3's
+    GenAI overview; the model version's page shows the headline and the model card."""
     from playwright.sync_api import sync_playwright
 
-    run = mlflow_parent_run(stack, first_run["id"])
+    artifacts = get_json(f"{stack.prefect}/api/artifacts/filter",
+                         {"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}})
+    published = {a["key"]: a["data"].split("](")[1].removesuffix(")") for a in artifacts
+                 if a["key"] in ("mlflow-run", "mlflow-runs")}  # `[text](url)`
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -339,10 +356,21 @@ def test_the_ui_shows_the_run_form_and_the_mlflow_run(stack, first_run):
         assert page.get_by_text("Temperature", exact=False).count() > 0
         page.screenshot(path=str(SCREENSHOTS / "prefect-run-form.png"), full_page=True)
 
-        page.goto(f"{stack.mlflow}/#/experiments/{run['info']['experiment_id']}/runs/"
-                  f"{run['info']['run_id']}")
+        page.goto(published["mlflow-runs"])  # a new browser: MLflow 3 would open on GenAI
+        page.get_by_text("x smaller (gzip)", exact=False).first.wait_for(timeout=60_000)
+        page.get_by_role("columnheader", name="compression_ratio").wait_for(timeout=10_000)
+        assert page.get_by_text(first_run["name"], exact=True).count() > 0
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-runs.png"), full_page=True)
+
+        page.goto(published["mlflow-run"])
         page.get_by_text("compression_ratio", exact=False).first.wait_for(timeout=60_000)
+        assert page.get_by_text("x smaller (gzip)", exact=False).count() > 0  # its description
         page.screenshot(path=str(SCREENSHOTS / "mlflow-run.png"), full_page=True)
+
+        page.goto(f"{stack.mlflow}/#/models/{MODEL}/versions/1")
+        page.get_by_text(f"Model card: {MODEL}", exact=False).first.wait_for(timeout=60_000)
+        assert page.get_by_text("x smaller (gzip)", exact=False).count() > 0
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-model-version.png"), full_page=True)
         browser.close()
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prefect.artifacts import (
@@ -25,12 +26,15 @@ from flows.record.report import (
     sensitivity_rows,
     summary_rows,
 )
+from flows.record.tracking import mlflow_url
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
 from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
+
     from flows.record.gated import Gated
 
 
@@ -60,15 +64,16 @@ class Progress:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
 
 
-def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
-                    mlflow_url: str | None) -> None:
+def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated, run: Run,
+                    runs_url: str | None) -> None:
     """The markdown report, the model card, the table of candidates, the per-op quantization
-    sensitivity (when measured) and the link to the MLflow run; `metrics` is the run's
-    metrics.json."""
+    sensitivity (when measured) and the links to the MLflow run and the experiment's runs
+    (`runs_url`, None without an MLflow UI); `metrics` is the run's metrics.json."""
     sensitivity = json.loads(ws.quant_sensitivity.read_text())
-    links = {"MLflow run": mlflow_url} | {
-        f"plot: {plot.stem}": f"{mlflow_url}/artifactPath/plots/{plot.name}"  # the UI's route
-        for plot in sorted(ws.plots.glob("*.png"))} if mlflow_url else {}
+    page = partial(mlflow_url, params.tracking, run.info.experiment_id, run.info.run_id)
+    links = {"MLflow run": page(), "MLflow runs (the experiment)": runs_url} | {
+        f"plot: {plot.stem}": page(f"plots/{plot.name}")
+        for plot in sorted(ws.plots.glob("*.png"))} if runs_url else {}
     create_markdown_artifact(
         key="compress-report",
         description="Teacher vs final, the gate's decision and what it rests on",
@@ -90,8 +95,10 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated,
             f"{sensitivity['validation_error']:.4f}, fp32 {sensitivity['fp32_validation_error']:.4f})",
             table=sensitivity_rows(sensitivity),
         )
-    if mlflow_url:
-        create_link_artifact(key="mlflow-run", link=mlflow_url, link_text="MLflow run")
+    if runs_url:
+        create_link_artifact(key="mlflow-run", link=page(), link_text="MLflow run")
+        create_link_artifact(key="mlflow-runs", link=runs_url,
+                             link_text="MLflow runs of the experiment")
 
 
 def publish_repeat(report: dict) -> None:
@@ -107,6 +114,9 @@ def publish_repeat(report: dict) -> None:
              "to date, so its model was not measured, gated or registered again."), "",
             f"Its model is version {report['model_version']}, {verdict}: {report['gate']}.", "",
             markdown_table(summary_rows(report["metrics"])),
+            *(["", f"- [MLflow run (this repeat)]({report['mlflow_url']})",
+               f"- [MLflow runs (the experiment)]({report['mlflow_runs_url']})"]
+              if report.get("mlflow_url") else []),
         ]),
     )
 

@@ -15,6 +15,7 @@ from mlflow.models import Model
 
 import tasks.tflite
 from flows.record.gated import Gated, drop_metrics
+from flows.record.report import headline_line
 from flows.record.tracking import CHAMPION, VERSION_TAG, champion_version
 from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
@@ -40,7 +41,8 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      evidence: Evidence, card: str, refusal: Decision | None = None) -> Gated:
+                      evidence: Evidence, card: str, figures: dict[str, float],
+                      refusal: Decision | None = None) -> Gated:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
     gate measured goes on the version (as tags) and the run (as metrics), with `gate.certified`
@@ -48,11 +50,14 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     `evidence` is the final model's drop vs the teacher (tasks/gate.py `weigh`). A `refusal`
     decided before the gate (a search that found nothing likely to pass) stands. The model `card`
     (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the
-    registered model and the run, and is the version's description in the registry."""
+    registered model and the run, and is the version's description in the registry, after the
+    headline (`figures`: the run's compression_ratio, speedup and accuracy_drop; the line is in
+    `Gated` too)."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, evidence, champion)
     decision = refusal or decision
     card += verdict(decision, champion.version if champion else None, evidence.certified)
+    headline = headline_line(figures, decision.promote, evidence.certified)
     version = _register(cfg.registered_model, ws.model, card)
     tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower(),
             **evidence.tags()}
@@ -62,7 +67,8 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     mlflow.set_tags(tags | {VERSION_TAG: version})
     mlflow.log_text(card, MODEL_CARD)
     client = MlflowClient()
-    client.update_model_version(cfg.registered_model, version, description=card)
+    client.update_model_version(cfg.registered_model, version,
+                                description=f"**{headline}**\n\n{card}")
     for key, value in (measured | tags).items():
         client.set_model_version_tag(cfg.registered_model, version, key, str(value))
     if decision.promote:
@@ -70,7 +76,7 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     else:
         client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
     return Gated(version, decision, measured, champion.version if champion else None, card,
-                 evidence.certified)
+                 evidence.certified, headline)
 
 
 def verdict(decision: Decision, champion: str | None, certified: bool) -> str:

@@ -37,6 +37,8 @@ def run_summary(report: dict) -> str:
         *([f"search: {report['search']}"] if report.get("search") else []),
         *([f"student: {report['student']}"] if report.get("student") else []),
         f"recorded as DVC experiment {report['experiment']} and MLflow run {report['mlflow_run_id']}",
+        *([f"MLflow: this run {report['mlflow_url']}",
+           f"        all runs {report['mlflow_runs_url']}"] if report.get("mlflow_url") else []),
         (f"unchanged since MLflow run {since}: its model, version {report['model_version']}, "
          f"{verdict} ({report['gate']})" if since else
          f"registered as version {report['model_version']}: {verdict} ({report['gate']})"),
@@ -52,6 +54,15 @@ def promotion(promoted: bool, certified: bool) -> str:
     if not promoted:
         return "not promoted"
     return "promoted to champion" + ("" if certified else " UNCERTIFIED (on the point estimate)")
+
+
+def headline_line(metrics: dict, promoted: bool, certified: bool) -> str:
+    """What a reviewer sees first, on one line: `4.1x smaller (gzip), 2.3x faster, accuracy drop
+    +0.28 pt: promoted to champion (certified)`. `metrics`: metrics.json, or a run's MLflow metrics
+    (the same top-level keys)."""
+    verdict = promotion(promoted, certified) + (" (certified)" if promoted and certified else "")
+    return (f"{metrics['compression_ratio']:.1f}x smaller (gzip), {metrics['speedup']:.1f}x faster, "
+            f"accuracy drop {100 * metrics['accuracy_drop']:+.2f} pt: {verdict}")
 
 
 def input_changes(before: dict[str, Fingerprint], after: dict[str, Fingerprint]) -> list[str]:

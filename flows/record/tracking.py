@@ -3,6 +3,7 @@ data splits as datasets."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import traceback
@@ -47,6 +48,18 @@ VERSION_TAG = "registry.version"  # the model version a run registered
 CHAMPION = "champion"  # the registry alias of the deployable model
 NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model / alias
 ERROR_TAG_LIMIT = 5000  # MLflow tag values are capped; the full traceback goes in error.txt
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, tokens); this URL parameter of
+# its hash route opens the training runs instead (the experiment tag below did not, in a browser).
+TRAINING_VIEW = "workflowType=machine_learning"
+KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+# A view of the runs table stored on the experiment, the way the UI's "Share" button stores one:
+# the link `mlflow_url` gives to the runs opens it (a banner says it is a shared view).
+VIEW_KEY = "shrinkflow"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_COLUMNS = ("attributes.`Description`", "metrics.`compression_ratio`", "metrics.`speedup`",
+                "metrics.`accuracy_drop`", "attributes.`Dataset`")
+EXPERIMENT_TAGS = {KIND_TAG: MODEL_DEVELOPMENT,
+                   VIEW_TAG: json.dumps({"selectedColumns": list(VIEW_COLUMNS)})}
 
 
 @contextmanager
@@ -138,10 +151,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mlflow_run_url(tracking: TrackingConfig, experiment_id: str, run_id: str) -> str | None:
-    """The run's page in the MLflow UI, when there is a UI to link to."""
+def mlflow_url(tracking: TrackingConfig, experiment_id: str, run_id: str | None = None,
+               artifact: str | None = None) -> str | None:
+    """A page of the MLflow UI, when there is a UI to link to: the experiment's training runs
+    (headline columns, see `VIEW_COLUMNS`), or the run `run_id`, or its `artifact` (a path in the
+    run's artifacts). Every MLflow link shrinkflow prints or publishes is made here."""
     base = tracking.uri if tracking.uri.startswith("http") else os.environ.get(MLFLOW_UI_ENV)
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+    if not base:
+        return None
+    page = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    if run_id is None:
+        return f"{page}?{TRAINING_VIEW}&viewStateShareKey={VIEW_KEY}"
+    page += f"/{run_id}" + (f"/artifactPath/{artifact}" if artifact else "")
+    return f"{page}?{TRAINING_VIEW}"
 
 
 def champion_version(model_name: str) -> str | None:
@@ -155,15 +177,19 @@ def champion_version(model_name: str) -> str | None:
 
 
 def use_experiment(cfg: TrackingConfig) -> None:
-    """Point MLflow at the configured store and experiment, creating it if needed.
+    """Point MLflow at the configured store and experiment, creating it if needed, typed as model
+    development with the runs table's view of the headline (`EXPERIMENT_TAGS`).
 
     With a local sqlite store the artifacts go to `mlartifacts/` beside the database file
     (MLflow's default would be `./mlruns`, easily mistaken for the refused file store).
     """
     mlflow.set_tracking_uri(tracking_uri(cfg))
     if cfg.uri.startswith(SQLITE) and mlflow.get_experiment_by_name(cfg.experiment) is None:
-        mlflow.create_experiment(cfg.experiment, artifact_root(cfg.uri))
-    mlflow.set_experiment(cfg.experiment)
+        mlflow.create_experiment(cfg.experiment, artifact_root(cfg.uri), tags=EXPERIMENT_TAGS)
+    experiment = mlflow.set_experiment(cfg.experiment)
+    for key, value in EXPERIMENT_TAGS.items():  # experiments made before, or by someone else
+        if experiment.tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -218,7 +244,13 @@ def log_inputs(inputs: dict[str, Fingerprint], changes: list[str]) -> None:
     run's description (the first thing the MLflow UI shows)."""
     mlflow.set_tags({f"input.{key}.{field}": value for key, found in inputs.items()
                      for field, value in (("path", found.path), ("md5", found.md5))})
-    mlflow.set_tag("mlflow.note.content", "\n".join(changes) or "inputs unchanged since the last run")
+    mlflow.set_tag(NOTE_TAG, "\n".join(changes) or "inputs unchanged since the last run")
+
+
+def describe_run(headline: str, changes: list[str]) -> None:
+    """The active run's description (`NOTE_TAG`, the run page's Description and the runs table's
+    column): the one-line headline first, then what changed in the inputs."""
+    mlflow.set_tag(NOTE_TAG, "\n\n".join([headline, *changes]))
 
 
 def log_outputs(ws: Workspace, metrics: dict[str, float]) -> None:

@@ -28,10 +28,12 @@ from flows.record.tracking import (
     VERSION_TAG,
     WORKSPACE_TAG,
     champion_version,
+    mlflow_url,
     pipeline_run,
     process_tags,
     use_experiment,
 )
+from flows.record.report import headline_line
 from flows.workspace.params import flatten
 from flows.workspace.versioning import StageStatus, git_commit, nothing_changed, output_md5s
 from tasks.artifacts import Workspace
@@ -77,15 +79,22 @@ def record_unchanged(params: Params, root: Path, last: Run,
     flow run doing it (the nightly deployment's); else one is recorded Completed, if a Prefect
     server is set."""
     made_by = last.data.tags.get(MADE_BY_TAG, last.info.run_id)
+    made_by_name = (last if made_by == last.info.run_id
+                    else mlflow.MlflowClient().get_run(made_by)).info.run_name
     note = (f"nothing changed since MLflow run {made_by}: every stage up to date, the model "
             "not measured or registered again; its metrics and gate decision carried over")
     flow_run = flow_run or _completed_flow_run(note)
     tags = {key: value for key, value in last.data.tags.items() if key.startswith(CARRIED_TAGS)}
-    tags |= {MADE_BY_TAG: made_by, "pipeline": "compress", NOTE_TAG: note,
+    headline = headline_line(last.data.metrics, tags["gate.promoted"] == "true",
+                             tags.get("gate.certified", "true") == "true")
+    tags |= {MADE_BY_TAG: made_by, "pipeline": "compress",
+             NOTE_TAG: f"repeat of {made_by_name}: {headline}\n\n{note}",
              "mlflow.source.git.commit": git_commit(root), **process_tags(root)}
     if flow_run:
-        tags |= {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_url": flow_run.url}
-    with pipeline_run(params, flow_run.name if flow_run else None, tags) as run:
+        tags |= {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_url": flow_run.url,
+                 "prefect.flow_run_name": flow_run.name}
+    # Named for the run that made the model: a repeat stands out among the real runs at a glance.
+    with pipeline_run(params, f"repeat of {made_by_name}", tags) as run:
         mlflow.log_metrics(last.data.metrics)
     ws = Workspace(root)
     return {
@@ -94,6 +103,8 @@ def record_unchanged(params: Params, root: Path, last: Run,
         "inputs_changed": [],
         "experiment": tags["dvc.experiment"],
         "mlflow_run_id": run.info.run_id,
+        "mlflow_url": mlflow_url(params.tracking, run.info.experiment_id, run.info.run_id),
+        "mlflow_runs_url": mlflow_url(params.tracking, run.info.experiment_id),
         "unchanged_since": made_by,
         "model_version": tags[VERSION_TAG],
         "promoted": tags["gate.promoted"] == "true",
