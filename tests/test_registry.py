@@ -102,8 +102,8 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
     assert "gate.champion_drop" not in tags
     assert float(tags["gate.candidate.accuracy"]) >= 0
     card = CARD + f"\n## Registry\n\nNot promoted; the champion stays version 1: {decision.reason}.\n"
-    assert gated.headline == ("4.0x smaller (gzip), 2.0x faster, accuracy drop +0.10 pt: "
-                              "not promoted")
+    assert gated.headline == ("not promoted: 4.0x smaller (gzip), 2.0x faster, "
+                              "accuracy drop +0.10 pt")
     assert gated.card == card
     assert client.get_model_version(NAME, version).description == f"**{gated.headline}**\n\n{card}"
     bundle = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}",

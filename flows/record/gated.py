@@ -20,7 +20,7 @@ class Gated:
     champion: str | None  # the champion's version at the time, if any
     card: str  # model_card.md, with the gate's verdict
     certified: bool  # the accuracy drop certified (else, if promoted: on the point estimate)
-    headline: str  # one line: compression, speedup, accuracy drop, verdict (report.headline_line)
+    headline: str  # one line: verdict, compression, speed, accuracy drop (report.headline_line)
 
 
 def drop_metrics(prefix: str, drop: PairedDrop) -> dict[str, float]:

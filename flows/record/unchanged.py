@@ -88,7 +88,7 @@ def record_unchanged(params: Params, root: Path, last: Run,
     headline = headline_line(last.data.metrics, tags["gate.promoted"] == "true",
                              tags.get("gate.certified", "true") == "true")
     tags |= {MADE_BY_TAG: made_by, "pipeline": "compress",
-             NOTE_TAG: f"repeat of {made_by_name}: {headline}\n\n{note}",
+             NOTE_TAG: f"{headline}\n\nrepeat of {made_by_name}: {note}",
              "mlflow.source.git.commit": git_commit(root), **process_tags(root)}
     if flow_run:
         tags |= {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_url": flow_run.url,
