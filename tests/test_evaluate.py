@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from flows.record.report import slowest_line, speed_change, summary_table
+from flows.record.report import headline_line, slowest_line, speed_change, summary_table
 from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
@@ -154,3 +154,6 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
 def test_a_slower_model_is_said_in_words():
     assert speed_change(90.0, 3.0) == "30.0x faster"
     assert speed_change(281.0, 728.0) == "2.6x SLOWER"
+    assert headline_line({"compression_ratio": 4.0, "speedup": 0.4, "accuracy_drop": 0.001},
+                         promoted=False, certified=True) == (
+        "not promoted: 4.0x smaller (gzip), 2.5x SLOWER, accuracy drop +0.10 pt")

@@ -60,12 +60,13 @@ def headline_line(metrics: dict, promoted: bool, certified: bool) -> str:
     """What a reviewer sees first, on one line, the verdict first (MLflow's runs table shows a
     description's first 50 characters): `promoted UNCERTIFIED: 40.8x smaller (gzip), 12.4x faster,
     accuracy drop +0.28 pt`, else `promoted (certified): …` or `not promoted: …`. `metrics`:
-    metrics.json, or a run's MLflow metrics (the same top-level keys)."""
+    metrics.json, or a run's MLflow metrics (the same top-level keys). A slower model says
+    `2.6x SLOWER` (`speed_change`; `speedup` is the teacher's latency over the model's)."""
     verdict = ("not promoted" if not promoted else
                "promoted (certified)" if certified else "promoted UNCERTIFIED")
     drop = 100 * metrics["accuracy_drop"]
     return (f"{verdict}: {metrics['compression_ratio']:.1f}x smaller (gzip), "
-            f"{metrics['speedup']:.1f}x faster, accuracy drop {drop:+.2f} pt")
+            f"{speed_change(metrics['speedup'], 1.0)}, accuracy drop {drop:+.2f} pt")
 
 
 def input_changes(before: dict[str, Fingerprint], after: dict[str, Fingerprint]) -> list[str]:
