@@ -414,8 +414,9 @@ class GateConfig(Section):
     objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
         "smaller_gzip",
         description="How a new model must beat the champion: smaller gzip size, lower latency "
-        "(both unless the champion is more accurate beyond noise, paired on the test split), or "
-        "higher accuracy (ties: smaller gzip).",
+        "beyond noise (timed interleaved with the champion: tasks/speed.py) (both unless the "
+        "champion is more accurate beyond noise, paired on the test split), or higher accuracy "
+        "(ties: smaller gzip).",
     )
     confidence: Confidence = Field(
         0.95,

@@ -192,9 +192,10 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
       gate.max_slowdown beyond noise (a slowdown beyond noise within it is promoted, said so);
     - the champion must not be more accurate beyond noise: the lower bound of `champion_drop`
       above 0 refuses; a difference within noise is no reason to keep the champion;
-    - then the objective: smaller gzip or lower latency; or, for more_accurate, a higher accuracy
-      (point estimate; it implies the above, as the lower bound never exceeds the estimate), ties
-      broken by the smaller gzip.
+    - then the objective: smaller gzip; or lower latency beyond noise (`champion_slowdown`'s
+      upper bound below 1 by SAME_SPEED: p50s measured apart differ by more than that); or, for
+      more_accurate, a higher accuracy (point estimate; it implies the above, as the lower bound
+      never exceeds the estimate), ties broken by the smaller gzip.
     """
     budget = f"gate.max_accuracy_drop {100 * cfg.max_accuracy_drop:.2f} pt"
     if not evidence.passes:
@@ -223,8 +224,17 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
             and candidate["gzip_bytes"] < champion["gzip_bytes"]
         )
         return _verdict(better, "accuracy", candidate, champion, within)
-    key = "gzip_bytes" if cfg.objective == "smaller_gzip" else "latency_p50_us"
-    return _verdict(candidate[key] < champion[key], key, candidate, champion, within)
+    if cfg.objective == "faster":
+        return _faster(champion_slowdown, within)
+    return _verdict(candidate["gzip_bytes"] < champion["gzip_bytes"], "gzip_bytes", candidate,
+                    champion, within)
+
+
+def _faster(slowdown: Slowdown, within: str) -> Decision:
+    timed = slowdown.describe("the champion")
+    if slowdown.faster():
+        return Decision(True, f"beats the champion: {timed} ({within})")
+    return Decision(False, f"does not beat the champion: not faster beyond noise: {timed}")
 
 
 def _slower(slowdown: Slowdown, reference: str) -> str:

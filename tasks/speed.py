@@ -50,6 +50,10 @@ class Slowdown:
         """Slower than `limit` times the reference beyond noise."""
         return self.excess(limit) > 0
 
+    def faster(self) -> bool:
+        """Faster than the reference beyond noise: the upper bound below it by SAME_SPEED."""
+        return self.upper * (1 + SAME_SPEED) < 1
+
     def describe(self, reference: str) -> str:
         """`latency 728.0 vs the teacher's 281.3 us (2.59x, at least 2.41x at 95 %, 1 thread)`."""
         return (f"latency {self.model_us:.1f} vs {reference}'s {self.reference_us:.1f} us "
