@@ -47,8 +47,7 @@ def judged(objective: str, new: dict, versus: PairedDrop = NOISE):
 @pytest.mark.parametrize("objective, new, promote, reason", [
     ("smaller_gzip", candidate(gzip_bytes=15_000), True, "beats the champion: gzip_bytes 15000 vs"),
     ("smaller_gzip", candidate(), False, "does not beat the champion: gzip_bytes 20000 vs"),
-    ("faster", candidate(latency_p50_us=2.0), True, "beats the champion: latency 2.0 vs the "
-                                                     "champion's 3.0 us (0.67x, between 0.62x"),
+    ("faster", candidate(latency_p50_us=2.0), True, "beats the champion: latency 2.0 vs"),
     ("faster", candidate(gzip_bytes=1_000), False, "not faster beyond noise"),
     ("faster", candidate(latency_p50_us=2.9), False, "not faster beyond noise"),  # 3 % faster
     ("more_accurate", candidate(accuracy=0.98, gzip_bytes=90_000), True, "beats"),
