@@ -1,5 +1,6 @@
-"""Is a model slower than another beyond noise? The gate's speed floor (`gate.max_slowdown`) and
-the search's ask this of the final model vs the teacher, and vs the champion.
+"""Is a model slower, or faster, than another beyond noise? The gate's speed floor
+(`gate.max_slowdown`) and the search's ask it of the final model vs the teacher and vs the
+champion; the gate's `faster` objective asks it of the new model vs the champion.
 
 Two latencies measured minutes apart on a shared machine differ by tens of percent with nothing
 changed (seen on this project's 2-core box). So the two models are timed in ROUNDS interleaved
@@ -10,7 +11,7 @@ the median of those ratios, with distribution-free bounds for it from their orde
 its lower bound, at the gate's confidence, above the limit by more than SAME_SPEED: the same
 model timed against itself on two interpreters (one .tflite of 6 us, one of 78 us, ten times each,
 2026-12-03) gave ratios from 0.981 to 1.002, some with bounds that exclude 1 (each interpreter
-has its own memory layout): differences that small are no evidence of a slower model.
+has its own memory layout): differences that small are no evidence either way.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tasks.config import EvaluateConfig
 from tasks.tflite import TFLiteClassifier
 
 ROUNDS = 20  # at 95 %: the bounds are the 6th and 15th of the 20 sorted ratios
-SAME_SPEED = 0.05  # a lower bound up to 5 % above the limit is within it (see above)
+SAME_SPEED = 0.05  # bounds within 5 % of the limit are no evidence either way (see above)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Slowdown:
         return self.upper * (1 + SAME_SPEED) < 1
 
     def describe(self, reference: str) -> str:
-        """`latency 728.0 vs the teacher's 281.3 us (2.59x, at least 2.41x at 95 %, 1 thread)`."""
+        """`latency 1144.2 vs the teacher's 198.0 us (5.78x, between 5.77x and 5.81x at 95 %,
+        1 thread, 20 interleaved rounds)`."""
         return (f"latency {self.model_us:.1f} vs {reference}'s {self.reference_us:.1f} us "
                 f"({self.ratio:.2f}x, between {self.lower:.2f}x and {self.upper:.2f}x at "
                 f"{100 * self.confidence:.4g} %, {self.threads} thread"
