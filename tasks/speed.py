@@ -10,7 +10,8 @@ the median of those ratios, with distribution-free bounds for it from their orde
 (rounds are independent; nothing assumed about how timings are distributed). "Beyond noise" is
 its lower bound, at the gate's confidence, above the limit by more than SAME_SPEED: the same
 model timed against itself on two interpreters (one .tflite of 6 us, one of 78 us, ten times each,
-2026-12-03) gave ratios from 0.981 to 1.002, some with bounds that exclude 1 (each interpreter
+2026-12-03) gave ratios from 0.981 to 1.002 on a quiet box, and 1.061 (bounds 1.006-1.073)
+for a 9 us model beside the test suite's other worker, bounds that exclude 1 (each interpreter
 has its own memory layout): differences that small are no evidence either way.
 """
 
@@ -25,7 +26,7 @@ from tasks.config import EvaluateConfig
 from tasks.tflite import TFLiteClassifier
 
 ROUNDS = 20  # at 95 %: the bounds are the 6th and 15th of the 20 sorted ratios
-SAME_SPEED = 0.05  # bounds within 5 % of the limit are no evidence either way (see above)
+SAME_SPEED = 0.10  # bounds within 10 % of the limit are no evidence either way (see above)
 
 
 @dataclass(frozen=True)

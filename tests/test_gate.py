@@ -161,7 +161,7 @@ def test_a_candidate_slower_than_the_teacher_beyond_noise_is_refused_naming_both
 
 
 def test_a_slowdown_within_noise_is_no_slowdown():
-    """Its lower bound 3 % above the teacher's latency: within SAME_SPEED (5 %), what two
+    """Its lower bound 3 % above the teacher's latency: within SAME_SPEED (10 %), what two
     interpreters of one model differ by."""
     noisy = judge(GateConfig(), candidate(), evidence(WITHIN, slowdown=timed(1.06, 0.03)), None,
                   None, None)
