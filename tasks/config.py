@@ -54,6 +54,13 @@ def _url_scheme(*schemes: str):
 
 SecretFreeUrl = Annotated[str, AfterValidator(_no_password)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+# data.val_fraction `auto`: 10 % of the training data, raised to 400 samples while that is at most
+# 30 % of it. Choosing a student (distill.width auto, the search) from its paired counts on
+# validation needs a few samples per point of the gate's default 1-point budget: on 144 (10 % of
+# digits), one worse sample more than better puts a student's chance to pass the gate at 0.67
+# (refused at 0.8, tasks/power.py); on 432, 2 worse and 1 better give 0.88. Measured on digits,
+# seeds 1-5 (docs/benchmarks.md): 4 of 5 promoted, median 40x at 144; 5 of 5, 139x at 432.
+VAL_LEAST, VAL_SAMPLES, VAL_MOST = 0.1, 400, 0.3
 Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 = 95 %
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
@@ -93,7 +100,12 @@ class DataConfig(Section):
         "a folder of them: tf.train.Example records).",
     )
     test_fraction: Fraction = Field(0.2, description="Share held out for the test split (x,y data).")
-    val_fraction: Fraction = Field(0.1, description="Share of the rest kept for validation.")
+    val_fraction: Fraction | Literal["auto"] = Field(
+        "auto",
+        description="Share of the rest kept for validation | `auto`: 10 % of it, raised to "
+        f"{VAL_SAMPLES} samples (up to {VAL_MOST:.0%}) on small data: choosing a student needs "
+        "a few validation samples per point of the gate's budget.",
+    )
     val_from: Literal["auto", "train", "test"] = Field(
         "auto",
         description="Where the validation split comes from: `train` (carved from the training "
@@ -149,12 +161,19 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> DataConfig:
-        if self.test_fraction + self.val_fraction >= 0.9:
+        if self.test_fraction + self.val_share(0) >= 0.9:
             raise ValueError(
                 f"test_fraction + val_fraction must be < 0.9 to leave data to train on, "
                 f"got {self.test_fraction} + {self.val_fraction}"
             )
         return self
+
+    def val_share(self, rest: int) -> float:
+        """The share of `rest` samples kept for validation: val_fraction, `auto` resolved (0: its
+        largest)."""
+        if self.val_fraction != "auto":
+            return self.val_fraction
+        return min(VAL_MOST, max(VAL_LEAST, VAL_SAMPLES / rest)) if rest else VAL_MOST
 
 
 class ModelConfig(Training):

@@ -76,7 +76,7 @@ def _load_npz(path: Path, cfg: DataConfig, seed: int) -> Dataset:
             _check_lengths(arrays["x_val"], arrays["y_val"], "x_val", "y_val")
             val = Split(source("x_val"), np.arange(len(arrays["y_val"])), arrays["y_val"])
         else:
-            train, val = _stratified(train, cfg.val_fraction, seed)
+            train, val = _stratified(train, cfg.val_share(len(train)), seed)
         test = Split(source("x_test"), np.arange(len(arrays["y_test"])), arrays["y_test"])
         return Dataset(train, val, test)
     if {"x", "y"} <= arrays.keys():
@@ -228,7 +228,7 @@ def _split(source: Source, y: np.ndarray, cfg: DataConfig, seed: int) -> Dataset
         raise InputError("data.source: the data set has no samples")
     _check_labels(y, "y")
     rest, test = _stratified(Split(source, np.arange(len(y)), y), cfg.test_fraction, seed)
-    train, val = _stratified(rest, cfg.val_fraction, seed)
+    train, val = _stratified(rest, cfg.val_share(len(rest)), seed)
     return Dataset(train, val, test)
 
 

@@ -83,12 +83,19 @@ def test_digits_splits_partition_the_data_by_the_configured_fractions(digits):
     sizes = {name: len(_split(digits, name)[1]) for name in SPLITS}
     assert sum(sizes.values()) == total
     assert abs(sizes["test"] - 0.2 * total) <= 1
-    assert abs(sizes["val"] - 0.1 * (total - sizes["test"])) <= 1
+    assert sizes["val"] == 400  # val_fraction auto: 10 % of 1,437 raised to 400 samples
     # every original (image, label) pair lands in exactly one split
     original = np.concatenate([(raw.images / 16.0).reshape(total, -1), raw.target[:, None]], axis=1)
     split = [np.concatenate([x.reshape(len(x), -1), y[:, None]], axis=1)
              for x, y in (_split(digits, name) for name in SPLITS)]
     assert _rows(*split) == _rows(original)
+
+
+@pytest.mark.parametrize(("rest", "val_fraction", "share"), [
+    (50_000, "auto", 0.1), (2_000, "auto", 0.2), (1_000, "auto", 0.3), (1_000, 0.05, 0.05)])
+def test_auto_validation_is_ten_percent_raised_to_400_samples_up_to_30_percent(rest, val_fraction,
+                                                                             share):
+    assert DataConfig(val_fraction=val_fraction).val_share(rest) == pytest.approx(share)
 
 
 def test_digits_split_is_reproducible_per_seed(digits):
@@ -106,7 +113,7 @@ def test_npz_without_val_carves_val_from_train_and_keeps_test(tmp_path):
     x_train, y_train, x_test, y_test = _x(50), _y(50), _x(10, seed=1), _y(10)
     source = _npz(tmp_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     data = _load(source)
-    assert (len(data.train), len(data.val)) == (45, 5)
+    assert (len(data.train), len(data.val)) == (35, 15)  # auto: 30 % of 50
     assert _rows(data.train.read(), data.val.read()) == _rows(x_train)
     np.testing.assert_array_equal(data.test.read(), x_test)
     np.testing.assert_array_equal(data.test.labels, y_test)

@@ -50,15 +50,15 @@ def test_a_teacher_that_remembers_the_validation_split_moves_it_to_held_out_samp
     with caplog.at_level(logging.WARNING, logger="tasks.load"):
         data = load(memorised, tmp_path, "auto")
     (warning,) = [r.getMessage() for r in caplog.records if "data.val_from auto" in r.getMessage()]
-    assert "the teacher scores 100.00 % on the 24 validation samples" in warning
-    assert "it was trained on them" in warning and "the test split keeps 216" in warning
+    assert "the teacher scores 100.00 % on the 72 validation samples" in warning
+    assert "it was trained on them" in warning and "the test split keeps 168" in warning
     assert data.val.source.array == "x_test" and data.test.source.array == "x_test"
     assert not set(data.val.rows) & set(data.test.rows)  # carved from the test split
-    assert (len(data.train), len(data.val), len(data.test)) == (240, 24, 216)
+    assert (len(data.train), len(data.val), len(data.test)) == (240, 72, 168)
     assert data.teacher_errors["val"] > 6  # near chance now: samples it never saw
 
 
 def test_val_from_train_keeps_the_validation_split_where_it_was(memorised, tmp_path):
     data = load(memorised, tmp_path, "train")
     assert data.val.source.array == "x_train" and data.teacher_errors["val"] == 0
-    assert (len(data.train), len(data.val), len(data.test)) == (216, 24, 240)
+    assert (len(data.train), len(data.val), len(data.test)) == (168, 72, 240)
