@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -48,11 +49,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def get_json(url: str, body: dict | None = None) -> dict:
+def get_json(url: str, body: dict | None = None, tries: int = 5) -> dict:
+    """The JSON answer of a GET (or a POST of `body`). A 503 is retried, as Prefect's own client
+    does: Prefect's server answers 503 for errors it calls retryable, such as its SQLite database
+    locked by another writer (seen once on a loaded box: the module's 8 tests errored)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(2**attempt)
 
 
 def mlflow_api(stack: Stack, endpoint: str, body: dict | None = None, **query: str) -> dict:
