@@ -11,12 +11,11 @@ from ai_edge_litert.interpreter import Interpreter
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 
-from conftest import make_project, write_tiny_params
+from conftest import SLICED, make_project, write_tiny_params
 from flows.compress import compress
 from flows.record.report import run_summary
 from flows.record.tracking import teacher_tags
 from flows.stages import STAGES
-from tasks.config import DataConfig
 from tasks.data import load_data
 from tasks.model_files import ModelSource
 from tasks.splits import Dataset
@@ -175,7 +174,7 @@ def two_runs(prefect_server, tmp_path_factory, digits_npz, digits) -> dict:
     teacher.compile("adam", "sparse_categorical_crossentropy")
     teacher.fit(digits.train.read(), digits.train.labels, epochs=3, verbose=0)
     teacher.save(files / "teacher.h5")
-    full = load_data(DataConfig(), seed=0)
+    full = load_data(SLICED, seed=0)
     np.savez(files / "other.npz", x=full.train.read(slice(500, 1000)),
              y=full.train.labels[500:1000])
 

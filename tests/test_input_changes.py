@@ -14,13 +14,13 @@ import tf_keras as keras
 from mlflow import MlflowClient
 
 import tasks.load
+from conftest import SLICED
 from flows import compress as compress_module
 from flows.cli import main
 from flows.compress import compress
 from flows.stages import STAGES, run_stage
 from flows.workspace.versioning import is_up_to_date, record_stage, write_params_file
 from tasks.artifacts import Workspace
-from tasks.config import DataConfig
 from tasks.data import load_data
 from tasks.models import write_model
 from test_versioning import md5, run
@@ -30,7 +30,7 @@ ALL_RAN = dict.fromkeys(STAGES, "ran")
 
 def digits_npz(path: Path, start: int) -> Path:
     """400 digits from `start` on, as an npz file (x, y), aged past the quiet period."""
-    full = load_data(DataConfig(), seed=0)
+    full = load_data(SLICED, seed=0)
     np.savez(path, x=full.train.read(slice(start, start + 400)),
              y=full.train.labels[start:start + 400])
     return aged(path)
@@ -123,7 +123,7 @@ def test_an_image_replaced_or_added_in_a_folder_changes_load_and_a_touch_does_no
     dvc_project, tiny_params, monkeypatch
 ):
     folder = dvc_project / "pictures"
-    full = load_data(DataConfig(), seed=0)
+    full = load_data(SLICED, seed=0)
     for i in range(150):  # enough for every class in each split
         png = folder / str(full.train.labels[i]) / f"{i}.png"
         png.parent.mkdir(parents=True, exist_ok=True)
