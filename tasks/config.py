@@ -58,8 +58,8 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 # 30 % of it. Choosing a student (distill.width auto, the search) from its paired counts on
 # validation needs a few samples per point of the gate's default 1-point budget: on 144 (10 % of
 # digits), one worse sample more than better puts a student's chance to pass the gate at 0.67
-# (refused at 0.8, tasks/power.py); on 432, 2 worse and 1 better give 0.88. Measured on digits,
-# seeds 1-5 (docs/benchmarks.md): 4 of 5 promoted, median 40x at 144; 5 of 5, 139x at 432.
+# (refused at 0.8, tasks/power.py); on 400, 2 worse and 1 better give 0.86. Measured on digits,
+# seeds 1-5 (docs/benchmarks.md): median gzip ratio 40x at 144 samples, 138x at 400.
 VAL_LEAST, VAL_SAMPLES, VAL_MOST = 0.1, 400, 0.3
 Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 = 95 %
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -169,8 +169,8 @@ class DataConfig(Section):
         return self
 
     def val_share(self, rest: int) -> float:
-        """The share of `rest` samples kept for validation: val_fraction, `auto` resolved (0: its
-        largest)."""
+        """The share of `rest` samples kept for validation: val_fraction, `auto` resolved (for
+        `rest` 0: the largest it can be)."""
         if self.val_fraction != "auto":
             return self.val_fraction
         return min(VAL_MOST, max(VAL_LEAST, VAL_SAMPLES / rest)) if rest else VAL_MOST
