@@ -10,8 +10,9 @@ never touch MLflow.
 
 - One objective (gzip bytes or latency, `search.objective`), the chance to pass the gate a
   constraint (`Trial.set_constraint`): the objective is known before training
-  (tasks/estimate.py), so a trial that cannot beat the best one likely to pass is not trained at
-  all, and a training one stops as soon as another likely to pass makes it one that cannot win.
+  (tasks/estimate.py), so a trial that cannot beat the one the search would choose now (likely
+  to pass and confirmed) is not trained at all, and a training one stops as soon as another
+  such trial makes it one that cannot win.
 - One student per training choice: the quantization mode acts after training, so a trial that
   differs from an earlier one only in mode quantizes its student instead of training it again.
 - Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
@@ -60,7 +61,7 @@ from prefect_dask import DaskTaskRunner
 
 from flows.trials import (
     SEARCHED_STAGES,
-    best_within,
+    best_confirmed,
     choice_key,
     finish,
     keep_chosen_student,
@@ -240,7 +241,7 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
             else:
                 # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
                 pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
-                                          trial.params, params, workdir, best_within(study),
+                                          trial.params, params, workdir, best_confirmed(study),
                                           rule.rule.budget)] = trial
         if not pending:
             break

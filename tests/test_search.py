@@ -18,7 +18,7 @@ from conftest import make_project
 from flows.compress import compress
 from flows.search import NoFeasibleTrial, task_runner
 from flows.stages import check_inputs
-from flows.trials import baseline, study_storage, trial_student
+from flows.trials import baseline, best_confirmed, study_storage, trial_student
 from flows.workspace.params import load_params
 from tasks.channels import teacher_widths
 from tasks.choice import apply_choice
@@ -211,6 +211,18 @@ def test_a_trial_that_cannot_beat_the_best_size_is_not_trained_or_stops(trained_
         run_trial(inputs, params, best=lambda: next(best_so_far, 1000), stop=record,
                   student_path=tmp_path / "student.h5")
     assert epochs == [1]
+
+
+def test_only_a_trial_likely_to_pass_and_confirmed_sets_the_size_to_beat():
+    """A trial likely on the selection part but refused at confirmation would never be chosen:
+    larger trials must still train."""
+    study = optuna.create_study()
+    for gzip, shortfall, confirmed in [(5000, 0.0, False), (9000, 0.0, True), (3000, 0.2, True)]:
+        study.add_trial(optuna.trial.create_trial(
+            value=gzip, constraints={"pass_chance": shortfall, "speed_floor": 0.0},
+            user_attrs={"confirmed": confirmed}))
+    assert best_confirmed(study) == 9000
+    assert best_confirmed(optuna.create_study()) == math.inf
 
 
 def test_a_trial_that_differs_only_in_mode_quantizes_the_student_trained_before(
