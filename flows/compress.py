@@ -95,8 +95,9 @@ def compress(params: Params = Params(), workdir: str = ".",
                 announcer.mlflow_url = mlflow_url(params.tracking, run.info.experiment_id,
                                                   run.info.run_id)
                 stages, before = run_stages(params, root)
-                metrics, changes, gated = record_run(params, root, name, before)
-        ws = Workspace(root)
+                ws = Workspace(root)
+                student = student_changes(chosen_params(params, ws).distill, ws.teacher)
+                metrics, changes, gated = record_run(params, root, name, before, student)
         runs_url = mlflow_url(params.tracking, run.info.experiment_id)
         publish_results(params, ws, metrics, gated, run, runs_url)
     if gated.decision.promote:
@@ -115,7 +116,7 @@ def compress(params: Params = Params(), workdir: str = ".",
         "certified": gated.certified,
         "gate": gated.decision.reason,
         "search": search_summary(ws),
-        "student": student_changes(chosen_params(params, ws).distill, ws.teacher),
+        "student": student,
     }
 
 
@@ -189,9 +190,10 @@ def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) ->
 
 @task(name="record", **RETRY_POLICY)
 def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerprint],
-               ) -> tuple[dict, list[str], Gated]:
+               student: str | None) -> tuple[dict, list[str], Gated]:
     """The run as a DVC experiment (pushed if a remote is set) and in MLflow, the model registered
-    and gated. Returns the metrics, what changed in the inputs since `before`, the gate's result."""
+    and gated (`student`: what the derived student changed, for the model card). Returns the
+    metrics, what changed in the inputs since `before`, the gate's result."""
     get_run_logger().info("recording the run: DVC experiment %s, MLflow, the registry", name)
     ws = Workspace(root)
     metrics = json.loads(ws.metrics.read_text())
@@ -200,7 +202,8 @@ def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerpr
     log_run(params, root, name, remote, changes, headline(metrics))
     gated = register_and_gate(params.gate, params.evaluate, ws,
                               weigh(params.gate, Dataset.load(ws.data), metrics),
-                              model_card(params, ws, metrics), metrics, search_refusal(ws))
+                              model_card(params, ws, metrics, student), metrics,
+                              search_refusal(ws))
     describe_run(gated.headline, changes)
     get_run_logger().info("gate: version %s %s: %s", gated.version,
                           "promoted to champion" if gated.decision.promote else "not promoted",

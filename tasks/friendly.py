@@ -67,10 +67,10 @@ def student_changes(cfg: DistillConfig, teacher: Path) -> str | None:
 def describe_rewrites(model: keras.Model, activations: StudentActivations) -> str | None:
     """`3 squeezes pooled with keepdims, 5 swish/GELU activations as ReLU`: what a student derived
     from `model` changes (None: nothing)."""
-    rewrites = friendly_rewrites(model, activations)
-    counts = {"squeezes pooled with keepdims": sum(r is _keep_dims for r in rewrites.values()),
-              "swish/GELU activations as ReLU": sum(r is _relu for r in rewrites.values())}
-    return ", ".join(f"{n} {what}" for what, n in counts.items() if n) or None
+    rewrites = list(friendly_rewrites(model, activations).values())
+    counts = [("squeeze", "pooled with keepdims", rewrites.count(_keep_dims)),
+              ("swish/GELU activation", "as ReLU", rewrites.count(_relu))]
+    return ", ".join(f"{n} {noun}{'s' * (n > 1)} {how}" for noun, how, n in counts if n) or None
 
 
 def squeezes(model: keras.Model) -> dict[str, str]:

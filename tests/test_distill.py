@@ -22,9 +22,10 @@ from tasks.distill import (
     narrowest_within,
 )
 from tasks.errors import InputError
+from tasks.friendly import student_changes
 from tasks.gate import decide_rule
 from tasks.load import train_teacher
-from tasks.models import overall_sparsity
+from tasks.models import overall_sparsity, write_model
 from tasks.quantize import convert_to_tflite
 from tasks.views import check_augment, consistent_views
 
@@ -182,6 +183,17 @@ def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
     assert student.get_layer("conv").get_config()["activation"] == "relu"
     assert student.get_layer("act").get_config()["activation"] == "swish"
     assert student.output_shape == swish_out.output_shape
+
+
+def test_the_students_changes_are_named_for_the_summary_and_the_model_card(tmp_path):
+    write_model(squeeze_excite_model(), tmp_path / "teacher.h5")
+    named = {activations: student_changes(DistillConfig(width=0.5, activations=activations),
+                                          tmp_path / "teacher.h5")
+             for activations in ("keep", "relu")}
+    assert named == {"keep": "1 squeeze pooled with keepdims",
+                     "relu": "1 squeeze pooled with keepdims, 2 swish/GELU activations as ReLU"}
+    # width 1.0 derives no student: the sparsified teacher itself
+    assert student_changes(DistillConfig(width=1.0), tmp_path / "teacher.h5") is None
 
 
 def test_teacher_init_inherits_what_the_teacher_knows(digits, tiny_cnn):

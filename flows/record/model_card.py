@@ -22,10 +22,9 @@ RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "ep
           "quantize": ("enabled", "mode", "calibration_samples", "qat_epochs")}
 
 
-def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
-    """The card's markdown for the run's model; `metrics` is its metrics.json."""
-    from tasks.friendly import student_changes  # TensorFlow: not at import
-
+def model_card(params: Params, ws: Workspace, metrics: dict, student: str | None) -> str:
+    """The card's markdown for the run's model; `metrics` is its metrics.json, `student` what the
+    derived student changed in the teacher (tasks/friendly.py `student_changes`)."""
     data, recipe = Dataset.load(ws.data), chosen_params(params, ws)
     drop = recorded_drop(metrics)
     return "\n".join([
@@ -47,7 +46,7 @@ def model_card(params: Params, ws: Workspace, metrics: dict) -> str:
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
          "(tensor arena, packed weights), not counting the model file."), "",
         "## Recipe", "",
-        *_recipe(recipe, search_summary(ws), student_changes(recipe.distill, ws.teacher)),
+        *_recipe(recipe, search_summary(ws), student),
     ]) + "\n"
 
 
