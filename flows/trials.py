@@ -126,8 +126,8 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
                workdir: str, beat: float, budget: float) -> Outcome:
     """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
     split; not trained, or stopped after an epoch, when its estimate cannot beat `beat` or a
-    trial likely to pass and confirmed finished since; stopped early (not failed) when the pruner, told the
-    drop's excess over `budget` (the gate's) after every epoch, says so."""
+    trial likely to pass and confirmed finished since; stopped early (not failed) when the
+    pruner, told the drop's excess over `budget` (the gate's) after every epoch, says so."""
     root = Path(workdir)
     ws = Workspace(root)
     inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)

@@ -185,7 +185,8 @@ def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
     assert student.output_shape == swish_out.output_shape
 
 
-def test_the_students_changes_are_named_for_the_summary_and_the_model_card(tmp_path):
+def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
+    """The words the summary and the model card show."""
     write_model(squeeze_excite_model(), tmp_path / "teacher.h5")
     named = {activations: student_changes(DistillConfig(width=0.5, activations=activations),
                                           tmp_path / "teacher.h5")
