@@ -282,7 +282,7 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     rows = trial_rows(study)
     measured = [row for row in rows if row["state"] == "COMPLETE"]
     chosen, refused = choose(measured, cfg.objective)
-    closest = sorted(measured, key=lambda row: -row["chance"])[:CLOSEST_SHOWN]
+    closest = closest_trials(measured)
     # on the selection part, as every trial measured it: a paired drop is the accuracy difference
     teacher_accuracy = next((row["accuracy"] + row["drop"] for row in measured), None)
     front = pareto_front(measured, cfg.objective)
@@ -323,6 +323,13 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
             "search.epochs_trained": epochs,
             **({"search.teacher.accuracy": teacher_accuracy} if measured else {}),
             **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}
+
+
+def closest_trials(measured: list[dict]) -> list[dict]:
+    """The CLOSEST_SHOWN measured trials with the greatest chance to pass, each choice once (a
+    repeat of a choice is the same measurement: it named the same trial three times)."""
+    first = [row for row in measured if "repeat_of" not in row]
+    return sorted(first, key=lambda row: -row["chance"])[:CLOSEST_SHOWN]
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from conftest import make_project
 from flows.compress import compress
-from flows.search import NoFeasibleTrial, task_runner
+from flows.search import NoFeasibleTrial, closest_trials, task_runner
 from flows.stages import check_inputs
 from flows.trials import baseline, best_confirmed, study_storage, trial_student
 from flows.workspace.params import load_params
@@ -223,6 +223,13 @@ def test_only_a_trial_likely_to_pass_and_confirmed_sets_the_size_to_beat():
             user_attrs={"confirmed": confirmed}))
     assert best_confirmed(study) == 9000
     assert best_confirmed(optuna.create_study()) == math.inf
+
+
+def test_the_closest_trials_name_each_choice_once():
+    measured = [{"number": 1, "chance": 0.5}, {"number": 2, "chance": 0.3},
+                {"number": 3, "chance": 0.5, "repeat_of": 1}, {"number": 4, "chance": 0.1},
+                {"number": 5, "chance": 0.2}]
+    assert [row["number"] for row in closest_trials(measured)] == [1, 2, 5]
 
 
 def test_a_trial_that_differs_only_in_mode_quantizes_the_student_trained_before(
