@@ -79,6 +79,7 @@ from tasks.power import CONFIRMED, LIKELY
 from tasks.search import (
     OBJECTIVE_KEYS,
     choose,
+    closest_trials,
     pareto_front,
     search_space,
     trial_memory_bytes,
@@ -98,7 +99,6 @@ dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": N
 SHOWN = ("accuracy", "drop", "chance", "confirm_drop", "confirm_chance", "gzip_bytes",
          "latency_p50_us", "slowdown")
 CONNECT_TIMEOUT_S = 5
-CLOSEST_SHOWN = 3
 
 
 class NoFeasibleTrial(RuntimeError):
@@ -323,13 +323,6 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
             "search.epochs_trained": epochs,
             **({"search.teacher.accuracy": teacher_accuracy} if measured else {}),
             **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}
-
-
-def closest_trials(measured: list[dict]) -> list[dict]:
-    """The CLOSEST_SHOWN measured trials with the greatest chance to pass, each choice once (a
-    repeat of a choice is the same measurement: it named the same trial three times)."""
-    first = [row for row in measured if "repeat_of" not in row]
-    return sorted(first, key=lambda row: -row["chance"])[:CLOSEST_SHOWN]
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:

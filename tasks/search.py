@@ -269,6 +269,13 @@ def pareto_front(trials: list[dict], objective: str) -> set[int]:
                        and (o["chance"], o[key]) != (t["chance"], t[key]) for o in trials)}
 
 
+def closest_trials(measured: list[dict], shown: int = 3) -> list[dict]:
+    """The `shown` measured trials with the greatest chance to pass, each choice once (a repeat
+    of a choice is the same measurement: it named the same trial three times)."""
+    first = [row for row in measured if "repeat_of" not in row]
+    return sorted(first, key=lambda row: -row["chance"])[:shown]
+
+
 def choose(trials: list[dict], objective: str) -> tuple[dict | None, list[dict]]:
     """The best trial on `objective` (ties: the greater chance) among those likely to pass the
     gate from the selection part (`within`: chance >= LIKELY), tried in that order until one is

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from conftest import make_project
 from flows.compress import compress
-from flows.search import NoFeasibleTrial, closest_trials, task_runner
+from flows.search import NoFeasibleTrial, task_runner
 from flows.stages import check_inputs
 from flows.trials import baseline, best_confirmed, study_storage, trial_student
 from flows.workspace.params import load_params
@@ -24,7 +24,7 @@ from tasks.channels import teacher_widths
 from tasks.choice import apply_choice
 from tasks.config import Params, SearchConfig
 from tasks.errors import InputError
-from tasks.search import CannotBeat, choose, run_trial, search_inputs
+from tasks.search import CannotBeat, choose, closest_trials, run_trial, search_inputs
 from test_stack import free_port
 
 DASK = Path(sys.executable).parent / "dask"
