@@ -8,7 +8,12 @@ train split. And the case users have: `digits28-all.npz` holds train and val tog
 (no x_val), and `cnn1.7m-all.h5` is the 1.7 M CNN trained on all of it, so a validation split
 carved from x_train is one the teacher was trained on (data.val_from).
 
-    .venv/bin/python benchmarks/make_teachers.py OUT_DIR
+With `--applications`: the same views padded to 32x32x3 uint8 (`digits32.npz`) and
+keras.applications teachers trained on its train split, no pretrained weights: MobileNetV2
+alpha 0.5 and ResNet50 on pixels in [0, 1] (shrinkflow's default `data.scale_uint8`),
+EfficientNetB0 on raw pixels (it rescales inside: `--set data.scale_uint8=false`).
+
+    .venv/bin/python benchmarks/make_teachers.py OUT_DIR [--applications]
     .venv/bin/shrinkflow run --set data.source=npz:OUT_DIR/digits28.npz \\
         --set model.source=OUT_DIR/cnn1.7m.h5
 """
@@ -60,6 +65,40 @@ def cnn(widths: list[int], dense: int, pool_first: bool) -> keras.Model:
     return keras.Sequential(layers)
 
 
+APPLICATIONS = {  # file name: (keras.applications builder, its arguments, scale pixels to [0, 1])
+    "mobilenetv2-0.5": ("MobileNetV2", {"alpha": 0.5}, True),
+    "efficientnetb0": ("EfficientNetB0", {}, False),
+    "resnet50": ("ResNet50", {}, True),
+}
+
+
+def rgb32(x: np.ndarray) -> np.ndarray:
+    """28x28x1 views in [0, 1] -> 32x32x3 uint8 (keras.applications' smallest input)."""
+    return np.repeat(np.round(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))) * 255), 3, -1).astype(np.uint8)
+
+
+def train(model: keras.Model, data: dict[str, np.ndarray], name: str, out: str,
+          scale: float = 1.0) -> None:
+    model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(data["x_train"] * scale, data["y_train"], epochs=8, batch_size=64, verbose=2)
+    _, accuracy = model.evaluate(data["x_test"] * scale, data["y_test"], verbose=0)
+    print(f"{name}: {model.count_params():,} params, test accuracy {accuracy:.4f}")
+    model.save(f"{out}/{name}.h5")
+
+
+def applications(out: str) -> None:
+    arrays = {k: rgb32(v) if k.startswith("x_") else v for k, v in digit_views().items()}
+    np.savez(f"{out}/digits32.npz", **arrays)
+    for name, (builder, kwargs, scaled) in APPLICATIONS.items():
+        keras.utils.set_random_seed(0)
+        model = getattr(keras.applications, builder)(
+            weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+        for layer in model.layers:  # MobileNetV2's 0.999: its moving statistics would still be
+            if isinstance(layer, keras.layers.BatchNormalization):  # mostly their start values
+                layer.momentum = 0.9  # after 8 short epochs (test accuracy 11 %)
+        train(model, arrays, name, out, 1 / 255 if scaled else 1.0)
+
+
 def main(out: str) -> None:
     arrays = digit_views()
     np.savez(f"{out}/digits28.npz", **arrays)
@@ -71,12 +110,8 @@ def main(out: str) -> None:
                 "cnn57k": (cnn([16, 32], 64, pool_first=True), arrays),
                 "cnn1.7m-all": (cnn([32, 64, 128], 512, pool_first=False), everything)}
     for name, (model, data) in teachers.items():
-        model.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
-        model.fit(data["x_train"], data["y_train"], epochs=8, batch_size=64, verbose=2)
-        _, accuracy = model.evaluate(data["x_test"], data["y_test"], verbose=0)
-        print(f"{name}: {model.count_params():,} params, test accuracy {accuracy:.4f}")
-        model.save(f"{out}/{name}.h5")
+        train(model, data, name, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    applications(sys.argv[1]) if "--applications" in sys.argv[2:] else main(sys.argv[1])

@@ -237,7 +237,8 @@ class DistillConfig(Training):
         "auto",
         description="Student width vs teacher (1.0 = the sparsified model) | `auto`: the "
         "narrowest of the teacher's widths (0.5 down by sqrt 2) whose student keeps the gate's "
-        "budget on the validation split, found by bisection (a distillation per probe).",
+        "budget on the validation split, found by bisection (a distillation per probe, stopped "
+        "once hopeless).",
     )
     init: StudentInit = Field(
         "teacher",

@@ -57,6 +57,11 @@ from tasks.views import consistent_views
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
+# distill.width `auto`: from this share of its epochs on, a probe whose chance to pass the gate is
+# below HOPELESS stops (docs/benchmarks.md: on digits no probe that ended likely was below it
+# after a third of its epochs; probes too narrow stayed below it to the end).
+HOPELESS, HOPELESS_FROM = 0.2, 1 / 3
+
 
 def derive_student(source: keras.Model, width: float, init: StudentInit,
                    activations: StudentActivations = "keep") -> keras.Model:
@@ -187,15 +192,16 @@ def distill(
     cfg: DistillConfig,
     sparsify_cfg: SparsifyConfig,
     targets: SoftTargets | None = None,
+    callbacks: list[keras.callbacks.Callback] = (),
 ) -> keras.Model:
     """Train `student` to match the teacher's softened outputs and the labels.
 
     With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
-    leaves this stage as sparse as the sparsify target. `targets`: the teacher's logits on `data`
-    when already computed.
+    leaves this stage as sparse as the sparsify target (unless a callback stops it early).
+    `targets`: the teacher's logits on `data` when already computed.
     """
     check_student(student, teacher)
-    callbacks = []
+    callbacks = list(callbacks)
     if sparsify_cfg.enabled:
         skipped = check_prunable(student, sparsify_cfg)
         steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
@@ -230,46 +236,83 @@ def fit_to_teacher(
     fit(student, data, training, callbacks, targets=(targets.train, targets.val), training=views)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One width `auto` tried: its student's paired drop vs the teacher on validation, its chance
+    to pass the gate and the epochs it trained (fewer when it stopped as hopeless)."""
+
+    drop: PairedDrop
+    chance: float
+    epochs: int
+
+
+class StopHopeless(keras.callbacks.Callback):
+    """Stops training, from HOPELESS_FROM of `epochs` on, once `chance(model)` is below
+    HOPELESS; counts the epochs trained."""
+
+    def __init__(self, chance: Callable[[keras.Model], float], epochs: int):
+        super().__init__()
+        self.chance, self.total, self.epochs = chance, epochs, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.epochs = epoch + 1
+        if (HOPELESS_FROM * self.total <= self.epochs < self.total
+                and self.chance(self.model) < HOPELESS):
+            self.model.stop_training = True
+
+
 def narrowest_likely(
     teacher: keras.Model, data: Dataset, cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
     gate: GateConfig, seed: int,
-) -> tuple[float, keras.Model, dict[float, PairedDrop]]:
+) -> tuple[float, keras.Model, dict[float, Probe]]:
     """distill.width `auto`: the narrowest of the teacher's widths whose distilled student is
     likely to pass the gate: its chance of passing the gate's rule on the test split, from its
     paired counts vs the teacher on the validation split, at least CONFIRMED (tasks/power.py: the
     search's final choice needs as much; measured on digits, LIKELY let the bisection's last
     probes, each as close to the teacher on 144 samples, narrow to a student 1.1 pt worse on
     test). With data.unlabeled, a probe's disagreement with the teacher on the pool's choose part
-    counts too: its chance is the greater of the two. Each probe is a whole distillation. Returns
-    the width, its student and every probe's paired drop."""
+    counts too: its chance is the greater of the two. Each probe is a distillation, stopped once
+    hopeless (`StopHopeless`) but for the widest: it is the one kept when none is likely. Returns
+    the width, its student and every probe."""
     widths = teacher_widths(teacher, "distill.width")
     rule = rule_for(gate, data)
     if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
         widths = widths[:1]
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.val.labels
-    students: dict[float, keras.Model] = {}
-    probes: dict[float, PairedDrop] = {}
-
     teacher_choice = chosen_classes(teacher, data)
+    students: dict[float, keras.Model] = {}
+    probes: dict[float, Probe] = {}
 
-    def likely(width: float) -> bool:
-        seed_everything(seed)
-        student = derive_student(teacher, width, cfg.init, cfg.activations)
-        student = students[width] = distill(teacher, student, data, cfg, sparsify_cfg, targets)
+    def measure(student: keras.Model) -> tuple[PairedDrop, float, str]:
         right = logits(student, data.val).argmax(axis=-1) == data.val.labels
-        probe = probes[width] = paired_drop(teacher_right, right, gate.confidence)
-        chance = chance_to_pass(rule.rule, probe.worse, probe.better, probe.n)
-        found = probe.describe()
+        drop = paired_drop(teacher_right, right, gate.confidence)
+        chance, found = chance_to_pass(rule.rule, drop.worse, drop.better, drop.n), drop.describe()
         if teacher_choice is not None:  # fidelity on the pool's choose part can certify too
             agree = fidelity(teacher_choice, chosen_classes(student, data), gate.confidence)
             chance = max(chance, chance_to_certify(rule.rule, agree.disagree, agree.n))
             found += f"; choose part: {agree.describe()}"
-        log.info("distill.width auto: %g %s (chance %.2f to pass the gate): validation %s", width,
-                 "likely" if chance >= CONFIRMED else "unlikely", chance, found)
-        return chance >= CONFIRMED
+        return drop, chance, found
+
+    def likely(width: float) -> bool:
+        seed_everything(seed)
+        student = derive_student(teacher, width, cfg.init, cfg.activations)
+        stop = StopHopeless(lambda model: measure(model)[1], cfg.epochs)
+        student = students[width] = distill(teacher, student, data, cfg, sparsify_cfg, targets,
+                                            [stop] if width != widths[0] else [])
+        drop, chance, found = measure(student)
+        epochs = stop.epochs or cfg.epochs
+        probes[width] = Probe(drop, chance, epochs)
+        hopeless = epochs < cfg.epochs
+        log.info("distill.width auto: %g %s (chance %.2f to pass the gate%s): validation %s",
+                 width, "likely" if chance >= CONFIRMED and not hopeless else "unlikely", chance,
+                 f", hopeless: stopped after {epochs} of {cfg.epochs} epochs" if hopeless else "",
+                 found)
+        return chance >= CONFIRMED and not hopeless
 
     width = narrowest_within(widths, likely)
+    log.info("distill.width auto: %g, %d probes trained %d of %d epochs", width, len(probes),
+             sum(probe.epochs for probe in probes.values()), len(probes) * cfg.epochs)
     return width, students[width], probes
 
 
@@ -329,7 +372,9 @@ def run_distill(
     if cfg.width == "auto" and not cfg.student:
         width, student, probes = narrowest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
         write_model(student, ws.student)
-        return _student_metrics(student) | {"student_width": width, "width_probes": len(probes)}
+        return _student_metrics(student) | {
+            "student_width": width, "width_probes": len(probes),
+            "width_probe_epochs": sum(probe.epochs for probe in probes.values())}
     if cfg.student:
         with read_steadily(distill_inputs(cfg)):
             student = read_model(cfg.student, "distill.student", trust_code)

@@ -1,5 +1,6 @@
 """Distillation: the student's shape, the loss, and a sparse student that learns."""
 
+import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -274,12 +275,31 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
         seed=0)
     assert width == 0.25 and set(probes) == {0.354, 0.25}  # both pass a 100-point budget
     assert student.layers[0].filters == 4
-    assert all(drop.n == len(digits.val.labels) for drop in probes.values())
+    assert all(probe.drop.n == len(digits.val.labels) for probe in probes.values())
 
     # certified on 60 test samples, which cannot certify 1 point: the widest alone, warned
     width, _, probes = narrowest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
                                         GateConfig(require="certified"), seed=0)
     assert width == 0.5 and set(probes) == {0.5}
+
+
+def test_hopeless_probes_stop_after_a_third_of_their_epochs_but_the_widest(
+        digits, monkeypatch, caplog):
+    keras.utils.set_random_seed(0)
+    teacher = train_teacher(keras.Sequential([  # widths 0.5, 0.354, 0.25
+        keras.Input(digits.input_shape), keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
+        digits, ModelConfig(epochs=2))
+    data = replace(digits, teacher_errors={"val": 3, "test": 3})
+    monkeypatch.setattr("tasks.distill.HOPELESS", 1.01)  # every chance is below it
+    caplog.set_level(logging.INFO, logger="tasks")
+    width, _, probes = narrowest_likely(
+        teacher, data, DistillConfig(epochs=3), SparsifyConfig(enabled=False),
+        GateConfig(max_accuracy_drop=1), seed=0)
+    # bisection: 0.354 (stopped after 1 of 3 epochs: unlikely), then the widest, kept, all 3
+    assert width == 0.5 and {w: p.epochs for w, p in probes.items()} == {0.354: 1, 0.5: 3}
+    assert "0.354 unlikely" in caplog.text and "stopped after 1 of 3 epochs" in caplog.text
+    assert "2 probes trained 4 of 6 epochs" in caplog.text
 
 
 def test_auto_width_says_when_no_student_can_be_likely_to_pass(caplog):
