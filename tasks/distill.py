@@ -58,8 +58,8 @@ from tasks.views import consistent_views
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
 # distill.width `auto`: from this share of its epochs on, a probe whose chance to pass the gate is
-# below HOPELESS stops (docs/benchmarks.md: on digits no probe that ended likely was below it
-# after a third of its epochs; probes too narrow stayed below it to the end).
+# below HOPELESS stops (docs/benchmarks.md: traced on digits, no probe that ended likely was below
+# it after a third of its epochs; the three that were ended at 0.06-0.16).
 HOPELESS, HOPELESS_FROM = 0.2, 1 / 3
 
 
