@@ -68,26 +68,35 @@ def narrowed_units(units: int, width: float) -> int:
 
 
 def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
-    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's narrowest layer keeps
-    MIN_UNITS units: relative to this teacher, not to a data set. The output layer and the
-    bottlenecks of squeeze-and-excitation gates (`gate_layers`: a handful of units in
-    EfficientNet) do not count. `setting` names the key that asked for them, for the error when
-    there are none."""
+    """Widths from 0.5 down by factors of sqrt(2), as long as the teacher's layers keep MIN_UNITS
+    units, all but its narrowest tenth (`bounding_units`): relative to this teacher, not to a data
+    set. `setting` names the key that asked for them, for the error when there are none."""
     output, gates = output_layer(teacher), gate_layers(teacher)
     units = [layer.get_config()[key] for layer in teacher.layers
              if (key := width_key(layer)) and layer is not output and layer.name not in gates]
     if not units:
         raise InputError(f"{setting}: the teacher has no layer with filters or units besides "
                          f"its output, so no narrower student can be derived; set {setting}")
+    bound = bounding_units(units)
     widths = []
     width = FIRST_WIDTH
-    while round(min(units) * width) >= MIN_UNITS:
+    while round(bound * width) >= MIN_UNITS:
         widths.append(round(width, 3))
         width /= WIDTH_STEP
     if not widths:
-        raise InputError(f"{setting}: the teacher's narrowest layer has {min(units)} units, so "
-                         f"no width of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set {setting}")
+        raise InputError(f"{setting}: the teacher's narrow layers have {bound} units, so no width "
+                         f"of at most {FIRST_WIDTH} keeps {MIN_UNITS}; set {setting}")
     return widths
+
+
+def bounding_units(units: list[int]) -> int:
+    """The layer size that bounds a teacher's widths: the narrowest but for the narrowest tenth of
+    its layers (the narrowest, when it has fewer than ten). A few narrow layers are held at MIN_UNITS
+    (`narrowed_units`) rather than keep the whole student wide: MobileNetV2 0.5's one 8-unit
+    projection allowed only width 0.5 (45x smaller), its sixteen-unit ones allow 0.25. The output
+    layer and squeeze-and-excitation bottlenecks (`gate_layers`: a handful of units in
+    EfficientNet) are not among `units`."""
+    return sorted(units)[len(units) // 10]
 
 
 def gate_layers(model: keras.Model) -> set[str]:

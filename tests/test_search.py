@@ -165,8 +165,21 @@ def test_widths_derive_from_the_teacher(tiny_cnn):
 
     narrow = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                                keras.layers.Dense(6), keras.layers.Dense(10)])
-    with pytest.raises(InputError, match="search.widths: the teacher's narrowest layer has 6 unit"):
+    with pytest.raises(InputError, match="search.widths: the teacher's narrow layers have 6 unit"):
         teacher_widths(narrow, "search.widths")
+
+
+def test_the_narrowest_tenth_of_layers_does_not_bound_the_widths():
+    """One 8-unit layer among ten (as MobileNetV2 0.5's first projection) is held at 4 units
+    rather than keep every width at 0.5; with fewer than ten layers the narrowest bounds."""
+    import tf_keras as keras
+
+    def teacher(first: int, layers: int) -> keras.Model:
+        dense = [keras.layers.Dense(first)] + [keras.layers.Dense(16) for _ in range(layers - 1)]
+        return keras.Sequential([keras.Input((8,)), *dense, keras.layers.Dense(10)])
+
+    assert teacher_widths(teacher(8, 10), "distill.width") == [0.5, 0.354, 0.25]
+    assert teacher_widths(teacher(8, 9), "distill.width") == [0.5]
 
 
 def row(number: int, gzip: int, within: bool, confirmed: bool) -> dict:
