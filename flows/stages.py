@@ -99,7 +99,7 @@ def check_inputs(params: Params) -> None:
         elif params.distill.width != 1.0:  # the narrowest it may derive
             narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
             student = derive_student(inputs.teacher, narrowest, params.distill.init,
-                                     params.distill.activations)
+                                     params.distill.activations, params.distill.blocks)
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:

@@ -169,11 +169,15 @@ def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
         if len(spec["inbound_nodes"]) > 1:
             layer = model.get_layer(spec["name"])
             raise _unsupported(layer, "it is shared (called more than once)")
-        # a node is a list of [layer, node, tensor, kwargs] entries, or one such entry (a
-        # TFOpLambda, as in MobileNetV3)
-        nodes = [[entry] if isinstance(entry[0], str) else entry for entry in spec["inbound_nodes"]]
-        inbound[spec["name"]] = [node[0] for entries in nodes for node in entries]
+        inbound[spec["name"]] = [entry[0] for entry in inbound_entries(spec)]
     return inbound
+
+
+def inbound_entries(spec: dict) -> list[list]:
+    """The [layer, node, tensor, kwargs] entries of a functional model config's layer `spec`: a
+    node is a list of entries, or one such entry (a TFOpLambda, as in MobileNetV3)."""
+    return [entry for node in spec["inbound_nodes"]
+            for entry in ([node] if isinstance(node[0], str) else node)]
 
 
 def _kind(layer: keras.layers.Layer, output: keras.layers.Layer) -> Kind:

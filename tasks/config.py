@@ -65,6 +65,7 @@ Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 =
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 StudentActivations = Literal["keep", "relu"]
+StudentBlocks = Literal["all", "half", "fewest"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
 
 
@@ -251,6 +252,13 @@ class DistillConfig(Training):
         "(SiLU) and GELU become ReLU, which int8 fuses into the layer before (tasks/friendly.py; "
         "the layers that make the outputs keep theirs).",
     )
+    blocks: StudentBlocks = Field(
+        "all",
+        description="A derived student's residual blocks: `all` the teacher's | `half`: every "
+        "other block whose shortcut is the identity is left out (its input passes on) | "
+        "`fewest`: every such block is left out; blocks that change shape always stay "
+        "(tasks/friendly.py).",
+    )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
     alpha: float = Field(
@@ -344,8 +352,8 @@ class SearchConfig(Section):
 
     The space's dimensions are lists of choices; each choice overrides its stage's key (width ->
     distill.width, sparsities -> sparsify.final_sparsity, patterns -> sparsify.pattern, modes ->
-    quantize.mode, temperatures -> distill.temperature, activations -> distill.activations) for
-    one trial.
+    quantize.mode, temperatures -> distill.temperature, activations -> distill.activations,
+    blocks -> distill.blocks) for one trial.
     """
 
     enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
@@ -378,6 +386,10 @@ class SearchConfig(Section):
         None, description="distill.activations to try; none = `keep` and `relu` where the teacher "
         "has swish or GELU layers to replace, else distill.activations only.",
     )
+    blocks: list[StudentBlocks] | None = Field(
+        None, description="distill.blocks to try; none = `all`, `half` and `fewest` where the "
+        "teacher has residual blocks with identity shortcuts, else distill.blocks only.",
+    )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "
         "which the chosen trial must confirm that it is likely to pass the gate.",
@@ -396,7 +408,8 @@ class SearchConfig(Section):
         None, gt=0, description="Start no trial after this long; the running ones finish."
     )
 
-    @field_validator("widths", "sparsities", "patterns", "modes", "temperatures", "activations")
+    @field_validator("widths", "sparsities", "patterns", "modes", "temperatures", "activations",
+                     "blocks")
     @classmethod
     def _not_empty(cls, value: list | None) -> list | None:
         if value is not None and not value:

@@ -30,13 +30,14 @@ from tasks.config import (
     GateConfig,
     SparsifyConfig,
     StudentActivations,
+    StudentBlocks,
     StudentInit,
     Training,
 )
 from tasks.errors import InputError
 from tasks.evaluate import predicted_classes
 from tasks.fidelity import fidelity
-from tasks.friendly import friendly_rewrites
+from tasks.friendly import friendly_rewrites, without_blocks
 from tasks.gate import RuleChoice, rule_for
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
@@ -64,9 +65,11 @@ HOPELESS, HOPELESS_FROM = 0.2, 1 / 3
 
 
 def derive_student(source: keras.Model, width: float, init: StudentInit,
-                   activations: StudentActivations = "keep") -> keras.Model:
+                   activations: StudentActivations = "keep", blocks: StudentBlocks = "all",
+                   ) -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide, made
-    quantization-friendly (tasks/friendly.py: squeezes keep their dims; `activations`).
+    quantization-friendly (tasks/friendly.py: squeezes keep their dims; `activations`; the
+    residual `blocks` left out).
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
     output layer (the last layer that has one) keeps its size so the student predicts the same
@@ -78,6 +81,7 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
     channels (-1), a second fixes them. -1 alone leaves them unknown in the traced graph (its
     batch is dynamic), and the TFLite converter refuses the Conv2D after it as a flex op.
     """
+    source = without_blocks(source, blocks)
     output = output_layer(source)
     rewrites = friendly_rewrites(source, activations)
     reshapes = {layer.name: None for layer in source.layers
@@ -296,7 +300,7 @@ def narrowest_likely(
 
     def likely(width: float) -> bool:
         seed_everything(seed)
-        student = derive_student(teacher, width, cfg.init, cfg.activations)
+        student = derive_student(teacher, width, cfg.init, cfg.activations, cfg.blocks)
         stop = StopHopeless(lambda model: measure(model)[1], cfg.epochs)
         student = students[width] = distill(teacher, student, data, cfg, sparsify_cfg, targets,
                                             [stop] if width != widths[0] else [])
@@ -381,7 +385,7 @@ def run_distill(
     elif cfg.width == 1.0:
         student = read_model(ws.sparse)
     else:
-        student = derive_student(teacher, cfg.width, cfg.init, cfg.activations)
+        student = derive_student(teacher, cfg.width, cfg.init, cfg.activations, cfg.blocks)
     student = distill(teacher, student, data, cfg, sparsify_cfg)
     write_model(student, ws.student)
     return _student_metrics(student)

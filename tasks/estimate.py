@@ -64,7 +64,7 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
     """
     seed_everything(params.seed)
     student = derive_student(teacher, params.distill.width, params.distill.init,
-                             params.distill.activations)
+                             params.distill.activations, params.distill.blocks)
     if params.sparsify.enabled:
         student = prune_at_once(student, params.sparsify,
                                 check_prunable(student, params.sparsify))

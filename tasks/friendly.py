@@ -9,8 +9,14 @@ the model's outputs, so its interface is the teacher's.
   Reshape becomes an Identity. The same values, without the runtime reshape Keras traces (SHAPE,
   STRIDED_SLICE, PACK and RESHAPE per block in the .tflite).
 - `distill.activations: relu`: swish (SiLU) and GELU become ReLU, which int8 fuses into the
-  convolution or dense layer before it (swish is a LOGISTIC and a MUL per use). Not exact: the
-  student learns with it.
+  convolution or dense layer before it (swish is a LOGISTIC and a MUL per use); not in
+  squeeze-and-excitation bottlenecks. Not exact: the student learns with it.
+- `distill.blocks: half | fewest`: residual blocks whose shortcut is the identity (out = x + f(x))
+  are left out, every other one or all of them: x passes straight on, and so does the time of
+  f's three or so layers, which on a narrow student is mostly per-op overhead. Blocks that change
+  shape (a projection or no shortcut) stay, so the student keeps the teacher's resolutions and
+  stages; the kept layers keep their names and teacher weights (one layer of two, as DistilBERT
+  initialises its student). Not exact: the student learns without them.
 
 Measured (docs/models.md): an EfficientNetB0 student at width 0.5, 32×32×3, int8, 1 thread:
 squeezes 16 % faster, both 24 %. Hard-sigmoid gates instead of sigmoid ones were 26 % *slower*
@@ -24,8 +30,8 @@ from pathlib import Path
 
 import tf_keras as keras
 
-from tasks.channels import GLOBAL_POOLING, inbound_layers
-from tasks.config import DistillConfig, StudentActivations
+from tasks.channels import GLOBAL_POOLING, gate_layers, inbound_entries, inbound_layers
+from tasks.config import DistillConfig, StudentActivations, StudentBlocks
 from tasks.models import read_model
 
 SWISH_LIKE = frozenset({"swish", "silu", "gelu"})
@@ -34,15 +40,20 @@ Rewrite = Callable[[keras.layers.Layer, dict], keras.layers.Layer]
 
 def friendly_rewrites(model: keras.Model, activations: StudentActivations) -> dict[str, Rewrite]:
     """By layer name, how the student builds each layer a transform changes, from the layer and
-    its (narrowed) config; the layers that make the model's outputs are left as they are."""
+    its (narrowed) config; the layers that make the model's outputs are left as they are, and
+    so are the activations of squeeze-and-excitation bottlenecks (`gate_layers`): a handful of
+    units on a 1x1 map cost no time, and as ReLU they can all die (measured: EfficientNetB0 at
+    width 0.125, a 4-unit bottleneck zero on every calibration sample, whose int8 scale of 1e-8
+    XNNPACK refuses to run)."""
     outputs = {tensor.node.layer.name for tensor in model.outputs}
     rewrites: dict[str, Rewrite] = {}
     for pooling, reshape in squeezes(model).items():
         rewrites[pooling] = _keep_dims
         rewrites[reshape] = _identity
     if activations == "relu":
+        kept = outputs | gate_layers(model)
         for layer in model.layers:
-            if layer.name not in outputs and layer.get_config().get("activation") in SWISH_LIKE:
+            if layer.name not in kept and layer.get_config().get("activation") in SWISH_LIKE:
                 rewrites[layer.name] = _relu
     return rewrites
 
@@ -55,22 +66,98 @@ def activation_choices(model: keras.Model, configured: StudentActivations,
     return ["keep", "relu"] if replaceable else [configured]
 
 
+def block_choices(model: keras.Model, configured: StudentBlocks) -> list[StudentBlocks]:
+    """The search's distill.blocks for `model`: `all`, `half` and `fewest` when it has blocks
+    with identity shortcuts to leave out (one such block: `half` keeps it, so only `all` and
+    `fewest`), else the configured one."""
+    shortcuts = len(identity_blocks(model))
+    if not shortcuts:
+        return [configured]
+    return ["all", "half", "fewest"] if shortcuts > 1 else ["all", "fewest"]
+
+
+def identity_blocks(model: keras.Model) -> dict[str, str]:
+    """{Add layer: its shortcut} for each residual block out = x + f(x), in graph order: an Add
+    of two inputs one of which (x, the shortcut) feeds the other. Adds that make the model's
+    outputs are not among them (the interface stays the teacher's)."""
+    if isinstance(model, keras.Sequential):
+        return {}
+    inbound = inbound_layers(model)
+    outputs = {tensor.node.layer.name for tensor in model.outputs}
+    found = {}
+    for layer in model.layers:
+        before = inbound[layer.name]
+        if isinstance(layer, keras.layers.Add) and len(before) == 2 and layer.name not in outputs:
+            for shortcut, branch in (before, before[::-1]):
+                if shortcut in _ancestors(branch, inbound):
+                    found[layer.name] = shortcut
+                    break
+    return found
+
+
+def left_out_blocks(model: keras.Model, blocks: StudentBlocks) -> dict[str, str]:
+    """The identity blocks (`identity_blocks`) a student with distill.blocks `blocks` leaves out:
+    none, every other one (the second, fourth, ...) or all."""
+    found = identity_blocks(model)
+    chosen = {"all": [], "half": list(found)[1::2], "fewest": list(found)}[blocks]
+    return {add: found[add] for add in chosen}
+
+
+def without_blocks(model: keras.Model, blocks: StudentBlocks) -> keras.Model:
+    """`model` without the residual blocks `blocks` leaves out (`left_out_blocks`): each such Add
+    reads as its shortcut, and the layers only its branch used are gone. The other layers keep
+    their names and weights. `model` itself when nothing is left out."""
+    left_out = left_out_blocks(model, blocks)
+    if not left_out:
+        return model
+
+    def kept(name: str) -> str:
+        while name in left_out:  # a left-out block's shortcut may be another left-out block
+            name = left_out[name]
+        return name
+
+    config = model.get_config()
+    for spec in config["layers"]:
+        for entry in inbound_entries(spec):
+            entry[0] = kept(entry[0])
+    specs = {spec["name"]: spec for spec in config["layers"]}
+    used: set[str] = set()
+    reached = [name for name, *_ in config["output_layers"]]
+    while reached:
+        name = reached.pop()
+        if name not in used:
+            used.add(name)
+            reached += [entry[0] for entry in inbound_entries(specs[name])]
+    config["layers"] = [spec for spec in config["layers"] if spec["name"] in used]
+    shallower = keras.Model.from_config(config)
+    for layer in shallower.layers:
+        layer.set_weights(model.get_layer(layer.name).get_weights())
+    return shallower
+
+
 def student_changes(cfg: DistillConfig, teacher: Path) -> str | None:
     """What the distill stage's derived student changed in the `teacher` file's architecture, in
     words; None when it derived none (distill off, a student file, width 1.0: the sparse model)
     or changed nothing."""
     if not cfg.enabled or cfg.student or cfg.width == 1.0:
         return None
-    return describe_rewrites(read_model(teacher), cfg.activations)
+    return describe_rewrites(read_model(teacher), cfg.activations, cfg.blocks)
 
 
-def describe_rewrites(model: keras.Model, activations: StudentActivations) -> str | None:
-    """`3 squeezes pooled with keepdims, 5 swish/GELU activations as ReLU`: what a student derived
-    from `model` changes (None: nothing)."""
-    rewrites = list(friendly_rewrites(model, activations).values())
+def describe_rewrites(model: keras.Model, activations: StudentActivations,
+                      blocks: StudentBlocks = "all") -> str | None:
+    """`5 of 10 identity-shortcut residual blocks left out, 3 squeezes pooled with keepdims, 5
+    swish/GELU activations as ReLU`: what a student derived from `model` changes (None:
+    nothing)."""
+    left_out = len(left_out_blocks(model, blocks))
+    rewrites = list(friendly_rewrites(without_blocks(model, blocks), activations).values())
     counts = [("squeeze", "pooled with keepdims", rewrites.count(_keep_dims)),
               ("swish/GELU activation", "as ReLU", rewrites.count(_relu))]
-    return ", ".join(f"{n} {noun}{'s' * (n > 1)} {how}" for noun, how, n in counts if n) or None
+    changes = [f"{n} {noun}{'s' * (n > 1)} {how}" for noun, how, n in counts if n]
+    if left_out:
+        changes.insert(0, f"{left_out} of {len(identity_blocks(model))} identity-shortcut "
+                          "residual blocks left out")
+    return ", ".join(changes) or None
 
 
 def squeezes(model: keras.Model) -> dict[str, str]:
@@ -104,3 +191,16 @@ def _identity(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
 
 def _relu(layer: keras.layers.Layer, config: dict) -> keras.layers.Layer:
     return type(layer).from_config(config | {"activation": "relu"})
+
+
+def _ancestors(name: str, inbound: dict[str, list[str]]) -> set[str]:
+    """The layers whose outputs reach `name`'s."""
+    found: set[str] = set()
+    reached = list(inbound.get(name, []))
+    while reached:
+        before = reached.pop()
+        if before not in found:
+            found.add(before)
+            reached += inbound.get(before, [])
+    return found
+

@@ -153,9 +153,10 @@ def check_runs(tflite: bytes, mode: str, sample: np.ndarray) -> None:
 
 
 def _cannot_run(mode: str, exc: Exception) -> InputError:
+    others = " or ".join(other for other in ("int8", "dynamic", "float16") if other != mode)
     return InputError(
         f"quantize.mode {mode}: LiteRT cannot run this model in that mode "
-        f"({str(exc).strip().splitlines()[0]}); use quantize.mode int8, dynamic or float16, "
+        f"({str(exc).strip().splitlines()[0]}); use quantize.mode {others}, "
         "or change the layer it names"
     )
 

@@ -23,7 +23,7 @@ from tasks.distill import (
     narrowest_within,
 )
 from tasks.errors import InputError
-from tasks.friendly import student_changes
+from tasks.friendly import block_choices, identity_blocks, student_changes
 from tasks.gate import decide_rule
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity, write_model
@@ -156,8 +156,8 @@ def tflite_ops(tflite: bytes) -> Counter:
 
 @pytest.mark.parametrize("mode", ["int8", "int16x8", "dynamic", "float16"])
 def test_a_friendly_student_converts_in_every_mode_to_the_intended_ops(digits, mode):
-    """Squeezes without the runtime reshape; with `relu`, swish fused away (a LOGISTIC and a MUL
-    each), the sigmoid gate and the softmax output kept."""
+    """Squeezes without the runtime reshape; with `relu`, the conv's swish fused away (a LOGISTIC
+    and a MUL), the gate's bottleneck swish, sigmoid and the softmax output kept."""
     teacher = squeeze_excite_model()
     calibration = digits.val.read(slice(8))
     as_is = tflite_ops(convert_to_tflite(teacher, mode, calibration))
@@ -168,8 +168,8 @@ def test_a_friendly_student_converts_in_every_mode_to_the_intended_ops(digits, m
     assert kept["LOGISTIC"] == 3  # swish in conv and se_reduce, the sigmoid gate
     relu = tflite_ops(convert_to_tflite(derive_student(teacher, 0.5, "teacher", "relu"), mode,
                                         calibration))
-    assert relu["LOGISTIC"] == 1 and relu["SOFTMAX"] == 1
-    assert relu["MUL"] == kept["MUL"] - 2  # the gate's multiply stays
+    assert relu["LOGISTIC"] == 2 and relu["SOFTMAX"] == 1
+    assert relu["MUL"] == kept["MUL"] - 1  # the gate's multiply stays
 
 
 def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
@@ -186,6 +186,61 @@ def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
     assert student.output_shape == swish_out.output_shape
 
 
+def resnet_model(output_add: bool = False) -> keras.Model:
+    """ResNet in small: a stem, three blocks with identity shortcuts, one that halves the
+    resolution with a projection shortcut; with `output_add`, a last Add of x + tanh(x) makes
+    the output."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    for block in (1, 2, 3):
+        branch = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                                     name=f"b{block}_1")(x)
+        branch = keras.layers.Conv2D(8, 3, padding="same", name=f"b{block}_2")(branch)
+        x = keras.layers.Add(name=f"b{block}_add")([x, branch])
+    branch = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="down_1")(x)
+    shortcut = keras.layers.Conv2D(16, 1, strides=2, name="down_shortcut")(x)
+    x = keras.layers.Add(name="down_add")([shortcut, branch])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(10, name="logits")(x)
+    if output_add:
+        x = keras.layers.Add(name="out")([x, keras.layers.Activation("tanh", name="tanh")(x)])
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8", "dynamic", "float16"])
+def test_a_student_without_residual_blocks_converts_in_every_mode_to_the_intended_ops(
+        digits, mode):
+    """`half` leaves out the second of three identity blocks, `fewest` all three; the block
+    that changes shape stays: its projection is no identity shortcut."""
+    teacher = resnet_model()
+    assert block_choices(teacher, "all") == ["all", "half", "fewest"]
+    calibration = digits.val.read(slice(8))
+    ops = {blocks: tflite_ops(convert_to_tflite(derive_student(teacher, 0.5, "teacher",
+                                                               blocks=blocks), mode, calibration))
+           for blocks in ("all", "half", "fewest")}
+    assert [ops[blocks]["ADD"] for blocks in ops] == [4, 3, 1]
+    assert [ops[blocks]["CONV_2D"] for blocks in ops] == [9, 7, 3]
+
+
+def test_left_out_blocks_keep_the_other_layers_teacher_weights_and_the_interface():
+    """At width 1.0 with teacher init every kept layer has the teacher's weights; an Add that
+    makes the model's output is no block to leave out."""
+    teacher = resnet_model(output_add=True)
+    student = derive_student(teacher, 1.0, "teacher", blocks="half")
+    assert "b2_1" not in {layer.name for layer in student.layers}
+    for layer in student.layers:
+        for ours, theirs in zip(layer.get_weights(), teacher.get_layer(layer.name).get_weights(),
+                                strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    assert list(identity_blocks(teacher)) == ["b1_add", "b2_add", "b3_add"]
+    fewest = derive_student(teacher, 0.5, "teacher", blocks="fewest")
+    assert fewest.get_layer("out").input_shape == teacher.get_layer("out").input_shape
+    assert (fewest.input_shape, fewest.output_shape) == (teacher.input_shape, teacher.output_shape)
+    # without identity shortcuts there is nothing to search
+    assert block_choices(squeeze_excite_model(), "half") == ["half"]
+
+
 def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
     """The words the summary and the model card show."""
     write_model(squeeze_excite_model(), tmp_path / "teacher.h5")
@@ -193,7 +248,10 @@ def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
                                           tmp_path / "teacher.h5")
              for activations in ("keep", "relu")}
     assert named == {"keep": "1 squeeze pooled with keepdims",
-                     "relu": "1 squeeze pooled with keepdims, 2 swish/GELU activations as ReLU"}
+                     "relu": "1 squeeze pooled with keepdims, 1 swish/GELU activation as ReLU"}
+    write_model(resnet_model(), tmp_path / "residual.h5")
+    assert (student_changes(DistillConfig(width=0.5, blocks="half"), tmp_path / "residual.h5")
+            == "1 of 3 identity-shortcut residual blocks left out")
     # width 1.0 derives no student: the sparsified teacher itself
     assert student_changes(DistillConfig(width=1.0), tmp_path / "teacher.h5") is None
 
