@@ -13,7 +13,14 @@ from ai_edge_litert.interpreter import Interpreter
 
 from flows.workspace.params import load_params
 from tasks.channels import gate_layers, teacher_widths, width_key
-from tasks.config import DistillConfig, GateConfig, ModelConfig, SparsifyConfig
+from tasks.config import (
+    DistillConfig,
+    GateConfig,
+    ModelConfig,
+    Params,
+    SearchConfig,
+    SparsifyConfig,
+)
 from tasks.distill import (
     DistillationLoss,
     cannot_narrow,
@@ -28,6 +35,7 @@ from tasks.gate import decide_rule
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity, write_model
 from tasks.quantize import convert_to_tflite
+from tasks.search import search_space
 from tasks.views import check_augment, consistent_views
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -214,7 +222,8 @@ def test_a_student_without_residual_blocks_converts_in_every_mode_to_the_intende
     """`half` leaves out the second of three identity blocks, `fewest` all three; the block
     that changes shape stays: its projection is no identity shortcut."""
     teacher = resnet_model()
-    assert block_choices(teacher, "all") == ["all", "half", "fewest"]
+    space = search_space(SearchConfig(), Params(), teacher)
+    assert space["distill.blocks"] == ["all", "half", "fewest"]
     calibration = digits.val.read(slice(8))
     ops = {blocks: tflite_ops(convert_to_tflite(derive_student(teacher, 0.5, "teacher",
                                                                blocks=blocks), mode, calibration))
