@@ -81,7 +81,11 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
     channels (-1), a second fixes them. -1 alone leaves them unknown in the traced graph (its
     batch is dynamic), and the TFLite converter refuses the Conv2D after it as a flex op.
     """
-    source = without_blocks(source, blocks)
+    try:
+        source = without_blocks(source, blocks)
+    except Exception as exc:  # a layer whose config does not rebuild without the blocks
+        raise InputError(f"distill.blocks {blocks}: cannot leave out {source.name}'s residual "
+                         f"blocks ({exc}); use distill.blocks: all") from exc
     output = output_layer(source)
     rewrites = friendly_rewrites(source, activations)
     reshapes = {layer.name: None for layer in source.layers

@@ -203,4 +203,3 @@ def _ancestors(name: str, inbound: dict[str, list[str]]) -> set[str]:
             found.add(before)
             reached += inbound.get(before, [])
     return found
-
