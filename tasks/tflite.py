@@ -9,13 +9,14 @@ import nothing here but numpy, ai_edge_litert and the standard library.
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from ai_edge_litert.tools import flatbuffer_utils
 
 BATCH = 256
@@ -24,6 +25,8 @@ BATCH = 256
 STORED_TYPES = {0: ("float", np.float32), 1: ("float16", np.float16), 3: ("uint8", np.uint8),
                 7: ("int16", np.int16), 9: ("int8", np.int8), 17: ("int4", np.uint8)}
 INT4 = 17
+XNNPACK_REFUSED = "TfLiteXNNPackDelegate"  # in LiteRT's error when XNNPACK cannot take a graph
+log = logging.getLogger(__name__)
 
 
 class TFLiteClassifier:
@@ -34,11 +37,17 @@ class TFLiteClassifier:
     batches of that size. Gotcha: TFLite's fused LSTM/RNN ops keep their state in variable
     tensors that carry over to the next invoke (each sample would start from the previous one's
     final state); every batch starts from zeros here, as Keras does.
+
+    `kernels` says what runs the model: `XNNPACK` (LiteRT's default delegate), or LiteRT's
+    `built-in` kernels where XNNPACK refuses the graph, as it does an int8 tensor whose scale is
+    out of its range: a narrow ReLU layer that is zero on every calibration sample gets a scale
+    of ~1e-8 (measured: ResNet50's student at width 0.0625, EfficientNetB0's SE bottleneck).
     """
 
     def __init__(self, model: bytes, num_threads: int = 1):
         self.model = model
         self.num_threads = num_threads
+        self.kernels = "XNNPACK"
         probe = self._interpreter()
         self.input = probe.get_input_details()[0]
         self.output = probe.get_output_details()[0]
@@ -46,7 +55,22 @@ class TFLiteClassifier:
         self.batch = int(self.input["shape"][0]) if self.static_batch else BATCH
 
     def _interpreter(self, batch: int | None = None) -> Interpreter:
-        interpreter = Interpreter(model_content=self.model, num_threads=self.num_threads)
+        if self.kernels == "XNNPACK":
+            try:
+                return self._allocated(batch, OpResolverType.AUTO)
+            except RuntimeError as exc:
+                if XNNPACK_REFUSED not in str(exc):
+                    raise
+                log.warning("XNNPACK cannot run this model (%s): it runs on LiteRT's built-in "
+                            "kernels, slower; a tensor's int8 scale is likely out of XNNPACK's "
+                            "range (a layer that is zero on every calibration sample)",
+                            str(exc).strip().splitlines()[0])
+                self.kernels = "built-in"
+        return self._allocated(batch, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+    def _allocated(self, batch: int | None, resolver: OpResolverType) -> Interpreter:
+        interpreter = Interpreter(model_content=self.model, num_threads=self.num_threads,
+                                  experimental_op_resolver_type=resolver)
         shape = interpreter.get_input_details()[0]["shape"].copy()
         if batch is not None and batch != shape[0]:
             shape[0] = batch

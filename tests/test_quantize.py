@@ -15,6 +15,7 @@ from tasks.mixed import quantizable_ops, validation_accuracy
 from tasks.models import write_model
 from tasks.quantize import (
     calibration_samples,
+    check_quantizable,
     convert_to_tflite,
     quantize_model,
     run_quantize,
@@ -149,3 +150,24 @@ def test_a_model_without_recurrent_layers_gets_the_full_integer_conversion(train
     quantized = quantize_model(trained_cnn, QuantizeConfig(), calibration, digits.val)
     assert quantized.mode == "int8"
     assert quantized.tflite == convert_to_tflite(trained_cnn, "int8", calibration)
+
+
+def test_a_graph_xnnpack_refuses_runs_on_the_built_in_kernels(digits, caplog):
+    """A ReLU layer zero on every calibration sample gets an int8 scale of ~1e-8, out of
+    XNNPACK's range (as a narrow student's dead layer): the model still runs, and says on what."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(digits.input_shape)
+    features = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    dead = keras.layers.Conv2D(4, 3, activation="relu",
+                               bias_initializer=keras.initializers.Constant(-100.0))(features)
+    head = keras.layers.Dense(10, activation="softmax")
+    model = keras.Model(inputs, head(keras.layers.Flatten()(dead)))
+    samples = digits.val.read(slice(16))
+    check_quantizable(model, QuantizeConfig(mode="int8"), samples)  # not refused
+    classifier = TFLiteClassifier(convert_to_tflite(model, "int8", samples))
+    assert classifier.kernels == "built-in" and "XNNPACK cannot run this model" in caplog.text
+    assert classifier.predict(samples).shape == (16, 10)
+    healthy = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(features)))
+    assert TFLiteClassifier(convert_to_tflite(healthy, "int8", samples)).kernels == "XNNPACK"
