@@ -96,7 +96,8 @@ def compress(params: Params = Params(), workdir: str = ".",
                                                   run.info.run_id)
                 stages, before = run_stages(params, root)
                 ws = Workspace(root)
-                student = student_changes(chosen_params(params, ws).distill, ws.teacher)
+                student = student_changes(chosen_params(params, ws).distill, ws.teacher,
+                                          ws.student)
                 metrics, changes, gated = record_run(params, root, name, before, student)
         runs_url = mlflow_url(params.tracking, run.info.experiment_id)
         publish_results(params, ws, metrics, gated, run, runs_url)

@@ -73,7 +73,7 @@ def check_inputs(params: Params) -> None:
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
     from tasks.data import check_certifiable
-    from tasks.distill import check_student, derive_student, student_widths
+    from tasks.distill import check_student, smallest_student
     from tasks.evaluate import warn_if_oversubscribed
     from tasks.load import open_inputs, warn_if_scaled_twice
     from tasks.models import read_model
@@ -96,10 +96,8 @@ def check_inputs(params: Params) -> None:
         if params.distill.student:
             student = read_model(params.distill.student, "distill.student", params.model.trust_code)
             check_student(student, inputs.teacher)
-        elif params.distill.width != 1.0:  # the narrowest it may derive
-            narrowest = student_widths(inputs.teacher, params.distill.width)[-1]
-            student = derive_student(inputs.teacher, narrowest, params.distill.init,
-                                     params.distill.activations, params.distill.blocks)
+        elif params.distill.width != 1.0:
+            student = smallest_student(inputs.teacher, params.distill)
         if params.sparsify.enabled:  # distill prunes the student too (2:4: its own input sizes)
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:

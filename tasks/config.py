@@ -65,7 +65,7 @@ Confidence = Annotated[float, Field(gt=0, lt=1)]  # of a one-sided bound: 0.95 =
 PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 StudentActivations = Literal["keep", "relu"]
-StudentBlocks = Literal["all", "half", "fewest"]
+StudentBlocks = Literal["auto", "all", "half", "fewest"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
 
 
@@ -253,11 +253,12 @@ class DistillConfig(Training):
         "the layers that make the outputs keep theirs).",
     )
     blocks: StudentBlocks = Field(
-        "all",
+        "auto",
         description="A derived student's residual blocks: `all` the teacher's | `half`: every "
         "other block whose shortcut is the identity is left out (its input passes on) | "
         "`fewest`: every such block is left out; blocks that change shape always stay "
-        "(tasks/friendly.py).",
+        "(tasks/friendly.py) | `auto`: with distill.width `auto`, the smallest student likely to "
+        "pass the gate among each width with each of the three, else `all`.",
     )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
@@ -388,7 +389,7 @@ class SearchConfig(Section):
     )
     blocks: list[StudentBlocks] | None = Field(
         None, description="distill.blocks to try; none = `all`, `half` and `fewest` where the "
-        "teacher has residual blocks with identity shortcuts, else distill.blocks only.",
+        "teacher has residual blocks with identity shortcuts, else `all`.",
     )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "

@@ -37,7 +37,7 @@ from tasks.config import (
 from tasks.errors import InputError
 from tasks.evaluate import predicted_classes
 from tasks.fidelity import fidelity
-from tasks.friendly import friendly_rewrites, without_blocks
+from tasks.friendly import block_choices, friendly_rewrites, without_blocks
 from tasks.gate import RuleChoice, rule_for
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
@@ -122,10 +122,36 @@ def keeps_channels_last(layer: keras.layers.Layer) -> bool:
             and layer.target_shape[-1] == layer.input_shape[-1])
 
 
-def student_widths(teacher: keras.Model, width: float | str) -> list[float]:
-    """The widths distill.width asks for, widest first: itself, or for `auto` the teacher's
-    (tasks/channels.py `teacher_widths`)."""
-    return teacher_widths(teacher, "distill.width") if width == "auto" else [width]
+# A student distill.width `auto` may derive: its width and distill.blocks
+Rung = tuple[float, StudentBlocks]
+
+
+def student_ladder(teacher: keras.Model, cfg: DistillConfig) -> list[Rung]:
+    """distill.width `auto`'s students, largest first by parameters: each of the teacher's widths
+    (tasks/channels.py `teacher_widths`) with distill.blocks, or for `auto` with each choice that
+    derives a different student (tasks/friendly.py `block_choices`). A narrower student with
+    more blocks may be larger than a wider one with fewer (ResNet50: width 0.5 without its
+    identity blocks, 2.0 M parameters, sits between 0.354 and 0.25 with them)."""
+    ladder = _rungs(teacher, cfg)
+    if len({blocks for _, blocks in ladder}) == 1:
+        return ladder
+    return sorted(ladder, key=lambda rung: -derive_student(
+        teacher, rung[0], "random", cfg.activations, rung[1]).count_params())
+
+
+def smallest_student(teacher: keras.Model, cfg: DistillConfig) -> keras.Model:
+    """The smallest student distill derives from `teacher` (untrained), for the pre-flight
+    checks: distill.width, or for `auto` the ladder's last."""
+    width, blocks = _rungs(teacher, cfg)[-1] if cfg.width == "auto" else (cfg.width, cfg.blocks)
+    return derive_student(teacher, width, cfg.init, cfg.activations, blocks)
+
+
+def _rungs(teacher: keras.Model, cfg: DistillConfig) -> list[Rung]:
+    """`student_ladder`'s rungs, widest first, most blocks first within a width: the last is
+    the smallest."""
+    blocks = block_choices(teacher) if cfg.blocks == "auto" else [cfg.blocks]
+    return [(width, choice) for width in teacher_widths(teacher, "distill.width")
+            for choice in blocks]
 
 
 def check_student(student: keras.Model, teacher: keras.Model) -> None:
@@ -246,7 +272,7 @@ def fit_to_teacher(
 
 @dataclass(frozen=True)
 class Probe:
-    """One width `auto` tried: its student's paired drop vs the teacher on validation, its chance
+    """One rung width `auto` tried: its student's paired drop vs the teacher on validation, its chance
     to pass the gate and the epochs it trained (fewer when it stopped as hopeless)."""
 
     drop: PairedDrop
@@ -269,28 +295,29 @@ class StopHopeless(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def narrowest_likely(
+def smallest_likely(
     teacher: keras.Model, data: Dataset, cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
     gate: GateConfig, seed: int,
-) -> tuple[float, keras.Model, dict[float, Probe]]:
-    """distill.width `auto`: the narrowest of the teacher's widths whose distilled student is
-    likely to pass the gate: its chance of passing the gate's rule on the test split, from its
+) -> tuple[Rung, keras.Model, dict[Rung, Probe]]:
+    """distill.width `auto`: the smallest student of the ladder (`student_ladder`: the teacher's
+    widths, with distill.blocks `auto` each with each choice of blocks) that is likely to pass
+    the gate: its chance of passing the gate's rule on the test split, from its
     paired counts vs the teacher on the validation split, at least CONFIRMED (tasks/power.py: the
     search's final choice needs as much; measured on digits, LIKELY let the bisection's last
     probes, each as close to the teacher on 144 samples, narrow to a student 1.1 pt worse on
     test). With data.unlabeled, a probe's disagreement with the teacher on the pool's choose part
     counts too: its chance is the greater of the two. Each probe is a distillation, stopped once
-    hopeless (`StopHopeless`) but for the widest: it is the one kept when none is likely. Returns
-    the width, its student and every probe."""
-    widths = teacher_widths(teacher, "distill.width")
+    hopeless (`StopHopeless`) but for the largest: it is the one kept when none is likely.
+    Returns the rung, its student and every probe."""
+    ladder = student_ladder(teacher, cfg)
     rule = rule_for(gate, data)
     if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
-        widths = widths[:1]
+        ladder = ladder[:1]
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.val.labels
     teacher_choice = chosen_classes(teacher, data)
-    students: dict[float, keras.Model] = {}
-    probes: dict[float, Probe] = {}
+    students: dict[Rung, keras.Model] = {}
+    probes: dict[Rung, Probe] = {}
 
     def measure(student: keras.Model) -> tuple[PairedDrop, float, str]:
         right = logits(student, data.val).argmax(axis=-1) == data.val.labels
@@ -302,26 +329,34 @@ def narrowest_likely(
             found += f"; choose part: {agree.describe()}"
         return drop, chance, found
 
-    def likely(width: float) -> bool:
+    def likely(rung: Rung) -> bool:
         seed_everything(seed)
-        student = derive_student(teacher, width, cfg.init, cfg.activations, cfg.blocks)
+        student = derive_student(teacher, rung[0], cfg.init, cfg.activations, rung[1])
         stop = StopHopeless(lambda model: measure(model)[1], cfg.epochs)
-        student = students[width] = distill(teacher, student, data, cfg, sparsify_cfg, targets,
-                                            [stop] if width != widths[0] else [])
+        student = students[rung] = distill(teacher, student, data, cfg, sparsify_cfg, targets,
+                                           [stop] if rung != ladder[0] else [])
         drop, chance, found = measure(student)
         epochs = stop.epochs or cfg.epochs
-        probes[width] = Probe(drop, chance, epochs)
+        probes[rung] = Probe(drop, chance, epochs)
         hopeless = epochs < cfg.epochs
-        log.info("distill.width auto: %g %s (chance %.2f to pass the gate%s): validation %s",
-                 width, "likely" if chance >= CONFIRMED and not hopeless else "unlikely", chance,
+        log.info("distill.width auto: %s %s (chance %.2f to pass the gate%s): validation %s",
+                 _named(rung), "likely" if chance >= CONFIRMED and not hopeless else "unlikely",
+                 chance,
                  f", hopeless: stopped after {epochs} of {cfg.epochs} epochs" if hopeless else "",
                  found)
         return chance >= CONFIRMED and not hopeless
 
-    width = narrowest_within(widths, likely)
-    log.info("distill.width auto: %g, %d probes trained %d of %d epochs", width, len(probes),
-             sum(probe.epochs for probe in probes.values()), len(probes) * cfg.epochs)
-    return width, students[width], probes
+    rung = smallest_within(ladder, likely)
+    log.info("distill.width auto: %s, %d probes trained %d of %d epochs", _named(rung),
+             len(probes), sum(probe.epochs for probe in probes.values()),
+             len(probes) * cfg.epochs)
+    return rung, students[rung], probes
+
+
+def _named(rung: Rung) -> str:
+    """`0.25` or, when it leaves blocks out, `0.25 blocks fewest`."""
+    width, blocks = rung
+    return f"{width:g}" if blocks in ("all", "auto") else f"{width:g} blocks {blocks}"
 
 
 def chosen_classes(model: keras.Model, data: Dataset) -> np.ndarray | None:
@@ -343,15 +378,15 @@ def cannot_narrow(rule: RuleChoice, validation_samples: int, choose_inputs: int 
     return True
 
 
-def narrowest_within(widths: list[float], within: Callable[[float], bool]) -> float:
-    """The last of `widths` (widest first) that is `within`, by bisection: assumes a wider
-    student is never worse, and asks about log2(len(widths)) + 1 widths. None is: the widest
+def smallest_within(ladder: list[Rung], within: Callable[[Rung], bool]) -> Rung:
+    """The last of `ladder` (largest first) that is `within`, by bisection: assumes a larger
+    student is never worse, and asks about log2(len(ladder)) + 1 rungs. None is: the first
     (always asked last then)."""
-    low, high, kept = 0, len(widths) - 1, widths[0]
+    low, high, kept = 0, len(ladder) - 1, ladder[0]
     while low <= high:
         middle = (low + high) // 2
-        if within(widths[middle]):
-            kept, low = widths[middle], middle + 1
+        if within(ladder[middle]):
+            kept, low = ladder[middle], middle + 1
         else:
             high = middle - 1
     return kept
@@ -378,7 +413,7 @@ def run_distill(
     seed_everything(seed)
     teacher, data = read_model(ws.teacher), Dataset.load(ws.data)
     if cfg.width == "auto" and not cfg.student:
-        width, student, probes = narrowest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
+        (width, _), student, probes = smallest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
         write_model(student, ws.student)
         return _student_metrics(student) | {
             "student_width": width, "width_probes": len(probes),

@@ -11,7 +11,8 @@ the model's outputs, so its interface is the teacher's.
 - `distill.activations: relu`: swish (SiLU) and GELU become ReLU, which int8 fuses into the
   convolution or dense layer before it (swish is a LOGISTIC and a MUL per use); not in
   squeeze-and-excitation bottlenecks. Not exact: the student learns with it.
-- `distill.blocks: half | fewest`: residual blocks whose shortcut is the identity (out = x + f(x))
+- `distill.blocks: half | fewest` (or `auto`, default: `distill.width: auto` tries each with
+  each width): residual blocks whose shortcut is the identity (out = x + f(x))
   are left out, every other one or all of them: x passes straight on, and so does the time of
   f's three or so layers, which on a narrow student is mostly per-op overhead. Blocks that change
   shape (a projection or no shortcut) stay, so the student keeps the teacher's resolutions and
@@ -66,13 +67,13 @@ def activation_choices(model: keras.Model, configured: StudentActivations,
     return ["keep", "relu"] if replaceable else [configured]
 
 
-def block_choices(model: keras.Model, configured: StudentBlocks) -> list[StudentBlocks]:
-    """The search's distill.blocks for `model`: `all`, `half` and `fewest` when it has blocks
-    with identity shortcuts to leave out (one such block: `half` keeps it, so only `all` and
-    `fewest`), else the configured one."""
+def block_choices(model: keras.Model) -> list[StudentBlocks]:
+    """The distill.blocks that derive different students from `model`, most blocks first: `all`,
+    `half` and `fewest` when it has blocks with identity shortcuts to leave out (one such block:
+    `half` keeps it, so only `all` and `fewest`), else `all`."""
     shortcuts = len(identity_blocks(model))
     if not shortcuts:
-        return [configured]
+        return ["all"]
     return ["all", "half", "fewest"] if shortcuts > 1 else ["all", "fewest"]
 
 
@@ -97,9 +98,10 @@ def identity_blocks(model: keras.Model) -> dict[str, str]:
 
 def left_out_blocks(model: keras.Model, blocks: StudentBlocks) -> dict[str, str]:
     """The identity blocks (`identity_blocks`) a student with distill.blocks `blocks` leaves out:
-    none, every other one (the second, fourth, ...) or all."""
+    none (`all`; `auto` too, but in distill.width `auto`'s ladder, which tries the others:
+    tasks/distill.py `student_ladder`), every other one (the second, fourth, ...) or all."""
     found = identity_blocks(model)
-    chosen = {"all": [], "half": list(found)[1::2], "fewest": list(found)}[blocks]
+    chosen = {"all": [], "auto": [], "half": list(found)[1::2], "fewest": list(found)}[blocks]
     return {add: found[add] for add in chosen}
 
 
@@ -135,27 +137,30 @@ def without_blocks(model: keras.Model, blocks: StudentBlocks) -> keras.Model:
     return shallower
 
 
-def student_changes(cfg: DistillConfig, teacher: Path) -> str | None:
-    """What the distill stage's derived student changed in the `teacher` file's architecture, in
-    words; None when it derived none (distill off, a student file, width 1.0: the sparse model)
-    or changed nothing."""
+def student_changes(cfg: DistillConfig, teacher: Path, student: Path) -> str | None:
+    """What the distill stage's `student` file, derived from the `teacher` file, changed in its
+    architecture, in words; None when it derived none (distill off, a student file, width 1.0:
+    the sparse model) or changed nothing."""
     if not cfg.enabled or cfg.student or cfg.width == 1.0:
         return None
-    return describe_rewrites(read_model(teacher), cfg.activations, cfg.blocks)
+    return describe_rewrites(read_model(teacher), read_model(student), cfg.activations)
 
 
-def describe_rewrites(model: keras.Model, activations: StudentActivations,
-                      blocks: StudentBlocks = "all") -> str | None:
+def describe_rewrites(teacher: keras.Model, student: keras.Model,
+                      activations: StudentActivations) -> str | None:
     """`5 of 10 identity-shortcut residual blocks left out, 3 squeezes pooled with keepdims, 5
-    swish/GELU activations as ReLU`: what a student derived from `model` changes (None:
-    nothing)."""
-    left_out = len(left_out_blocks(model, blocks))
-    rewrites = list(friendly_rewrites(without_blocks(model, blocks), activations).values())
+    swish/GELU activations as ReLU`: what `student`, derived from `teacher` with `activations`,
+    changes (None: nothing). Read from the student's layers (they keep the teacher's names), so
+    it names what distill.blocks `auto` chose."""
+    kept = {layer.name for layer in student.layers}
+    left_out = sum(add not in kept for add in identity_blocks(teacher))
+    rewrites = [rewrite for name, rewrite in friendly_rewrites(teacher, activations).items()
+                if name in kept]
     counts = [("squeeze", "pooled with keepdims", rewrites.count(_keep_dims)),
               ("swish/GELU activation", "as ReLU", rewrites.count(_relu))]
     changes = [f"{n} {noun}{'s' * (n > 1)} {how}" for noun, how, n in counts if n]
     if left_out:
-        changes.insert(0, f"{left_out} of {len(identity_blocks(model))} identity-shortcut "
+        changes.insert(0, f"{left_out} of {len(identity_blocks(teacher))} identity-shortcut "
                           "residual blocks left out")
     return ", ".join(changes) or None
 

@@ -132,7 +132,7 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
         "distill.temperature": cfg.temperatures or [params.distill.temperature],
         "distill.activations": cfg.activations or activation_choices(
             teacher, params.distill.activations),
-        "distill.blocks": cfg.blocks or block_choices(teacher, params.distill.blocks),
+        "distill.blocks": cfg.blocks or block_choices(teacher),
     }
 
 

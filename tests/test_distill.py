@@ -20,14 +20,17 @@ from tasks.config import (
     Params,
     SearchConfig,
     SparsifyConfig,
+    StudentBlocks,
 )
 from tasks.distill import (
     DistillationLoss,
+    Rung,
     cannot_narrow,
     derive_student,
     distill,
-    narrowest_likely,
-    narrowest_within,
+    smallest_likely,
+    smallest_within,
+    student_ladder,
 )
 from tasks.errors import InputError
 from tasks.friendly import block_choices, identity_blocks, student_changes
@@ -194,20 +197,20 @@ def test_replaced_activations_keep_the_teachers_weights_and_interface(digits):
     assert student.output_shape == swish_out.output_shape
 
 
-def resnet_model(output_add: bool = False) -> keras.Model:
+def resnet_model(output_add: bool = False, channels: int = 8) -> keras.Model:
     """ResNet in small: a stem, three blocks with identity shortcuts, one that halves the
     resolution with a projection shortcut; with `output_add`, a last Add of x + tanh(x) makes
     the output."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stem")(inputs)
     for block in (1, 2, 3):
-        branch = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+        branch = keras.layers.Conv2D(channels, 3, padding="same", activation="relu",
                                      name=f"b{block}_1")(x)
-        branch = keras.layers.Conv2D(8, 3, padding="same", name=f"b{block}_2")(branch)
+        branch = keras.layers.Conv2D(channels, 3, padding="same", name=f"b{block}_2")(branch)
         x = keras.layers.Add(name=f"b{block}_add")([x, branch])
-    branch = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="down_1")(x)
-    shortcut = keras.layers.Conv2D(16, 1, strides=2, name="down_shortcut")(x)
+    branch = keras.layers.Conv2D(2 * channels, 3, strides=2, padding="same", name="down_1")(x)
+    shortcut = keras.layers.Conv2D(2 * channels, 1, strides=2, name="down_shortcut")(x)
     x = keras.layers.Add(name="down_add")([shortcut, branch])
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(10, name="logits")(x)
@@ -247,22 +250,28 @@ def test_left_out_blocks_keep_the_other_layers_teacher_weights_and_the_interface
     assert fewest.get_layer("out").input_shape == teacher.get_layer("out").input_shape
     assert (fewest.input_shape, fewest.output_shape) == (teacher.input_shape, teacher.output_shape)
     # without identity shortcuts there is nothing to search
-    assert block_choices(squeeze_excite_model(), "half") == ["half"]
+    assert block_choices(squeeze_excite_model()) == ["all"]
 
 
 def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
     """The words the summary and the model card show."""
-    write_model(squeeze_excite_model(), tmp_path / "teacher.h5")
-    named = {activations: student_changes(DistillConfig(width=0.5, activations=activations),
-                                          tmp_path / "teacher.h5")
+    def changes(teacher: keras.Model, cfg: DistillConfig, width: float = 0.5,
+                blocks: StudentBlocks = "all") -> str | None:
+        write_model(teacher, tmp_path / "teacher.h5")
+        student = derive_student(teacher, width, "random", cfg.activations, blocks)
+        write_model(student, tmp_path / "student.h5")
+        return student_changes(cfg, tmp_path / "teacher.h5", tmp_path / "student.h5")
+
+    named = {activations: changes(squeeze_excite_model(), DistillConfig(activations=activations))
              for activations in ("keep", "relu")}
     assert named == {"keep": "1 squeeze pooled with keepdims",
                      "relu": "1 squeeze pooled with keepdims, 1 swish/GELU activation as ReLU"}
-    write_model(resnet_model(), tmp_path / "residual.h5")
-    assert (student_changes(DistillConfig(width=0.5, blocks="half"), tmp_path / "residual.h5")
+    # read from the student: what distill.blocks auto chose
+    assert (changes(resnet_model(), DistillConfig(), blocks="half")
             == "1 of 3 identity-shortcut residual blocks left out")
+    assert changes(resnet_model(), DistillConfig(), blocks="fewest").startswith("3 of 3")
     # width 1.0 derives no student: the sparsified teacher itself
-    assert student_changes(DistillConfig(width=1.0), tmp_path / "teacher.h5") is None
+    assert changes(squeeze_excite_model(), DistillConfig(width=1.0), 1.0) is None
 
 
 def test_teacher_init_inherits_what_the_teacher_knows(digits, tiny_cnn):
@@ -314,20 +323,38 @@ def test_student_with_other_classes_is_refused(digits, trained_cnn):
         distill(trained_cnn, other, digits, DistillConfig(epochs=1), SparsifyConfig())
 
 
-@pytest.mark.parametrize(("smallest_within", "chosen", "asked"), [
+@pytest.mark.parametrize(("smallest", "chosen", "asked"), [
     (0.2, 0.25, [0.25, 0.177]),          # within down to 0.25: two of five asked
     (0.1, 0.125, [0.25, 0.177, 0.125]),  # all within: the narrowest
     (0.9, 0.5, [0.25, 0.5]),             # none within: the widest, asked last
 ])
-def test_auto_width_bisects_for_the_narrowest_within(smallest_within, chosen, asked):
-    widths, seen = [0.5, 0.354, 0.25, 0.177, 0.125], []
+def test_auto_width_bisects_for_the_smallest_within(smallest, chosen, asked):
+    ladder, seen = [(width, "all") for width in (0.5, 0.354, 0.25, 0.177, 0.125)], []
 
-    def within(width: float) -> bool:
-        seen.append(width)
-        return width >= smallest_within
+    def within(rung: Rung) -> bool:
+        seen.append(rung[0])
+        return rung[0] >= smallest
 
-    assert narrowest_within(widths, within) == chosen
+    assert smallest_within(ladder, within) == (chosen, "all")
     assert sorted(seen) == sorted(asked)
+
+
+def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_parameters(digits):
+    """ResNet in small at widths 0.5 and 0.354 (12 units: 0.25 would leave 3): the 0.5 student
+    without its three identity blocks is smaller than the 0.354 one with them all. With every
+    probe likely, the bisection keeps the last rung, derived without its blocks."""
+    teacher = train_teacher(resnet_model(channels=12), digits, ModelConfig(epochs=1))
+    ladder = student_ladder(teacher, DistillConfig())
+    assert ladder == [(0.5, "all"), (0.5, "half"), (0.354, "all"), (0.354, "half"),
+                      (0.5, "fewest"), (0.354, "fewest")]
+    assert student_ladder(teacher, DistillConfig(blocks="all")) == [(0.5, "all"), (0.354, "all")]
+    data = replace(digits, teacher_errors={"val": 3, "test": 3})
+    rung, student, probes = smallest_likely(
+        teacher, data, DistillConfig(epochs=1), SparsifyConfig(enabled=False),
+        GateConfig(max_accuracy_drop=1), seed=0)
+    assert rung == (0.354, "fewest") and list(probes) == [(0.354, "all"), (0.5, "fewest"),
+                                                           (0.354, "fewest")]
+    assert "b1_add" not in {layer.name for layer in student.layers}
 
 
 def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(digits):
@@ -337,17 +364,18 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
         keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    width, student, probes = narrowest_likely(
+    (width, _), student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
-    assert width == 0.25 and set(probes) == {0.354, 0.25}  # both pass a 100-point budget
+    assert width == 0.25 and {w for w, _ in probes} == {0.354, 0.25}  # both pass a 100-pt budget
     assert student.layers[0].filters == 4
     assert all(probe.drop.n == len(digits.val.labels) for probe in probes.values())
 
     # certified on 60 test samples, which cannot certify 1 point: the widest alone, warned
-    width, _, probes = narrowest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
-                                        GateConfig(require="certified"), seed=0)
-    assert width == 0.5 and set(probes) == {0.5}
+    (width, _), _, probes = smallest_likely(teacher, data, DistillConfig(epochs=1),
+                                            SparsifyConfig(), GateConfig(require="certified"),
+                                            seed=0)
+    assert width == 0.5 and list(probes) == [(0.5, "all")]
 
 
 def test_hopeless_probes_stop_after_a_third_of_their_epochs_but_the_widest(
@@ -360,11 +388,11 @@ def test_hopeless_probes_stop_after_a_third_of_their_epochs_but_the_widest(
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
     monkeypatch.setattr("tasks.distill.HOPELESS", 1.01)  # every chance is below it
     caplog.set_level(logging.INFO, logger="tasks")
-    width, _, probes = narrowest_likely(
+    (width, _), _, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=3), SparsifyConfig(enabled=False),
         GateConfig(max_accuracy_drop=1), seed=0)
     # bisection: 0.354 (stopped after 1 of 3 epochs: unlikely), then the widest, kept, all 3
-    assert width == 0.5 and {w: p.epochs for w, p in probes.items()} == {0.354: 1, 0.5: 3}
+    assert width == 0.5 and {w: p.epochs for (w, _), p in probes.items()} == {0.354: 1, 0.5: 3}
     assert "0.354 unlikely" in caplog.text and "stopped after 1 of 3 epochs" in caplog.text
     assert "2 probes trained 4 of 6 epochs" in caplog.text
 
