@@ -272,8 +272,8 @@ def fit_to_teacher(
 
 @dataclass(frozen=True)
 class Probe:
-    """One rung width `auto` tried: its student's paired drop vs the teacher on validation, its chance
-    to pass the gate and the epochs it trained (fewer when it stopped as hopeless)."""
+    """One rung width `auto` tried: its student's paired drop vs the teacher on validation, its
+    chance to pass the gate and the epochs it trained (fewer when it stopped as hopeless)."""
 
     drop: PairedDrop
     chance: float
@@ -339,12 +339,12 @@ def smallest_likely(
         epochs = stop.epochs or cfg.epochs
         probes[rung] = Probe(drop, chance, epochs)
         hopeless = epochs < cfg.epochs
+        verdict = "likely" if chance >= CONFIRMED and not hopeless else "unlikely"
         log.info("distill.width auto: %s %s (chance %.2f to pass the gate%s): validation %s",
-                 _named(rung), "likely" if chance >= CONFIRMED and not hopeless else "unlikely",
-                 chance,
+                 _named(rung), verdict, chance,
                  f", hopeless: stopped after {epochs} of {cfg.epochs} epochs" if hopeless else "",
                  found)
-        return chance >= CONFIRMED and not hopeless
+        return verdict == "likely"
 
     rung = smallest_within(ladder, likely)
     log.info("distill.width auto: %s, %d probes trained %d of %d epochs", _named(rung),
