@@ -39,6 +39,7 @@ class CandidateMetrics:
     latency_p90_us: float
     memory_bytes: float  # heap the runtime holds: arena, packed weights (TFLiteClassifier)
     blocks_2_4: float  # share of 4-weight blocks with >= 2 zeros: the `2:4` pattern kept
+    xnnpack: float  # 1.0: XNNPACK runs it; 0.0: XNNPACK refused it, LiteRT's built-in kernels do
     # latency_p50_us_4t, latency_p90_us_4t, ... for every count of evaluate.threads, where
     # measured (the evaluate stage and the bench; not search trials or the gate)
     per_thread_count: dict[str, float] = field(default_factory=dict)
@@ -128,6 +129,7 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
         "latency_p50_us": latency.p50_us,
         "latency_p90_us": latency.p90_us,
         "memory_bytes": classifier.memory_bytes(),
+        "xnnpack": float(classifier.kernels == "XNNPACK"),
     }
     for count in thread_counts:
         at = (latency if count == cfg.threads[0] else
@@ -196,6 +198,12 @@ def run_evaluate(
     for name, (tflite, params) in tflites.items():
         metrics, predicted[name] = measure_tflite(tflite, data, cfg, cfg.threads)
         candidates[name] = CandidateMetrics.of(params, metrics)
+    if not candidates["final"].xnnpack:
+        log.warning("XNNPACK refused the final model: it was measured on LiteRT's built-in "
+                    "kernels, slower (a device's XNNPACK likely refuses it too); a tensor's int8 "
+                    "scale is likely out of XNNPACK's range (a layer that is zero on every "
+                    "calibration sample): a wider student (distill.width) or another "
+                    "quantize.mode avoids it")
     right = {name: predicted[name] == data.test.labels for name in ("teacher", "final")}
     drop = paired_drop(right["teacher"], right["final"], confidence)
     sample = data.test.read(slice(1))[0]

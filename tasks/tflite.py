@@ -9,7 +9,6 @@ import nothing here but numpy, ai_edge_litert and the standard library.
 from __future__ import annotations
 
 import ctypes
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +25,6 @@ STORED_TYPES = {0: ("float", np.float32), 1: ("float16", np.float16), 3: ("uint8
                 7: ("int16", np.int16), 9: ("int8", np.int8), 17: ("int4", np.uint8)}
 INT4 = 17
 XNNPACK_REFUSED = "TfLiteXNNPackDelegate"  # in LiteRT's error when XNNPACK cannot take a graph
-log = logging.getLogger(__name__)
 
 
 class TFLiteClassifier:
@@ -61,10 +59,6 @@ class TFLiteClassifier:
             except RuntimeError as exc:
                 if XNNPACK_REFUSED not in str(exc):
                     raise
-                log.warning("XNNPACK cannot run this model (%s): it runs on LiteRT's built-in "
-                            "kernels, slower; a tensor's int8 scale is likely out of XNNPACK's "
-                            "range (a layer that is zero on every calibration sample)",
-                            str(exc).strip().splitlines()[0])
                 self.kernels = "built-in"
         return self._allocated(batch, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 

@@ -100,8 +100,8 @@ def test_thread_counts_above_the_machines_cores_are_warned_about(caplog):
 
 
 def test_summary_ratios():
-    teacher = CandidateMetrics(0.98, 1000, 0.0, 4000, 3600, 90.0, 99.0, 8000, 0.1)
-    final = CandidateMetrics(0.97, 100, 0.8, 400, 36, 3.0, 3.3, 800, 1.0)
+    teacher = CandidateMetrics(0.98, 1000, 0.0, 4000, 3600, 90.0, 99.0, 8000, 0.1, 1.0)
+    final = CandidateMetrics(0.97, 100, 0.8, 400, 36, 3.0, 3.3, 800, 1.0, 1.0)
     summary = summarize({"teacher": teacher, "final": final})
     assert summary["compression_ratio"] == pytest.approx(100.0)
     assert summary["speedup"] == pytest.approx(30.0)

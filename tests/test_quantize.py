@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
+from flows.record.report import summary_rows
 from tasks.artifacts import Workspace
 from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, SparsifyConfig
 from tasks.errors import InputError
-from tasks.evaluate import measure_tflite, weight_sparsity
+from tasks.evaluate import (
+    CandidateMetrics,
+    measure_tflite,
+    paired_summary,
+    summarize,
+    weight_sparsity,
+)
 from tasks.mixed import quantizable_ops, validation_accuracy
 from tasks.models import write_model
+from tasks.paired import paired_drop
 from tasks.quantize import (
     calibration_samples,
     check_quantizable,
@@ -152,9 +160,10 @@ def test_a_model_without_recurrent_layers_gets_the_full_integer_conversion(train
     assert quantized.tflite == convert_to_tflite(trained_cnn, "int8", calibration)
 
 
-def test_a_graph_xnnpack_refuses_runs_on_the_built_in_kernels(digits, caplog):
+def test_a_graph_xnnpack_refuses_runs_on_the_built_in_kernels(digits):
     """A ReLU layer zero on every calibration sample gets an int8 scale of ~1e-8, out of
-    XNNPACK's range (as a narrow student's dead layer): the model still runs, and says on what."""
+    XNNPACK's range (as a narrow student's dead layer): the model still runs, and the evaluator
+    and the summary say on what."""
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
@@ -166,8 +175,19 @@ def test_a_graph_xnnpack_refuses_runs_on_the_built_in_kernels(digits, caplog):
     model = keras.Model(inputs, head(keras.layers.Flatten()(dead)))
     samples = digits.val.read(slice(16))
     check_quantizable(model, QuantizeConfig(mode="int8"), samples)  # not refused
-    classifier = TFLiteClassifier(convert_to_tflite(model, "int8", samples))
-    assert classifier.kernels == "built-in" and "XNNPACK cannot run this model" in caplog.text
+    refused = convert_to_tflite(model, "int8", samples)
+    classifier = TFLiteClassifier(refused)
+    assert classifier.kernels == "built-in"
     assert classifier.predict(samples).shape == (16, 10)
     healthy = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(features)))
     assert TFLiteClassifier(convert_to_tflite(healthy, "int8", samples)).kernels == "XNNPACK"
+    cfg = EvaluateConfig(threads=[1], latency_runs=200, warmup_runs=1)
+    (teacher, teacher_classes), (final, final_classes) = (
+        measure_tflite(tflite, digits, cfg) for tflite in (convert_to_tflite(healthy), refused))
+    assert (teacher["xnnpack"], final["xnnpack"]) == (1.0, 0.0)
+    labels = digits.test.labels
+    document = summarize({"teacher": CandidateMetrics.of(1, teacher),
+                          "final": CandidateMetrics.of(1, final)}) | paired_summary(
+        paired_drop(teacher_classes == labels, final_classes == labels, 0.95)) | {
+        "quantization": {"mode": "int8", "layer_precisions": {"int8": 4}}}
+    assert summary_rows(document)[-1][:3] == ("runs on", "XNNPACK", "built-in kernels")

@@ -175,7 +175,15 @@ def summary_rows(metrics: dict) -> list[tuple[str, ...]]:
          f"{teacher['memory_bytes'] / final['memory_bytes']:.1f}x less"),
         ("quantization", "fp32", metrics["quantization"]["mode"],
          layer_precisions(metrics["quantization"]["layer_precisions"])),
+        *([("runs on", kernels(teacher), kernels(final), "XNNPACK refused it: see the log")]
+          if not final.get("xnnpack", 1.0) else []),
     ]
+
+
+def kernels(measured: dict) -> str:
+    """What runs a candidate in LiteRT: `XNNPACK`, or `built-in kernels` where XNNPACK refused it
+    (tasks/tflite.py `TFLiteClassifier`; metrics.json before 2026-12-04 does not say: XNNPACK)."""
+    return "XNNPACK" if measured.get("xnnpack", 1.0) else "built-in kernels"
 
 
 def speed_change(reference_us: float, model_us: float) -> str:
