@@ -91,10 +91,10 @@ def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
 
 def bounding_units(units: list[int]) -> int:
     """The layer size that bounds a teacher's widths: the narrowest but for the narrowest tenth of
-    its layers (the narrowest, when it has fewer than ten). A few narrow layers are held at MIN_UNITS
-    (`narrowed_units`) rather than keep the whole student wide: MobileNetV2 0.5's one 8-unit
-    projection allowed only width 0.5 (45x smaller), its sixteen-unit ones allow 0.25. The output
-    layer and squeeze-and-excitation bottlenecks (`gate_layers`: a handful of units in
+    its layers (the narrowest, when it has fewer than ten). A few narrow layers are held at
+    MIN_UNITS (`narrowed_units`) rather than keep the whole student wide: MobileNetV2 0.5's one
+    8-unit projection allowed only width 0.5 (45x smaller), its sixteen-unit ones allow 0.25. The
+    output layer and squeeze-and-excitation bottlenecks (`gate_layers`: a handful of units in
     EfficientNet) are not among `units`."""
     return sorted(units)[len(units) // 10]
 

@@ -237,9 +237,9 @@ class DistillConfig(Training):
     width: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
         "auto",
         description="Student width vs teacher (1.0 = the sparsified model) | `auto`: the "
-        "narrowest of the teacher's widths (0.5 down by sqrt 2) whose student keeps the gate's "
-        "budget on the validation split, found by bisection (a distillation per probe, stopped "
-        "once hopeless).",
+        "smallest student of the teacher's widths (0.5 down by sqrt 2), each with each "
+        "distill.blocks choice, likely to keep the gate's budget by its validation counts, found "
+        "by bisection (a distillation per probe, stopped once hopeless).",
     )
     init: StudentInit = Field(
         "teacher",

@@ -153,15 +153,16 @@ def describe_rewrites(teacher: keras.Model, student: keras.Model,
     changes (None: nothing). Read from the student's layers (they keep the teacher's names), so
     it names what distill.blocks `auto` chose."""
     kept = {layer.name for layer in student.layers}
-    left_out = sum(add not in kept for add in identity_blocks(teacher))
+    blocks = identity_blocks(teacher)
+    left_out = sum(add not in kept for add in blocks)
     rewrites = [rewrite for name, rewrite in friendly_rewrites(teacher, activations).items()
                 if name in kept]
     counts = [("squeeze", "pooled with keepdims", rewrites.count(_keep_dims)),
               ("swish/GELU activation", "as ReLU", rewrites.count(_relu))]
     changes = [f"{n} {noun}{'s' * (n > 1)} {how}" for noun, how, n in counts if n]
     if left_out:
-        changes.insert(0, f"{left_out} of {len(identity_blocks(teacher))} identity-shortcut "
-                          "residual blocks left out")
+        changes.insert(0, f"{left_out} of {len(blocks)} identity-shortcut residual blocks "
+                          "left out")
     return ", ".join(changes) or None
 
 
