@@ -356,7 +356,7 @@ def smallest_likely(
 def _named(rung: Rung) -> str:
     """`0.25` or, when it leaves blocks out, `0.25 blocks fewest`."""
     width, blocks = rung
-    return f"{width:g}" if blocks in ("all", "auto") else f"{width:g} blocks {blocks}"
+    return f"{width:g}" if blocks == "all" else f"{width:g} blocks {blocks}"
 
 
 def chosen_classes(model: keras.Model, data: Dataset) -> np.ndarray | None:
