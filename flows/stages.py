@@ -40,7 +40,8 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
     calls = {
         "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
         "search": (search_task, {"params": p}),
-        "sparsify": (sparsify_task, {"seed": p.seed, "cfg": p.sparsify}),
+        "sparsify": (sparsify_task,
+                     {"seed": p.seed, "cfg": p.sparsify, "prune_teacher": p.prunes_teacher}),
         "distill": (
             distill_task,
             {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify, "gate": p.gate,
@@ -51,7 +52,7 @@ def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str
         ),
         "evaluate": (
             evaluate_task,
-            {"cfg": p.evaluate, "sparsified": p.sparsify.enabled, "distilled": p.distill.enabled,
+            {"cfg": p.evaluate, "sparsified": p.prunes_teacher, "distilled": p.distill.enabled,
              "confidence": p.gate.confidence},
         ),
     }

@@ -195,7 +195,11 @@ class ModelConfig(Training):
 
 
 class SparsifyConfig(Training):
-    enabled: bool = Field(True, description="Run sparse fine-tuning (magnitude pruning).")
+    enabled: bool = Field(
+        True,
+        description="Magnitude pruning: of the student while distill trains it, and of the "
+        "teacher itself when that model goes on (distill off, or distill.width 1.0).",
+    )
     schedule: Literal["polynomial_decay", "constant"] = Field(
         "polynomial_decay", description="Sparsity schedule over the fine-tuning steps."
     )
@@ -543,6 +547,15 @@ class Params(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @property
+    def prunes_teacher(self) -> bool:
+        """Whether the sparsify stage fine-tunes the teacher sparse: only when that model goes on
+        (distill off, or distill.width 1.0 distills it). A derived student or a distill.student
+        file starts from the dense teacher and is pruned while it learns, so a sparse teacher
+        would only add a row to the evaluation (11 of a ResNet50 run's minutes)."""
+        d = self.distill
+        return self.sparsify.enabled and (not d.enabled or (d.width == 1.0 and not d.student))
 
     def __str__(self) -> str:
         s, d, q = self.sparsify, self.distill, self.quantize

@@ -205,14 +205,21 @@ def _pruned_shapes(layer: keras.layers.Layer) -> list[tuple[int, ...]]:
     return [tuple(weight.shape) for weight in layer.get_prunable_weights()]
 
 
-def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, float]:
-    """Stage: teacher -> sparse model, plus per-layer sparsity. Disabled: the teacher, unchanged."""
-    teacher = read_model(ws.teacher)
-    if cfg.enabled:
+def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace,
+                 prune_teacher: bool = True) -> dict[str, float]:
+    """Stage: teacher -> sparse model, plus per-layer sparsity. Disabled, or `prune_teacher`
+    False (`Params.prunes_teacher`: no later stage takes the sparse teacher): the teacher,
+    unchanged, and no metric."""
+    teacher, pruned = read_model(ws.teacher), cfg.enabled and prune_teacher
+    if pruned:
         seed_everything(seed)
         result = sparsify(teacher, Dataset.load(ws.data), cfg)
         write_model(result.model, ws.sparse)
     else:
+        if cfg.enabled:
+            log.info("sparsify: the teacher is passed on dense: distill derives its student from "
+                     "the dense teacher and prunes it while it learns (distill.width 1.0 prunes "
+                     "and distills the teacher itself)")
         result = SparseResult(teacher, overall_sparsity(teacher), layer_sparsity(teacher), [])
         copy_file(ws.teacher, ws.sparse)
     write_json(
@@ -220,7 +227,7 @@ def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace) -> dict[str, flo
         {"pattern": cfg.pattern, "sparsity": result.sparsity, "layers": result.layer_sparsity,
          "skipped": result.skipped_layers},
     )
-    return {"sparsity": result.sparsity}
+    return {"sparsity": result.sparsity} if pruned else {}
 
 
 sparsify_task = task(run_sparsify, name="sparsify")

@@ -57,7 +57,7 @@ def test_2_4_pattern_holds_from_the_stages_through_qat_into_the_int8_tflite(
     digits.save(ws.data)
     write_model(trained_cnn, ws.teacher)
     params = load_params(PARAMS_YAML, [
-        "sparsify.pattern=2:4", "sparsify.epochs=1", "quantize.qat_epochs=1",
+        "sparsify.pattern=2:4", "sparsify.epochs=1", "distill.width=1.0", "quantize.qat_epochs=1",
         "quantize.calibration_samples=20",
     ])
     run_stage("sparsify", params, ws)

@@ -2,11 +2,22 @@
 
 import pytest
 import tf_keras as keras
+from conftest import REPO
 
+from flows.stages import run_stage
+from flows.workspace.params import load_params
 from tasks import progress
+from tasks.artifacts import Workspace
 from tasks.config import SparsifyConfig, Training
 from tasks.errors import InputError
-from tasks.models import compile_classifier, fit, layer_sparsity, overall_sparsity
+from tasks.models import (
+    compile_classifier,
+    fit,
+    layer_sparsity,
+    overall_sparsity,
+    read_model,
+    write_model,
+)
 from tasks.sparsify import layer_targets, prune_at_once, pruning_schedule, sparsify
 
 
@@ -23,6 +34,26 @@ def test_sparsify_reaches_the_target_and_strips_the_wrappers(digits, trained_cnn
     ]
     predicted = result.model.predict(digits.val.read(), verbose=0).argmax(axis=1)
     assert (predicted == digits.val.labels).mean() > 0.3  # still a classifier: chance is 0.1
+
+
+@pytest.mark.parametrize("distill, pruned", [
+    ("distill.width=1.0", True), ("distill.enabled=false", True),
+    ("distill.width=0.25", False), ("distill.student=student.h5", False)])
+def test_the_stage_prunes_the_teacher_only_when_its_model_goes_on(
+        digits, trained_cnn, tmp_path, distill, pruned):
+    """Distilled at width 1.0 or passed on as it is, the teacher is pruned; a student derived
+    from the dense teacher (or read from a file) leaves it dense and untrained (the file as is)."""
+    ws = Workspace(tmp_path)
+    digits.save(ws.data)
+    write_model(trained_cnn, ws.teacher)
+    params = load_params(REPO / "params.yaml", ["sparsify.epochs=1", distill])
+    metrics = run_stage("sparsify", params, ws)
+    assert params.prunes_teacher == pruned
+    if pruned:
+        assert overall_sparsity(read_model(ws.sparse)) == pytest.approx(0.8, abs=0.01)
+        assert metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
+    else:
+        assert ws.sparse.read_bytes() == ws.teacher.read_bytes() and metrics == {}
 
 
 def test_size_aware_allocation_keeps_small_layers_denser_at_the_same_overall_sparsity(
