@@ -8,6 +8,7 @@ tfmot pruning callback — no custom training loop.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,10 +59,10 @@ from tasks.views import consistent_views
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
-# distill.width `auto`: from this share of its epochs on, a probe whose chance to pass the gate is
-# below HOPELESS stops (docs/benchmarks.md: traced on digits, no probe that ended likely was below
-# it after a third of its epochs; the three that were ended at 0.06-0.16).
-HOPELESS, HOPELESS_FROM = 0.2, 1 / 3
+# distill.width `auto`: a probe is this share of the distillation, judged once at its end
+# (docs/decisions.md: traced on digits, a probe's chance after a third of its epochs agreed with
+# its chance at the end about as often as a later epoch's did: each is one noisy look).
+PROBE_SHARE = 1 / 3
 
 
 def derive_student(source: keras.Model, width: float, init: StudentInit,
@@ -228,21 +229,57 @@ def distill(
     targets: SoftTargets | None = None,
     callbacks: list[keras.callbacks.Callback] = (),
 ) -> keras.Model:
-    """Train `student` to match the teacher's softened outputs and the labels.
+    """Train `student` to match the teacher's softened outputs and the labels for `cfg.epochs`.
 
     With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
     leaves this stage as sparse as the sparsify target (unless a callback stops it early).
     `targets`: the teacher's logits on `data` when already computed.
     """
-    check_student(student, teacher)
-    callbacks = list(callbacks)
-    if sparsify_cfg.enabled:
-        skipped = check_prunable(student, sparsify_cfg)
-        steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
-        student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
-        callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
-    fit_to_teacher(student, targets or soft_targets(teacher, data), data, cfg, cfg, callbacks)
-    return tfmot.sparsity.keras.strip_pruning(student) if sparsify_cfg.enabled else student
+    return Distillation(teacher, student, data, cfg, sparsify_cfg, targets).train(
+        cfg.epochs, callbacks).student()
+
+
+class Distillation:
+    """A student learning from the teacher that can pause and go on: wrapped for pruning on the
+    schedule of all `cfg.epochs` and compiled once, so `train` resumes with the same optimizer
+    state and pruning step (distill.width `auto`: a probe's first epochs, then the chosen
+    probe's rest). `model` is the student in training, `epochs` how many it has trained."""
+
+    def __init__(self, teacher: keras.Model, student: keras.Model, data: Dataset,
+                 cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
+                 targets: SoftTargets | None = None):
+        check_student(student, teacher)
+        self.pruned, self.callbacks = sparsify_cfg.enabled, []
+        if self.pruned:
+            skipped = check_prunable(student, sparsify_cfg)
+            steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
+            student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
+            self.callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+        compile_to_teacher(student, cfg, cfg.learning_rate)
+        self.model, self.data, self.cfg, self.epochs = student, data, cfg, 0
+        self.targets = targets or soft_targets(teacher, data)
+
+    def train(self, until: int, callbacks: list[keras.callbacks.Callback] = ()) -> Distillation:
+        """Train on to epoch `until` (fewer when a callback stops it)."""
+        if until > self.epochs:
+            history = fit_to_teacher(self.model, self.targets, self.data, self.cfg,
+                                     self.cfg.model_copy(update={"epochs": until}),
+                                     [*self.callbacks, *callbacks], initial_epoch=self.epochs)
+            self.epochs = history.epoch[-1] + 1 if history.epoch else self.epochs
+        return self
+
+    def student(self) -> keras.Model:
+        """The student as trained so far, without the pruning wrappers."""
+        return tfmot.sparsity.keras.strip_pruning(self.model) if self.pruned else self.model
+
+
+def compile_to_teacher(student: keras.Model, cfg: DistillConfig, learning_rate: float) -> None:
+    """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and Adam."""
+    student.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
+        metrics=[packed_accuracy],
+    )
 
 
 def fit_to_teacher(
@@ -252,47 +289,29 @@ def fit_to_teacher(
     cfg: DistillConfig,
     training: Training,
     callbacks: list[keras.callbacks.Callback] = (),
-) -> None:
-    """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and train it
-    (`training`: epochs, batch size, rate) on the labels packed with the teacher's logits: on
+    initial_epoch: int = 0,
+) -> keras.callbacks.History:
+    """Train `student`, compiled by `compile_to_teacher`, (`training`: up to its epochs from
+    `initial_epoch`, batch size) on the labels packed with the teacher's logits: on
     `cfg.augment`'s views, the teacher's logits on each view.
 
     Distillation and quantization-aware fine-tuning (tasks/qat.py) both train this way."""
-    student.compile(
-        optimizer=keras.optimizers.Adam(training.learning_rate),
-        loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
-        metrics=[packed_accuracy],
-    )
     views = None
     if cfg.augment != "none":
         views = consistent_views(data.train.batches(training.batch_size, shuffle=True),
                                  targets.teacher, cfg.augment)
-    fit(student, data, training, callbacks, targets=(targets.train, targets.val), training=views)
+    return fit(student, data, training, callbacks, targets=(targets.train, targets.val),
+               training=views, initial_epoch=initial_epoch)
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One rung width `auto` tried: its student's paired drop vs the teacher on validation, its
-    chance to pass the gate and the epochs it trained (fewer when it stopped as hopeless)."""
+    """One rung width `auto` tried: its student's paired drop vs the teacher on validation
+    after the probe's epochs, its chance to pass the gate, and those epochs."""
 
     drop: PairedDrop
     chance: float
     epochs: int
-
-
-class StopHopeless(keras.callbacks.Callback):
-    """Stops training, from HOPELESS_FROM of `epochs` on, once `chance(model)` is below
-    HOPELESS; counts the epochs trained."""
-
-    def __init__(self, chance: Callable[[keras.Model], float], epochs: int):
-        super().__init__()
-        self.chance, self.total, self.epochs = chance, epochs, 0
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.epochs = epoch + 1
-        if (HOPELESS_FROM * self.total <= self.epochs < self.total
-                and self.chance(self.model) < HOPELESS):
-            self.model.stop_training = True
 
 
 def smallest_likely(
@@ -306,9 +325,9 @@ def smallest_likely(
     search's final choice needs as much; measured on digits, LIKELY let the bisection's last
     probes, each as close to the teacher on 144 samples, narrow to a student 1.1 pt worse on
     test). With data.unlabeled, a probe's disagreement with the teacher on the pool's choose part
-    counts too: its chance is the greater of the two. Each probe is a distillation, stopped once
-    hopeless (`StopHopeless`) but for the largest: it is the one kept when none is likely.
-    Returns the rung, its student and every probe."""
+    counts too: its chance is the greater of the two. Each probe is the first PROBE_SHARE of a
+    distillation, judged once at its end; the chosen one then trains on to all of
+    `cfg.epochs`. Returns the rung, its student and every probe."""
     ladder = student_ladder(teacher, cfg)
     rule = rule_for(gate, data)
     if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
@@ -316,7 +335,8 @@ def smallest_likely(
     targets = soft_targets(teacher, data)
     teacher_right = targets.val.argmax(axis=-1) == data.val.labels
     teacher_choice = chosen_classes(teacher, data)
-    students: dict[Rung, keras.Model] = {}
+    probe_epochs = math.ceil(PROBE_SHARE * cfg.epochs)
+    runs: dict[Rung, Distillation] = {}
     probes: dict[Rung, Probe] = {}
 
     def measure(student: keras.Model) -> tuple[PairedDrop, float, str]:
@@ -332,25 +352,23 @@ def smallest_likely(
     def likely(rung: Rung) -> bool:
         seed_everything(seed)
         student = derive_student(teacher, rung[0], cfg.init, cfg.activations, rung[1])
-        stop = StopHopeless(lambda model: measure(model)[1], cfg.epochs)
-        student = students[rung] = distill(teacher, student, data, cfg, sparsify_cfg, targets,
-                                           [stop] if rung != ladder[0] else [])
-        drop, chance, found = measure(student)
-        epochs = stop.epochs or cfg.epochs
-        probes[rung] = Probe(drop, chance, epochs)
-        hopeless = epochs < cfg.epochs
-        verdict = "likely" if chance >= CONFIRMED and not hopeless else "unlikely"
-        log.info("distill.width auto: %s %s (chance %.2f to pass the gate%s): validation %s",
-                 _named(rung), verdict, chance,
-                 f", hopeless: stopped after {epochs} of {cfg.epochs} epochs" if hopeless else "",
-                 found)
-        return verdict == "likely"
+        run = runs[rung] = Distillation(teacher, student, data, cfg, sparsify_cfg,
+                                        targets).train(probe_epochs)
+        drop, chance, found = measure(run.model)
+        probes[rung] = Probe(drop, chance, run.epochs)
+        log.info("distill.width auto: %s %s after %d of %d epochs (chance %.2f to pass the "
+                 "gate): validation %s", _named(rung),
+                 "likely" if chance >= CONFIRMED else "unlikely", run.epochs, cfg.epochs,
+                 chance, found)
+        return chance >= CONFIRMED
 
     rung = smallest_within(ladder, likely)
-    log.info("distill.width auto: %s, %d probes trained %d of %d epochs", _named(rung),
-             len(probes), sum(probe.epochs for probe in probes.values()),
-             len(probes) * cfg.epochs)
-    return rung, students[rung], probes
+    chosen = runs[rung].train(cfg.epochs)
+    _, chance, found = measure(chosen.model)
+    log.info("distill.width auto: %s trained on to %d epochs (chance %.2f): validation %s; %d "
+             "probes trained %d epochs", _named(rung), chosen.epochs, chance, found,
+             len(probes), sum(probe.epochs for probe in probes.values()))
+    return rung, chosen.student(), probes
 
 
 def _named(rung: Rung) -> str:

@@ -149,11 +149,13 @@ def fit(
     callbacks: list[keras.callbacks.Callback] = (),
     targets: tuple[np.ndarray, np.ndarray] | None = None,
     training: tf.data.Dataset | None = None,
+    initial_epoch: int = 0,
 ) -> keras.callbacks.History:
-    """Train on the training split (shuffled each epoch), validated on the validation split;
-    `targets`: rows packed after each split's labels (distillation's teacher logits); `training`:
-    the training batches instead (augmented views). A progress bar on a terminal, one line per
-    epoch otherwise."""
+    """Train on the training split (shuffled each epoch), validated on the validation split, up
+    to `cfg.epochs` (from `initial_epoch`: a model compiled before goes on); `targets`: rows
+    packed after each split's labels (distillation's teacher logits); `training`: the training
+    batches instead (augmented views). A progress bar on a terminal, one line per epoch
+    otherwise."""
     callbacks = list(callbacks)
     listener = epoch_listener.get()
     if listener is not None:
@@ -168,6 +170,7 @@ def fit(
     return model.fit(
         training,
         epochs=cfg.epochs,
+        initial_epoch=initial_epoch,
         validation_data=data.val.batches(cfg.batch_size, targets=val_targets),
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,

@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tasks.config import DistillConfig, QuantizeConfig, Training
 from tasks.data import Dataset
-from tasks.distill import fit_to_teacher, soft_targets
+from tasks.distill import compile_to_teacher, fit_to_teacher, soft_targets
 from tasks.errors import InputError
 
 
@@ -51,5 +51,6 @@ def quantization_aware_training(
     loss_cfg = distill_cfg if distill_cfg.enabled else distill_cfg.model_copy(update=labels_only)
     training = Training(epochs=cfg.qat_epochs, batch_size=distill_cfg.batch_size,
                         learning_rate=cfg.qat_learning_rate)
+    compile_to_teacher(model, loss_cfg, training.learning_rate)
     fit_to_teacher(model, soft_targets(teacher, data), data, loss_cfg, training)
     return model

@@ -378,23 +378,25 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
     assert width == 0.5 and list(probes) == [(0.5, "all")]
 
 
-def test_hopeless_probes_stop_after_a_third_of_their_epochs_but_the_widest(
-        digits, monkeypatch, caplog):
+def test_probes_train_a_third_of_the_epochs_and_the_chosen_one_trains_on_to_all(
+        digits, caplog):
     keras.utils.set_random_seed(0)
     teacher = train_teacher(keras.Sequential([  # widths 0.5, 0.354, 0.25
         keras.Input(digits.input_shape), keras.layers.Conv2D(16, 3, activation="relu"),
         keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    monkeypatch.setattr("tasks.distill.HOPELESS", 1.01)  # every chance is below it
     caplog.set_level(logging.INFO, logger="tasks")
-    (width, _), _, probes = smallest_likely(
-        teacher, data, DistillConfig(epochs=3), SparsifyConfig(enabled=False),
-        GateConfig(max_accuracy_drop=1), seed=0)
-    # bisection: 0.354 (stopped after 1 of 3 epochs: unlikely), then the widest, kept, all 3
-    assert width == 0.5 and {w: p.epochs for (w, _), p in probes.items()} == {0.354: 1, 0.5: 3}
-    assert "0.354 unlikely" in caplog.text and "stopped after 1 of 3 epochs" in caplog.text
-    assert "2 probes trained 4 of 6 epochs" in caplog.text
+    (width, _), student, probes = smallest_likely(
+        teacher, data, DistillConfig(epochs=3), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
+        seed=0)
+    # bisection, every student within a 100-pt budget: 0.354 then 0.25, one epoch each
+    assert width == 0.25 and {w: p.epochs for (w, _), p in probes.items()} == {0.354: 1, 0.25: 1}
+    assert "0.354 likely after 1 of 3 epochs" in caplog.text
+    assert "0.25 trained on to 3 epochs" in caplog.text
+    # the sparsity schedule spans all three epochs: only the chosen one's end reaches the target
+    assert overall_sparsity(student) == pytest.approx(0.8, abs=0.01)
+    assert student.layers[0].filters == 4
 
 
 def test_auto_width_says_when_no_student_can_be_likely_to_pass(caplog):
