@@ -217,9 +217,9 @@ def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace,
         write_model(result.model, ws.sparse)
     else:
         if cfg.enabled:
-            log.info("sparsify: the teacher is passed on dense: distill derives its student from "
-                     "the dense teacher and prunes it while it learns (distill.width 1.0 prunes "
-                     "and distills the teacher itself)")
+            log.info("sparsify: the teacher passes on dense: distill's student starts from it "
+                     "and is pruned while it learns (distill.width 1.0 prunes and distills the "
+                     "teacher itself)")
         result = SparseResult(teacher, overall_sparsity(teacher), layer_sparsity(teacher), [])
         copy_file(ws.teacher, ws.sparse)
     write_json(
