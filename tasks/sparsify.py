@@ -206,7 +206,7 @@ def _pruned_shapes(layer: keras.layers.Layer) -> list[tuple[int, ...]]:
 
 
 def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace,
-                 prune_teacher: bool = True) -> dict[str, float]:
+                 prune_teacher: bool) -> dict[str, float]:
     """Stage: teacher -> sparse model, plus per-layer sparsity. Disabled, or `prune_teacher`
     False (`Params.prunes_teacher`: no later stage takes the sparse teacher): the teacher,
     unchanged, and no metric."""
