@@ -372,7 +372,7 @@ class SearchConfig(Section):
     )
     widths: list[Width] | None = Field(
         None, description="Student widths vs teacher; none = derived from the teacher: halvings by "
-        "sqrt(2) from 0.5 down to keeping 4 units in all but the narrowest tenth of its layers.",
+        "sqrt(2) from 0.5 down to keeping 4 units in all but the narrowest quarter of its layers.",
     )
     sparsities: list[Sparsity] = Field(
         [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], description="Final sparsities to try."

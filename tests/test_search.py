@@ -169,17 +169,18 @@ def test_widths_derive_from_the_teacher(tiny_cnn):
         teacher_widths(narrow, "search.widths")
 
 
-def test_the_narrowest_tenth_of_layers_does_not_bound_the_widths():
-    """One 8-unit layer among ten (as MobileNetV2 0.5's first projection) is held at 4 units
-    rather than keep every width at 0.5; with fewer than ten layers the narrowest bounds."""
+def test_the_narrowest_quarter_of_layers_does_not_bound_the_widths():
+    """One 8-unit layer among four (as MobileNetV2 0.5's 16-unit ones among its 32-unit ones) is
+    held at 4 units rather than keep every width at 0.5; with fewer than four layers the narrowest
+    bounds."""
     import tf_keras as keras
 
     def teacher(first: int, layers: int) -> keras.Model:
         dense = [keras.layers.Dense(first)] + [keras.layers.Dense(16) for _ in range(layers - 1)]
         return keras.Sequential([keras.Input((8,)), *dense, keras.layers.Dense(10)])
 
-    assert teacher_widths(teacher(8, 10), "distill.width") == [0.5, 0.354, 0.25]
-    assert teacher_widths(teacher(8, 9), "distill.width") == [0.5]
+    assert teacher_widths(teacher(8, 4), "distill.width") == [0.5, 0.354, 0.25]
+    assert teacher_widths(teacher(8, 3), "distill.width") == [0.5]
 
 
 def row(number: int, gzip: int, within: bool, confirmed: bool) -> dict:
