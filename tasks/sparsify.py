@@ -121,6 +121,16 @@ def layer_targets(layers: list[keras.layers.Layer], cfg: SparsifyConfig) -> dict
         dense.add(max(over, key=scores.get))
 
 
+def final_sparsities(model: keras.Model, cfg: SparsifyConfig, skip: list[str]) -> dict[str, float]:
+    """The layers pruning on `cfg` wraps (all with weights but `skip`), each with the share of its
+    pruned weights that end as zeros: `layer_targets`, or `2:4`'s half. Gotcha: as
+    `_pruned_shapes`, it changes `model`'s layers: call it on a copy."""
+    skip_names = {entry.split(" ")[0] for entry in skip}
+    prunable = [layer for layer in model.layers if layer.weights and layer.name not in skip_names]
+    targets = layer_targets(prunable, cfg)
+    return dict.fromkeys(targets, M_BY_N[0] / M_BY_N[1]) if cfg.pattern == "2:4" else targets
+
+
 def training_steps(samples: int, epochs: int, batch_size: int) -> int:
     return epochs * math.ceil(samples / batch_size)
 
@@ -134,11 +144,9 @@ def wrap_for_pruning(
     schedule. Unprunable layers (`skip`) stay dense."""
     for layer in skip:
         log.warning("sparsify: leaving %s dense: tfmot cannot prune it", layer)
-    skip_names = {entry.split(" ")[0] for entry in skip}
     copy = keras.models.clone_model(model)  # wrapping reuses layers: keep the caller's model intact
     copy.set_weights(model.get_weights())
-    prunable = [layer for layer in copy.layers if layer.weights and layer.name not in skip_names]
-    targets = layer_targets(prunable, cfg)
+    targets = final_sparsities(copy, cfg, skip)
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
         if cfg.pattern == "2:4" and layer.name in targets:

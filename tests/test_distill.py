@@ -23,9 +23,11 @@ from tasks.config import (
     StudentBlocks,
 )
 from tasks.distill import (
+    CHANNEL_BYTES,
     DistillationLoss,
     Rung,
     cannot_narrow,
+    deployed_bytes,
     derive_student,
     distill,
     smallest_likely,
@@ -339,15 +341,16 @@ def test_auto_width_bisects_for_the_smallest_within(smallest, chosen, asked):
     assert sorted(seen) == sorted(asked)
 
 
-def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_parameters(digits):
+def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deployed_size(digits):
     """ResNet in small at widths 0.5 and 0.354 (12 units: 0.25 would leave 3): the 0.5 student
     without its three identity blocks is smaller than the 0.354 one with them all. With every
     probe likely, the bisection keeps the last rung, derived without its blocks."""
     teacher = train_teacher(resnet_model(channels=12), digits, ModelConfig(epochs=1))
-    ladder = student_ladder(teacher, DistillConfig())
+    ladder = student_ladder(teacher, DistillConfig(), SparsifyConfig())
     assert ladder == [(0.5, "all"), (0.5, "half"), (0.354, "all"), (0.354, "half"),
                       (0.5, "fewest"), (0.354, "fewest")]
-    assert student_ladder(teacher, DistillConfig(blocks="all")) == [(0.5, "all"), (0.354, "all")]
+    assert student_ladder(teacher, DistillConfig(blocks="all"), SparsifyConfig()) == [
+        (0.5, "all"), (0.354, "all")]
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
     rung, student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(enabled=False),
@@ -355,6 +358,22 @@ def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_paramet
     assert rung == (0.354, "fewest") and list(probes) == [(0.354, "all"), (0.5, "fewest"),
                                                            (0.354, "fewest")]
     assert "b1_add" not in {layer.name for layer in student.layers}
+
+
+def test_deployed_bytes_count_the_weights_pruning_keeps_and_each_channels_quantization():
+    """A byte per kept kernel weight (the depthwise kernel is never pruned) and CHANNEL_BYTES per
+    output channel: conv 3x3x1x4 (4 channels), depthwise 3x3x4 (4), dense 64x10 (10)."""
+    def model() -> keras.Model:
+        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
+                                 keras.layers.DepthwiseConv2D(3), keras.layers.Flatten(),
+                                 keras.layers.Dense(10)])
+
+    channels = CHANNEL_BYTES * (4 + 4 + 10)
+    assert deployed_bytes(model(), SparsifyConfig(enabled=False)) == 36 + 36 + 640 + channels
+    uniform = SparsifyConfig(allocation="uniform", final_sparsity=0.75)
+    assert deployed_bytes(model(), uniform) == pytest.approx(9 + 36 + 160 + channels)
+    assert deployed_bytes(model(), SparsifyConfig(pattern="2:4")) == pytest.approx(
+        36 + 36 + 320 + channels)  # the conv's input dimension, 1, is not a multiple of 4
 
 
 def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(digits):
