@@ -92,11 +92,11 @@ def teacher_widths(teacher: keras.Model, setting: str) -> list[float]:
 def bounding_units(units: list[int]) -> int:
     """The layer size that bounds a teacher's widths: the narrowest but for the narrowest quarter
     of its layers (the narrowest, when it has fewer than four). Those few narrow layers are held
-    at MIN_UNITS (`narrowed_units`) rather than keep the whole student wide: MobileNetV2 0.5's
-    sixteen-unit layers (a tenth of them) held its students at width 0.25 (34 k params, 93x
-    smaller), its 32-unit quarter allows 0.125 (11 k). The output layer and
-    squeeze-and-excitation bottlenecks (`gate_layers`: a handful of units in EfficientNet) are not
-    among `units`."""
+    at MIN_UNITS (`narrowed_units`) rather than keep the whole student wide: bounded by its
+    narrowest tenth, MobileNetV2 0.5's sixteen-unit layers held its students at width 0.25, where
+    every probe was likely (93x smaller); its quarter, 32 units, allows 0.125 (0.177 chosen,
+    133x). The output layer and squeeze-and-excitation bottlenecks (`gate_layers`: a handful of
+    units in EfficientNet) are not among `units`."""
     return sorted(units)[len(units) // 4]
 
 

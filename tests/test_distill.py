@@ -360,7 +360,7 @@ def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deploye
     assert "b1_add" not in {layer.name for layer in student.layers}
 
 
-def test_deployed_bytes_count_the_weights_pruning_keeps_and_each_channels_quantization():
+def test_deployed_bytes_count_the_kernel_weights_pruning_keeps_and_bytes_per_channel():
     """A byte per kept kernel weight (the depthwise kernel is never pruned) and CHANNEL_BYTES per
     output channel: conv 3x3x1x4 (4 channels), depthwise 3x3x4 (4), dense 64x10 (10)."""
     def model() -> keras.Model:
