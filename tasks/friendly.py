@@ -67,6 +67,10 @@ def activation_choices(model: keras.Model, configured: StudentActivations,
     return ["keep", "relu"] if replaceable else [configured]
 
 
+# distill.blocks from most blocks kept to fewest: each keeps every block the next one keeps
+BLOCKS_KEPT: tuple[StudentBlocks, ...] = ("all", "half", "fewest")
+
+
 def block_choices(model: keras.Model) -> list[StudentBlocks]:
     """The distill.blocks that derive different students from `model`, most blocks first: `all`,
     `half` and `fewest` when it has blocks with identity shortcuts to leave out (one such block:
@@ -74,7 +78,7 @@ def block_choices(model: keras.Model) -> list[StudentBlocks]:
     shortcuts = len(identity_blocks(model))
     if not shortcuts:
         return ["all"]
-    return ["all", "half", "fewest"] if shortcuts > 1 else ["all", "fewest"]
+    return list(BLOCKS_KEPT) if shortcuts > 1 else ["all", "fewest"]
 
 
 def identity_blocks(model: keras.Model) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Distillation: the student's shape, the loss, and a sparse student that learns."""
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -35,7 +36,7 @@ from tasks.distill import (
     student_ladder,
 )
 from tasks.errors import InputError
-from tasks.friendly import block_choices, identity_blocks, student_changes
+from tasks.friendly import BLOCKS_KEPT, block_choices, identity_blocks, student_changes
 from tasks.gate import decide_rule
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity, write_model
@@ -326,9 +327,9 @@ def test_student_with_other_classes_is_refused(digits, trained_cnn):
 
 
 @pytest.mark.parametrize(("smallest", "chosen", "asked"), [
-    (0.2, 0.25, [0.25, 0.177]),          # within down to 0.25: two of five asked
-    (0.1, 0.125, [0.25, 0.177, 0.125]),  # all within: the narrowest
-    (0.9, 0.5, [0.25, 0.5]),             # none within: the widest, asked last
+    (0.2, 0.25, [0.25, 0.125, 0.177]),  # within down to 0.25: three of five asked
+    (0.1, 0.125, [0.25, 0.125]),        # all within: the narrowest
+    (0.9, 0.5, [0.25, 0.354, 0.5]),     # none within: the widest, asked last
 ])
 def test_auto_width_bisects_for_the_smallest_within(smallest, chosen, asked):
     ladder, seen = [(width, "all") for width in (0.5, 0.354, 0.25, 0.177, 0.125)], []
@@ -338,13 +339,33 @@ def test_auto_width_bisects_for_the_smallest_within(smallest, chosen, asked):
         return rung[0] >= smallest
 
     assert smallest_within(ladder, within) == (chosen, "all")
-    assert sorted(seen) == sorted(asked)
+    assert seen == asked
+
+
+def test_auto_width_finds_the_smallest_within_when_a_larger_student_with_fewer_blocks_is_not():
+    """As ResNet50 measured: without its identity blocks a student needs width 0.354, with them
+    all 0.125, so 0.177 `fewest` and 0.25 `half` are out though larger than 0.125 `all` (which
+    bisection by size missed). Ladder by size: width squared times the share of blocks kept."""
+    share, least = {"all": 1, "half": 0.66, "fewest": 0.35}, {"all": 0.125, "half": 0.354,
+                                                               "fewest": 0.354}
+    ladder = sorted(itertools.product((0.5, 0.354, 0.25, 0.177, 0.125, 0.088), BLOCKS_KEPT),
+                    key=lambda rung: -rung[0] ** 2 * share[rung[1]])
+    seen = []
+
+    def within(rung: Rung) -> bool:
+        seen.append(rung)
+        return rung[0] >= least[rung[1]]
+
+    assert ladder.index((0.25, "half")) < ladder.index((0.125, "all"))
+    assert smallest_within(ladder, within) == (0.125, "all")
+    assert seen == [(0.177, "all"), (0.125, "half"), (0.125, "all"), (0.088, "all"),
+                    (0.177, "fewest")]  # five of 18
 
 
 def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deployed_size(digits):
     """ResNet in small at widths 0.5 and 0.354 (12 units: 0.25 would leave 3): the 0.5 student
     without its three identity blocks is smaller than the 0.354 one with them all. With every
-    probe likely, the bisection keeps the last rung, derived without its blocks."""
+    probe likely, the search keeps the last rung, derived without its blocks."""
     teacher = train_teacher(resnet_model(channels=12), digits, ModelConfig(epochs=1))
     ladder = student_ladder(teacher, DistillConfig(), SparsifyConfig())
     assert ladder == [(0.5, "all"), (0.5, "half"), (0.354, "all"), (0.354, "half"),
@@ -409,7 +430,7 @@ def test_probes_train_a_third_of_the_epochs_and_the_chosen_one_trains_on_to_all(
     (width, _), student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=3), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
-    # bisection, every student within a 100-pt budget: 0.354 then 0.25, one epoch each
+    # every student within a 100-pt budget: 0.354 then 0.25, one epoch each
     assert width == 0.25 and {w: p.epochs for (w, _), p in probes.items()} == {0.354: 1, 0.25: 1}
     assert "0.354 likely after 1 of 3 epochs" in caplog.text
     assert "0.25 trained on to 3 epochs" in caplog.text
