@@ -243,7 +243,8 @@ class DistillConfig(Training):
         description="Student width vs teacher (1.0 = the sparsified model) | `auto`: the "
         "smallest student of the teacher's widths (0.5 down by sqrt 2), each with each "
         "distill.blocks choice, likely to keep the gate's budget by its validation counts, found "
-        "by bisection (each probe the first third of a distillation; the chosen one trains on).",
+        "in about log2(rungs) + 1 probes (each the first third of a distillation; the chosen "
+        "one trains on).",
     )
     init: StudentInit = Field(
         "teacher",
