@@ -66,6 +66,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 StudentInit = Literal["teacher", "random"]
 StudentActivations = Literal["keep", "relu"]
 StudentBlocks = Literal["auto", "all", "half", "fewest"]
+StudentDownsample = Literal["auto", "keep", "early"]
 QuantizeMode = Literal["int8", "int16x8", "dynamic", "float16", "mixed"]
 
 
@@ -265,6 +266,14 @@ class DistillConfig(Training):
         "(tasks/friendly.py) | `auto`: with distill.width `auto`, the smallest student likely to "
         "pass the gate among each width with each of the three, else `all`.",
     )
+    downsample: StudentDownsample = Field(
+        "auto",
+        description="A derived student's strides: `keep` the teacher's | `early`: the last "
+        "downsampling's stride moves to the first spatial convolution after the stem that every "
+        "path passes through, so the layers between run on a quarter of the positions "
+        "(tasks/friendly.py) | `auto`: with distill.width `auto`, each rung with each of the two, "
+        "else `keep`.",
+    )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
     alpha: float = Field(
@@ -359,7 +368,7 @@ class SearchConfig(Section):
     The space's dimensions are lists of choices; each choice overrides its stage's key (width ->
     distill.width, sparsities -> sparsify.final_sparsity, patterns -> sparsify.pattern, modes ->
     quantize.mode, temperatures -> distill.temperature, activations -> distill.activations,
-    blocks -> distill.blocks) for one trial.
+    blocks -> distill.blocks, downsample -> distill.downsample) for one trial.
     """
 
     enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
@@ -396,6 +405,10 @@ class SearchConfig(Section):
         None, description="distill.blocks to try; none = `all`, `half` and `fewest` where the "
         "teacher has residual blocks with identity shortcuts, else `all`.",
     )
+    downsample: list[StudentDownsample] | None = Field(
+        None, description="distill.downsample to try; none = `keep` and `early` where the "
+        "teacher's last downsampling can move, else `keep`.",
+    )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "
         "which the chosen trial must confirm that it is likely to pass the gate.",
@@ -415,7 +428,7 @@ class SearchConfig(Section):
     )
 
     @field_validator("widths", "sparsities", "patterns", "modes", "temperatures", "activations",
-                     "blocks")
+                     "blocks", "downsample")
     @classmethod
     def _not_empty(cls, value: list | None) -> list | None:
         if value is not None and not value:

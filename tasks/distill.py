@@ -7,10 +7,12 @@ tfmot pruning callback — no custom training loop.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -32,13 +34,22 @@ from tasks.config import (
     SparsifyConfig,
     StudentActivations,
     StudentBlocks,
+    StudentDownsample,
     StudentInit,
     Training,
 )
 from tasks.errors import InputError
 from tasks.evaluate import predicted_classes
 from tasks.fidelity import fidelity
-from tasks.friendly import BLOCKS_KEPT, block_choices, friendly_rewrites, without_blocks
+from tasks.friendly import (
+    BLOCKS_KEPT,
+    DOWNSAMPLE_ORDER,
+    block_choices,
+    downsample_choices,
+    downsampled_early,
+    friendly_rewrites,
+    without_blocks,
+)
 from tasks.gate import RuleChoice, rule_for
 from tasks.inputs import distill_inputs, read_steadily
 from tasks.models import (
@@ -68,10 +79,10 @@ PROBE_SHARE = 1 / 3
 
 def derive_student(source: keras.Model, width: float, init: StudentInit,
                    activations: StudentActivations = "keep", blocks: StudentBlocks = "all",
-                   ) -> keras.Model:
+                   downsample: StudentDownsample = "keep") -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide, made
     quantization-friendly (tasks/friendly.py: squeezes keep their dims; `activations`; the
-    residual `blocks` left out).
+    residual `blocks` left out; the last stride moved early by `downsample`).
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
     output layer (the last layer that has one) keeps its size so the student predicts the same
@@ -88,6 +99,11 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
     except Exception as exc:  # a layer whose config does not rebuild without the blocks
         raise InputError(f"distill.blocks {blocks}: cannot leave out {source.name}'s residual "
                          f"blocks ({exc}); use distill.blocks: all") from exc
+    try:
+        source = downsampled_early(source, downsample)
+    except Exception as exc:  # a layer whose config does not rebuild with the strides moved
+        raise InputError(f"distill.downsample {downsample}: cannot move {source.name}'s last "
+                         f"downsampling ({exc}); use distill.downsample: keep") from exc
     output = output_layer(source)
     rewrites = friendly_rewrites(source, activations)
     reshapes = {layer.name: None for layer in source.layers
@@ -124,8 +140,14 @@ def keeps_channels_last(layer: keras.layers.Layer) -> bool:
             and layer.target_shape[-1] == layer.input_shape[-1])
 
 
-# A student distill.width `auto` may derive: its width and distill.blocks
-Rung = tuple[float, StudentBlocks]
+class Rung(NamedTuple):
+    """A student distill.width `auto` may derive."""
+
+    width: float
+    blocks: StudentBlocks = "all"
+    downsample: StudentDownsample = "keep"
+
+
 # Bytes per output channel of a layer with a kernel in an int8 .tflite, after gzip: a float32
 # kernel scale, an int32 bias and its float32 scale (per-channel quantization; the int64 zero
 # points are zeros, which gzip folds away)
@@ -135,15 +157,19 @@ CHANNEL_BYTES = 12
 def student_ladder(teacher: keras.Model, cfg: DistillConfig,
                    sparsify_cfg: SparsifyConfig) -> list[Rung]:
     """distill.width `auto`'s students, largest first as deployed (`deployed_bytes`): each of the
-    teacher's widths (tasks/channels.py `teacher_widths`) with distill.blocks, or for `auto` with
-    each choice that derives a different student (tasks/friendly.py `block_choices`). A narrower
-    student with more blocks may be larger than a wider one with fewer (ResNet50: width 0.5
-    without its identity blocks sits between 0.354 and 0.25 with them)."""
+    teacher's widths (tasks/channels.py `teacher_widths`) with distill.blocks and
+    distill.downsample, or for `auto` with each choice that derives a different student
+    (tasks/friendly.py `block_choices`, `downsample_choices`). A narrower student with more
+    blocks may be larger than a wider one with fewer (ResNet50: width 0.5 without its identity
+    blocks sits between 0.354 and 0.25 with them). Moving a stride changes no weight: the rung
+    that downsamples early follows its twin (as large, faster)."""
     ladder = _rungs(teacher, cfg)
-    if len({blocks for _, blocks in ladder}) == 1:
+    if len({rung.blocks for rung in ladder}) == 1:
         return ladder
-    return sorted(ladder, key=lambda rung: -deployed_bytes(derive_student(
-        teacher, rung[0], "random", cfg.activations, rung[1]), sparsify_cfg))
+    sizes = {(rung.width, rung.blocks): deployed_bytes(derive_student(
+        teacher, rung.width, "random", cfg.activations, rung.blocks), sparsify_cfg)
+        for rung in ladder if rung.downsample == "keep"}
+    return sorted(ladder, key=lambda rung: -sizes[rung.width, rung.blocks])  # stable: twins
 
 
 def deployed_bytes(student: keras.Model, sparsify_cfg: SparsifyConfig) -> float:
@@ -169,16 +195,19 @@ def deployed_bytes(student: keras.Model, sparsify_cfg: SparsifyConfig) -> float:
 def smallest_student(teacher: keras.Model, cfg: DistillConfig) -> keras.Model:
     """The smallest student distill derives from `teacher` (untrained), for the pre-flight
     checks: distill.width, or for `auto` the ladder's last."""
-    width, blocks = _rungs(teacher, cfg)[-1] if cfg.width == "auto" else (cfg.width, cfg.blocks)
-    return derive_student(teacher, width, cfg.init, cfg.activations, blocks)
+    rung = _rungs(teacher, cfg)[-1] if cfg.width == "auto" else Rung(
+        cfg.width, cfg.blocks, cfg.downsample)
+    return derive_student(teacher, rung.width, cfg.init, cfg.activations, rung.blocks,
+                          rung.downsample)
 
 
 def _rungs(teacher: keras.Model, cfg: DistillConfig) -> list[Rung]:
-    """`student_ladder`'s rungs, widest first, most blocks first within a width: the last is
-    the smallest."""
+    """`student_ladder`'s rungs, widest first, most blocks first within a width, the teacher's
+    strides first within blocks: the last is the smallest."""
     blocks = block_choices(teacher) if cfg.blocks == "auto" else [cfg.blocks]
-    return [(width, choice) for width in teacher_widths(teacher, "distill.width")
-            for choice in blocks]
+    downsample = downsample_choices(teacher) if cfg.downsample == "auto" else [cfg.downsample]
+    return [Rung(*rung) for rung in itertools.product(
+        teacher_widths(teacher, "distill.width"), blocks, downsample)]
 
 
 def check_student(student: keras.Model, teacher: keras.Model) -> None:
@@ -377,7 +406,8 @@ def smallest_likely(
 
     def likely(rung: Rung) -> bool:
         seed_everything(seed)
-        student = derive_student(teacher, rung[0], cfg.init, cfg.activations, rung[1])
+        student = derive_student(teacher, rung.width, cfg.init, cfg.activations, rung.blocks,
+                                 rung.downsample)
         run = runs[rung] = Distillation(teacher, student, data, cfg, sparsify_cfg,
                                         targets).train(probe_epochs)
         drop, chance, found = measure(run.model)
@@ -398,9 +428,10 @@ def smallest_likely(
 
 
 def _named(rung: Rung) -> str:
-    """`0.25` or, when it leaves blocks out, `0.25 blocks fewest`."""
-    width, blocks = rung
-    return f"{width:g}" if blocks == "all" else f"{width:g} blocks {blocks}"
+    """`0.25`, or with what it changes: `0.25 blocks fewest downsample early`."""
+    return " ".join([f"{rung.width:g}", *[f"{key} {value}" for key, value, kept in (
+        ("blocks", rung.blocks, "all"), ("downsample", rung.downsample, "keep"))
+        if value != kept]])
 
 
 def chosen_classes(model: keras.Model, data: Dataset) -> np.ndarray | None:
@@ -440,8 +471,12 @@ def smallest_within(ladder: list[Rung], within: Callable[[Rung], bool]) -> Rung:
 
 
 def covers(larger: Rung, smaller: Rung) -> bool:
-    """Whether `larger` is at least as wide as `smaller` and keeps every block it keeps."""
-    return larger[0] >= smaller[0] and BLOCKS_KEPT.index(larger[1]) <= BLOCKS_KEPT.index(smaller[1])
+    """Whether `larger` is at least as wide as `smaller`, keeps every block it keeps and
+    downsamples no earlier."""
+    return (larger.width >= smaller.width
+            and BLOCKS_KEPT.index(larger.blocks) <= BLOCKS_KEPT.index(smaller.blocks)
+            and DOWNSAMPLE_ORDER.index(larger.downsample)
+            <= DOWNSAMPLE_ORDER.index(smaller.downsample))
 
 
 def _open(ladder: list[Rung], answers: dict[Rung, bool], kept: Rung | None) -> list[Rung]:
@@ -473,10 +508,10 @@ def run_distill(
     seed_everything(seed)
     teacher, data = read_model(ws.teacher), Dataset.load(ws.data)
     if cfg.width == "auto" and not cfg.student:
-        (width, _), student, probes = smallest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
+        rung, student, probes = smallest_likely(teacher, data, cfg, sparsify_cfg, gate, seed)
         write_model(student, ws.student)
         return _student_metrics(student) | {
-            "student_width": width, "width_probes": len(probes),
+            "student_width": rung.width, "width_probes": len(probes),
             "width_probe_epochs": sum(probe.epochs for probe in probes.values())}
     if cfg.student:
         with read_steadily(distill_inputs(cfg)):
@@ -484,7 +519,8 @@ def run_distill(
     elif cfg.width == 1.0:
         student = read_model(ws.sparse)
     else:
-        student = derive_student(teacher, cfg.width, cfg.init, cfg.activations, cfg.blocks)
+        student = derive_student(teacher, cfg.width, cfg.init, cfg.activations, cfg.blocks,
+                                 cfg.downsample)
     student = distill(teacher, student, data, cfg, sparsify_cfg)
     write_model(student, ws.student)
     return _student_metrics(student)

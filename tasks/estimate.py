@@ -64,7 +64,8 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
     """
     seed_everything(params.seed)
     student = derive_student(teacher, params.distill.width, params.distill.init,
-                             params.distill.activations, params.distill.blocks)
+                             params.distill.activations, params.distill.blocks,
+                             params.distill.downsample)
     if params.sparsify.enabled:
         student = prune_at_once(student, params.sparsify,
                                 check_prunable(student, params.sparsify))

@@ -31,7 +31,7 @@ from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite, predicted_classes
 from tasks.fidelity import Fidelity, fidelity
-from tasks.friendly import activation_choices, block_choices
+from tasks.friendly import activation_choices, block_choices, downsample_choices
 from tasks.models import read_model, seed_everything, write_model
 from tasks.paired import PairedDrop, paired_drop
 from tasks.power import GateRule, chance_to_certify, chance_to_pass
@@ -122,8 +122,8 @@ class TrialResult:
 
 
 def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
-    """Each searched key and its choices: the configured lists, widths, activations and blocks
-    derived from the teacher and the configured temperature where none are listed."""
+    """Each searched key and its choices: the configured lists, widths, activations, blocks and
+    downsample derived from the teacher and the configured temperature where none are listed."""
     return {
         "distill.width": cfg.widths or teacher_widths(teacher, "search.widths"),
         "sparsify.final_sparsity": cfg.sparsities,
@@ -133,6 +133,7 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
         "distill.activations": cfg.activations or activation_choices(
             teacher, params.distill.activations),
         "distill.blocks": cfg.blocks or block_choices(teacher),
+        "distill.downsample": cfg.downsample or downsample_choices(teacher),
     }
 
 
@@ -185,7 +186,8 @@ def _distilled(inputs: SearchInputs, params: Params, stop: Stopper,
                                          inputs.teacher_accuracy))
     try:
         student = derive_student(inputs.teacher, params.distill.width, params.distill.init,
-                                 params.distill.activations, params.distill.blocks)
+                                 params.distill.activations, params.distill.blocks,
+                                 params.distill.downsample)
         return distill(inputs.teacher, student, inputs.selection, params.distill,
                        params.sparsify, inputs.targets)
     finally:

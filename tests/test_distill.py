@@ -36,7 +36,13 @@ from tasks.distill import (
     student_ladder,
 )
 from tasks.errors import InputError
-from tasks.friendly import BLOCKS_KEPT, block_choices, identity_blocks, student_changes
+from tasks.friendly import (
+    BLOCKS_KEPT,
+    block_choices,
+    downsample_choices,
+    identity_blocks,
+    student_changes,
+)
 from tasks.gate import decide_rule
 from tasks.load import train_teacher
 from tasks.models import overall_sparsity, write_model
@@ -256,12 +262,85 @@ def test_left_out_blocks_keep_the_other_layers_teacher_weights_and_the_interface
     assert block_choices(squeeze_excite_model()) == ["all"]
 
 
+def mobile_model(aux_head: bool = False) -> keras.Model:
+    """MobileNet in small, on 8x8 digits: a stride-2 stem, a depthwise-separable block, then a
+    last downsampling as MobileNetV2 pads it (a ZeroPadding2D before a `valid` stride-2
+    depthwise convolution); with `aux_head`, a second output read at the block's resolution."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6", name="stem")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    block = keras.layers.Conv2D(8, 1, activation="relu6", name="pw")(x)
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="down_pad")(block)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, name="down_dw")(x)
+    x = keras.layers.Conv2D(16, 1, activation="relu6", name="down_pw")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="out")(x)
+    if aux_head:
+        outputs = [outputs, keras.layers.Conv2D(2, 1, name="aux")(block)]
+    return keras.Model(inputs, outputs)
+
+
+def op_outputs(tflite: bytes, op: str) -> list[list[int]]:
+    """The output shapes of each `op` of a .tflite, in graph order."""
+    interpreter = Interpreter(model_content=tflite)
+    shapes = {tensor["index"]: tensor["shape"].tolist()
+              for tensor in interpreter.get_tensor_details()}
+    return [shapes[details["outputs"][0]] for details in interpreter._get_ops_details()
+            if details["op_name"] == op]
+
+
+@pytest.mark.parametrize("mode", ["int8", "int16x8", "dynamic", "float16"])
+def test_a_student_that_downsamples_early_converts_in_every_mode_to_the_intended_ops(
+        digits, mode):
+    """`early`: the first depthwise convolution takes the last downsampling's stride (4x4 ->
+    2x2), the last one runs at stride 1, and its output stays 2x2: the same ops, the same
+    interface."""
+    teacher = mobile_model()
+    assert search_space(SearchConfig(), Params(), teacher)["distill.downsample"] == [
+        "keep", "early"]
+    calibration = digits.val.read(slice(8))
+    ops = {downsample: convert_to_tflite(derive_student(
+        teacher, 0.5, "teacher", downsample=downsample), mode, calibration)
+        for downsample in ("keep", "early")}
+    assert [op_outputs(ops[downsample], "DEPTHWISE_CONV_2D") for downsample in ops] == [
+        [[1, 4, 4, 4], [1, 2, 2, 4]], [[1, 2, 2, 4], [1, 2, 2, 4]]]
+    assert tflite_ops(ops["keep"]) == tflite_ops(ops["early"])  # the converter folds the pad
+    # in the ladder the rung that downsamples early follows its twin: as large, faster
+    assert student_ladder(teacher, DistillConfig(), SparsifyConfig())[:2] == [
+        Rung(0.5), Rung(0.5, downsample="early")]
+
+
+def test_a_student_that_downsamples_early_keeps_the_teachers_weights_and_interface(digits):
+    """At width 1.0 with teacher init every layer has the teacher's weights (the dropped pad has
+    none); a teacher with an output read between the two strides keeps its strides, and asked
+    to move them, it is refused; residual and Sequential teachers have no stride to move."""
+    teacher = mobile_model()
+    student = derive_student(teacher, 1.0, "teacher", downsample="early")
+    assert "down_pad" not in {layer.name for layer in student.layers}
+    for layer in student.layers:
+        for ours, theirs in zip(layer.get_weights(), teacher.get_layer(layer.name).get_weights(),
+                                strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+    assert (student.get_layer("dw").strides, student.get_layer("down_dw").strides) == (
+        (2, 2), (1, 1))
+    assert student.output_shape == teacher.output_shape
+    assert student.predict(digits.val.read(slice(4)), verbose=0).shape == (4, 10)
+    two_outputs = mobile_model(aux_head=True)
+    assert downsample_choices(two_outputs) == ["keep"]
+    with pytest.raises(InputError, match=r"distill\.downsample early: .*aux.*distill\.downsample: "
+                                         r"keep"):
+        derive_student(two_outputs, 0.5, "teacher", downsample="early")
+    assert downsample_choices(resnet_model()) == downsample_choices(squeeze_excite_model()) == [
+        "keep"]
+
+
 def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
     """The words the summary and the model card show."""
     def changes(teacher: keras.Model, cfg: DistillConfig, width: float = 0.5,
                 blocks: StudentBlocks = "all") -> str | None:
         write_model(teacher, tmp_path / "teacher.h5")
-        student = derive_student(teacher, width, "random", cfg.activations, blocks)
+        student = derive_student(teacher, width, "random", cfg.activations, blocks, cfg.downsample)
         write_model(student, tmp_path / "student.h5")
         return student_changes(cfg, tmp_path / "teacher.h5", tmp_path / "student.h5")
 
@@ -273,6 +352,8 @@ def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
     assert (changes(resnet_model(), DistillConfig(), blocks="half")
             == "1 of 3 identity-shortcut residual blocks left out")
     assert changes(resnet_model(), DistillConfig(), blocks="fewest").startswith("3 of 3")
+    assert (changes(mobile_model(), DistillConfig(downsample="early"))
+            == "the last downsampling moved to dw")
     # width 1.0 derives no student: the sparsified teacher itself
     assert changes(squeeze_excite_model(), DistillConfig(width=1.0), 1.0) is None
 
@@ -332,13 +413,13 @@ def test_student_with_other_classes_is_refused(digits, trained_cnn):
     (0.9, 0.5, [0.25, 0.354, 0.5]),     # none within: the widest, asked last
 ])
 def test_auto_width_bisects_for_the_smallest_within(smallest, chosen, asked):
-    ladder, seen = [(width, "all") for width in (0.5, 0.354, 0.25, 0.177, 0.125)], []
+    ladder, seen = [Rung(width) for width in (0.5, 0.354, 0.25, 0.177, 0.125)], []
 
     def within(rung: Rung) -> bool:
-        seen.append(rung[0])
-        return rung[0] >= smallest
+        seen.append(rung.width)
+        return rung.width >= smallest
 
-    assert smallest_within(ladder, within) == (chosen, "all")
+    assert smallest_within(ladder, within) == Rung(chosen)
     assert seen == asked
 
 
@@ -348,16 +429,17 @@ def test_auto_width_finds_the_smallest_within_when_a_larger_student_with_fewer_b
     bisection by size missed). Ladder by size: width squared times the share of blocks kept."""
     share, least = {"all": 1, "half": 0.66, "fewest": 0.35}, {"all": 0.125, "half": 0.354,
                                                                "fewest": 0.354}
-    ladder = sorted(itertools.product((0.5, 0.354, 0.25, 0.177, 0.125, 0.088), BLOCKS_KEPT),
-                    key=lambda rung: -rung[0] ** 2 * share[rung[1]])
+    ladder = sorted(itertools.starmap(Rung, itertools.product(
+        (0.5, 0.354, 0.25, 0.177, 0.125, 0.088), BLOCKS_KEPT)),
+        key=lambda rung: -rung.width ** 2 * share[rung.blocks])
     seen = []
 
     def within(rung: Rung) -> bool:
-        seen.append(rung)
-        return rung[0] >= least[rung[1]]
+        seen.append(rung[:2])
+        return rung.width >= least[rung.blocks]
 
-    assert ladder.index((0.25, "half")) < ladder.index((0.125, "all"))
-    assert smallest_within(ladder, within) == (0.125, "all")
+    assert ladder.index(Rung(0.25, "half")) < ladder.index(Rung(0.125, "all"))
+    assert smallest_within(ladder, within) == Rung(0.125, "all")
     assert seen == [(0.177, "all"), (0.125, "half"), (0.125, "all"), (0.088, "all"),
                     (0.177, "fewest")]  # five of 18
 
@@ -368,16 +450,16 @@ def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deploye
     probe likely, the search keeps the last rung, derived without its blocks."""
     teacher = train_teacher(resnet_model(channels=12), digits, ModelConfig(epochs=1))
     ladder = student_ladder(teacher, DistillConfig(), SparsifyConfig())
-    assert ladder == [(0.5, "all"), (0.5, "half"), (0.354, "all"), (0.354, "half"),
-                      (0.5, "fewest"), (0.354, "fewest")]
+    assert ladder == [Rung(0.5), Rung(0.5, "half"), Rung(0.354), Rung(0.354, "half"),
+                      Rung(0.5, "fewest"), Rung(0.354, "fewest")]  # no stride to move
     assert student_ladder(teacher, DistillConfig(blocks="all"), SparsifyConfig()) == [
-        (0.5, "all"), (0.354, "all")]
+        Rung(0.5), Rung(0.354)]
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
     rung, student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(enabled=False),
         GateConfig(max_accuracy_drop=1), seed=0)
-    assert rung == (0.354, "fewest") and list(probes) == [(0.354, "all"), (0.5, "fewest"),
-                                                           (0.354, "fewest")]
+    assert rung == Rung(0.354, "fewest") and list(probes) == [
+        Rung(0.354), Rung(0.5, "fewest"), Rung(0.354, "fewest")]
     assert "b1_add" not in {layer.name for layer in student.layers}
 
 
@@ -404,18 +486,17 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
         keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    (width, _), student, probes = smallest_likely(
+    rung, student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
-    assert width == 0.25 and {w for w, _ in probes} == {0.354, 0.25}  # both pass a 100-pt budget
+    assert rung == Rung(0.25) and {probe.width for probe in probes} == {0.354, 0.25}  # both pass a 100-pt budget
     assert student.layers[0].filters == 4
     assert all(probe.drop.n == len(digits.val.labels) for probe in probes.values())
 
     # certified on 60 test samples, which cannot certify 1 point: the widest alone, warned
-    (width, _), _, probes = smallest_likely(teacher, data, DistillConfig(epochs=1),
-                                            SparsifyConfig(), GateConfig(require="certified"),
-                                            seed=0)
-    assert width == 0.5 and list(probes) == [(0.5, "all")]
+    rung, _, probes = smallest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
+                                      GateConfig(require="certified"), seed=0)
+    assert rung == Rung(0.5) and list(probes) == [Rung(0.5)]
 
 
 def test_probes_train_a_third_of_the_epochs_and_the_chosen_one_trains_on_to_all(
@@ -427,11 +508,12 @@ def test_probes_train_a_third_of_the_epochs_and_the_chosen_one_trains_on_to_all(
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
     caplog.set_level(logging.INFO, logger="tasks")
-    (width, _), student, probes = smallest_likely(
+    rung, student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=3), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
     # every student within a 100-pt budget: 0.354 then 0.25, one epoch each
-    assert width == 0.25 and {w: p.epochs for (w, _), p in probes.items()} == {0.354: 1, 0.25: 1}
+    assert rung == Rung(0.25) and {
+        probed.width: probe.epochs for probed, probe in probes.items()} == {0.354: 1, 0.25: 1}
     assert "0.354 likely after 1 of 3 epochs" in caplog.text
     assert "0.25 trained on to 3 epochs" in caplog.text
     # the sparsity schedule spans all three epochs: only the chosen one's end reaches the target

@@ -18,7 +18,7 @@ from tasks.splits import Dataset
 
 # The keys of the recipe, as `--set` spells them (with the search's choice applied)
 RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "epochs"),
-          "distill": ("enabled", "width", "init", "activations", "blocks",
+          "distill": ("enabled", "width", "init", "activations", "blocks", "downsample",
                       "temperature", "alpha", "epochs"),
           "quantize": ("enabled", "mode", "calibration_samples", "qat_epochs")}
 
