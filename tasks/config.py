@@ -268,11 +268,11 @@ class DistillConfig(Training):
     )
     downsample: StudentDownsample = Field(
         "auto",
-        description="A derived student's strides: `keep` the teacher's | `early`: the last "
-        "downsampling's stride moves to the first spatial convolution after the stem that every "
-        "path passes through, so the layers between run on a quarter of the positions "
-        "(tasks/friendly.py) | `auto`: with distill.width `auto`, each rung with each of the two, "
-        "else `keep`.",
+        description="A derived student's strides: `keep` the teacher's | `early`: the stride of "
+        "the downsampling after the stem's moves up to the first spatial convolution after the "
+        "stem that every path passes through, so the layers between run on a quarter of the "
+        "positions (tasks/friendly.py) | `auto`: with distill.width `auto`, each rung with each "
+        "of the two, else `keep`.",
     )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
@@ -407,7 +407,7 @@ class SearchConfig(Section):
     )
     downsample: list[StudentDownsample] | None = Field(
         None, description="distill.downsample to try; none = `keep` and `early` where the "
-        "teacher's last downsampling can move, else `keep`.",
+        "teacher has a stride to move, else `keep`.",
     )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "

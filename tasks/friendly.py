@@ -19,14 +19,17 @@ the model's outputs, so its interface is the teacher's.
   stages; the kept layers keep their names and teacher weights (one layer of two, as DistilBERT
   initialises its student). Not exact: the student learns without them.
 - `distill.downsample: early` (or `auto`, default: `distill.width: auto` tries each rung with
-  and without it): the last downsampling's stride 2 moves to the first spatial convolution
-  after the stem that every path passes through (MobileNet's and EfficientNet's first
-  depthwise one), so every layer between runs on a quarter of the positions and the last stage
-  at the resolution it had. The stride is the student's to place: the weights keep their
-  shapes, the model's outputs theirs. Mobile students at 32x32 spend most of their time at the
-  stem's resolution (MobileNetV2 0.5 at width 0.177 without its identity blocks, untrained:
-  9.9 -> 5.7 us, int8, 1 thread). Not exact: later layers see a coarser map. Residual teachers
-  whose first blocks all have shortcuts (ResNet) and Sequential ones keep their strides.
+  and without it): the stride of the downsampling after the stem's moves up to the first
+  spatial convolution after the stem that every path passes through (MobileNet's and
+  EfficientNet's first depthwise one), so the few layers between run on a quarter of the
+  positions and every later one at the resolution it had. The stride is the student's to
+  place: the weights keep their shapes, the model's outputs theirs. A narrow mobile student
+  spends a large share of its time at the stem's resolution (MobileNetV2 0.5 at width 0.177
+  without its identity blocks, untrained: 9.9 -> 7.1 us, int8, 1 thread). Not exact: those
+  layers see a coarser map. Moving the *last* downsampling instead (5.7 us) left every later
+  stage coarser, and cost that trained student 3.8 points on 32x32 digits (docs/models.md).
+  Residual teachers whose first blocks all have shortcuts (ResNet) and Sequential ones keep
+  their strides.
 
 Measured (docs/models.md): an EfficientNetB0 student at width 0.5, 32×32×3, int8, 1 thread:
 squeezes 16 % faster, both 24 %. Hard-sigmoid gates instead of sigmoid ones were 26 % *slower*
@@ -154,37 +157,40 @@ def downsample_choices(model: keras.Model) -> list[StudentDownsample]:
 
 
 def early_downsampling(model: keras.Model) -> tuple[str, list[str]] | None:
-    """(the layer that takes the stride, the layers that give it up) for distill.downsample
-    `early`, or None when `model` has no such pair: the last downsampling is each stride-2
-    2D convolution with the smallest output of any (a projection block has two); the layer that
-    takes it, the first stride-1 convolution with a kernel wider than 1 after the first
-    stride-2 one, before the last, that every path from the inputs to the outputs passes
-    through (a 1x1 one would only drop positions; one inside a residual block would halve one
-    path of two)."""
+    """(the layer that takes a stride, the layers that give it up) for distill.downsample
+    `early`, or None when `model` has none: the taker is the first stride-1 2D convolution with
+    a kernel wider than 1 after the first stride-2 one (the stem) that every path from the
+    inputs to the outputs passes through (a 1x1 one would only drop positions; one inside a
+    residual block would halve one path of two); the givers, the next downsampling after it:
+    each stride-2 convolution with the largest output of those after it (a projection block
+    has two)."""
     if isinstance(model, keras.Sequential):
         return None
     layers = [layer for layer in model.layers if isinstance(layer, SPATIAL_CONVOLUTIONS)
               and len(layer.input_shape) == 4]
     strided = [layer for layer in layers if tuple(layer.strides) == (2, 2)]
-    if len(strided) < 2:
+    if not strided:
         return None
-    smallest = min(math.prod(layer.output_shape[1:3]) for layer in strided)
-    last = [layer for layer in strided if math.prod(layer.output_shape[1:3]) == smallest]
-    between = layers[layers.index(strided[0]) + 1:layers.index(last[0])]
     inbound = inbound_layers(model)
-    taker = next((layer for layer in between if tuple(layer.strides) == (1, 1)
-                  and max(layer.kernel_size) > 1 and _on_every_path(model, layer.name, inbound)),
-                 None)
-    return (taker.name, [layer.name for layer in last]) if taker else None
+    taker = next((layer for layer in layers[layers.index(strided[0]) + 1:]
+                  if tuple(layer.strides) == (1, 1) and max(layer.kernel_size) > 1
+                  and _on_every_path(model, layer.name, inbound)), None)
+    later = [layer for layer in strided if taker and layers.index(layer) > layers.index(taker)]
+    if not later:
+        return None
+    largest = max(math.prod(layer.output_shape[1:3]) for layer in later)
+    return taker.name, [layer.name for layer in later
+                        if math.prod(layer.output_shape[1:3]) == largest]
 
 
 def downsampled_early(model: keras.Model, downsample: StudentDownsample) -> keras.Model:
-    """`model` with its last downsampling moved early (`early_downsampling`) for `early`, else
-    `model` itself. The layers giving up the stride pad `same`; a ZeroPadding2D that only fed the layers giving up
-    their stride (MobileNetV2's and EfficientNetB0's, before a `valid` stride-2 convolution) is
+    """`model` with the downsampling after its stem's moved early (`early_downsampling`) for
+    `early`, else
+    `model` itself. The layers giving up the stride pad `same`; a ZeroPadding2D that only fed
+    them (MobileNetV2's and EfficientNetB0's, before a `valid` stride-2 convolution) is
     dropped, as a stride-1 `same` convolution keeps the size it had. The other layers keep
     their names and weights. Raises ValueError when the shape of a model's output or of the
-    last downsampling's would change (an output read between the two layers)."""
+    givers' would change (an output read between the two layers)."""
     found = early_downsampling(model) if downsample == "early" else None
     if not found:
         return model
@@ -219,7 +225,7 @@ def student_changes(cfg: DistillConfig, teacher: Path, student: Path) -> str | N
 def describe_rewrites(teacher: keras.Model, student: keras.Model,
                       activations: StudentActivations) -> str | None:
     """`5 of 10 identity-shortcut residual blocks left out, 3 squeezes pooled with keepdims, 5
-    swish/GELU activations as ReLU, the last downsampling moved to conv2`: what `student`, derived from `teacher` with `activations`,
+    swish/GELU activations as ReLU, a downsampling moved up to conv2`: what `student`, derived from `teacher` with `activations`,
     changes (None: nothing). Read from the student's layers (they keep the teacher's names), so
     it names what distill.blocks and distill.downsample `auto` chose."""
     kept = {layer.name for layer in student.layers}
@@ -236,7 +242,7 @@ def describe_rewrites(teacher: keras.Model, student: keras.Model,
     moved = [layer.name for layer in student.layers if isinstance(layer, SPATIAL_CONVOLUTIONS)
              and layer.strides != teacher.get_layer(layer.name).strides]
     if moved:
-        changes.append(f"the last downsampling moved to {moved[0]}")
+        changes.append(f"a downsampling moved up to {moved[0]}")
     return ", ".join(changes) or None
 
 

@@ -263,9 +263,10 @@ def test_left_out_blocks_keep_the_other_layers_teacher_weights_and_the_interface
 
 
 def mobile_model(aux_head: bool = False) -> keras.Model:
-    """MobileNet in small, on 8x8 digits: a stride-2 stem, a depthwise-separable block, then a
-    last downsampling as MobileNetV2 pads it (a ZeroPadding2D before a `valid` stride-2
-    depthwise convolution); with `aux_head`, a second output read at the block's resolution."""
+    """MobileNet in small, on 8x8 digits: a stride-2 stem, a depthwise-separable block, a
+    downsampling as MobileNetV2 pads it (a ZeroPadding2D before a `valid` stride-2 depthwise
+    convolution), and one more; with `aux_head`, a second output read at the block's
+    resolution."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6", name="stem")(inputs)
@@ -274,6 +275,7 @@ def mobile_model(aux_head: bool = False) -> keras.Model:
     x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="down_pad")(block)
     x = keras.layers.DepthwiseConv2D(3, strides=2, name="down_dw")(x)
     x = keras.layers.Conv2D(16, 1, activation="relu6", name="down_pw")(x)
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="last_dw")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="out")(x)
     if aux_head:
@@ -293,9 +295,9 @@ def op_outputs(tflite: bytes, op: str) -> list[list[int]]:
 @pytest.mark.parametrize("mode", ["int8", "int16x8", "dynamic", "float16"])
 def test_a_student_that_downsamples_early_converts_in_every_mode_to_the_intended_ops(
         digits, mode):
-    """`early`: the first depthwise convolution takes the last downsampling's stride (4x4 ->
-    2x2), the last one runs at stride 1, and its output stays 2x2: the same ops, the same
-    interface."""
+    """`early`: the first depthwise convolution takes the next downsampling's stride (4x4 ->
+    2x2), that one runs at stride 1 and its output stays 2x2, the last stays as it was: the
+    same ops, the same interface."""
     teacher = mobile_model()
     assert search_space(SearchConfig(), Params(), teacher)["distill.downsample"] == [
         "keep", "early"]
@@ -304,7 +306,7 @@ def test_a_student_that_downsamples_early_converts_in_every_mode_to_the_intended
         teacher, 0.5, "teacher", downsample=downsample), mode, calibration)
         for downsample in ("keep", "early")}
     assert [op_outputs(ops[downsample], "DEPTHWISE_CONV_2D") for downsample in ops] == [
-        [[1, 4, 4, 4], [1, 2, 2, 4]], [[1, 2, 2, 4], [1, 2, 2, 4]]]
+        [[1, 4, 4, 4], [1, 2, 2, 4], [1, 1, 1, 8]], [[1, 2, 2, 4], [1, 2, 2, 4], [1, 1, 1, 8]]]
     assert tflite_ops(ops["keep"]) == tflite_ops(ops["early"])  # the converter folds the pad
     # in the ladder the rung that downsamples early follows its twin: as large, faster
     assert student_ladder(teacher, DistillConfig(), SparsifyConfig())[:2] == [
@@ -353,7 +355,7 @@ def test_what_a_derived_student_changes_is_named_in_words(tmp_path):
             == "1 of 3 identity-shortcut residual blocks left out")
     assert changes(resnet_model(), DistillConfig(), blocks="fewest").startswith("3 of 3")
     assert (changes(mobile_model(), DistillConfig(downsample="early"))
-            == "the last downsampling moved to dw")
+            == "a downsampling moved up to dw")
     # width 1.0 derives no student: the sparsified teacher itself
     assert changes(squeeze_excite_model(), DistillConfig(width=1.0), 1.0) is None
 
