@@ -82,7 +82,7 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
                    downsample: StudentDownsample = "keep") -> keras.Model:
     """`source`'s architecture with every layer but the output `width` times as wide, made
     quantization-friendly (tasks/friendly.py: squeezes keep their dims; `activations`; the
-    residual `blocks` left out; the last stride moved early by `downsample`).
+    residual `blocks` left out; a stride moved early by `downsample`).
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
     output layer (the last layer that has one) keeps its size so the student predicts the same
@@ -102,8 +102,8 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
     try:
         source = downsampled_early(source, downsample)
     except Exception as exc:  # a layer whose config does not rebuild with the strides moved
-        raise InputError(f"distill.downsample {downsample}: cannot move {source.name}'s last "
-                         f"downsampling ({exc}); use distill.downsample: keep") from exc
+        raise InputError(f"distill.downsample {downsample}: cannot move a stride of "
+                         f"{source.name} ({exc}); use distill.downsample: keep") from exc
     output = output_layer(source)
     rewrites = friendly_rewrites(source, activations)
     reshapes = {layer.name: None for layer in source.layers

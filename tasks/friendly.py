@@ -147,8 +147,8 @@ DOWNSAMPLE_ORDER: tuple[StudentDownsample, ...] = ("keep", "early")
 
 def downsample_choices(model: keras.Model) -> list[StudentDownsample]:
     """The distill.downsample that derive different students from `model`: `keep` and `early`
-    when its last downsampling can move (`early_downsampling`, and the student builds with the
-    teacher's output shapes), else `keep`."""
+    when it has a stride to move (`early_downsampling`) and the student builds with the
+    teacher's output shapes, else `keep`."""
     try:
         moved = downsampled_early(model, "early")
     except Exception:  # a shape that changes, a layer that does not rebuild with the strides
@@ -185,11 +185,10 @@ def early_downsampling(model: keras.Model) -> tuple[str, list[str]] | None:
 
 def downsampled_early(model: keras.Model, downsample: StudentDownsample) -> keras.Model:
     """`model` with the downsampling after its stem's moved early (`early_downsampling`) for
-    `early`, else
-    `model` itself. The layers giving up the stride pad `same`; a ZeroPadding2D that only fed
-    them (MobileNetV2's and EfficientNetB0's, before a `valid` stride-2 convolution) is
-    dropped, as a stride-1 `same` convolution keeps the size it had. The other layers keep
-    their names and weights. Raises ValueError when the shape of a model's output or of the
+    `early`, else `model` itself. The layers giving up the stride pad `same`; a ZeroPadding2D
+    that only fed them (MobileNetV2's and EfficientNetB0's, before a `valid` stride-2
+    convolution) is dropped, as a stride-1 `same` convolution keeps the size it had. The other
+    layers keep their names and weights. Raises ValueError when the shape of a model's output or of the
     givers' would change (an output read between the two layers)."""
     found = early_downsampling(model) if downsample == "early" else None
     if not found:
