@@ -188,8 +188,8 @@ def downsampled_early(model: keras.Model, downsample: StudentDownsample) -> kera
     `early`, else `model` itself. The layers giving up the stride pad `same`; a ZeroPadding2D
     that only fed them (MobileNetV2's and EfficientNetB0's, before a `valid` stride-2
     convolution) is dropped, as a stride-1 `same` convolution keeps the size it had. The other
-    layers keep their names and weights. Raises ValueError when the shape of a model's output or of the
-    givers' would change (an output read between the two layers)."""
+    layers keep their names and weights. Raises ValueError when the shape of a model's output
+    or of the givers' would change (an output read between the two layers)."""
     found = early_downsampling(model) if downsample == "early" else None
     if not found:
         return model
@@ -224,9 +224,10 @@ def student_changes(cfg: DistillConfig, teacher: Path, student: Path) -> str | N
 def describe_rewrites(teacher: keras.Model, student: keras.Model,
                       activations: StudentActivations) -> str | None:
     """`5 of 10 identity-shortcut residual blocks left out, 3 squeezes pooled with keepdims, 5
-    swish/GELU activations as ReLU, a downsampling moved up to conv2`: what `student`, derived from `teacher` with `activations`,
-    changes (None: nothing). Read from the student's layers (they keep the teacher's names), so
-    it names what distill.blocks and distill.downsample `auto` chose."""
+    swish/GELU activations as ReLU, a downsampling moved up to conv2`: what `student`, derived
+    from `teacher` with `activations`, changes (None: nothing). Read from the student's layers
+    (they keep the teacher's names), so it names what distill.blocks and distill.downsample
+    `auto` chose."""
     kept = {layer.name for layer in student.layers}
     blocks = identity_blocks(teacher)
     left_out = sum(add not in kept for add in blocks)

@@ -269,7 +269,8 @@ def mobile_model(aux_head: bool = False) -> keras.Model:
     resolution."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6", name="stem")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu6",
+                            name="stem")(inputs)
     x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
     block = keras.layers.Conv2D(8, 1, activation="relu6", name="pw")(x)
     x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="down_pad")(block)
@@ -491,7 +492,8 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
     rung, student, probes = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
-    assert rung == Rung(0.25) and {probe.width for probe in probes} == {0.354, 0.25}  # both pass a 100-pt budget
+    # both pass a 100-pt budget
+    assert rung == Rung(0.25) and {probe.width for probe in probes} == {0.354, 0.25}
     assert student.layers[0].filters == 4
     assert all(probe.drop.n == len(digits.val.labels) for probe in probes.values())
 
