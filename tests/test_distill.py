@@ -244,16 +244,21 @@ def test_a_student_without_residual_blocks_converts_in_every_mode_to_the_intende
     assert [ops[blocks]["CONV_2D"] for blocks in ops] == [9, 7, 3]
 
 
+def assert_teacher_weights(student: keras.Model, teacher: keras.Model) -> None:
+    """Every layer of `student` holds the weights of `teacher`'s layer of its name."""
+    for layer in student.layers:
+        for ours, theirs in zip(layer.get_weights(), teacher.get_layer(layer.name).get_weights(),
+                                strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 def test_left_out_blocks_keep_the_other_layers_teacher_weights_and_the_interface():
     """At width 1.0 with teacher init every kept layer has the teacher's weights; an Add that
     makes the model's output is no block to leave out."""
     teacher = resnet_model(output_add=True)
     student = derive_student(teacher, 1.0, "teacher", blocks="half")
     assert "b2_1" not in {layer.name for layer in student.layers}
-    for layer in student.layers:
-        for ours, theirs in zip(layer.get_weights(), teacher.get_layer(layer.name).get_weights(),
-                                strict=True):
-            np.testing.assert_array_equal(ours, theirs)
+    assert_teacher_weights(student, teacher)
     assert list(identity_blocks(teacher)) == ["b1_add", "b2_add", "b3_add"]
     fewest = derive_student(teacher, 0.5, "teacher", blocks="fewest")
     assert fewest.get_layer("out").input_shape == teacher.get_layer("out").input_shape
@@ -321,10 +326,7 @@ def test_a_student_that_downsamples_early_keeps_the_teachers_weights_and_interfa
     teacher = mobile_model()
     student = derive_student(teacher, 1.0, "teacher", downsample="early")
     assert "down_pad" not in {layer.name for layer in student.layers}
-    for layer in student.layers:
-        for ours, theirs in zip(layer.get_weights(), teacher.get_layer(layer.name).get_weights(),
-                                strict=True):
-            np.testing.assert_array_equal(ours, theirs)
+    assert_teacher_weights(student, teacher)
     assert (student.get_layer("dw").strides, student.get_layer("down_dw").strides) == (
         (2, 2), (1, 1))
     assert student.output_shape == teacher.output_shape
