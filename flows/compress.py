@@ -35,7 +35,7 @@ from flows.record.tracking import (
 )
 from flows.record.unchanged import FlowRunRecord, last_run_if_unchanged, record_unchanged
 from flows.retry import RETRY_POLICY
-from flows.signals import HARD_STOP_NOTE, on_hard_stop
+from flows.signals import HARD_STOP_NOTE, on_hard_stop, stop_kept
 from flows.stages import STAGES, check_changed_inputs, stage_call
 from flows.workspace.versioning import (
     Fingerprint,
@@ -173,7 +173,7 @@ def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) ->
     hashed them: otherwise dvc.lock would vouch for outputs made from other content. Such a
     change forgets the stage in dvc.lock and raises `InputChanged`, which Prefect retries.
     """
-    with stage_run(stage):
+    with stage_run(stage), stop_kept():
         if not changed or is_up_to_date(root, stage):
             get_run_logger().info("%s: up to date, skipped", stage)
             log_stage({}, skipped=True)

@@ -117,6 +117,33 @@ def signal_of(exc: BaseException | None) -> int | None:
     return None
 
 
+@contextmanager
+def stop_kept() -> Iterator[None]:
+    """Within: a stop signal's exception that another replaced while it unwound is raised again.
+    A library's `__exit__` may raise on the way out (seen: TensorFlow's tf_stack, `AssertionError:
+    Concurrent access?`, in training), and the stopped run would end as a failed one (exit 1,
+    MLflow FAILED, flow run Failed)."""
+    try:
+        yield
+    except Exception as exc:
+        stop = _replaced_stop(exc)
+        if stop is None:
+            raise
+        raise stop  # noqa: B904 (its context is `exc`: the traceback shows both)
+
+
+def _replaced_stop(exc: BaseException) -> BaseException | None:
+    """The stop signal's exception in `exc`'s context chain, if any."""
+    seen = {id(exc)}
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if signal_of(context):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
+
+
 def send_dropped_signal_again(unraisable: sys.UnraisableHookArgs) -> None:
     """`sys.unraisablehook`: a signal handler's exception raised while Python ran a finalizer or
     weakref callback is printed and dropped; its signal is sent again, from another thread (sent

@@ -15,7 +15,7 @@ import uuid
 import pytest
 from conftest import REPO, TEST_MARK, wait_until_none_with_mark
 
-from flows.signals import GRACE_S
+from flows.signals import GRACE_S, stop_kept
 
 STARTS_CHILDREN = """
 import os, signal, subprocess, sys, time
@@ -95,3 +95,28 @@ def test_a_stop_signal_dropped_in_a_finalizer_is_sent_again(tmp_path):
     assert "Exception ignored in" in err and "SystemExit: 143" in err, err
     assert "stopping hard" not in err
     assert not wait_until_none_with_mark(mark)
+
+
+class RaisesOnExit:
+    """As TensorFlow's tf_stack when a signal's exception leaves it mid-way."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info) -> None:
+        raise AssertionError("Concurrent access?")
+
+
+@pytest.mark.parametrize("stop", [SystemExit(128 + signal.SIGTERM), KeyboardInterrupt()],
+                         ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_replaced_while_it_unwinds_is_raised_again(stop):
+    """The run ends stopped (exit 143, MLflow KILLED, flow run Crashed), not failed."""
+    with pytest.raises(type(stop)) as raised, stop_kept(), RaisesOnExit():
+        raise stop
+    assert raised.value is stop
+    assert isinstance(raised.value.__context__, AssertionError)
+
+
+def test_an_error_without_a_stop_in_its_context_is_left_alone():
+    with pytest.raises(AssertionError), stop_kept(), RaisesOnExit():
+        raise ValueError("an error of the run's own")
