@@ -129,7 +129,7 @@ def stop_kept() -> Iterator[None]:
         stop = _replaced_stop(exc)
         if stop is None:
             raise
-        raise stop  # noqa: B904 (its context is `exc`: the traceback shows both)
+        raise stop  # its context is `exc`: the traceback shows both
 
 
 def _replaced_stop(exc: BaseException) -> BaseException | None:

@@ -10,8 +10,8 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow's default pools (one intra-op thread per core, and an inter-op pool as large) contend
-# for the cores of a small machine: on 2 cores, one intra-op thread trained every student faster,
-# 1.5-1.9x per epoch from a 0.088-wide ResNet50 to the full one (docs/benchmarks.md, 2026-12-06).
+# for the cores of a small machine: on 2 cores, one intra-op thread trained ResNet50's probe
+# students 1.65-2.4x faster per epoch (docs/benchmarks.md, Threads, 2026-12-06).
 # An explicit TF_NUM_INTRAOP_THREADS wins.
 if len(os.sched_getaffinity(0)) <= 2:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")

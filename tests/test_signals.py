@@ -1,6 +1,7 @@
 """flows/signals.py with real signals on small processes (no TensorFlow, no Prefect): a stop
 signal stops a guarded process, with every process it started, even when the signal's exception is
-dropped by Python or swallowed by the code it interrupts, and a second signal stops it at once.
+dropped by Python or swallowed by the code it interrupts, and a second signal stops it at once;
+a stop's exception replaced by another while it unwinds is raised again.
 The same with real runs: tests/test_killed_runs.py."""
 
 from __future__ import annotations
