@@ -13,5 +13,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # for the cores of a small machine: on 2 cores, one intra-op thread trained ResNet50's probe
 # students 1.65-2.4x faster per epoch (docs/benchmarks.md, Threads, 2026-12-06).
 # An explicit TF_NUM_INTRAOP_THREADS wins.
-if len(os.sched_getaffinity(0)) <= 2:
+if (os.cpu_count() or 1) <= 2:  # as flows/search.py `tensorflow_threads` counts cores
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
