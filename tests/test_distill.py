@@ -31,6 +31,7 @@ from tasks.distill import (
     deployed_bytes,
     derive_student,
     distill,
+    likely_after_all,
     smallest_likely,
     smallest_within,
     student_ladder,
@@ -449,6 +450,41 @@ def test_auto_width_finds_the_smallest_within_when_a_larger_student_with_fewer_b
                     (0.177, "fewest")]  # five of 18
 
 
+@pytest.mark.parametrize(("end_chance", "kept", "trained"), [
+    (0.85, 0.177, [0.177]),  # the second look is confirmed: kept, trained once
+    (0.7, 0.25, [0.177, 0.25]),  # refused: the smallest likely probe trains on as without it
+])
+def test_a_second_look_trains_the_smaller_probe_most_likely_to_pass_on_first(
+        end_chance, kept, trained):
+    """Probes are a third of the training: of those smaller than the smallest likely one, the
+    most likely to pass (0.7, not 0.55; at least LIKELY) trains on to all epochs first and is
+    kept if it is then CONFIRMED."""
+    ladder = [Rung(width) for width in (0.5, 0.354, 0.25, 0.177, 0.125, 0.088)]
+    probed = {0.5: 0.99, 0.354: 0.95, 0.25: 0.85, 0.177: 0.7, 0.125: 0.55, 0.088: 0.3}
+    at_the_end = {0.177: end_chance, 0.25: 0.9}
+    asked, trained_on = [], []
+
+    def probe(rung: Rung) -> float:
+        asked.append(rung.width)
+        return probed[rung.width]
+
+    def train_on(rung: Rung) -> float:
+        trained_on.append(rung.width)
+        return at_the_end[rung.width]
+
+    assert likely_after_all(ladder, probe, train_on) == Rung(kept)
+    assert set(asked) >= {0.25, 0.177} and trained_on == trained
+
+
+def test_a_second_look_needs_a_smaller_probe_at_least_likely():
+    ladder = [Rung(width) for width in (0.5, 0.354, 0.25, 0.177)]
+    probed = {0.5: 0.99, 0.354: 0.95, 0.25: 0.85, 0.177: 0.45}  # LIKELY is 0.5
+    trained_on = []
+    assert likely_after_all(ladder, lambda rung: probed[rung.width],
+                            lambda rung: trained_on.append(rung.width) or 0.9) == Rung(0.25)
+    assert trained_on == [0.25]
+
+
 def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deployed_size(digits):
     """ResNet in small at widths 0.5 and 0.354 (12 units: 0.25 would leave 3): the 0.5 student
     without its three identity blocks is smaller than the 0.354 one with them all. With every
@@ -460,7 +496,7 @@ def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deploye
     assert student_ladder(teacher, DistillConfig(blocks="all"), SparsifyConfig()) == [
         Rung(0.5), Rung(0.354)]
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    rung, student, probes = smallest_likely(
+    rung, student, probes, _ = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(enabled=False),
         GateConfig(max_accuracy_drop=1), seed=0)
     assert rung == Rung(0.354, "fewest") and list(probes) == [
@@ -491,7 +527,7 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
         keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]),
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    rung, student, probes = smallest_likely(
+    rung, student, probes, _ = smallest_likely(
         teacher, data, DistillConfig(epochs=1), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
     # both pass a 100-pt budget
@@ -500,8 +536,8 @@ def test_auto_width_distills_each_probe_and_keeps_the_narrowest_likely_to_pass(d
     assert all(probe.drop.n == len(digits.val.labels) for probe in probes.values())
 
     # certified on 60 test samples, which cannot certify 1 point: the widest alone, warned
-    rung, _, probes = smallest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
-                                      GateConfig(require="certified"), seed=0)
+    rung, _, probes, _ = smallest_likely(teacher, data, DistillConfig(epochs=1), SparsifyConfig(),
+                                         GateConfig(require="certified"), seed=0)
     assert rung == Rung(0.5) and list(probes) == [Rung(0.5)]
 
 
@@ -514,14 +550,14 @@ def test_probes_train_a_third_of_the_epochs_and_the_chosen_one_trains_on_to_all(
         digits, ModelConfig(epochs=2))
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
     caplog.set_level(logging.INFO, logger="tasks")
-    rung, student, probes = smallest_likely(
+    rung, student, probes, epochs = smallest_likely(
         teacher, data, DistillConfig(epochs=3), SparsifyConfig(), GateConfig(max_accuracy_drop=1),
         seed=0)
     # every student within a 100-pt budget: 0.354 then 0.25, one epoch each
     assert rung == Rung(0.25) and {
         probed.width: probe.epochs for probed, probe in probes.items()} == {0.354: 1, 0.25: 1}
     assert "0.354 likely after 1 of 3 epochs" in caplog.text
-    assert "0.25 trained on to 3 epochs" in caplog.text
+    assert "0.25 trained on to 3 epochs" in caplog.text and epochs == 1 + 3
     # the sparsity schedule spans all three epochs: only the chosen one's end reaches the target
     assert overall_sparsity(student) == pytest.approx(0.8, abs=0.01)
     assert student.layers[0].filters == 4
