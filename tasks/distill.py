@@ -445,11 +445,11 @@ def smallest_likely(
 def likely_after_all(ladder: list[Rung], probe: Callable[[Rung], float],
                      trained_on: Callable[[Rung], float]) -> Rung:
     """The smallest rung of `ladder` whose `probe` chance is CONFIRMED (`smallest_within`),
-    `trained_on` to all epochs; or, given a second look, a smaller one. Probes are pessimistic
-    (a third of the training: ResNet50 at 0.354 without its identity blocks, +0.21 pt upper bound
-    as a probe, -0.48 once trained on, docs/decisions.md), so the smaller probe most likely to
-    pass, if at least LIKELY, trains on first and is kept if then CONFIRMED. One look at most:
-    it costs one distillation's rest when refused."""
+    `trained_on` to all epochs; or, given a second look, a smaller one. A probe is one noisy
+    look after a third of the training (ResNet50 at 0.354 without its identity blocks: upper
+    bound +0.21 pt as a probe, -0.48 once trained on; docs/decisions.md), so the smaller probe
+    most likely to pass, if at least LIKELY, trains on first and is kept if then CONFIRMED. One
+    look at most: it costs the rest of a distillation when refused."""
     chances: dict[Rung, float] = {}
 
     def likely(rung: Rung) -> bool:
