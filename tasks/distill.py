@@ -460,7 +460,7 @@ def likely_after_all(ladder: list[Rung], probe: Callable[[Rung], float],
     smaller = [other for other in ladder[ladder.index(rung) + 1:]
                if chances.get(other, 0.0) >= LIKELY]
     challenger = max(reversed(smaller), key=chances.__getitem__, default=None)  # ties: smaller
-    if challenger and trained_on(challenger) >= CONFIRMED:
+    if challenger is not None and trained_on(challenger) >= CONFIRMED:
         return challenger
     trained_on(rung)
     return rung
