@@ -64,7 +64,7 @@ from tasks.models import (
     write_model,
 )
 from tasks.paired import PairedDrop, paired_drop
-from tasks.power import CONFIRMED, LIKELY, chance_to_certify, chance_to_pass
+from tasks.power import CONFIRMED, chance_to_certify, chance_to_pass
 from tasks.sparsify import check_prunable, final_sparsities, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
 from tasks.views import consistent_views
@@ -391,8 +391,8 @@ def smallest_likely(
     probes, each as close to the teacher on 144 samples, narrow to a student 1.1 pt worse on
     test). With data.unlabeled, a probe's disagreement with the teacher on the pool's choose part
     counts too: its chance is the greater of the two. Each probe is the first PROBE_SHARE of a
-    distillation, judged once at its end; the chosen one (`likely_after_all`) then trains on to
-    all of `cfg.epochs`."""
+    distillation, judged once at its end; the chosen one then trains on to all of `cfg.epochs`
+    (a second look at a near miss trained on instead was refused: docs/decisions.md)."""
     ladder = student_ladder(teacher, cfg, sparsify_cfg)
     rule = rule_for(gate, data)
     if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
@@ -414,7 +414,7 @@ def smallest_likely(
             found += f"; choose part: {agree.describe()}"
         return drop, chance, found
 
-    def probe(rung: Rung) -> float:
+    def likely(rung: Rung) -> bool:
         seed_everything(seed)
         student = derive_student(teacher, rung.width, cfg.init, cfg.activations, rung.blocks,
                                  rung.downsample)
@@ -426,44 +426,16 @@ def smallest_likely(
                  "gate): validation %s", _named(rung),
                  "likely" if chance >= CONFIRMED else "unlikely", run.epochs, cfg.epochs,
                  chance, found)
-        return chance
-
-    def trained_on(rung: Rung) -> float:
-        run = runs[rung].train(cfg.epochs)
-        _, chance, found = measure(run.model)
-        log.info("distill.width auto: %s trained on to %d epochs (chance %.2f): validation %s",
-                 _named(rung), run.epochs, chance, found)
-        return chance
-
-    rung = likely_after_all(ladder, probe, trained_on)
-    epochs = sum(run.epochs for run in runs.values())
-    log.info("distill.width auto: kept %s; %d probes, %d epochs trained in all", _named(rung),
-             len(probes), epochs)
-    return AutoWidth(rung, runs[rung].student(), probes, epochs)
-
-
-def likely_after_all(ladder: list[Rung], probe: Callable[[Rung], float],
-                     trained_on: Callable[[Rung], float]) -> Rung:
-    """The smallest rung of `ladder` whose `probe` chance is CONFIRMED (`smallest_within`),
-    `trained_on` to all epochs; or, given a second look, a smaller one. A probe is one noisy
-    look after a third of the training (ResNet50 at 0.354 without its identity blocks: upper
-    bound +0.21 pt as a probe, -0.48 once trained on; docs/decisions.md), so the smaller probe
-    most likely to pass, if at least LIKELY, trains on first and is kept if then CONFIRMED. One
-    look at most: it costs the rest of a distillation when refused."""
-    chances: dict[Rung, float] = {}
-
-    def likely(rung: Rung) -> bool:
-        chances[rung] = probe(rung)
-        return chances[rung] >= CONFIRMED
+        return chance >= CONFIRMED
 
     rung = smallest_within(ladder, likely)
-    smaller = [other for other in ladder[ladder.index(rung) + 1:]
-               if chances.get(other, 0.0) >= LIKELY]
-    challenger = max(reversed(smaller), key=chances.__getitem__, default=None)  # ties: smaller
-    if challenger is not None and trained_on(challenger) >= CONFIRMED:
-        return challenger
-    trained_on(rung)
-    return rung
+    chosen = runs[rung].train(cfg.epochs)
+    _, chance, found = measure(chosen.model)
+    epochs = sum(run.epochs for run in runs.values())
+    log.info("distill.width auto: %s trained on to %d epochs (chance %.2f): validation %s; %d "
+             "probes, %d epochs trained in all", _named(rung), chosen.epochs, chance, found,
+             len(probes), epochs)
+    return AutoWidth(rung, chosen.student(), probes, epochs)
 
 
 def _named(rung: Rung) -> str:

@@ -31,7 +31,6 @@ from tasks.distill import (
     deployed_bytes,
     derive_student,
     distill,
-    likely_after_all,
     smallest_likely,
     smallest_within,
     student_ladder,
@@ -448,41 +447,6 @@ def test_auto_width_finds_the_smallest_within_when_a_larger_student_with_fewer_b
     assert smallest_within(ladder, within) == Rung(0.125, "all")
     assert seen == [(0.177, "all"), (0.125, "half"), (0.125, "all"), (0.088, "all"),
                     (0.177, "fewest")]  # five of 18
-
-
-@pytest.mark.parametrize(("end_chance", "kept", "trained"), [
-    (0.85, 0.177, [0.177]),  # the second look is confirmed: kept, trained once
-    (0.7, 0.25, [0.177, 0.25]),  # refused: the smallest likely probe trains on as without it
-])
-def test_a_second_look_trains_the_smaller_probe_most_likely_to_pass_on_first(
-        end_chance, kept, trained):
-    """Probes are a third of the training: of those smaller than the smallest likely one, the
-    most likely to pass (0.7, not 0.55; at least LIKELY) trains on to all epochs first and is
-    kept if it is then CONFIRMED."""
-    ladder = [Rung(width) for width in (0.5, 0.354, 0.25, 0.177, 0.125, 0.088)]
-    probed = {0.5: 0.99, 0.354: 0.95, 0.25: 0.85, 0.177: 0.7, 0.125: 0.55, 0.088: 0.3}
-    at_the_end = {0.177: end_chance, 0.25: 0.9}
-    asked, trained_on = [], []
-
-    def probe(rung: Rung) -> float:
-        asked.append(rung.width)
-        return probed[rung.width]
-
-    def train_on(rung: Rung) -> float:
-        trained_on.append(rung.width)
-        return at_the_end[rung.width]
-
-    assert likely_after_all(ladder, probe, train_on) == Rung(kept)
-    assert set(asked) >= {0.25, 0.177} and trained_on == trained
-
-
-def test_a_second_look_needs_a_smaller_probe_at_least_likely():
-    ladder = [Rung(width) for width in (0.5, 0.354, 0.25, 0.177)]
-    probed = {0.5: 0.99, 0.354: 0.95, 0.25: 0.85, 0.177: 0.45}  # LIKELY is 0.5
-    trained_on = []
-    assert likely_after_all(ladder, lambda rung: probed[rung.width],
-                            lambda rung: trained_on.append(rung.width) or 0.9) == Rung(0.25)
-    assert trained_on == [0.25]
 
 
 def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deployed_size(digits):
