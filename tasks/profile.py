@@ -13,8 +13,8 @@ whose cuts would hold more than MAX_HELD_BYTES is not profiled.
 
 Cutting can change how XNNPACK runs an op: an op whose output a cut makes the graph's output is
 no longer fused with the next. ResNet50's stem PAD alone ran in 12.7 us, the PAD and the stem
-convolution it feeds in 8.8: an op whose cut is faster than the cut before it in every round is
-booked with the op before as one group (`PAD+CONV_2D #0-1`; `fused_groups`).
+convolution it feeds in 8.8: an op whose cut is clearly faster than the cut before it in every
+round is booked with the op before as one group (`PAD+CONV_2D #0-1`; `fused_groups`).
 """
 
 from __future__ import annotations
