@@ -9,10 +9,12 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow's default pools (one intra-op thread per core, and an inter-op pool as large) contend
-# for the cores of a small machine: on 2 cores, one intra-op thread trained ResNet50's probe
-# students 1.65-2.4x faster per epoch (docs/benchmarks.md, Threads, 2026-12-06).
-# An explicit TF_NUM_INTRAOP_THREADS wins. Open: with pruning on, it also lowered the 57 k CNN's
-# 0.354 probe in 9 of 10 seeds (kept 0.5 instead; same Threads section).
+# TensorFlow splits each op across one intra-op thread per core by default; on 2 cores a narrow
+# student's ops are too small for it: one intra-op thread trained ResNet50's probe students
+# 1.65-2.4x faster per epoch, and small CNNs as fast (docs/benchmarks.md, Threads, 2026-12-06).
+# The thread count changes training's float results, so a probe at the gate's threshold can land
+# either side; on fresh seeds its chances spread the same with one thread as with two (same
+# section).
+# An explicit TF_NUM_INTRAOP_THREADS wins.
 if (os.cpu_count() or 1) <= 2:  # as flows/search.py `tensorflow_threads` counts cores
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
