@@ -160,8 +160,9 @@ def stage(args: argparse.Namespace) -> int:
 
 
 def up(args: argparse.Namespace) -> int:
+    from flows.stack.config import load_stack
     from flows.stack.servers import up as start_stack
-    from flows.workspace.params import load_params, load_stack
+    from flows.workspace.params import load_params
 
     params, stack = load_params(args.params, args.set), load_stack(args.params, args.set)
     return start_stack(params, stack, Path("."))
@@ -181,8 +182,9 @@ def deploy(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from flows.stack.config import load_stack
     from flows.stack.deployments import serve as serve_deployments
-    from flows.workspace.params import load_params, load_stack
+    from flows.workspace.params import load_params
 
     serve_deployments(load_params(args.params, args.set), load_stack(args.params, args.set))
     return 0

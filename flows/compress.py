@@ -178,10 +178,10 @@ def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) ->
             get_run_logger().info("%s: up to date, skipped", stage)
             log_stage({}, skipped=True)
             return "skipped"
-        stage_task, kwargs = stage_call(stage, params, Workspace(root))
+        compute, kwargs = stage_call(stage, params, Workspace(root))
         try:
             with read_steadily(stage_inputs(params).get(stage, {})):
-                log_stage(stage_task(**kwargs))
+                log_stage(compute(**kwargs))
                 record_stage(root, stage)
         except InputChanged:
             forget_stage(root, stage)

@@ -48,7 +48,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -189,8 +189,6 @@ def run_search(params: Params, ws: Workspace) -> dict[str, float]:
     searching = search.with_options(task_runner=task_runner(params.search))
     return searching(params, str(ws.root.resolve()), active.info.run_id if active else None)
 
-
-search_task = task(run_search, name="search")
 
 
 @flow(name="search", log_prints=True)

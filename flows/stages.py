@@ -6,8 +6,9 @@ stages are all up to date never imports them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flows.workspace.connections import check_tracking_uri
 from flows.workspace.versioning import nothing_changed
@@ -17,53 +18,54 @@ from tasks.config import Params
 from tasks.errors import InputError
 from tasks.inputs import stage_inputs, wait_until_settled
 
-if TYPE_CHECKING:
-    from prefect import Task
-
 STAGES = ("load", "search", "sparsify", "distill", "quantize", "evaluate")
 BEFORE_CHOICE = ("load", "search")
 
 
-def stage_call(name: str, params: Params, ws: Workspace) -> tuple[Task, dict[str, Any]]:
-    """The task for stage `name` and its arguments: only the sections that stage reads. The
-    stages after the search read them with the search's chosen keys applied."""
-    from flows.search import search_task
-    from tasks.distill import distill_task
-    from tasks.evaluate import evaluate_task
-    from tasks.load import load_task
-    from tasks.quantize import quantize_task
-    from tasks.sparsify import sparsify_task
+def stage_call(name: str, params: Params,
+               ws: Workspace) -> tuple[Callable[..., dict[str, float]], dict[str, Any]]:
+    """The compute function of stage `name` and its arguments: only the sections that stage
+    reads. The stages after the search read them with the search's chosen keys applied.
+
+    The flow runs it inside its own task (flows/compress.py `run_or_skip`: one task run per stage,
+    retried there), so the compute layer knows no Prefect."""
+    from flows.search import run_search
+    from tasks.distill import run_distill
+    from tasks.evaluate import run_evaluate
+    from tasks.load import run_load
+    from tasks.quantize import run_quantize
+    from tasks.sparsify import run_sparsify
 
     if name not in STAGES:
         raise InputError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     p = params if name in BEFORE_CHOICE else chosen_params(params, ws)
     calls = {
-        "load": (load_task, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
-        "search": (search_task, {"params": p}),
-        "sparsify": (sparsify_task,
+        "load": (run_load, {"seed": p.seed, "data_cfg": p.data, "model_cfg": p.model}),
+        "search": (run_search, {"params": p}),
+        "sparsify": (run_sparsify,
                      {"seed": p.seed, "cfg": p.sparsify, "prune_teacher": p.prunes_teacher}),
         "distill": (
-            distill_task,
+            run_distill,
             {"seed": p.seed, "cfg": p.distill, "sparsify_cfg": p.sparsify, "gate": p.gate,
              "trust_code": p.model.trust_code},
         ),
         "quantize": (
-            quantize_task, {"seed": p.seed, "cfg": p.quantize, "distill_cfg": p.distill}
+            run_quantize, {"seed": p.seed, "cfg": p.quantize, "distill_cfg": p.distill}
         ),
         "evaluate": (
-            evaluate_task,
+            run_evaluate,
             {"cfg": p.evaluate, "sparsified": p.prunes_teacher, "distilled": p.distill.enabled,
              "confidence": p.gate.confidence},
         ),
     }
-    task, kwargs = calls[name]
-    return task, kwargs | {"ws": ws}
+    function, kwargs = calls[name]
+    return function, kwargs | {"ws": ws}
 
 
 def run_stage(name: str, params: Params, ws: Workspace) -> dict[str, float]:
     """Run one stage from the files the previous one left, outside any flow (dvc.yaml's cmd)."""
-    task, kwargs = stage_call(name, params, ws)
-    return task.fn(**kwargs)
+    function, kwargs = stage_call(name, params, ws)
+    return function(**kwargs)
 
 
 def check_inputs(params: Params) -> None:

@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from prefect import task
 
 from tasks.artifacts import Workspace, copy_file
 from tasks.channels import (
@@ -541,5 +540,3 @@ def run_distill(
 def _student_metrics(student: keras.Model) -> dict[str, float]:
     return {"student_params": student.count_params(), "student_sparsity": overall_sparsity(student)}
 
-
-distill_task = task(run_distill, name="distill")

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-from prefect import task
 
 from tasks.artifacts import Workspace, write_arrays, write_json
 from tasks.config import EvaluateConfig
@@ -240,5 +239,3 @@ def headline(document: dict) -> dict[str, float]:
     flat |= {f"fidelity.{key}": value for key, value in document.get("fidelity", {}).items()}
     return flat
 
-
-evaluate_task = task(run_evaluate, name="evaluate")

@@ -10,7 +10,6 @@ from statistics import NormalDist
 
 import numpy as np
 import tf_keras as keras
-from prefect import task
 
 from tasks.artifacts import Workspace
 from tasks.config import DataConfig, ModelConfig
@@ -178,5 +177,3 @@ def place_validation(teacher: keras.Model, data: Dataset, seed: int) -> Dataset:
                 f"{len(moved.test):,}")
     return replace(moved, teacher_errors=teacher_errors(teacher, moved))
 
-
-load_task = task(run_load, name="load")

@@ -13,7 +13,6 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from prefect import task
 from tensorflow.lite.python.convert_phase import ConverterError  # not exported by tf.lite
 
 from tasks.artifacts import Workspace, write_bytes, write_json
@@ -204,5 +203,3 @@ def run_quantize(
     plot_quant_sensitivity(sensitivity, ws.plots / "quant_sensitivity.png")
     return {"tflite_bytes": len(quantized.tflite)}
 
-
-quantize_task = task(run_quantize, name="quantize")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from prefect import task
 from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import PruneRegistry
 from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import (
     PruneLowMagnitude,
@@ -237,5 +236,3 @@ def run_sparsify(seed: int, cfg: SparsifyConfig, ws: Workspace,
     )
     return {"sparsity": result.sparsity} if pruned else {}
 
-
-sparsify_task = task(run_sparsify, name="sparsify")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.workspace.params import flatten, load_params, load_stack, validate_params
+from flows.stack.config import StackConfig, load_stack
+from flows.workspace.params import flatten, load_params, validate_params
 from flows.workspace.versioning import inputs_section
-from tasks.config import Params, StackConfig
+from tasks.config import Params
 from tasks.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -376,8 +376,9 @@ def test_a_work_pool_that_does_not_exist_is_refused_by_deploy(team, tmp_path):
 
 def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgres, s3, tmp_path,
                                                                          monkeypatch):
+    from flows.stack.config import StackConfig
     from flows.stack.servers import up
-    from tasks.config import Params, StackConfig
+    from tasks.config import Params
 
     closed = free_port()
     team_params = Params(tracking={"uri": f"http://127.0.0.1:{free_port()}"})
@@ -431,9 +432,9 @@ def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path
 
 
 def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypatch):
+    from flows.stack.config import StackConfig, load_stack
     from flows.stack.servers import up
-    from flows.workspace.params import load_stack
-    from tasks.config import Params, StackConfig
+    from tasks.config import Params
 
     with pytest.raises(InputError) as refused:
         load_params(overrides=["tracking.uri=http://team:s3cret@mlflow.example:5000"])

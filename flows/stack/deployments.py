@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import Params, StackConfig
+from flows.stack.config import StackConfig
+from tasks.config import Params
 from tasks.errors import InputError
 
 PREFECT_FILE = Path("infra") / "prefect.yaml"

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from flows.record.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
 from flows.workspace.connections import MLFLOW_CREDENTIALS, check_postgres, check_s3
-from tasks.config import LOOPBACK, Params, StackConfig
+from flows.stack.config import LOOPBACK, StackConfig
+from tasks.config import Params
 from tasks.errors import InputError
 
 STATE = Path(".shrinkflow")

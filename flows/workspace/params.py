@@ -1,8 +1,8 @@
 """`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key.
 
 The file's `stack:` section configures `shrinkflow up` (servers, schedule); it is not a run
-parameter, so it is read separately into a `StackConfig`. Its `inputs:` section is derived from the
-run parameters for DVC (flows/workspace/versioning.py) and is not read back.
+parameter, so it is read separately (flows/stack/config.py `load_stack`). Its `inputs:` section
+is derived from the run parameters for DVC (flows/workspace/versioning.py) and is not read back.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tasks.config import CREDENTIALS_IN_URL, Params, StackConfig
+from tasks.config import CREDENTIALS_IN_URL, Params
 from tasks.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -27,23 +27,17 @@ SECTIONS = {
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
     """Read `path` (optional when it is the default), apply overrides, validate once."""
-    raw = _read_with_overrides(path, overrides)
+    raw = read_with_overrides(path, overrides)
     raw.pop(STACK, None)
     raw.pop(INPUTS, None)
     return validate_params(raw)
 
 
-def load_stack(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> StackConfig:
-    """The `stack:` section, with `--set stack.KEY=VALUE` overrides."""
-    raw = _read_with_overrides(path, overrides).get(STACK) or {}
-    return _validated(StackConfig, raw, section=STACK)
-
-
 def validate_params(raw: Any) -> Params:
-    return _validated(Params, raw)
+    return validated(Params, raw)
 
 
-def _validated(model: type[BaseModel], raw: Any, section: str = "") -> Any:
+def validated(model: type[BaseModel], raw: Any, section: str = "") -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -67,7 +61,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _read_with_overrides(path: Path, overrides: Sequence[str]) -> dict[str, Any]:
+def read_with_overrides(path: Path, overrides: Sequence[str]) -> dict[str, Any]:
     raw = _read_yaml(path)
     for override in overrides:
         _apply(raw, override)
