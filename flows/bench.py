@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -33,7 +34,6 @@ from flows.record.report import (
     markdown_table,
     memory,
     percent,
-    thread_counts,
     threads,
 )
 from flows.record.tracking import pipeline_run
@@ -43,8 +43,9 @@ from flows.workspace.versioning import init_workspace
 from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import Params, QuantizeConfig, TrackingConfig
 from tasks.errors import InputError
-from tasks.evaluate import CandidateMetrics, evaluate_tflite, summarize
+from tasks.evaluate import evaluate_tflite
 from tasks.inputs import APPLICATIONS_PREFIX
+from tasks.measurements import CandidateMetrics, Comparison
 from tasks.models import read_model
 from tasks.plots import plot_tradeoff
 from tasks.splits import Dataset
@@ -54,7 +55,6 @@ T = TypeVar("T")
 BENCH_JSON = Path("metrics") / "bench.json"
 BENCH_MD = Path("reports") / "bench.md"
 BENCH_PLOT = Path("plots") / "bench.png"
-HEADLINE = ("accuracy_drop", "compression_ratio", "speedup")
 PROJECT_FILES = ("dvc.yaml", ".gitignore", "tasks")  # what a fresh project copy needs (+ params)
 SHRINKFLOW = Path(sys.executable).parent / "shrinkflow"  # the installed console script
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +85,12 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
             "config": str(params),
             "machine": machine_facts(),
             "test_samples": len(bench.data.test),
-            "recipes": recipes,
+            "recipes": {name: row.as_dict() for name, row in recipes.items()},
         }
         if overhead:
             rest = [stage for stage in STAGES if stage != "load" and stage not in COMPRESS_STAGES]
             _, rest_s = timed(run_stages, rest, params, ws)
-            in_process_s = load_s + recipes["shrinkflow"]["wall_s"] + rest_s
+            in_process_s = load_s + recipes["shrinkflow"].wall_s + rest_s
             document["overhead"] = measure_overhead(params, root, in_process_s)
         paths = write_outputs(document, root)
         mlflow.log_metrics(bench_metrics(document))
@@ -99,7 +99,24 @@ def run_bench(params: Params, root: Path, overhead: bool) -> dict:
     return document
 
 
-def measure_recipes(bench: Bench) -> dict[str, dict[str, float]]:
+@dataclass(frozen=True)
+class RecipeRow:
+    """One recipe, flat in bench.json: the evaluator's metrics, the headline ratios against fp32
+    (as metrics.json's final vs teacher) and the recipe's wall time."""
+
+    metrics: CandidateMetrics
+    vs_reference: Comparison
+    wall_s: float
+
+    @classmethod
+    def from_dict(cls, flat: dict[str, float]) -> RecipeRow:
+        return cls(CandidateMetrics.from_dict(flat), Comparison.from_dict(flat), flat["wall_s"])
+
+    def as_dict(self) -> dict[str, float]:
+        return self.metrics.as_dict() | self.vs_reference.as_dict() | {"wall_s": self.wall_s}
+
+
+def measure_recipes(bench: Bench) -> dict[str, RecipeRow]:
     """Build every recipe (timed), measure it with the pipeline's evaluator, compare it to fp32."""
     measured: dict[str, tuple[CandidateMetrics, float]] = {}
     for name, recipe in RECIPES.items():
@@ -107,7 +124,8 @@ def measure_recipes(bench: Bench) -> dict[str, dict[str, float]]:
         metrics = evaluate_tflite(built.tflite, bench.data, bench.params.evaluate, built.params)
         measured[name] = metrics, wall_s
     reference = measured[REFERENCE][0]
-    return {name: _row(reference, metrics, wall_s) for name, (metrics, wall_s) in measured.items()}
+    return {name: RecipeRow(metrics, Comparison.of(reference, metrics), wall_s)
+            for name, (metrics, wall_s) in measured.items()}
 
 
 def measure_overhead(params: Params, root: Path, in_process_s: float) -> dict[str, float | bool]:
@@ -259,32 +277,26 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     return result, time.perf_counter() - start
 
 
-def _row(reference: CandidateMetrics, metrics: CandidateMetrics, wall_s: float) -> dict[str, float]:
-    """The evaluator's metrics, the headline ratios against `reference` (as metrics.json defines
-    them for teacher vs final), and the recipe's wall time."""
-    ratios = summarize({"teacher": reference, "final": metrics})
-    return metrics.as_dict() | {key: ratios[key] for key in HEADLINE} | {"wall_s": wall_s}
-
-
 def _table(document: dict) -> list[tuple[str, ...]]:
     """The header, then one row per recipe."""
-    counts = thread_counts(next(iter(document["recipes"].values())))
+    rows = {name: RecipeRow.from_dict(flat) for name, flat in document["recipes"].items()}
+    counts = next(iter(rows.values())).metrics.thread_counts()
     header = ("recipe", "accuracy", "vs fp32", ".tflite", "gzip", "compression",
               *(f"p50 / p90, {threads(n)}" for n in counts), "speedup", "memory", "wall time")
     return [header, *(
         (
             _label(name, document),
-            percent(row["accuracy"]),
-            f"{-100 * row['accuracy_drop'] or 0.0:+.2f} pt",  # `or`: -0.0 shows as +0.00
-            human_size(row["tflite_bytes"]),
-            human_size(row["gzip_bytes"]),
-            f"{row['compression_ratio']:.1f}x",
-            *(latency(row, n) for n in counts),
-            f"{row['speedup']:.1f}x",
-            memory(row["memory_bytes"]),
-            f"{row['wall_s']:.1f} s",
+            percent(row.metrics.accuracy),
+            f"{-100 * row.vs_reference.accuracy_drop or 0.0:+.2f} pt",  # `or`: -0.0 is +0.00
+            human_size(row.metrics.tflite_bytes),
+            human_size(row.metrics.gzip_bytes),
+            f"{row.vs_reference.compression_ratio:.1f}x",
+            *(latency(row.metrics, n) for n in counts),
+            f"{row.vs_reference.speedup:.1f}x",
+            memory(row.metrics.memory_bytes),
+            f"{row.wall_s:.1f} s",
         )
-        for name, row in document["recipes"].items()
+        for name, row in rows.items()
     )]
 
 

@@ -6,7 +6,6 @@ experiment, MLflow tracks one parent run with a nested run per stage and holds t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -52,9 +51,9 @@ from tasks.artifacts import Workspace
 from tasks.choice import chosen_params, search_refusal, search_summary
 from tasks.config import Params
 from tasks.errors import InputChanged
-from tasks.evaluate import headline
 from tasks.gate import announce_rule, rule_for, weigh
 from tasks.inputs import read_steadily, stage_inputs
+from tasks.measurements import RunMetrics
 from tasks.splits import Dataset
 
 if TYPE_CHECKING:
@@ -105,7 +104,7 @@ def compress(params: Params = Params(), workdir: str = ".",
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason,
                            gated.certified)
     return {
-        "metrics": metrics,
+        "metrics": metrics.to_json(),
         "stages": stages,
         "inputs_changed": changes,
         "experiment": name,
@@ -191,19 +190,19 @@ def run_or_skip(stage: str, params: Params, root: Path, changed: bool = True) ->
 
 @task(name="record", **RETRY_POLICY)
 def record_run(params: Params, root: Path, name: str, before: dict[str, Fingerprint],
-               student: str | None) -> tuple[dict, list[str], Gated]:
+               student: str | None) -> tuple[RunMetrics, list[str], Gated]:
     """The run as a DVC experiment (pushed if a remote is set) and in MLflow, the model registered
     and gated (`student`: what the derived student changed, for the model card). Returns the
     metrics, what changed in the inputs since `before`, the gate's result."""
     get_run_logger().info("recording the run: DVC experiment %s, MLflow, the registry", name)
     ws = Workspace(root)
-    metrics = json.loads(ws.metrics.read_text())
+    metrics = RunMetrics.read(ws.metrics)
     changes = input_changes(before, recorded_inputs(root, params))
     remote = record_experiment(root, name)
-    log_run(params, root, name, remote, changes, headline(metrics))
+    log_run(params, root, name, remote, changes, metrics.headline())
     gated = register_and_gate(params.gate, params.evaluate, ws,
                               weigh(params.gate, Dataset.load(ws.data), metrics),
-                              model_card(params, ws, metrics, student), metrics,
+                              model_card(params, ws, metrics, student), metrics.comparison,
                               search_refusal(ws))
     describe_run(gated.headline, changes)
     get_run_logger().info("gate: version %s %s: %s", gated.version,

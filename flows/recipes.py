@@ -1,5 +1,10 @@
 """The recipes `shrinkflow bench` compares (flows/bench.py): the pipeline and the ones tutorials
 print, each from the load stage's data split and trained teacher to a .tflite file.
+
+Every quantized row converts as the quantize stage does (tasks/quantize.py `quantize_model`): the
+tutorial's converter settings, checked to run in LiteRT, and a recurrent model's `int8` in the
+form LiteRT runs fast (`recurrent_int8`, which needs no calibration: there ptq-random-calib is
+ptq-int8).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import numpy as np
 
 from flows.stages import run_stage
 from tasks.artifacts import Workspace, copy_file
-from tasks.config import Params, SparsifyConfig
+from tasks.choice import apply_choice
+from tasks.config import Params, QuantizeConfig, QuantizeMode, SparsifyConfig
 from tasks.models import read_model, seed_everything
 from tasks.qat import quantization_aware_training
 from tasks.quantize import calibration_samples, convert_to_tflite, quantize_model
@@ -61,10 +67,8 @@ def ptq_random_calib(bench: Bench) -> Built:
     """Full-INT8 PTQ calibrated on seeded random-uniform inputs in the range of the real
     calibration samples (tutorials)."""
     x = _calibration(bench)
-    shape = x.shape
-    noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), shape)
-    return Built(convert_to_tflite(bench.teacher, "int8", noise.astype(np.float32)),
-                 bench.teacher.count_params())
+    noise = np.random.default_rng(bench.params.seed).uniform(x.min(), x.max(), x.shape)
+    return _teacher_in(bench, "int8", noise.astype(np.float32))
 
 
 def ptq_int8(bench: Bench) -> Built:
@@ -97,7 +101,7 @@ def prune_ptq(bench: Bench) -> Built:
     """The tfmot guide: pruning 50 % -> 80 % over 2 fine-tuning epochs, strip, INT8 PTQ."""
     seed_everything(bench.params.seed)
     pruned = sparsify(bench.teacher, bench.data, GUIDE_PRUNING).model
-    return Built(convert_to_tflite(pruned, "int8", _calibration(bench)), pruned.count_params())
+    return Built(_quantized(bench, pruned, "int8"), pruned.count_params())
 
 
 def shrinkflow(bench: Bench) -> Built:
@@ -110,23 +114,22 @@ def qat(bench: Bench) -> Built:
     """shrinkflow's student after quantization-aware training on the distillation loss
     (quantize.qat_epochs, or BENCH_QAT_EPOCHS when that is 0), then INT8. Wall time: QAT and
     conversion only, on top of shrinkflow's."""
-    cfg = bench.params.quantize.model_copy(
-        update={"qat_epochs": bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS}
-    )
+    cfg = _mode(bench, "int8", bench.params.quantize.qat_epochs or BENCH_QAT_EPOCHS)
     student = read_model(bench.ws.student)
     distill = bench.params.distill
     trained = quantization_aware_training(student, bench.teacher, bench.data, cfg, distill)
-    return Built(convert_to_tflite(trained, "int8", _calibration(bench)), student.count_params())
+    return Built(_quantized(bench, trained, "int8"), student.count_params())
 
 
 def search(bench: Bench) -> Built:
     """The pipeline with search.enabled: the search chooses width, sparsity and mode on the
-    validation split, then its sparsify, distill and quantize stages run with the choice."""
+    validation split, then its sparsify, distill and quantize stages run with the choice. With
+    quantize.qat_epochs, the modes searched are int8 only (Params refuses others with QAT)."""
     ws = Workspace(bench.ws.root / "search")
     for source, target in ((bench.ws.data, ws.data), (bench.ws.teacher, ws.teacher)):
         copy_file(source, target)
-    searching = bench.params.model_copy(
-        update={"search": bench.params.search.model_copy(update={"enabled": True})})
+    int8_only = {"search.modes": ["int8"]} if bench.params.quantize.qat_epochs else {}
+    searching = apply_choice(bench.params, {"search.enabled": True} | int8_only)
     run_stages(COMPRESS_STAGES, searching, ws)
     return Built(ws.model.read_bytes(), read_model(ws.student).count_params())
 
@@ -152,11 +155,25 @@ def run_stages(names: Iterable[str], params: Params, ws: Workspace) -> None:
         run_stage(name, params, ws)
 
 
-def _teacher_in(bench: Bench, mode: str) -> Built:
-    """The teacher through the quantize stage's own conversion, in `mode`."""
-    cfg = bench.params.quantize.model_copy(update={"enabled": True, "mode": mode})
-    quantized = quantize_model(bench.teacher, cfg, _calibration(bench), bench.data.val)
-    return Built(quantized.tflite, bench.teacher.count_params())
+def _teacher_in(bench: Bench, mode: QuantizeMode,
+                calibration: np.ndarray | None = None) -> Built:
+    """The teacher in `mode` (`_quantized`)."""
+    return Built(_quantized(bench, bench.teacher, mode, calibration),
+                 bench.teacher.count_params())
+
+
+def _quantized(bench: Bench, model: keras.Model, mode: QuantizeMode,
+               calibration: np.ndarray | None = None) -> bytes:
+    """`model` through the quantize stage's own conversion in `mode`, calibrated on
+    `calibration` (default: the real training samples the pipeline calibrates on)."""
+    calibration = _calibration(bench) if calibration is None else calibration
+    return quantize_model(model, _mode(bench, mode), calibration, bench.data.val).tflite
+
+
+def _mode(bench: Bench, mode: QuantizeMode, qat_epochs: int = 0) -> QuantizeConfig:
+    """The configured quantize section in `mode`, validated (QAT off unless `qat_epochs`)."""
+    return QuantizeConfig.model_validate(bench.params.quantize.model_dump() | {
+        "enabled": True, "mode": mode, "qat_epochs": qat_epochs})
 
 
 def _calibration(bench: Bench) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 from flows.workspace.connections import check_tracking_uri
 from flows.workspace.versioning import nothing_changed
 from tasks.artifacts import Workspace
-from tasks.choice import chosen_params
+from tasks.choice import apply_choice, chosen_params
 from tasks.config import Params
 from tasks.errors import InputError
 from tasks.inputs import stage_inputs, wait_until_settled
@@ -76,13 +76,13 @@ def check_inputs(params: Params) -> None:
     check_tracking_uri("tracking.uri", params.tracking.uri)
     from flows.search import check_search
     from tasks.data import check_certifiable
-    from tasks.distill import check_student, smallest_student
     from tasks.evaluate import warn_if_oversubscribed
     from tasks.load import open_inputs, warn_if_scaled_twice
     from tasks.models import read_model
     from tasks.qat import quantize_aware
     from tasks.quantize import calibration_samples, check_quantizable
     from tasks.sparsify import check_prunable
+    from tasks.students import check_student, smallest_student
     from tasks.views import check_augment
 
     wait_until_settled({key: path for files in stage_inputs(params).values()
@@ -105,8 +105,9 @@ def check_inputs(params: Params) -> None:
             check_prunable(student, params.sparsify)
     if params.quantize.needs_calibration:
         calibration_samples(inputs.data, params.quantize, params.seed)
+    # each mode's section as a trial builds it (validated: Params refuses a mode QAT cannot take)
     for mode in params.search.modes if params.search.enabled else [params.quantize.mode]:
-        check_quantizable(student, params.quantize.model_copy(update={"mode": mode}),
+        check_quantizable(student, apply_choice(params, {"quantize.mode": mode}).quantize,
                           inputs.data.train.read(slice(2)))
     if params.quantize.qat_epochs:
         quantize_aware(student)

@@ -20,6 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from prefect import task
 from prefect.futures import PrefectFuture
+from pydantic import ValidationError
 
 from tasks.artifacts import Workspace, copy_file
 from tasks.choice import Choice, apply_choice
@@ -42,6 +43,15 @@ MODE_KEY = "quantize.mode"  # the one searched key that acts after training
 # with other values is the same study.
 RUN_CONTROL = {"trials", "dask_address", "workers", "timeout_minutes", "require_feasible"}
 SEARCHED_STAGES = ("sparsify", "distill", "quantize")
+# A bug in the search's code, not a failure of a trial's recipe (a layer a mode cannot convert, a
+# student that does not build, a worker out of memory): it fails every trial it reaches, and the
+# run would go on as if none had been likely to pass. ValidationError: params of a trial that the
+# config refuses, which check_inputs should have refused before any work.
+BUGS = (TypeError, AttributeError, NameError, LookupError, AssertionError, ValidationError)
+
+
+class SearchBug(RuntimeError):
+    """A trial raised one of BUGS: the search stage fails (resumed, it keeps the trials done)."""
 
 
 @dataclass(frozen=True)
@@ -189,12 +199,16 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule
     """Tell Optuna how the trial ended: complete (objective; constraints: how far its chance to
     pass, from the selection part, falls short of LIKELY, and how far its slowdown vs the teacher
     exceeds the gate's `max_slowdown` beyond noise), not trained or stopped early
-    (pruned), or failed."""
+    (pruned), or failed; raises SearchBug, the trial told failed, when it failed on one of BUGS."""
     try:
         outcome: Outcome = future.result()
-    except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert)
+    except Exception as exc:  # a trial's own failure (e.g. a layer a mode cannot convert), or BUGS
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-        return study.tell(trial, state=TrialState.FAIL)
+        failed = study.tell(trial, state=TrialState.FAIL)
+        if isinstance(exc, BUGS):
+            raise SearchBug(f"trial {trial.number} {trial.params} raised {type(exc).__name__}: "
+                            f"{exc}: a bug in the search, not a failure of that recipe") from exc
+        return failed
     trial.set_user_attr("worker", outcome.worker)
     trial.set_user_attr("epochs", outcome.epochs)
     if outcome.stopped:

@@ -1,4 +1,11 @@
-"""Compute layer: one module per pipeline stage, plain typed functions plus a thin Prefect task.
+"""Compute layer: plain typed functions that take config sections and paths and return values.
+
+A module per stage (load, sparsify, distill, quantize, evaluate; the search's trials in search.py)
+holds its `run_<stage>` function; the modules beside them hold what stages share (config, data
+and splits, model files, students and teaching, the LiteRT runner, the gate's rules and
+statistics, the typed measurements). Nothing here knows Prefect, MLflow, DVC or the search's
+Optuna study: flows/ wraps these functions in tasks and flows and records what they return
+(tests/test_layout.py holds the tree to it).
 
 tfmot only works with Keras 2 (tf_keras), so the switch below must run before TensorFlow is first
 imported: every module that touches TensorFlow lives in this package, and importing any of them

@@ -3,6 +3,10 @@
 The model is validated once, at the door (the CLI, or the Prefect server for a UI run), and each
 stage receives only its own section. Unknown keys, wrong types and out-of-range values are refused
 with the key, the value and what is allowed. Defaults here are the built-in default run.
+
+Longer than 400 lines: it is params.yaml's schema, one class per section in the file's order,
+each key with the description the CLI's errors and the Prefect run form show; split, one document
+would be read across files.
 """
 
 from __future__ import annotations
@@ -496,6 +500,19 @@ class Params(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _search_keeps_qat_int8(self) -> Params:
+        """A trial sets quantize.mode to each of search.modes, and QAT trains for int8 only
+        (`QuantizeConfig._qat_needs_int8`): any other mode would fail every trial that tries it."""
+        others = [mode for mode in self.search.modes if mode != "int8"]
+        if self.search.enabled and self.quantize.qat_epochs and others:
+            raise ValueError(
+                f"quantize.qat_epochs {self.quantize.qat_epochs} trains for the full-integer INT8 "
+                f"conversion, but search.modes also tries {', '.join(others)}; set search.modes: "
+                "[int8], or quantize.qat_epochs: 0"
+            )
+        return self
 
     @property
     def prunes_teacher(self) -> bool:

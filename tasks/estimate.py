@@ -24,13 +24,13 @@ import numpy as np
 import tf_keras as keras
 
 from tasks.config import EvaluateConfig, Params
-from tasks.distill import derive_student
 from tasks.evaluate import measure_tflite
 from tasks.mixed import WEIGHT_BITS, Mixer, Plan
 from tasks.models import seed_everything
 from tasks.quantize import calibration_samples, convert_to_tflite, quantize_student
 from tasks.sparsify import check_prunable, prune_at_once
 from tasks.splits import Dataset
+from tasks.students import derive_student
 
 # Activation ranges change neither the size nor the speed of a model: a few samples do.
 CALIBRATION_SAMPLES = 16

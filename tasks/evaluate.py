@@ -11,49 +11,26 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from tasks.artifacts import Workspace, write_arrays, write_json
+from tasks.artifacts import Workspace, write_arrays
 from tasks.config import EvaluateConfig
 from tasks.fidelity import fidelity
-from tasks.paired import PairedDrop, paired_drop
+from tasks.measurements import (
+    CandidateMetrics,
+    FidelityCounts,
+    Quantization,
+    RunMetrics,
+    latency_keys,
+)
+from tasks.paired import paired_drop
 from tasks.profile import slowest_ops
 from tasks.speed import slowdown
 from tasks.splits import Dataset, Rows
 from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
-
-
-@dataclass(frozen=True)
-class CandidateMetrics:
-    accuracy: float
-    params: int
-    sparsity: float
-    tflite_bytes: int
-    gzip_bytes: int
-    latency_p50_us: float  # batch 1 at evaluate.threads[0]: what `faster` and the speedup compare
-    latency_p90_us: float
-    memory_bytes: float  # heap the runtime holds: arena, packed weights (TFLiteClassifier)
-    blocks_2_4: float  # share of 4-weight blocks with >= 2 zeros: the `2:4` pattern kept
-    xnnpack: float  # 1.0: XNNPACK runs it; 0.0: XNNPACK refused it, LiteRT's built-in kernels do
-    # latency_p50_us_4t, latency_p90_us_4t, ... for every count of evaluate.threads, where
-    # measured (the evaluate stage and the bench; not search trials or the gate)
-    per_thread_count: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, params: int, measured: dict[str, float]) -> CandidateMetrics:
-        """What `measure_tflite` measured, with the parameter count of the Keras form."""
-        named = {f.name for f in fields(cls)}
-        return cls(params=params, **{k: v for k, v in measured.items() if k in named},
-                   per_thread_count={k: v for k, v in measured.items() if k not in named})
-
-    def as_dict(self) -> dict[str, float]:
-        """Flat: the per-thread-count figures beside the others."""
-        flat = asdict(self)
-        return flat | flat.pop("per_thread_count")
 
 
 def weight_tensors(model: bytes) -> list[np.ndarray]:
@@ -133,33 +110,8 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
     for count in thread_counts:
         at = (latency if count == cfg.threads[0] else
               TFLiteClassifier(model, count).latency_us(sample, cfg.latency_runs, cfg.warmup_runs))
-        measured |= {f"latency_p50_us_{count}t": at.p50_us, f"latency_p90_us_{count}t": at.p90_us}
+        measured |= dict(zip(latency_keys(count), (at.p50_us, at.p90_us)))
     return measured, predicted
-
-
-def summarize(candidates: dict[str, CandidateMetrics]) -> dict:
-    """The metrics.json document: teacher, final, every candidate and the headline ratios."""
-    teacher, final = candidates["teacher"], candidates["final"]
-    return {
-        "teacher": {k: v for k, v in teacher.as_dict().items() if k != "sparsity"},
-        "final": final.as_dict(),
-        "candidates": {name: metrics.as_dict() for name, metrics in candidates.items()},
-        "compression_ratio": teacher.gzip_bytes / final.gzip_bytes,
-        "speedup": teacher.latency_p50_us / final.latency_p50_us,
-        "accuracy_drop": teacher.accuracy - final.accuracy,
-    }
-
-
-def paired_summary(drop: PairedDrop) -> dict:
-    """metrics.json's paired comparison of final vs teacher: `paired` (counts, drop, bounds) and
-    `accuracy_drop_upper` beside the point estimate `accuracy_drop`."""
-    return {"paired": drop.as_dict(), "accuracy_drop_upper": drop.upper}
-
-
-def recorded_drop(document: dict) -> PairedDrop:
-    """The paired drop of final vs teacher as metrics.json records it (at gate.confidence)."""
-    paired = document["paired"]
-    return PairedDrop(**{field.name: paired[field.name] for field in fields(PairedDrop)})
 
 
 def run_evaluate(
@@ -167,15 +119,15 @@ def run_evaluate(
 ) -> dict[str, float]:
     """Stage: measure teacher (FP32 .tflite), intermediate models and the final model.
 
-    Writes metrics.json (with the final model's quantization mode as the quantize stage recorded
-    it, a recurrent model's `int8` being dynamic or float16, how many weight layers it stores at
-    each precision, its paired drop vs the teacher bounded at `confidence`, the gate's, its
-    `slowdown` vs the teacher timed interleaved (tasks/speed.py) bounded alike, its
-    `slowest_ops` (tasks/profile.py), and, with an unlabeled pool, `fidelity`: on how many of
-    its certify part's `n` inputs the final model's class differs from the teacher's), each
-    candidate's predicted classes on the test split and the teacher's and final model's on the
-    certify part (`teacher.unlabeled`, `final.unlabeled`) in predictions.npz, and the plots;
-    returns the headline metrics.
+    Writes metrics.json (tasks/measurements.py `RunMetrics`: every candidate, with the final
+    model's quantization mode as the quantize stage recorded it, a recurrent model's `int8` being
+    dynamic or float16, how many weight layers it stores at each precision, its paired drop vs the
+    teacher bounded at `confidence`, the gate's, its `slowdown` vs the teacher timed interleaved
+    (tasks/speed.py) bounded alike, its `slowest_ops` (tasks/profile.py), and, with an unlabeled
+    pool, `fidelity`: on how many of its certify part's `n` inputs the final model's class differs
+    from the teacher's), each candidate's predicted classes on the test split and the teacher's
+    and final model's on the certify part (`teacher.unlabeled`, `final.unlabeled`) in
+    predictions.npz, and the plots; returns the headline metrics (`RunMetrics.headline`).
     """
     from tasks.models import layer_sparsity, read_model
     from tasks.plots import plot_layer_sparsity, plot_tradeoff
@@ -207,13 +159,7 @@ def run_evaluate(
     drop = paired_drop(right["teacher"], right["final"], confidence)
     sample = data.test.read(slice(1))[0]
     slower = slowdown(deployed, tflites["teacher"][0], sample, cfg, confidence)
-    document = summarize(candidates) | paired_summary(drop) | {
-        "quantization": {"mode": json.loads(ws.quant_sensitivity.read_text())["mode"],
-                         "layer_precisions": precision_counts(deployed)},
-        "slowdown": slower.as_dict(),
-        "slowest_ops": [op.as_dict() for op in slowest_ops(deployed, sample, cfg.threads[0],
-                                                           cfg.latency_runs)],
-    }
+    counts = None
     if data.pool:
         unlabeled = {f"{name}.unlabeled": predicted_classes(
             TFLiteClassifier(tflites[name][0], cfg.threads[0]).predict, data.pool.certify)
@@ -221,21 +167,17 @@ def run_evaluate(
         predicted |= unlabeled
         agreement = fidelity(unlabeled["teacher.unlabeled"], unlabeled["final.unlabeled"],
                              confidence)
-        document["fidelity"] = {"n": agreement.n, "disagree": agreement.disagree}
+        counts = FidelityCounts(agreement.n, agreement.disagree)
+    record = RunMetrics(
+        candidates, drop,
+        Quantization(json.loads(ws.quant_sensitivity.read_text())["mode"],
+                     precision_counts(deployed)),
+        slower, tuple(slowest_ops(deployed, sample, cfg.threads[0], cfg.latency_runs)), counts)
     write_arrays(ws.predictions, predicted)
-    write_json(ws.metrics, document)
-    plot_tradeoff(document["candidates"], ws.plots / "tradeoff.png")
+    record.write(ws.metrics)
+    plot_tradeoff({name: measured.as_dict() for name, measured in candidates.items()},
+                  ws.plots / "tradeoff.png")
     per_layer = {"sparsified": layer_sparsity(models["sparsified"])} if sparsified else {}
     plot_layer_sparsity(per_layer | {"final": layer_sparsity(final)}, ws.plots / "sparsity.png")
-    return headline(document)
-
-
-def headline(document: dict) -> dict[str, float]:
-    """The flat metrics worth a chart in MLflow."""
-    flat = {k: document[k]
-            for k in ("compression_ratio", "speedup", "accuracy_drop", "accuracy_drop_upper")}
-    for name, metrics in document["candidates"].items():
-        flat |= {f"{name}.{key}": value for key, value in metrics.items()}
-    flat |= {f"fidelity.{key}": value for key, value in document.get("fidelity", {}).items()}
-    return flat
+    return record.headline()
 

@@ -38,6 +38,7 @@ squeezes 16 % faster, both 24 %. Hard-sigmoid gates instead of sigmoid ones were
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ from tasks.channels import GLOBAL_POOLING, gate_layers, inbound_entries, inbound
 from tasks.config import DistillConfig, StudentActivations, StudentBlocks, StudentDownsample
 from tasks.models import read_model
 
+log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 SWISH_LIKE = frozenset({"swish", "silu", "gelu"})
 Rewrite = Callable[[keras.layers.Layer, dict], keras.layers.Layer]
 SPATIAL_CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
@@ -118,7 +120,7 @@ def identity_blocks(model: keras.Model) -> dict[str, str]:
 def left_out_blocks(model: keras.Model, blocks: StudentBlocks) -> dict[str, str]:
     """The identity blocks (`identity_blocks`) a student with distill.blocks `blocks` leaves out:
     none (`all`; `auto` too, but in distill.width `auto`'s ladder, which tries the others:
-    tasks/distill.py `student_ladder`), every other one (the second, fourth, ...) or all."""
+    tasks/students.py `student_ladder`), every other one (the second, fourth, ...) or all."""
     found = identity_blocks(model)
     chosen = {"all": [], "auto": [], "half": list(found)[1::2], "fewest": list(found)}[blocks]
     return {add: found[add] for add in chosen}
@@ -148,10 +150,14 @@ DOWNSAMPLE_ORDER: tuple[StudentDownsample, ...] = ("keep", "early")
 def downsample_choices(model: keras.Model) -> list[StudentDownsample]:
     """The distill.downsample that derive different students from `model`: `keep` and `early`
     when it has a stride to move (`early_downsampling`) and the student builds with the
-    teacher's output shapes, else `keep`."""
+    teacher's output shapes, else `keep`. Keras says a layer does not rebuild with the strides
+    moved (a fixed Reshape, a Dense after a Flatten) with a ValueError, as `downsampled_early`
+    does an output shape that changes: only those mean `early` does not apply."""
     try:
         moved = downsampled_early(model, "early")
-    except Exception:  # a shape that changes, a layer that does not rebuild with the strides
+    except ValueError as exc:
+        log.info("distill.downsample: keep only: %s's stride cannot move early (%s)",
+                 model.name, str(exc).strip().splitlines()[0])
         return ["keep"]
     return list(DOWNSAMPLE_ORDER) if moved is not model else ["keep"]
 

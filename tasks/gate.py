@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from tasks.config import GateConfig
 from tasks.fidelity import Fidelity
@@ -27,6 +28,9 @@ from tasks.power import (
 )
 from tasks.speed import Slowdown
 from tasks.splits import Dataset
+
+if TYPE_CHECKING:
+    from tasks.measurements import RunMetrics
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 POOL_SHOWN = 100_000  # a pool size worth suggesting (a student closer to the teacher needs fewer)
@@ -138,17 +142,15 @@ def rule_for(cfg: GateConfig, data: Dataset) -> RuleChoice:
                        len(data.pool.certify) if data.pool else 0)
 
 
-def weigh(cfg: GateConfig, data: Dataset, document: dict) -> Evidence:
+def weigh(cfg: GateConfig, data: Dataset, metrics: RunMetrics) -> Evidence:
     """The gate's evidence on the final model: metrics.json's paired counts vs the teacher on the
-    test split (and fidelity counts on the pool), each bound at the rule's confidence, and its
-    slowdown vs the teacher."""
+    test split (and fidelity counts on the pool), each bound at the rule's confidence (not the
+    one metrics.json records them at), and its slowdown vs the teacher."""
     choice = rule_for(cfg, data)
     confidence = choice.rule.bound_confidence
-    labels = PairedDrop(**{key: document["paired"][key] for key in ("n", "worse", "better")},
-                        confidence=confidence)
-    fidelity = document.get("fidelity")
-    return Evidence(choice, labels, Slowdown(**document["slowdown"]),
-                    fidelity and Fidelity(fidelity["n"], fidelity["disagree"], confidence))
+    counts = metrics.fidelity
+    return Evidence(choice, replace(metrics.paired, confidence=confidence), metrics.slowdown,
+                    counts and Fidelity(counts.n, counts.disagree, confidence))
 
 
 def announce_rule(choice: RuleChoice, cfg: GateConfig) -> None:

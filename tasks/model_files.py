@@ -25,6 +25,7 @@ Format = Literal["keras", "h5", "savedmodel"]
 BUILT_IN_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
 KERAS_MODULES = ("keras", "tf_keras")
 NESTED_LAYER_KEYS = ("layers", "layer", "backward_layer")  # models and wrappers (Bidirectional)
+KERAS_MEMBERS = {"metadata.json", "config.json"}  # what a .keras zip holds besides its weights
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,10 @@ def stored_model(path: Path) -> StoredModel:
         fmt, version, config = "savedmodel", None, _savedmodel_config(path)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            version = json.loads(archive.read("metadata.json"))["keras_version"]
+            missing = sorted(KERAS_MEMBERS - set(archive.namelist()))
+            if missing:  # ValueError, as for any other file that holds no model
+                raise ValueError(f"the zip holds no {' and no '.join(missing)} (no .keras file)")
+            version = json.loads(archive.read("metadata.json")).get("keras_version")
             fmt, config = "keras", json.loads(archive.read("config.json"))
     elif h5py.is_hdf5(path):
         with h5py.File(path, "r") as file:

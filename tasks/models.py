@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+from google.protobuf.message import DecodeError
 
 from tasks import progress
 from tasks.artifacts import atomic_path
@@ -22,6 +23,11 @@ from tasks.splits import Dataset
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
+# What reading a model file raises when the file is not one Keras can read: h5py and file errors
+# (OSError), a wrong or unknown format or config (ValueError: stored_model's, Keras's, JSON's), a
+# config the tf_keras classes do not take (TypeError: "Error when deserializing class 'Dense'"),
+# a corrupt SavedModel's keras_metadata.pb (DecodeError).
+UNREADABLE = (OSError, ValueError, TypeError, DecodeError)
 
 def seed_everything(seed: int) -> None:
     """Make weight init, shuffling and dropout repeatable (CPU kernels are then deterministic)."""
@@ -54,10 +60,12 @@ def read_model(path: str | Path, key: str | None = None, trust_code: bool = Fals
     """Load a .keras / .h5 file or SavedModel directory as a tf_keras model.
 
     `key` names the config entry the path came from (a user's file); without one, the path is a
-    stage input the pipeline wrote itself from a model that already passed the checks below, and
-    it is loaded as it is. A user's file is checked before anything is deserialised: Lambda layers
-    and custom objects are refused unless `trust_code` (tf_keras runs an .h5 Lambda's code while
-    loading; `safe_mode` covers .keras files only). Keras 3 files are rebuilt in tf_keras (see
+    stage input the pipeline wrote itself from a model that already passed the checks below: it
+    is loaded as it is, and an error reading it is raised as it is (no input of the user's to
+    fix). A user's file is checked before anything is deserialised: Lambda layers and custom
+    objects are refused unless `trust_code` (tf_keras runs an .h5 Lambda's code while loading;
+    `safe_mode` covers .keras files only); one Keras cannot read (UNREADABLE) raises InputError,
+    anything else (MemoryError, a bug) as it is. Keras 3 files are rebuilt in tf_keras (see
     tasks/keras3.py); `model_source(path)` tells the flow which Keras wrote a file and whether it
     was converted.
     """
@@ -75,11 +83,13 @@ def read_model(path: str | Path, key: str | None = None, trust_code: bool = Fals
         return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except InputError:
         raise
-    except Exception as exc:  # h5py, zipfile, protobuf and deserialisation errors alike
+    except UNREADABLE as exc:
+        if not key:
+            raise
         if "safe_mode" in str(exc):  # Keras's own safe mode caught code the check above missed
-            raise code_refused(who, path, "a Python function that Keras's safe mode refuses") from exc
+            raise code_refused(key, path, "a Python function that Keras's safe mode refuses") from exc
         raise InputError(
-            f"{who}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
+            f"{key}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
             "Expected a .keras/.h5 file or SavedModel directory saved by Keras"
         ) from exc
 

@@ -2,7 +2,7 @@
 
 tfmot's prune-preserving scheme (`Default8BitPrunePreserveQuantizeScheme`) keeps each kernel's
 zeros fixed while it trains, so the converted model is exactly as sparse as the student (2:4
-blocks included). The loss is distillation's (tasks/distill.py `fit_to_teacher`): the teacher's
+blocks included). The loss is distillation's (tasks/teaching.py `fit_to_teacher`): the teacher's
 soft targets at distill.temperature, weighed by distill.alpha; with distill disabled, the labels.
 """
 
@@ -13,7 +13,7 @@ import tf_keras as keras
 
 from tasks.config import DistillConfig, QuantizeConfig, Training
 from tasks.data import Dataset
-from tasks.distill import compile_to_teacher, fit_to_teacher, soft_targets
+from tasks.teaching import compile_to_teacher, fit_to_teacher, soft_targets
 from tasks.errors import InputError
 
 

@@ -1,8 +1,10 @@
 """TFLite conversion in every quantization mode (see `QuantizeConfig.mode`), or plain FP32.
 
 `quantize_model` is the one way to turn a Keras model into a quantized .tflite: the quantize stage
-calls it, and so can anything else (a search trial, the bench). Every model it returns has run
-once in the LiteRT interpreter with its default delegate (XNNPACK where it applies).
+and the search's trials call it (`quantize_student`), and so do the bench's recipes
+(flows/recipes.py). Every model it returns has run once in the LiteRT interpreter with its default
+delegate (XNNPACK where it applies). An FP32 .tflite (the evaluator's and the search's teacher,
+the bench's reference, `mixed`'s starting point) is `convert_to_tflite`'s.
 """
 
 from __future__ import annotations

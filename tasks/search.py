@@ -2,14 +2,15 @@
 costs in memory, and which measured trial to keep.
 
 A trial is the distill and quantize stages' own code (`derive_student`, `distill`,
-`quantize_student`) run with the trial's choices applied to the params, measured by the evaluator
-(`evaluate_tflite`) on the validation split's *selection* part, and compared with the teacher,
-paired, on both parts of the validation split (tasks/paired.py). What it aims at is the gate: a
-trial counts when its chance of passing the gate's rule on the test split, from its paired counts
-on a part (tasks/power.py `chance_to_pass`), is at least LIKELY. Before any training its size and
-latency are estimated (tasks/estimate.py): a trial that cannot beat the best size found so far is
-not trained. Sampling, scheduling and recording live in flows/search.py and flows/trials.py;
-nothing here knows Optuna, Prefect, Dask or MLflow.
+`quantize_student`; no quantization-aware training: `run_trial`) run with the trial's choices
+applied to the params, measured by the evaluator (`evaluate_tflite`) on the validation split's
+*selection* part, and compared with the teacher, paired, on both parts of the validation split
+(tasks/paired.py). What it aims at is the gate: a trial counts when its chance of passing the
+gate's rule on the test split, from its paired counts on a part (tasks/power.py
+`chance_to_pass`), is at least LIKELY. Before any training its size and latency are estimated
+(tasks/estimate.py): a trial that cannot beat the best size found so far is not trained.
+Sampling, scheduling and recording live in flows/search.py and flows/trials.py; nothing here
+knows Optuna, Prefect, Dask or MLflow.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import tf_keras as keras
 from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
 from tasks.data import split_validation
-from tasks.distill import SoftTargets, derive_student, distill, soft_targets
 from tasks.estimate import SizeEstimate, estimate_candidate
 from tasks.evaluate import CandidateMetrics, measure_tflite, predicted_classes
 from tasks.fidelity import Fidelity, fidelity
@@ -39,6 +39,8 @@ from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
 from tasks.speed import Slowdown, slowdown
 from tasks.splits import Dataset
+from tasks.students import derive_student
+from tasks.teaching import SoftTargets, distill, soft_targets
 from tasks.tflite import TFLiteClassifier
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -139,9 +141,12 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
 
 def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
               student_path: Path) -> TrialResult:
-    """One trial, exactly as the stages would run it with `params` (a choice applied): a
-    width-scaled student distilled (and pruned) from the teacher, kept at `student_path` (the
-    distill stage's output, should the trial be chosen), quantized, then measured. A student
+    """One trial, as the stages would run it with `params` (a choice applied), but without
+    quantization-aware training: a width-scaled student distilled (and pruned) from the teacher,
+    kept at `student_path` (the distill stage's output, should the trial be chosen), quantized as
+    trained, then measured. With quantize.qat_epochs the search tries int8 only (Params refuses
+    other modes) and the quantize stage fine-tunes the chosen student before converting it: the
+    trials measure it without the accuracy QAT may recover, the gate with it. A student
     already at `student_path` (trained by a trial that differed only in what quantization does
     after training) is quantized as it is: training it again would give the same student.
 

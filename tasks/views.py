@@ -5,7 +5,7 @@ student should match the teacher's *function*, so teacher and student must see t
 augmented pixels; logits computed once on clean inputs and reused under augmentation teach the
 student outputs for images it never saw. Here the teacher runs inside the tf.data pipeline on the
 batch the student will train on, so they are consistent by construction and the distillation loss
-stays the plain packed-targets loss (tasks/distill.py).
+stays the plain packed-targets loss (tasks/teaching.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 
 from flows.workspace.params import load_params
+from tasks.auto_width import cannot_narrow, smallest_likely, smallest_within
 from tasks.channels import gate_layers, teacher_widths, width_key
 from tasks.config import (
     DistillConfig,
@@ -22,18 +23,6 @@ from tasks.config import (
     SearchConfig,
     SparsifyConfig,
     StudentBlocks,
-)
-from tasks.distill import (
-    CHANNEL_BYTES,
-    DistillationLoss,
-    Rung,
-    cannot_narrow,
-    deployed_bytes,
-    derive_student,
-    distill,
-    smallest_likely,
-    smallest_within,
-    student_ladder,
 )
 from tasks.errors import InputError
 from tasks.friendly import (
@@ -48,6 +37,14 @@ from tasks.load import train_teacher
 from tasks.models import overall_sparsity, write_model
 from tasks.quantize import convert_to_tflite
 from tasks.search import search_space
+from tasks.students import (
+    CHANNEL_BYTES,
+    Rung,
+    deployed_bytes,
+    derive_student,
+    student_ladder,
+)
+from tasks.teaching import DistillationLoss, distill
 from tasks.views import check_augment, consistent_views
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -338,6 +335,30 @@ def test_a_student_that_downsamples_early_keeps_the_teachers_weights_and_interfa
         derive_student(two_outputs, 0.5, "teacher", downsample="early")
     assert downsample_choices(resnet_model()) == downsample_choices(squeeze_excite_model()) == [
         "keep"]
+
+
+def test_a_stride_that_cannot_move_falls_back_to_keep_saying_why_and_a_bug_is_raised(
+        caplog, monkeypatch):
+    """A layer that does not rebuild with the stride moved (a fixed Reshape between the two
+    convolutions) means `early` does not apply: `keep` only, and the log says why. Any other
+    error in moving it is a bug, raised as it is."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="taker")(x)
+    x = keras.layers.Reshape((4, 4, 4), name="fixed")(x)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="giver")(x)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    caplog.set_level(logging.INFO, logger="tasks")
+    assert downsample_choices(keras.Model(inputs, outputs, name="fixed_reshape")) == ["keep"]
+    assert ("fixed_reshape's stride cannot move early (Exception encountered when calling layer "
+            '"fixed"') in caplog.text
+
+    def broken(*args):
+        raise AttributeError("'NoneType' object has no attribute 'get_layer'")
+
+    monkeypatch.setattr("tasks.friendly._rebuilt", broken)
+    with pytest.raises(AttributeError, match="get_layer"):
+        downsample_choices(mobile_model())
 
 
 def test_what_a_derived_student_changes_is_named_in_words(tmp_path):

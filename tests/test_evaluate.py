@@ -14,14 +14,12 @@ from flows.record.report import headline_line, slowest_line, speed_change, summa
 from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
-    CandidateMetrics,
     evaluate_tflite,
     predicted_classes,
-    recorded_drop,
     run_evaluate,
-    summarize,
     warn_if_oversubscribed,
 )
+from tasks.measurements import CandidateMetrics, Comparison, RunMetrics
 from tasks.models import write_model
 from tasks.paired import paired_drop
 from tasks.profile import SHOWN
@@ -102,12 +100,10 @@ def test_thread_counts_above_the_machines_cores_are_warned_about(caplog):
 def test_summary_ratios():
     teacher = CandidateMetrics(0.98, 1000, 0.0, 4000, 3600, 90.0, 99.0, 8000, 0.1, 1.0)
     final = CandidateMetrics(0.97, 100, 0.8, 400, 36, 3.0, 3.3, 800, 1.0, 1.0)
-    summary = summarize({"teacher": teacher, "final": final})
-    assert summary["compression_ratio"] == pytest.approx(100.0)
-    assert summary["speedup"] == pytest.approx(30.0)
-    assert summary["accuracy_drop"] == pytest.approx(0.01)
-    assert "sparsity" not in summary["teacher"] and summary["final"]["sparsity"] == 0.8
-    assert set(summary["candidates"]) == {"teacher", "final"}
+    ratios = Comparison.of(teacher, final)
+    assert ratios.compression_ratio == pytest.approx(100.0)
+    assert ratios.speedup == pytest.approx(30.0)
+    assert ratios.accuracy_drop == pytest.approx(0.01)
 
 
 def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_final_vs_teacher(
@@ -129,12 +125,16 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     np.testing.assert_array_equal(predictions["final"],
                                   TFLiteClassifier(final).predict(digits.test.read()).argmax(axis=1))
     document = json.loads(ws.metrics.read_text())
+    metrics = RunMetrics.from_json(document)
+    assert metrics.to_json() == document  # the record reads back what it wrote
     drop = paired_drop(predictions["teacher"] == digits.test.labels,
                        predictions["final"] == digits.test.labels, 0.9)
-    assert recorded_drop(document) == drop and drop.worse + drop.better > 0
+    assert metrics.paired == drop and drop.worse + drop.better > 0
     assert document["paired"]["upper"] == document["accuracy_drop_upper"] == drop.upper
     assert document["accuracy_drop"] == pytest.approx(drop.drop)
-    table = summary_table(document)
+    assert "sparsity" not in document["teacher"] and set(document["candidates"]) == {
+        "teacher", "final"}
+    table = summary_table(metrics)
     assert f"(drop <= {100 * drop.upper:.2f} pt at 90 %)" in table
     final_metrics = document["final"]
     for count, label in ((1, "1 thread"), (4, "4 threads")):  # evaluate.threads' default
@@ -149,12 +149,12 @@ def test_the_stage_keeps_every_candidates_predictions_and_the_paired_drop_of_fin
     assert 0 < len(slowest) <= SHOWN and {
         name for op in slowest for name in op["op"].split("+")} <= set(ops)
     assert slowest == sorted(slowest, key=lambda op: -op["us"])
-    assert "slowest ops of the final model, 1 thread: " in slowest_line(document)
+    assert "slowest ops of the final model, 1 thread: " in slowest_line(metrics.slowest_ops, 1)
 
 
 def test_a_slower_model_is_said_in_words():
     assert speed_change(90.0, 3.0) == "30.0x faster"
     assert speed_change(281.0, 728.0) == "2.6x SLOWER"
-    assert headline_line({"compression_ratio": 4.0, "speedup": 0.4, "accuracy_drop": 0.001},
+    assert headline_line(Comparison(compression_ratio=4.0, speedup=0.4, accuracy_drop=0.001),
                          promoted=False, certified=True) == (
         "not promoted: 4.0x smaller (gzip), 2.5x SLOWER, accuracy drop +0.10 pt")

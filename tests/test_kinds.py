@@ -190,7 +190,7 @@ def test_a_recurrent_student_keeps_whole_units_of_its_teacher(recurrent):
     """A teacher whose second half of embedding dimensions and units is dead (tiny, and read by
     nothing): the half-width student initialised from it must compute exactly what it does, which
     holds only when every gate of each kept unit, and its recurrent row, was kept together."""
-    from tasks.distill import derive_student
+    from tasks.students import derive_student
 
     seed_everything(0)
     teacher = text_classifier(recurrent(8))
@@ -218,7 +218,7 @@ def test_a_recurrent_student_keeps_whole_units_of_its_teacher(recurrent):
 
 
 def test_a_bidirectional_layer_is_refused_by_name_for_teacher_init():
-    from tasks.distill import derive_student
+    from tasks.students import derive_student
 
     teacher = text_classifier(keras.layers.Bidirectional(keras.layers.LSTM(4), name="both_ways"))
     with pytest.raises(InputError, match=r"distill.init: teacher cannot copy channels through "

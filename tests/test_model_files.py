@@ -5,8 +5,10 @@ import logging
 import os
 import subprocess
 import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from tasks.config import DataConfig, ModelConfig
 from tasks.errors import InputError
 from tasks.load import run_load, warn_if_scaled_twice
 from tasks.model_files import ModelSource, model_source
-from tasks.models import read_model
+from tasks.models import read_model, write_model
 from tasks.splits import Split
 
 # Run by a Python without TF_USE_LEGACY_KERAS, so `keras` is Keras 3: writes NAME.keras and
@@ -153,6 +155,27 @@ def test_a_custom_layer_is_refused_by_name_even_inside_a_nested_model(tmp_path, 
     with pytest.raises(InputError, match=r"distill.student: .* has a custom layer 'twice' \(Twice\), "
                                          r".*set model.trust_code: true"):
         read_model(path, "distill.student")
+
+
+def test_a_user_file_keras_cannot_read_is_input_a_stage_inputs_error_or_a_bug_is_not(
+        tmp_path, monkeypatch):
+    """InputError (exit 2) only for what the user can fix: their file. The pipeline's own files
+    and errors that say nothing of the file (MemoryError, a bug) are raised as they are."""
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("config.json", "{}")
+    with pytest.raises(InputError, match=r"model.source: cannot read .*bad.keras as a Keras model "
+                                         r"\(ValueError: the zip holds no metadata.json"):
+        read_model(bad, "model.source")
+    with pytest.raises(ValueError, match="the zip holds no metadata.json") as error:
+        read_model(bad)  # a stage input: a file the pipeline wrote itself
+    assert not isinstance(error.value, InputError)
+    good = tmp_path / "good.h5"
+    write_model(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), good)
+    for exc in (MemoryError(), AttributeError("'NoneType' object has no attribute 'layers'")):
+        monkeypatch.setattr(keras.models, "load_model", Mock(side_effect=exc))
+        with pytest.raises(type(exc)):
+            read_model(good, "model.source")
 
 
 def test_keras3_teacher_goes_through_the_load_stage(keras3, tmp_path):

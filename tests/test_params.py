@@ -155,6 +155,10 @@ BAD_OVERRIDES = [
                  id="no-threads"),
     pytest.param(["evaluate.threads=[4, 4]"], r"evaluate\.threads = \[4, 4\]: list each thread "
                  r"count once", id="threads-twice"),
+    pytest.param(["search.enabled=true", "quantize.qat_epochs=2"],
+                 r"params: quantize\.qat_epochs 2 trains for the full-integer INT8 conversion, but "
+                 r"search\.modes also tries dynamic, float16, mixed; set search\.modes: \[int8\], "
+                 r"or quantize\.qat_epochs: 0", id="qat-searching-other-modes"),
 ]
 
 
@@ -162,6 +166,15 @@ BAD_OVERRIDES = [
 def test_bad_values_are_refused_naming_key_and_value(overrides, message):
     with pytest.raises(InputError, match=message):
         load_params(PARAMS_YAML, overrides)
+
+
+def test_qat_with_the_search_is_accepted_searching_int8_only():
+    """The search's trials set quantize.mode: with QAT on, int8 is the one they may set."""
+    params = load_params(PARAMS_YAML, ["search.enabled=true", "quantize.qat_epochs=2",
+                                       "search.modes=[int8]"])
+    assert (params.search.modes, params.quantize.qat_epochs) == (["int8"], 2)
+    off = load_params(PARAMS_YAML, ["quantize.qat_epochs=2"])  # search off: its modes unused
+    assert off.search.modes == Params().search.modes
 
 
 def test_every_invalid_key_is_reported_at_once():

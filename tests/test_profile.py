@@ -39,10 +39,9 @@ def test_a_model_too_large_to_hold_every_cut_is_not_profiled(wide_first, monkeyp
 
 
 def test_the_summary_names_the_slowest_ops():
-    metrics = {"slowdown": {"threads": 1}, "slowest_ops": [
-        {"index": 0, "op": "UNIDIRECTIONAL_SEQUENCE_LSTM", "us": 1171.04, "share": 0.962}]}
-    assert slowest_line(metrics) == ("slowest ops of the final model, 1 thread: "
-                                     "UNIDIRECTIONAL_SEQUENCE_LSTM #0 1171.0 us (96 %)")
+    ops = [OpTime(index=0, op="UNIDIRECTIONAL_SEQUENCE_LSTM", us=1171.04, share=0.962)]
+    assert slowest_line(ops, 1) == ("slowest ops of the final model, 1 thread: "
+                                    "UNIDIRECTIONAL_SEQUENCE_LSTM #0 1171.0 us (96 %)")
 
 
 def test_an_op_faster_than_the_cut_before_it_in_every_round_is_fused_with_that_op():

@@ -13,13 +13,14 @@ from flows.stages import run_stage
 from flows.workspace.params import load_params
 from tasks.artifacts import Workspace
 from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, SparsifyConfig
-from tasks.distill import DistillationLoss, derive_student, distill
 from tasks.errors import InputError
 from tasks.evaluate import blocks_2_4, evaluate_tflite, weight_sparsity, weight_tensors
 from tasks.models import kernels, overall_sparsity, read_model, write_model
 from tasks.qat import quantization_aware_training, quantize_aware
 from tasks.quantize import convert_to_tflite
 from tasks.sparsify import check_prunable, sparsify
+from tasks.students import derive_student
+from tasks.teaching import DistillationLoss, distill
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 TWO_FOUR = SparsifyConfig(pattern="2:4")

@@ -2,22 +2,19 @@
 runs in LiteRT, and mixed precision's plan, budget and sensitivity."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from test_measurements import RECORD
 
 from flows.record.report import summary_rows
 from tasks.artifacts import Workspace
 from tasks.config import DistillConfig, EvaluateConfig, QuantizeConfig, SparsifyConfig
 from tasks.errors import InputError
-from tasks.evaluate import (
-    CandidateMetrics,
-    measure_tflite,
-    paired_summary,
-    summarize,
-    weight_sparsity,
-)
+from tasks.evaluate import measure_tflite, weight_sparsity
+from tasks.measurements import CandidateMetrics
 from tasks.mixed import quantizable_ops, validation_accuracy
 from tasks.models import write_model
 from tasks.paired import paired_drop
@@ -186,8 +183,7 @@ def test_a_graph_xnnpack_refuses_runs_on_the_built_in_kernels(digits):
         measure_tflite(tflite, digits, cfg) for tflite in (convert_to_tflite(healthy), refused))
     assert (teacher["xnnpack"], final["xnnpack"]) == (1.0, 0.0)
     labels = digits.test.labels
-    document = summarize({"teacher": CandidateMetrics.of(1, teacher),
-                          "final": CandidateMetrics.of(1, final)}) | paired_summary(
-        paired_drop(teacher_classes == labels, final_classes == labels, 0.95)) | {
-        "quantization": {"mode": "int8", "layer_precisions": {"int8": 4}}}
-    assert summary_rows(document)[-1][:3] == ("runs on", "XNNPACK", "built-in kernels")
+    metrics = replace(RECORD, candidates={"teacher": CandidateMetrics.of(1, teacher),
+                                          "final": CandidateMetrics.of(1, final)},
+                      paired=paired_drop(teacher_classes == labels, final_classes == labels, 0.95))
+    assert summary_rows(metrics)[-1][:3] == ("runs on", "XNNPACK", "built-in kernels")

@@ -25,6 +25,7 @@ from tasks.artifacts import Workspace, write_bytes
 from tasks.config import DataConfig, EvaluateConfig, GateConfig, TrackingConfig
 from tasks.data import load_data
 from tasks.gate import Evidence, decide_rule
+from tasks.measurements import Comparison
 from tasks.paired import PairedDrop
 from tasks.quantize import convert_to_tflite
 from tasks.speed import SAME_SPEED, Slowdown
@@ -33,7 +34,7 @@ from tasks.tflite import TFLiteClassifier
 
 NAME = "digits-int8"
 CARD = "# Model card: `digits-int8`\n"  # the flow's (flows/record/model_card.py): test_flow
-FIGURES = {"compression_ratio": 4.0, "speedup": 2.0, "accuracy_drop": 0.001}  # metrics.json's
+FIGURES = Comparison(compression_ratio=4.0, speedup=2.0, accuracy_drop=0.001)  # metrics.json's
 UV = str(Path(sys.executable).parent / "uv")
 SERVE = """
 import importlib.util, sys

@@ -18,7 +18,14 @@ from conftest import make_project
 from flows.compress import compress
 from flows.search import NoFeasibleTrial, task_runner
 from flows.stages import check_inputs
-from flows.trials import baseline, best_confirmed, study_storage, trial_student
+from flows.trials import (
+    SearchBug,
+    baseline,
+    best_confirmed,
+    finish,
+    study_storage,
+    trial_student,
+)
 from flows.workspace.params import load_params
 from tasks.channels import teacher_widths
 from tasks.choice import apply_choice
@@ -237,6 +244,35 @@ def test_only_a_trial_likely_to_pass_and_confirmed_sets_the_size_to_beat():
             user_attrs={"confirmed": confirmed}))
     assert best_confirmed(study) == 9000
     assert best_confirmed(optuna.create_study()) == math.inf
+
+
+class FailedTrial:
+    """A trial task's future whose result is the exception it raised."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc
+
+
+def test_a_trial_whose_recipe_fails_is_counted_failed_and_a_bug_fails_the_search():
+    """A recipe that cannot run fails its trial and the search goes on; a programming error
+    fails the search stage, naming the trial, after telling Optuna the trial failed."""
+    study = optuna.create_study()
+
+    def end(exc: Exception) -> optuna.trial.FrozenTrial:
+        trial = study.ask({"quantize.mode": optuna.distributions.CategoricalDistribution(
+            ["int16x8"])})
+        return finish(study, trial, FailedTrial(exc), None, "gzip_bytes", 1.0)
+
+    failed = end(InputError("quantize.mode int16x8: LiteRT cannot run this model in that mode"))
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.user_attrs["error"].startswith("InputError: quantize.mode int16x8")
+    with pytest.raises(SearchBug, match=r"trial 1 \{'quantize.mode': 'int16x8'\} raised "
+                                        r"AttributeError: 'NoneType' object has no attribute"):
+        end(AttributeError("'NoneType' object has no attribute 'tflite'"))
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL
 
 
 def test_the_closest_trials_name_each_choice_once():

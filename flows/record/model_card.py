@@ -12,8 +12,7 @@ from flows.record.tracking import SPLITS
 from tasks.artifacts import Workspace
 from tasks.choice import chosen_params, search_summary
 from tasks.config import Params
-from tasks.evaluate import recorded_drop
-from tasks.speed import Slowdown
+from tasks.measurements import RunMetrics
 from tasks.splits import Dataset
 
 # The keys of the recipe, as `--set` spells them (with the search's choice applied)
@@ -23,11 +22,10 @@ RECIPE = {"sparsify": ("enabled", "pattern", "final_sparsity", "allocation", "ep
           "quantize": ("enabled", "mode", "calibration_samples", "qat_epochs")}
 
 
-def model_card(params: Params, ws: Workspace, metrics: dict, student: str | None) -> str:
+def model_card(params: Params, ws: Workspace, metrics: RunMetrics, student: str | None) -> str:
     """The card's markdown for the run's model; `metrics` is its metrics.json, `student` what the
     derived student changed in the teacher (tasks/friendly.py `student_changes`)."""
     data, recipe = Dataset.load(ws.data), chosen_params(params, ws)
-    drop = recorded_drop(metrics)
     return "\n".join([
         f"# Model card: `{params.gate.registered_model}`", "",
         _what_it_is(params, recipe, data, metrics), "",
@@ -39,10 +37,11 @@ def model_card(params: Params, ws: Workspace, metrics: dict, student: str | None
         *(f"- unlabeled, {name} (`{params.data.unlabeled}`): {len(part):,} inputs, `{part.digest}`"
           for name, part in (data.pool.parts.items() if data.pool else ())), "",
         "## Measured on the test split", "",
-        f"- {paired_line(drop_metrics('drop', drop), 'drop', 'vs the teacher')}",
+        f"- {paired_line(drop_metrics('drop', metrics.paired), 'drop', 'vs the teacher')}",
         f"- budget `gate.max_accuracy_drop`: {100 * params.gate.max_accuracy_drop:.2f} pt",
-        f"- vs the teacher: {Slowdown(**metrics['slowdown']).describe('the teacher')}",
-        *([f"- {slowest_line(metrics)}"] if metrics.get("slowest_ops") else []), "",
+        f"- vs the teacher: {metrics.slowdown.describe('the teacher')}",
+        *([f"- {slowest_line(metrics.slowest_ops, metrics.slowdown.threads)}"]
+          if metrics.slowest_ops else []), "",
         markdown_table(summary_rows(metrics)), "",
         ("Latency: batch 1, LiteRT with XNNPACK; runtime memory: the heap the interpreter holds "
          "(tensor arena, packed weights), not counting the model file."), "",
@@ -51,14 +50,14 @@ def model_card(params: Params, ws: Workspace, metrics: dict, student: str | None
     ]) + "\n"
 
 
-def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: dict) -> str:
+def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: RunMetrics) -> str:
     quantize = recipe.quantize
     shape = "×".join(str(d) for d in data.input_shape)
     return (f"A TFLite classifier ({quantize.mode if quantize.enabled else 'fp32'}) of "
             f"{data.num_classes} classes over inputs of shape {shape} (float32), "
             f"compressed by shrinkflow from the teacher (`model.source: {params.model.source}`, "
-            f"{metrics['teacher']['params']:,} params) into a student of "
-            f"{metrics['final']['params']:,} params.")
+            f"{metrics.teacher.params:,} params) into a student of "
+            f"{metrics.final.params:,} params.")
 
 
 def _recipe(recipe: Params, search: str | None, student: str | None) -> list[str]:

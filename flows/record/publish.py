@@ -30,6 +30,7 @@ from flows.record.tracking import mlflow_url
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
+from tasks.measurements import RunMetrics
 from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Progress:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
 
 
-def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated, run: Run,
+def publish_results(params: Params, ws: Workspace, metrics: RunMetrics, gated: Gated, run: Run,
                     runs_url: str | None) -> None:
     """The markdown report, the model card, the table of candidates, the per-op quantization
     sensitivity (when measured) and the links to the MLflow run and the experiment's runs
@@ -85,7 +86,8 @@ def publish_results(params: Params, ws: Workspace, metrics: dict, gated: Gated, 
     create_table_artifact(
         key="compress-candidates",
         description="Every candidate, measured by the same evaluator",
-        table=[{"candidate": name, **values} for name, values in metrics["candidates"].items()],
+        table=[{"candidate": name, **measured.as_dict()}
+               for name, measured in metrics.candidates.items()],
     )
     if sensitivity["layers"]:
         create_table_artifact(
@@ -113,7 +115,7 @@ def publish_repeat(report: dict) -> None:
             (f"Nothing changed since MLflow run `{report['unchanged_since']}`: every stage is up "
              "to date, so its model was not measured, gated or registered again."), "",
             f"Its model is version {report['model_version']}, {verdict}: {report['gate']}.", "",
-            markdown_table(summary_rows(report["metrics"])),
+            markdown_table(summary_rows(RunMetrics.from_json(report["metrics"]))),
             *(["", f"- [MLflow run (this repeat)]({report['mlflow_url']})",
                f"- [MLflow runs (the experiment)]({report['mlflow_runs_url']})"]
               if report.get("mlflow_url") else []),

@@ -21,6 +21,7 @@ from tasks.artifacts import Workspace
 from tasks.config import EvaluateConfig, GateConfig
 from tasks.evaluate import measure_tflite
 from tasks.gate import Decision, Evidence, Interface, judge, not_comparable
+from tasks.measurements import Comparison
 from tasks.paired import paired_drop
 from tasks.speed import slowdown
 from tasks.splits import Dataset
@@ -41,7 +42,7 @@ class Champion:
 
 
 def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
-                      evidence: Evidence, card: str, figures: dict[str, float],
+                      evidence: Evidence, card: str, figures: Comparison,
                       refusal: Decision | None = None) -> Gated:
     """Register the run's model as a new version of `cfg.registered_model` in the active run, then
     move `champion` to it if it passes the gate; otherwise tag the version with why not. What the
@@ -51,8 +52,7 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     decided before the gate (a search that found nothing likely to pass) stands. The model `card`
     (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the
     registered model and the run, and is the version's description in the registry, after the
-    headline (`figures`: the run's compression_ratio, speedup and accuracy_drop; the line is in
-    `Gated` too)."""
+    headline (`figures`: the run's final model vs the teacher; the line is in `Gated` too)."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, evidence, champion)
     decision = refusal or decision

@@ -5,11 +5,12 @@ comparison with the champion, the search's choice, links to MLflow)."""
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from flows.workspace.versioning import Fingerprint
+from tasks.measurements import CandidateMetrics, Comparison, RunMetrics
 from tasks.profile import OpTime
 from tasks.speed import Slowdown
 
@@ -17,13 +18,13 @@ if TYPE_CHECKING:
     from flows.record.gated import Gated
 
 DIGEST_SHOWN = 8  # hex digits of an md5 in messages
-THREADS_KEY = re.compile(r"latency_p50_us_(\d+)t")
 
 
 def run_summary(report: dict) -> str:
-    """What ran, what changed, where the run is recorded, the gate, teacher vs final. A run that
-    repeats an earlier one (flows/record/unchanged.py) says which, and that its model is that
-    run's."""
+    """What ran, what changed, where the run is recorded, the gate, teacher vs final (`report`:
+    the compress flow's, metrics.json as JSON in it). A run that repeats an earlier one
+    (flows/record/unchanged.py) says which, and that its model is that run's."""
+    metrics = RunMetrics.from_json(report["metrics"])
     stages = report["stages"]
     if all(status == "skipped" for status in stages.values()):
         done = "all stages up to date: nothing re-ran"
@@ -43,8 +44,9 @@ def run_summary(report: dict) -> str:
          f"{verdict} ({report['gate']})" if since else
          f"registered as version {report['model_version']}: {verdict} ({report['gate']})"),
         "",
-        summary_table(report["metrics"]),
-        *([slowest_line(report["metrics"])] if report["metrics"].get("slowest_ops") else []),
+        summary_table(metrics),
+        *([slowest_line(metrics.slowest_ops, metrics.slowdown.threads)]
+          if metrics.slowest_ops else []),
     ])
 
 
@@ -56,17 +58,17 @@ def promotion(promoted: bool, certified: bool) -> str:
     return "promoted to champion" + ("" if certified else " UNCERTIFIED (on the point estimate)")
 
 
-def headline_line(metrics: dict, promoted: bool, certified: bool) -> str:
+def headline_line(figures: Comparison, promoted: bool, certified: bool) -> str:
     """What a reviewer sees first, on one line, the verdict first (MLflow's runs table shows a
     description's first 50 characters): `promoted UNCERTIFIED: 40.8x smaller (gzip), 12.4x faster,
-    accuracy drop +0.28 pt`, else `promoted (certified): …` or `not promoted: …`. `metrics`:
-    metrics.json, or a run's MLflow metrics (the same top-level keys). A slower model says
+    accuracy drop +0.28 pt`, else `promoted (certified): …` or `not promoted: …`. `figures`: the
+    final model vs the teacher, from metrics.json or a run's MLflow metrics. A slower model says
     `2.6x SLOWER` (`speed_change`; `speedup` is the teacher's latency over the model's)."""
     verdict = ("not promoted" if not promoted else
                "promoted (certified)" if certified else "promoted UNCERTIFIED")
-    drop = 100 * metrics["accuracy_drop"]
-    return (f"{verdict}: {metrics['compression_ratio']:.1f}x smaller (gzip), "
-            f"{speed_change(metrics['speedup'], 1.0)}, accuracy drop {drop:+.2f} pt")
+    return (f"{verdict}: {figures.compression_ratio:.1f}x smaller (gzip), "
+            f"{speed_change(figures.speedup, 1.0)}, "
+            f"accuracy drop {100 * figures.accuracy_drop:+.2f} pt")
 
 
 def input_changes(before: dict[str, Fingerprint], after: dict[str, Fingerprint]) -> list[str]:
@@ -87,18 +89,17 @@ def _short(md5: str) -> str:
     return f"{md5[:DIGEST_SHOWN]}…{'.dir' if md5.endswith('.dir') else ''}"
 
 
-def slowest_line(metrics: dict) -> str:
+def slowest_line(ops: Sequence[OpTime], count: int) -> str:
     """`slowest ops of the final model, 1 thread: UNIDIRECTIONAL_SEQUENCE_LSTM #0 1171.0 us
-    (96 %), ...` (tasks/profile.py)."""
-    ops = ", ".join(str(OpTime(**op)) for op in metrics["slowest_ops"])
-    return f"slowest ops of the final model, {threads(metrics['slowdown']['threads'])}: {ops}"
+    (96 %), ...` (tasks/profile.py; timed at `count` threads)."""
+    return f"slowest ops of the final model, {threads(count)}: {', '.join(map(str, ops))}"
 
 
-def summary_table(metrics: dict) -> str:
+def summary_table(metrics: RunMetrics) -> str:
     return aligned(summary_rows(metrics))
 
 
-def markdown_report(metrics: dict, gated: Gated, model_name: str, search: str | None,
+def markdown_report(metrics: RunMetrics, gated: Gated, model_name: str, search: str | None,
                     links: dict[str, str]) -> str:
     """The Prefect report: teacher vs final, the gate's decision with the figures it rests on,
     the search's choice, and `links` (title -> URL)."""
@@ -106,7 +107,8 @@ def markdown_report(metrics: dict, gated: Gated, model_name: str, search: str | 
     return "\n".join([
         "# shrinkflow compress", "",
         markdown_table(summary_rows(metrics)), "",
-        *([slowest_line(metrics), ""] if metrics.get("slowest_ops") else []),
+        *([slowest_line(metrics.slowest_ops, metrics.slowdown.threads), ""]
+          if metrics.slowest_ops else []),
         "## Gate", "",
         f"`{model_name}` version {gated.version} **{verdict}**: {gated.decision.reason}.", "",
         *gate_comparison(gated.measured, gated.champion),
@@ -155,35 +157,34 @@ def paired_line(measured: dict[str, float], key: str, what: str) -> str:
             f"{count['n']} samples)")
 
 
-def summary_rows(metrics: dict) -> list[tuple[str, ...]]:
+def summary_rows(metrics: RunMetrics) -> list[tuple[str, ...]]:
     """Teacher vs final, one row per figure, with a header row."""
-    teacher, final = metrics["teacher"], metrics["final"]
+    teacher, final = metrics.teacher, metrics.final
     return [
         ("", "teacher", "final", ""),
-        ("accuracy", percent(teacher["accuracy"]), percent(final["accuracy"]),
-         accuracy_change(metrics)),
-        ("params", f"{teacher['params']:,}", f"{final['params']:,}", ""),
-        ("sparsity", "", percent(final["sparsity"]), ""),
-        (".tflite size", human_size(teacher["tflite_bytes"]), human_size(final["tflite_bytes"]),
-         f"{teacher['tflite_bytes'] / final['tflite_bytes']:.1f}x smaller"),
-        ("gzip size", human_size(teacher["gzip_bytes"]), human_size(final["gzip_bytes"]),
-         f"{metrics['compression_ratio']:.1f}x smaller"),
+        ("accuracy", percent(teacher.accuracy), percent(final.accuracy), accuracy_change(metrics)),
+        ("params", f"{teacher.params:,}", f"{final.params:,}", ""),
+        ("sparsity", "", percent(final.sparsity), ""),
+        (".tflite size", human_size(teacher.tflite_bytes), human_size(final.tflite_bytes),
+         f"{teacher.tflite_bytes / final.tflite_bytes:.1f}x smaller"),
+        ("gzip size", human_size(teacher.gzip_bytes), human_size(final.gzip_bytes),
+         f"{metrics.comparison.compression_ratio:.1f}x smaller"),
         *((f"latency p50 / p90, {threads(n)}", latency(teacher, n), latency(final, n),
-           speed_change(teacher[f"latency_p50_us_{n}t"], final[f"latency_p50_us_{n}t"]))
-          for n in thread_counts(final)),
-        ("runtime memory", memory(teacher["memory_bytes"]), memory(final["memory_bytes"]),
-         f"{teacher['memory_bytes'] / final['memory_bytes']:.1f}x less"),
-        ("quantization", "fp32", metrics["quantization"]["mode"],
-         layer_precisions(metrics["quantization"]["layer_precisions"])),
+           speed_change(teacher.latency_at(n)[0], final.latency_at(n)[0]))
+          for n in final.thread_counts()),
+        ("runtime memory", memory(teacher.memory_bytes), memory(final.memory_bytes),
+         f"{teacher.memory_bytes / final.memory_bytes:.1f}x less"),
+        ("quantization", "fp32", metrics.quantization.mode,
+         layer_precisions(metrics.quantization.layer_precisions)),
         *([("runs on", kernels(teacher), kernels(final), "XNNPACK refused it: see the log")]
-          if not final.get("xnnpack", 1.0) else []),
+          if not final.xnnpack else []),
     ]
 
 
-def kernels(measured: dict) -> str:
+def kernels(measured: CandidateMetrics) -> str:
     """What runs a candidate in LiteRT: `XNNPACK`, or `built-in kernels` where XNNPACK refused it
-    (tasks/tflite.py `TFLiteClassifier`; metrics.json before 2026-12-04 does not say: XNNPACK)."""
-    return "XNNPACK" if measured.get("xnnpack", 1.0) else "built-in kernels"
+    (tasks/tflite.py `TFLiteClassifier`)."""
+    return "XNNPACK" if measured.xnnpack else "built-in kernels"
 
 
 def speed_change(reference_us: float, model_us: float) -> str:
@@ -192,19 +193,14 @@ def speed_change(reference_us: float, model_us: float) -> str:
     return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x SLOWER"
 
 
-def thread_counts(measured: dict) -> list[int]:
-    """The interpreter thread counts a candidate's latency was measured at (`latency_p50_us_4t`)."""
-    return [int(match[1]) for key in measured if (match := THREADS_KEY.fullmatch(key))]
-
-
 def threads(count: int) -> str:
     return f"{count} thread{'s' if count > 1 else ''}"
 
 
-def latency(measured: dict, count: int) -> str:
+def latency(measured: CandidateMetrics, count: int) -> str:
     """`41.2 / 45.0 us`: batch-1 latency p50 / p90 at `count` threads."""
-    return (f"{measured[f'latency_p50_us_{count}t']:.1f} / "
-            f"{measured[f'latency_p90_us_{count}t']:.1f} us")
+    p50, p90 = measured.latency_at(count)
+    return f"{p50:.1f} / {p90:.1f} us"
 
 
 def memory(held: float) -> str:
@@ -212,12 +208,12 @@ def memory(held: float) -> str:
     return "n/a" if math.isnan(held) else human_size(int(held))
 
 
-def accuracy_change(metrics: dict) -> str:
+def accuracy_change(metrics: RunMetrics) -> str:
     """`-0.56 pt (drop <= 1.82 pt at 95 %)`: the point estimate, and the paired upper bound of the
     drop that the gate holds to gate.max_accuracy_drop."""
-    paired = metrics["paired"]
-    return (f"{-100 * metrics['accuracy_drop']:+.2f} pt (drop <= {100 * paired['upper']:.2f} pt "
-            f"at {100 * paired['confidence']:.4g} %)")
+    return (f"{-100 * metrics.comparison.accuracy_drop:+.2f} pt (drop <= "
+            f"{100 * metrics.accuracy_drop_upper:.2f} pt at "
+            f"{100 * metrics.paired.confidence:.4g} %)")
 
 
 def layer_precisions(counts: dict[str, int]) -> str:

@@ -39,6 +39,7 @@ from flows.workspace.versioning import StageStatus, git_commit, nothing_changed,
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
+from tasks.measurements import Comparison
 
 MADE_BY_TAG = "shrinkflow.unchanged_since"  # on a repeat: the run that made its model
 CARRIED_TAGS = ("dvc.", "input.", "teacher.", "gate.", "registry.", MADE_BY_TAG)
@@ -85,7 +86,8 @@ def record_unchanged(params: Params, root: Path, last: Run,
             "not measured or registered again; its metrics and gate decision carried over")
     flow_run = flow_run or _completed_flow_run(note)
     tags = {key: value for key, value in last.data.tags.items() if key.startswith(CARRIED_TAGS)}
-    headline = headline_line(last.data.metrics, tags["gate.promoted"] == "true",
+    headline = headline_line(Comparison.from_dict(last.data.metrics),
+                             tags["gate.promoted"] == "true",
                              tags.get("gate.certified", "true") == "true")
     tags |= {MADE_BY_TAG: made_by, "pipeline": "compress",
              NOTE_TAG: f"{headline}\n\nrepeat of {made_by_name}: {note}",

@@ -1,0 +1,161 @@
+"""Teaching a student: the teacher's logits as soft targets, the distillation loss, and the loop
+that trains on them, pruned on the sparsify schedule. Distillation (tasks/distill.py, and each
+probe of tasks/auto_width.py), quantization-aware fine-tuning (tasks/qat.py) and the search's
+trials (tasks/search.py) all train this way.
+
+The teacher's logits are computed once (`soft_targets`; a search worker keeps them for all its
+trials) and packed beside the labels, so distillation is a plain `fit` with one loss and the usual
+tfmot pruning callback — no custom training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from tasks.config import DistillConfig, SparsifyConfig, Training
+from tasks.models import EPSILON, as_logits, fit, outputs_probabilities
+from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
+from tasks.splits import BATCH, Dataset, Split
+from tasks.students import check_student
+from tasks.views import consistent_views
+
+
+def logits(model: keras.Model, split: Split) -> np.ndarray:
+    """Pre-softmax scores of every sample; for a softmax model, log-probabilities (equal up to a
+    constant)."""
+    outputs = model.predict(split.batches(BATCH), verbose=0)
+    return np.log(outputs + EPSILON) if outputs_probabilities(model) else outputs
+
+
+@dataclass(frozen=True)
+class SoftTargets:
+    """The teacher and its logits on the training and validation splits of one data set (on
+    augmented views it runs again: tasks/views.py)."""
+
+    teacher: keras.Model
+    train: np.ndarray
+    val: np.ndarray
+
+
+def soft_targets(teacher: keras.Model, data: Dataset) -> SoftTargets:
+    return SoftTargets(teacher, logits(teacher, data.train), logits(teacher, data.val))
+
+
+class DistillationLoss(keras.losses.Loss):
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+
+    `y_true` packs the label in column 0 and the teacher's logits after it. The T^2 factor keeps
+    the soft-target gradients on the scale of the hard ones (Hinton et al., 2015).
+    """
+
+    def __init__(self, temperature: float, alpha: float, student_probabilities: bool, **kwargs):
+        super().__init__(name="distillation", **kwargs)
+        self.temperature = temperature
+        self.alpha = alpha
+        self.student_probabilities = student_probabilities
+
+    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        labels, teacher_logits = tf.cast(y_true[:, 0], tf.int32), y_true[:, 1:]
+        student_logits = as_logits(y_pred, self.student_probabilities)
+        hard = keras.losses.sparse_categorical_crossentropy(labels, student_logits,
+                                                            from_logits=True)
+        t = self.temperature
+        soft = keras.losses.kl_divergence(
+            tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student_logits / t)
+        )
+        return self.alpha * hard + (1.0 - self.alpha) * t * t * soft
+
+
+def packed_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Accuracy against the label packed in column 0 of `y_true`."""
+    predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(y_true[:, 0], tf.int32)), tf.float32)
+
+
+def distill(
+    teacher: keras.Model,
+    student: keras.Model,
+    data: Dataset,
+    cfg: DistillConfig,
+    sparsify_cfg: SparsifyConfig,
+    targets: SoftTargets | None = None,
+    callbacks: list[keras.callbacks.Callback] = (),
+) -> keras.Model:
+    """Train `student` to match the teacher's softened outputs and the labels for `cfg.epochs`.
+
+    With sparsify enabled the student is pruned on the sparsify schedule while it learns, so it
+    leaves this stage as sparse as the sparsify target (unless a callback stops it early).
+    `targets`: the teacher's logits on `data` when already computed.
+    """
+    return Distillation(teacher, student, data, cfg, sparsify_cfg, targets).train(
+        cfg.epochs, callbacks).student()
+
+
+class Distillation:
+    """A student learning from the teacher that can pause and go on: wrapped for pruning on the
+    schedule of all `cfg.epochs` and compiled once, so `train` resumes with the same optimizer
+    state and pruning step (distill.width `auto`: a probe's first epochs, then the chosen
+    probe's rest). `model` is the student in training, `epochs` how many it has trained."""
+
+    def __init__(self, teacher: keras.Model, student: keras.Model, data: Dataset,
+                 cfg: DistillConfig, sparsify_cfg: SparsifyConfig,
+                 targets: SoftTargets | None = None):
+        check_student(student, teacher)
+        self.pruned, self.callbacks = sparsify_cfg.enabled, []
+        if self.pruned:
+            skipped = check_prunable(student, sparsify_cfg)
+            steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
+            student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
+            self.callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
+        compile_to_teacher(student, cfg, cfg.learning_rate)
+        self.model, self.data, self.cfg, self.epochs = student, data, cfg, 0
+        self.targets = targets or soft_targets(teacher, data)
+
+    def train(self, until: int, callbacks: list[keras.callbacks.Callback] = ()) -> Distillation:
+        """Train on to epoch `until` (fewer when a callback stops it)."""
+        if until > self.epochs:
+            history = fit_to_teacher(self.model, self.targets, self.data, self.cfg,
+                                     self.cfg.model_copy(update={"epochs": until}),
+                                     [*self.callbacks, *callbacks], initial_epoch=self.epochs)
+            self.epochs = history.epoch[-1] + 1 if history.epoch else self.epochs
+        return self
+
+    def student(self) -> keras.Model:
+        """The student as trained so far, without the pruning wrappers."""
+        return tfmot.sparsity.keras.strip_pruning(self.model) if self.pruned else self.model
+
+
+def compile_to_teacher(student: keras.Model, cfg: DistillConfig, learning_rate: float) -> None:
+    """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and Adam."""
+    student.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
+        metrics=[packed_accuracy],
+    )
+
+
+def fit_to_teacher(
+    student: keras.Model,
+    targets: SoftTargets,
+    data: Dataset,
+    cfg: DistillConfig,
+    training: Training,
+    callbacks: list[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+) -> keras.callbacks.History:
+    """Train `student`, compiled by `compile_to_teacher`, (`training`: up to its epochs from
+    `initial_epoch`, batch size) on the labels packed with the teacher's logits: on
+    `cfg.augment`'s views, the teacher's logits on each view.
+
+    Distillation and quantization-aware fine-tuning (tasks/qat.py) both train this way."""
+    views = None
+    if cfg.augment != "none":
+        views = consistent_views(data.train.batches(training.batch_size, shuffle=True),
+                                 targets.teacher, cfg.augment)
+    return fit(student, data, training, callbacks, targets=(targets.train, targets.val),
+               training=views, initial_epoch=initial_epoch)
