@@ -287,7 +287,7 @@ def _table(document: dict) -> list[tuple[str, ...]]:
         (
             _label(name, document),
             percent(row.metrics.accuracy),
-            f"{-100 * row.vs_reference.accuracy_drop or 0.0:+.2f} pt",  # `or`: -0.0 is +0.00
+            f"{-100 * row.vs_reference.accuracy_drop or 0.0:+.2f} pt",  # `or`: -0.0 shows as +0.00
             human_size(row.metrics.tflite_bytes),
             human_size(row.metrics.gzip_bytes),
             f"{row.vs_reference.compression_ratio:.1f}x",

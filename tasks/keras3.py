@@ -18,16 +18,12 @@ import inspect
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
 import tf_keras
 
 from tasks.errors import InputError
+from tasks.flatten import TOLERANCE, output_difference
 from tasks.model_files import ModelSource
 
-TOLERANCE = 1e-5  # largest absolute output difference allowed between the two models
-CHECK_SAMPLES = 8
-FREE_DIM = 32  # size given to unknown (None) input dimensions in the agreement check
 LAYER_KEYS = {"name", "trainable", "dtype", "batch_input_shape"}  # every tf_keras layer takes these
 RENAMED_KEYS = {"batch_shape": "batch_input_shape"}
 OBJECT_MODULES: dict[str, ModuleType] = {
@@ -37,6 +33,7 @@ OBJECT_MODULES: dict[str, ModuleType] = {
 }
 
 Graph = dict[str, Any]  # a Keras 3 model config: its layers' entries and the graph's ends
+NESTED = ("Functional", "Sequential", "Model")  # a model called as a layer
 
 
 def read_keras3(source: ModelSource, who: str, trust_code: bool) -> tf_keras.Model:
@@ -48,19 +45,34 @@ def read_keras3(source: ModelSource, who: str, trust_code: bool) -> tf_keras.Mod
     import keras  # Keras 3: imported here because it takes seconds and only these files need it
 
     original = keras.saving.load_model(source.path, compile=False, safe_mode=not trust_code)
-    config = original.get_config()
-    layers = {
-        entry["config"]["name"]: _layer(entry, original, source, who) for entry in config["layers"]
-    }
-    model = _wire(config, layers)
+    model = _model(original.get_config(), original, source, who)
+    _copy_weights(original, model, source, who)
+    _check_agreement(original, model, source, who)
+    return model
+
+
+def _model(config: Graph, original: Any, source: ModelSource, who: str) -> tf_keras.Model:
+    """The tf_keras twin of the Keras 3 model `original` whose config is `config`; a model it
+    calls (a keras.applications backbone, a Sequential block) becomes a tf_keras model called
+    alike (tasks/flatten.py then flattens it)."""
+    layers = {entry["config"]["name"]: _layer(entry, original, source, who)
+              for entry in config["layers"]}
+    return _wire(config, layers)
+
+
+def _copy_weights(original: Any, model: tf_keras.Model, source: ModelSource, who: str) -> None:
+    """Each layer's weights to its twin, layer by layer into called models (Keras 3 and tf_keras
+    order a model's weights differently: per layer, and trainable first)."""
     for layer in original.layers:
+        twin = model.get_layer(layer.name)
+        if isinstance(twin, tf_keras.Model):
+            _copy_weights(layer, twin, source, who)
+            continue
         try:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+            twin.set_weights(layer.get_weights())
         except ValueError as exc:
             problem = f"has weights that do not fit its tf_keras twin ({exc})"
             raise _refusal(source, who, layer.name, type(layer).__name__, problem) from exc
-    _check_agreement(original, model, source, who)
-    return model
 
 
 def _refusal(source: ModelSource, who: str, name: str, class_name: str, problem: str) -> InputError:
@@ -75,6 +87,8 @@ def _layer(
 ) -> tf_keras.layers.Layer:
     """The tf_keras layer of the same class, built from the Keras 3 layer's stored config."""
     class_name, name = entry["class_name"], entry["config"]["name"]
+    if class_name in NESTED and "layers" in entry["config"]:
+        return _model(entry["config"], original.get_layer(name), source, who)
     cls = getattr(tf_keras.layers, class_name, None)
     if entry.get("module") != "keras.layers" or not isinstance(cls, type):
         raise _refusal(source, who, name, class_name, "has no tf_keras equivalent")
@@ -153,15 +167,7 @@ def _wire(config: Graph, layers: dict[str, tf_keras.layers.Layer]) -> tf_keras.M
 
 def _check_agreement(original: Any, model: tf_keras.Model, source: ModelSource, who: str) -> None:
     """Both models must give the same outputs (within TOLERANCE) on a fixed random batch."""
-    rng = np.random.default_rng(0)
-    batch = []
-    for spec in model.inputs:
-        shape = (CHECK_SAMPLES, *(dim or FREE_DIM for dim in spec.shape[1:]))
-        batch.append(rng.random(shape).astype(spec.dtype.as_numpy_dtype))
-    x = batch[0] if len(batch) == 1 else batch
-    expected, actual = original(x, training=False), model(x, training=False)
-    pairs = zip(tf.nest.flatten(expected), tf.nest.flatten(actual))
-    difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in pairs)
+    difference = output_difference(original, model)
     if not difference <= TOLERANCE:  # also catches NaN
         raise InputError(
             f"{who}: {source.path} (Keras {source.keras_version}) rebuilt in tf_keras gives other "

@@ -16,6 +16,7 @@ from tasks import progress
 from tasks.artifacts import atomic_path
 from tasks.config import Training
 from tasks.errors import InputError
+from tasks.flatten import flattened
 from tasks.keras3 import read_keras3
 from tasks.model_files import code_refused, refuse_code, stored_model
 from tasks.progress import BatchListener, batch_listener, epoch_listener
@@ -67,7 +68,8 @@ def read_model(path: str | Path, key: str | None = None, trust_code: bool = Fals
     `safe_mode` covers .keras files only); one Keras cannot read (UNREADABLE) raises InputError,
     anything else (MemoryError, a bug) as it is. Keras 3 files are rebuilt in tf_keras (see
     tasks/keras3.py); `model_source(path)` tells the flow which Keras wrote a file and whether it
-    was converted.
+    was converted. A user's model that calls other models is flattened into one graph of layers
+    (tasks/flatten.py): every stage after it sees the flat one.
     """
     path = Path(path).expanduser()
     who = key or "stage input"
@@ -79,8 +81,9 @@ def read_model(path: str | Path, key: str | None = None, trust_code: bool = Fals
         if key and not trust_code:
             refuse_code(stored, key)
         if stored.source.converted:
-            return read_keras3(stored.source, who, trust_code)
-        return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
+            model = read_keras3(stored.source, who, trust_code)
+        else:
+            model = keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except InputError:
         raise
     except UNREADABLE as exc:
@@ -92,6 +95,7 @@ def read_model(path: str | Path, key: str | None = None, trust_code: bool = Fals
             f"{key}: cannot read {path} as a Keras model ({type(exc).__name__}: {exc}). "
             "Expected a .keras/.h5 file or SavedModel directory saved by Keras"
         ) from exc
+    return flattened(model, who) if key else model
 
 
 def write_model(model: keras.Model, path: Path) -> None:
