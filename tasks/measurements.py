@@ -2,9 +2,9 @@
 
 The evaluator writes it; the gate, the reports, the model card and the bench read its attributes.
 `to_json` / `from_json` keep metrics.json's layout (DVC tracks it, users read it): each candidate
-flat, its per-thread-count latencies beside its other figures (`latency_p50_us_4t`); `teacher`
-without `sparsity` (`candidates.teacher` has it); the headline ratios and `accuracy_drop_upper`
-written beside the records they are derived from, never read back.
+flat, its per-thread-count latencies beside its other figures (`latency_p50_us_4t`). What is
+derived is written but never read back: top-level `teacher` (without `sparsity`) and `final`,
+copies of `candidates`' own; the headline ratios; the paired drop and its bounds.
 """
 
 from __future__ import annotations

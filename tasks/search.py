@@ -29,9 +29,10 @@ from tasks.channels import teacher_widths
 from tasks.config import Params, SearchConfig
 from tasks.data import split_validation
 from tasks.estimate import SizeEstimate, estimate_candidate
-from tasks.evaluate import CandidateMetrics, measure_tflite, predicted_classes
+from tasks.evaluate import measure_tflite, predicted_classes
 from tasks.fidelity import Fidelity, fidelity
 from tasks.friendly import activation_choices, block_choices, downsample_choices
+from tasks.measurements import CandidateMetrics
 from tasks.models import read_model, seed_everything, write_model
 from tasks.paired import PairedDrop, paired_drop
 from tasks.power import GateRule, chance_to_certify, chance_to_pass
