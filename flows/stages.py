@@ -77,7 +77,7 @@ def check_inputs(params: Params) -> None:
     from flows.search import check_search
     from tasks.data import check_certifiable
     from tasks.evaluate import warn_if_oversubscribed
-    from tasks.load import open_inputs, warn_if_scaled_twice
+    from tasks.load import check_beats_chance, open_inputs, warn_if_scaled_twice
     from tasks.models import read_model
     from tasks.qat import quantize_aware
     from tasks.quantize import calibration_samples, check_quantizable
@@ -113,6 +113,8 @@ def check_inputs(params: Params) -> None:
         quantize_aware(student)
     if params.search.enabled:
         check_search(params, inputs.teacher, inputs.data)
+    if not inputs.needs_training:  # last: the teacher's predictions on the test split
+        check_beats_chance(inputs.teacher, inputs.data, params.data)
 
 
 def check_changed_inputs(params: Params, root: Path) -> bool:

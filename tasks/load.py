@@ -10,10 +10,12 @@ from statistics import NormalDist
 
 import numpy as np
 import tf_keras as keras
+from scipy.optimize import linear_sum_assignment
 
 from tasks.artifacts import Workspace
+from tasks.chance import Chance
 from tasks.config import DataConfig, ModelConfig
-from tasks.data import load_data, validation_from_test
+from tasks.data import PIXEL_DIVISOR, image_classes, load_data, validation_from_test
 from tasks.errors import InputError
 from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
 from tasks.models import (
@@ -32,6 +34,7 @@ PIXEL_SCALE = 1 / 100  # a first Rescaling below this expects pixels 0-255 (Effi
 # One-sided: a teacher better on validation than on test by chance moves the validation split
 # once in a hundred runs (which costs test samples, never correctness).
 MEMORY_CONFIDENCE = 0.99
+TEACHER_CONFIDENCE = 0.99  # a teacher at chance stops the run: be sure (tasks/chance.py)
 
 
 @dataclass(frozen=True)
@@ -44,25 +47,83 @@ class Inputs:
 
 
 def open_inputs(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> Inputs:
-    """Read and check data and teacher without training anything: cheap, so run it first."""
+    """Read and check data and teacher without training anything: cheap, so run it first.
+
+    A trained teacher that rescales 0-255 pixels itself (`pixel_scale`: keras.applications'
+    EfficientNet and MobileNetV3, or a model with its own `Rescaling(1/255)`) is fed its uint8
+    pixels unscaled, as its own layers say, whatever data.scale_uint8 says: scaled to [0, 1]
+    it would see nearly black images."""
     data = load_data(data_cfg, seed)
     teacher, needs_training = _teacher(model_cfg, data)
+    scale = pixel_scale(teacher)
+    if (not needs_training and scale and data_cfg.scale_uint8
+            and data.train.source.divisor == PIXEL_DIVISOR):
+        log.info("model.source: the teacher rescales its inputs by %.4g itself, so its uint8 "
+                 "pixels reach it unscaled, 0 to 255 (data.scale_uint8 does not apply)", scale)
+        data = load_data(data_cfg.model_copy(update={"scale_uint8": False}), seed)
     check_compatible(teacher, data, "model.source")
     return Inputs(data, teacher, needs_training)
 
 
-def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
-    """The pre-check's warning for a teacher that scales 0-255 pixels itself (a Rescaling first,
-    as keras.applications' EfficientNet and MobileNetV3) fed data already in [0, 1] (uint8 pixels
-    scaled by data.scale_uint8): it would see nearly black images, and train or score poorly."""
+def pixel_scale(teacher: keras.Model) -> float | None:
+    """The scale of the teacher's first layer when it is a Rescaling that expects pixels from 0 to
+    255 (a scale below PIXEL_SCALE); else None."""
     first = next((layer for layer in teacher.layers
                   if not isinstance(layer, keras.layers.InputLayer)), None)
-    if (isinstance(first, keras.layers.Rescaling) and np.max(first.scale) < PIXEL_SCALE
-            and data.train.read(slice(BATCH)).max() <= 1.0):
+    if isinstance(first, keras.layers.Rescaling) and np.max(first.scale) < PIXEL_SCALE:
+        return float(np.max(first.scale))
+    return None
+
+
+def warn_if_scaled_twice(teacher: keras.Model, data: Dataset) -> None:
+    """The pre-check's warning for a teacher that scales 0-255 pixels itself fed float data
+    already in [0, 1] (uint8 pixels it gets unscaled: `open_inputs`): it would see nearly black
+    images, and train or score poorly."""
+    scale = pixel_scale(teacher)
+    if scale and data.train.read(slice(BATCH)).max() <= 1.0:
         log.warning("model.source: the teacher rescales its inputs by %.4g itself, so it expects "
-                    "pixels from 0 to 255, but the data reach it in [0, 1]; set "
-                    "data.scale_uint8: false (uint8 data) or give it unscaled pixels",
-                    np.max(first.scale))
+                    "pixels from 0 to 255, but the data reach it in [0, 1]; give it unscaled "
+                    "pixels (uint8, or floats from 0 to 255)", scale)
+
+
+def check_beats_chance(teacher: keras.Model, data: Dataset, data_cfg: DataConfig) -> None:
+    """A trained teacher must beat chance beyond noise on the test split (tasks/chance.py, at
+    TEACHER_CONFIDENCE), else InputError with the evidence: the range its inputs reach it in
+    (against its own Rescaling's), and the class order its answers fit, when that is another
+    (image folders number their classes in sorted name order)."""
+    predicted = teacher.predict(data.test.batches(BATCH), verbose=0).argmax(axis=-1)
+    labels, n = data.test.labels, len(data.test)
+    right, chance = int(np.sum(predicted == labels)), Chance.of(data.test.labels)
+    if chance.beaten(right, n, TEACHER_CONFIDENCE):
+        return
+    sample = data.test.read(slice(BATCH))
+    evidence = [f"its inputs reach it in [{sample.min():.4g}, {sample.max():.4g}]"
+                + (f", and its first layer rescales them by {scale:.4g}: it expects pixels from "
+                   "0 to 255" if (scale := pixel_scale(teacher)) else "")]
+    evidence += _class_order(predicted, labels, data_cfg)
+    raise InputError(f"model.source: the teacher scores {chance.describe(right, n)}; compressing "
+                     f"it would copy noise. {'; '.join(evidence)}. Give it its inputs as it was "
+                     "trained on them (scale, class order), or check model.source and data.source")
+
+
+def _class_order(predicted: np.ndarray, labels: np.ndarray, data_cfg: DataConfig) -> list[str]:
+    """The class order the teacher's answers fit, when it is another than the labels' under which
+    it would beat chance: the one-to-one relabelling that matches most of its answers (the
+    assignment problem on the confusion counts), and what to do about it."""
+    classes = int(labels.max()) + 1
+    confusion = np.zeros((classes, max(classes, int(predicted.max()) + 1)), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    _, answer = linear_sum_assignment(confusion, maximize=True)  # one class for each label
+    fitted = int(confusion[np.arange(classes), answer].sum())
+    if not Chance.of(labels).beaten(fitted, len(labels), TEACHER_CONFIDENCE):
+        return []  # no order under which the teacher would beat chance (not the labels' own)
+    names = (image_classes(data_cfg.source) if data_cfg.source.startswith("images:")
+             else [str(label) for label in range(classes)])
+    mapping = ", ".join(f"{names[label]} -> {answer[label]}" for label in range(classes)
+                        if answer[label] != label)
+    return [f"its answers fit the labels in another class order ({fitted:,} of {len(labels):,} "
+            f"test samples): label -> teacher class {mapping}; the data numbers its classes "
+            f"{', '.join(names)} from 0, so relabel it in the teacher's order"]
 
 
 def train_teacher(teacher: keras.Model, data: Dataset, cfg: ModelConfig) -> keras.Model:
@@ -117,6 +178,7 @@ def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Worksp
         data = validation_from_test(data, seed)
     if inputs.needs_training:
         teacher = train_teacher(teacher, data, model_cfg)
+    check_beats_chance(teacher, data, data_cfg)
     data = replace(data, teacher_errors=teacher_errors(teacher, data))
     if data_cfg.val_from == "auto" and not inputs.needs_training:
         data = place_validation(teacher, data, seed)

@@ -22,6 +22,7 @@ from tasks.students import derive_student
 NESTED_MODEL = """
 import sys
 import numpy as np
+from sklearn.datasets import load_digits
 module, out = sys.argv[1], sys.argv[2]
 keras = __import__(module)
 layers = keras.layers
@@ -33,7 +34,6 @@ inputs = keras.Input((8, 8, 1))
 stem = block(inputs)
 x = layers.Add()([stem, layers.Conv2D(8, 3, padding="same", activation="relu")(stem)])
 backbone = keras.Model(inputs, layers.MaxPooling2D(2)(x), name="backbone")
-backbone.trainable = False  # as a transfer-learning guide freezes it
 
 inputs = keras.Input((8, 8, 1))
 x = backbone(layers.Rescaling(1.0)(inputs), training=False)
@@ -41,13 +41,13 @@ x = layers.GlobalAveragePooling2D()(x)
 head = keras.Sequential([layers.Dense(16, activation="relu"),
                          layers.Dense(10, activation="softmax")], name="head")
 model = keras.Model(inputs, head(x), name="transfer")
-rng = np.random.default_rng(0)
-for weight in model.weights:  # random, so that a weight copied wrong shows in the outputs
-    value = rng.uniform(-0.5, 0.5, weight.shape)
-    weight.assign(np.abs(value) + 0.5 if "variance" in weight.name else value)
+digits = load_digits()  # trained: its weights and BatchNorm statistics are no initial values
+model.compile("adam", "sparse_categorical_crossentropy")
+model.fit((digits.images / 16)[..., None], digits.target, epochs=10, verbose=0)
+backbone.trainable = False  # as a transfer-learning guide freezes it
 suffix = "keras" if module == "keras" else "h5"
 model.save(f"{out}/{module}.{suffix}")
-x = rng.random((16, 8, 8, 1)).astype("float32")
+x = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
 np.savez(f"{out}/{module}.npz", x=x, y=model.predict(x, verbose=0))
 """
 

@@ -29,15 +29,23 @@ import sys
 import numpy as np
 import keras
 from keras import layers
+from sklearn.datasets import load_digits
 
 out, side_effect = sys.argv[1], eval(sys.argv[2])
 rng = np.random.default_rng(0)
 
 
-def save(name, model):
+digits = load_digits()
+digits_x, digits_y = (digits.images / 16).reshape(-1, 8, 8, 1).astype("float32"), digits.target
+
+
+def save(name, model, trained=True):
     for weight in model.weights:  # random, so that a weight copied wrong shows in the outputs
         value = rng.uniform(-0.5, 0.5, weight.shape)
         weight.assign(np.abs(value) + 0.5 if "variance" in weight.path else value)
+    if trained:  # above chance: a teacher at chance is refused (tasks/load.py)
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(digits_x, digits_y, epochs=5, verbose=0)
     model.save(f"{out}/{name}.keras")
     x = rng.random((16, 8, 8, 1)).astype("float32")
     np.savez(f"{out}/{name}.npz", x=x, y=model.predict(x, verbose=0))
@@ -70,7 +78,7 @@ save("residual", keras.Model(inputs, layers.Dense(10, activation="softmax")(x)))
 
 save("unsupported", keras.Sequential([
     keras.Input((8, 8, 1)), layers.Flatten(), layers.RMSNormalization(name="rms"), layers.Dense(10),
-]))
+]), trained=False)
 
 save("lambda", keras.Sequential([
     keras.Input((8, 8, 1)), layers.Lambda(side_effect, name="side_effect"), layers.Flatten(),
@@ -209,8 +217,8 @@ def test_keras3_teachers_go_through_the_whole_flow(
 
 
 @pytest.mark.parametrize(("scale", "pixels", "warned"), [
-    (1 / 255, 1.0, True),  # EfficientNet's own rescaling, fed [0, 1]: nearly black images
-    (1 / 255, 255.0, False),  # the same, fed 0-255 (data.scale_uint8: false)
+    (1 / 255, 1.0, True),  # EfficientNet's own rescaling, fed [0, 1] floats: nearly black
+    (1 / 255, 255.0, False),  # the same, fed 0-255 (uint8 pixels: tests/test_load.py)
     (1.0, 1.0, False),  # no rescaling of its own
 ])
 def test_a_teacher_that_scales_pixels_itself_is_warned_about_scaled_data(
@@ -220,4 +228,4 @@ def test_a_teacher_that_scales_pixels_itself_is_warned_about_scaled_data(
     data = replace(digits, train=Split.of(digits.train.read() * pixels, digits.train.labels))
     with caplog.at_level(logging.WARNING, logger="tasks.load"):
         warn_if_scaled_twice(teacher, data)
-    assert ("set data.scale_uint8: false" in caplog.text) == warned
+    assert ("give it unscaled pixels" in caplog.text) == warned

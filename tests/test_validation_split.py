@@ -20,12 +20,14 @@ CLASSES = 4
 
 @pytest.fixture(scope="module")
 def memorised(tmp_path_factory) -> tuple[Path, Path]:
-    """Noise with random labels (nothing to learn, only to remember), and a teacher that
-    remembers every x_train sample: right on all of them, at chance on x_test."""
+    """Noise whose label is its largest of the first CLASSES features, a third of the labels
+    then drawn at random (something to learn, more to remember), and a teacher that remembers
+    every x_train sample: right on all of them, far less often on x_test (above chance)."""
     root = tmp_path_factory.mktemp("memorised")
     rng = np.random.default_rng(0)
     x_train, x_test = (rng.normal(size=(n, 16)).astype(np.float32) for n in (240, 240))
-    y_train, y_test = (rng.integers(0, CLASSES, n) for n in (240, 240))
+    y_train, y_test = (np.where(rng.random(len(x)) < 2 / 3, x[:, :CLASSES].argmax(axis=1),
+                                rng.integers(0, CLASSES, len(x))) for x in (x_train, x_test))
     np.savez(root / "noise.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((16,)), keras.layers.Dense(256, activation="relu"),
@@ -55,7 +57,7 @@ def test_a_teacher_that_remembers_the_validation_split_moves_it_to_held_out_samp
     assert data.val.source.array == "x_test" and data.test.source.array == "x_test"
     assert not set(data.val.rows) & set(data.test.rows)  # carved from the test split
     assert (len(data.train), len(data.val), len(data.test)) == (240, 72, 168)
-    assert data.teacher_errors["val"] > 6  # near chance now: samples it never saw
+    assert data.teacher_errors["val"] > 12  # far from 100 % now: samples it never saw
 
 
 def test_val_from_train_keeps_the_validation_split_where_it_was(memorised, tmp_path):
