@@ -30,6 +30,7 @@ EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
 # a corrupt SavedModel's keras_metadata.pb (DecodeError).
 UNREADABLE = (OSError, ValueError, TypeError, DecodeError)
 
+
 def seed_everything(seed: int) -> None:
     """Make weight init, shuffling and dropout repeatable (CPU kernels are then deterministic)."""
     keras.utils.set_random_seed(seed)

@@ -13,8 +13,8 @@ import tf_keras as keras
 
 from tasks.config import DistillConfig, QuantizeConfig, Training
 from tasks.data import Dataset
-from tasks.teaching import compile_to_teacher, fit_to_teacher, soft_targets
 from tasks.errors import InputError
+from tasks.teaching import compile_to_teacher, fit_to_teacher, soft_targets
 
 
 def quantize_aware(model: keras.Model) -> keras.Model:

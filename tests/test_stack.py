@@ -396,8 +396,8 @@ def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_r
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
-    from flows.stack.servers import up
     from flows.stack.config import StackConfig
+    from flows.stack.servers import up
     from tasks.config import Params
     from tasks.errors import InputError
 

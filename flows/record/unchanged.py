@@ -22,6 +22,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Run
 
+from flows.record.report import headline_line
 from flows.record.tracking import (
     MD5_TAG,
     NOTE_TAG,
@@ -33,7 +34,6 @@ from flows.record.tracking import (
     process_tags,
     use_experiment,
 )
-from flows.record.report import headline_line
 from flows.workspace.params import flatten
 from flows.workspace.versioning import StageStatus, git_commit, nothing_changed, output_md5s
 from tasks.artifacts import Workspace
