@@ -49,15 +49,14 @@ class Inputs:
 def open_inputs(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> Inputs:
     """Read and check data and teacher without training anything: cheap, so run it first.
 
-    A trained teacher that rescales 0-255 pixels itself (`pixel_scale`: keras.applications'
+    A teacher that rescales 0-255 pixels itself (`pixel_scale`: keras.applications'
     EfficientNet and MobileNetV3, or a model with its own `Rescaling(1/255)`) is fed its uint8
     pixels unscaled, as its own layers say, whatever data.scale_uint8 says: scaled to [0, 1]
     it would see nearly black images."""
     data = load_data(data_cfg, seed)
     teacher, needs_training = _teacher(model_cfg, data)
     scale = pixel_scale(teacher)
-    if (not needs_training and scale and data_cfg.scale_uint8
-            and data.train.source.divisor == PIXEL_DIVISOR):
+    if scale and data_cfg.scale_uint8 and data.train.source.divisor == PIXEL_DIVISOR:
         log.info("model.source: the teacher rescales its inputs by %.4g itself, so its uint8 "
                  "pixels reach it unscaled, 0 to 255 (data.scale_uint8 does not apply)", scale)
         data = load_data(data_cfg.model_copy(update={"scale_uint8": False}), seed)
