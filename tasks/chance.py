@@ -1,8 +1,7 @@
 """Chance: what a classifier scores by always answering the most frequent class of a split, and
 whether a model's accuracy is above it beyond noise (one-sided exact binomial test). A teacher at
 chance is refused before any training (tasks/load.py): a student would copy noise, and a drop
-measured against it means nothing; the gate promotes no model at chance, whatever its drop
-(tasks/gate.py)."""
+measured against it means nothing."""
 
 from __future__ import annotations
 

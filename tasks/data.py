@@ -26,6 +26,7 @@ from tasks.sources import (
     Pictures,
     Records,
     Source,
+    class_folders,
     index_records,
     read_digits,
     read_npz_array,
@@ -106,21 +107,11 @@ def _npz_source(path: Path, arrays: dict[str, np.ndarray], name: str, cfg: DataC
     return Arrays(divisor=divisor, path=str(path), array=name).holding(arrays[name])
 
 
-def image_classes(source: str) -> list[str]:
-    """The class names of an `images:DIR` source, in the order their ids are given: its
-    sub-folders' names, sorted."""
-    return [folder.name for folder in _class_folders(_existing(source, SOURCE))]
-
-
-def _class_folders(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
 def _load_image_folder(path: Path, cfg: DataConfig, seed: int) -> Dataset:
     """The folder's files and labels; the first image gives the size unless data.image_size."""
     if not path.is_dir():
         raise InputError(f"data.source: {path} is not a folder; images: wants one sub-folder per class")
-    classes = _class_folders(path)
+    classes = class_folders(path)
     if not classes:
         raise InputError(f"data.source: {path} has no sub-folders; put each class in its own folder")
     files, labels = [], []

@@ -46,8 +46,10 @@ def flattened(model: keras.Model, who: str) -> keras.Model:
     if not inner:
         return model
     try:
-        inputs = [keras.Input(type_spec=tensor.type_spec, name=tensor.name.split(":")[0])
-                  for tensor in model.inputs]
+        # by shape and dtype: an input made from a type spec does not survive a config round
+        # trip (the friendly transforms rebuild from config) into a file tf_keras reads back
+        inputs = [keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                              name=tensor.name.split(":")[0]) for tensor in model.inputs]
         taken = {layer.name: id(layer) for layer in model.layers
                  if not isinstance(layer, keras.Model)}
         outputs = _called(model, inputs, taken)

@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from tasks.chance import Chance
 from tasks.config import GateConfig
 from tasks.fidelity import Fidelity
 from tasks.paired import TOLERANCE, PairedDrop
@@ -89,7 +88,6 @@ class Evidence:
     labels: PairedDrop
     slowdown: Slowdown
     fidelity: Fidelity | None = None
-    at_chance: str | None = None  # why its accuracy is no better than chance (tasks/chance.py)
 
     @property
     def certified(self) -> bool:
@@ -151,11 +149,8 @@ def weigh(cfg: GateConfig, data: Dataset, metrics: RunMetrics) -> Evidence:
     choice = rule_for(cfg, data)
     confidence = choice.rule.bound_confidence
     counts = metrics.fidelity
-    n = len(data.test)
-    right, chance = round(metrics.final.accuracy * n), Chance.of(data.test.labels)
     return Evidence(choice, replace(metrics.paired, confidence=confidence), metrics.slowdown,
-                    counts and Fidelity(counts.n, counts.disagree, confidence),
-                    None if chance.beaten(right, n, cfg.confidence) else chance.describe(right, n))
+                    counts and Fidelity(counts.n, counts.disagree, confidence))
 
 
 def announce_rule(choice: RuleChoice, cfg: GateConfig) -> None:
@@ -193,8 +188,6 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
     `champion_slowdown` its latency over the champion's, timed interleaved.
 
     The rules, in order (bounds at cfg.confidence, tasks/paired.py, tasks/speed.py):
-    - above chance beyond noise (`evidence.at_chance`), whatever the drop: a budget measured
-      against a teacher does not make a model at chance worth deploying;
     - the accuracy rule (`evidence.passes`): certified within gate.max_accuracy_drop, or under
       `estimate` its point estimate within it;
     - the speed floor: not slower than the teacher, nor than the champion, by more than
@@ -207,8 +200,6 @@ def judge(cfg: GateConfig, candidate: dict, evidence: Evidence, champion: dict |
       never exceeds the estimate), ties broken by the smaller gzip.
     """
     budget = f"gate.max_accuracy_drop {100 * cfg.max_accuracy_drop:.2f} pt"
-    if evidence.at_chance:
-        return Decision(False, f"it scores {evidence.at_chance}")
     if not evidence.passes:
         fix = "" if evidence.choice.rule.require == "estimate" else (
             f"; {evidence.choice.describe(cfg)}" if not evidence.choice.certifies else "")

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from tasks.artifacts import Workspace
 from tasks.chance import Chance
 from tasks.config import DataConfig, ModelConfig
-from tasks.data import PIXEL_DIVISOR, image_classes, load_data, validation_from_test
+from tasks.data import PIXEL_DIVISOR, load_data, validation_from_test
 from tasks.errors import InputError
 from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
 from tasks.models import (
@@ -27,6 +27,7 @@ from tasks.models import (
     seed_everything,
     write_model,
 )
+from tasks.sources import class_folders
 from tasks.splits import BATCH, Dataset
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -116,8 +117,9 @@ def _class_order(predicted: np.ndarray, labels: np.ndarray, data_cfg: DataConfig
     fitted = int(confusion[np.arange(classes), answer].sum())
     if not Chance.of(labels).beaten(fitted, len(labels), TEACHER_CONFIDENCE):
         return []  # no order under which the teacher would beat chance (not the labels' own)
-    names = (image_classes(data_cfg.source) if data_cfg.source.startswith("images:")
-             else [str(label) for label in range(classes)])
+    kind, _, location = data_cfg.source.partition(":")
+    names = ([folder.name for folder in class_folders(Path(location).expanduser())]
+             if kind == "images" else [str(label) for label in range(classes)])
     mapping = ", ".join(f"{names[label]} -> {answer[label]}" for label in range(classes)
                         if answer[label] != label)
     return [f"its answers fit the labels in another class order ({fitted:,} of {len(labels):,} "

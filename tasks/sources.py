@@ -331,3 +331,8 @@ def index_records(files: list[Path], key: str) -> list[tuple[int, int, int]]:
                 index.append((number, start, length))
                 f.seek(offset)
     return index
+
+
+def class_folders(path: Path) -> list[Path]:
+    """An image folder's classes, in the order of their ids: its sub-folders, sorted by name."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))

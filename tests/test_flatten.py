@@ -15,7 +15,8 @@ import tf_keras as keras
 
 from tasks.errors import InputError
 from tasks.flatten import flattened, nested_models
-from tasks.models import read_model
+from tasks.friendly import without_blocks
+from tasks.models import read_model, write_model
 from tasks.students import derive_student
 
 # Run with the Keras to build in (`keras`: Keras 3, or `tf_keras`) and the folder to write to.
@@ -86,6 +87,16 @@ def test_a_student_copies_the_teachers_channels_through_the_flattened_graph(nest
     kept, own = (model.get_layer(stem).get_weights()[0] for model in (student, teacher))
     assert all(any(np.array_equal(kept[..., c], own[..., t]) for t in range(own.shape[-1]))
                for c in range(kept.shape[-1]))
+
+
+def test_a_student_rebuilt_from_the_flat_graph_is_written_and_read_back(nested_files, tmp_path):
+    """distill.blocks and distill.downsample rebuild the student from its config (tasks/friendly.py):
+    the flattened graph must survive that into a file (an input made from a type spec did not)."""
+    teacher = read_model(nested_files / "keras.keras", "model.source")
+    student = without_blocks(derive_student(teacher, 0.5, "teacher"), "fewest")
+    assert not any(isinstance(layer, keras.layers.Add) for layer in student.layers)
+    write_model(student, tmp_path / "student.h5")
+    assert read_model(tmp_path / "student.h5").count_params() == student.count_params()
 
 
 def test_a_flat_model_is_left_as_it_is(tiny_cnn):

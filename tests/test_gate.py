@@ -1,9 +1,7 @@
 """The promotion gate's rules: the accuracy rule (`gate.require`), then the champion."""
 
-import numpy as np
 import pytest
 
-from tasks.chance import Chance
 from tasks.config import GateConfig
 from tasks.fidelity import Fidelity
 from tasks.gate import Evidence, Interface, decide_rule, judge, not_comparable
@@ -186,20 +184,3 @@ def test_a_smaller_candidate_slower_than_the_champion_beyond_noise_is_refused():
     assert refused.reason.startswith("slower than the champion beyond noise: latency 4.5 vs the "
                                      "champion's 3.0 us")
 
-
-def test_a_model_at_chance_is_not_promoted_whatever_its_drop():
-    """A drop within budget of a teacher says nothing when the model scores what always
-    answering one class scores."""
-    at_chance = Evidence(evidence(WITHIN).choice, WITHIN, AS_FAST,
-                         at_chance="10.00 % on the 300 test samples, no better beyond noise")
-    decision = judge(GateConfig(), candidate(), at_chance, None, None, None)
-    assert not decision.promote and decision.reason.startswith("it scores 10.00 %")
-
-
-@pytest.mark.parametrize("right, beaten", [(30, False), (40, False), (50, True)])
-def test_chance_is_beaten_only_beyond_noise(right, beaten):
-    """300 samples, the most frequent class a tenth of them: 30 is chance, 40 is within noise
-    (binomial tail 0.04 > 0.01), 50 is not (5e-5)."""
-    chance = Chance.of(np.repeat(np.arange(10), 30))
-    assert (chance.label, chance.rate) == (0, 0.1)
-    assert chance.beaten(right, 300, confidence=0.99) is beaten

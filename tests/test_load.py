@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from tasks.chance import Chance
 from tasks.config import DataConfig, ModelConfig
 from tasks.errors import InputError
 from tasks.load import check_beats_chance, open_inputs, train_teacher
@@ -75,3 +76,11 @@ def test_a_teacher_fed_scaled_pixels_is_refused_with_the_range_it_expects(digits
 
 def test_a_teacher_above_chance_passes(trained_cnn, digits):
     check_beats_chance(trained_cnn, digits, DataConfig())
+
+@pytest.mark.parametrize("right, beaten", [(30, False), (40, False), (50, True)])
+def test_chance_is_beaten_only_beyond_noise(right, beaten):
+    """300 samples, the most frequent class a tenth of them: 30 is chance, 40 is within noise
+    (binomial tail 0.04 > 0.01), 50 is not (5e-5)."""
+    chance = Chance.of(np.repeat(np.arange(10), 30))
+    assert (chance.label, chance.rate) == (0, 0.1)
+    assert chance.beaten(right, 300, confidence=0.99) is beaten
