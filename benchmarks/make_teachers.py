@@ -13,12 +13,21 @@ keras.applications teachers trained on its train split, no pretrained weights: M
 alpha 0.5 and ResNet50 on pixels in [0, 1] (shrinkflow's default `data.scale_uint8`),
 EfficientNetB0 on raw pixels (it rescales inside: `--set data.scale_uint8=false`).
 
-    .venv/bin/python benchmarks/make_teachers.py OUT_DIR [--applications]
+With `--transfer`: the same `digits32.npz` and the transfer-learning shape, a model that calls
+another: Input -> Rescaling(1/255) -> MobileNetV2 alpha 0.5 (include_top=False, no pretrained
+weights) called as one layer -> global average pooling -> Dropout(0.2) -> Dense(10), trained like
+the flat one on raw pixels (it rescales itself), once in tf_keras (`mobilenetv2-0.5-transfer.h5`)
+and once in Keras 3 (`mobilenetv2-0.5-transfer.keras`), each in a process without
+TF_USE_LEGACY_KERAS, where `import keras` is Keras 3. No `--set data.scale_uint8` needed: a
+teacher whose first layer is that Rescaling gets uint8 pixels unscaled (tasks/load.py).
+
+    .venv/bin/python benchmarks/make_teachers.py OUT_DIR [--applications | --transfer]
     .venv/bin/shrinkflow run --set data.source=npz:OUT_DIR/digits28.npz \\
         --set model.source=OUT_DIR/cnn1.7m.h5
 """
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -86,9 +95,14 @@ def train(model: keras.Model, data: dict[str, np.ndarray], name: str, out: str,
     model.save(f"{out}/{name}.h5")
 
 
-def applications(out: str) -> None:
+def digits32(out: str) -> dict[str, np.ndarray]:
     arrays = {k: rgb32(v) if k.startswith("x_") else v for k, v in digit_views().items()}
     np.savez(f"{out}/digits32.npz", **arrays)
+    return arrays
+
+
+def applications(out: str) -> None:
+    arrays = digits32(out)
     for name, (builder, kwargs, scaled) in APPLICATIONS.items():
         keras.utils.set_random_seed(0)
         model = getattr(keras.applications, builder)(
@@ -97,6 +111,39 @@ def applications(out: str) -> None:
             if isinstance(layer, keras.layers.BatchNormalization):  # mostly their start values
                 layer.momentum = 0.9  # after 8 short epochs (test accuracy 11 %)
         train(model, arrays, name, out, 1 / 255 if scaled else 1.0)
+
+
+# Run with the Keras to build in (`tf_keras`, or `keras`: Keras 3) and the folder of digits32.npz.
+TRANSFER = """
+import sys
+import numpy as np
+module, out = sys.argv[1], sys.argv[2]
+keras = __import__(module)
+layers = keras.layers
+data = np.load(f"{out}/digits32.npz")
+keras.utils.set_random_seed(0)
+base = keras.applications.MobileNetV2(alpha=0.5, include_top=False, weights=None,
+                                      input_shape=(32, 32, 3))
+for layer in base.layers:  # 0.9 as the flat teachers' (applications)
+    if isinstance(layer, layers.BatchNormalization):
+        layer.momentum = 0.9
+inputs = keras.Input((32, 32, 3))
+x = layers.GlobalAveragePooling2D()(base(layers.Rescaling(1 / 255)(inputs)))
+model = keras.Model(inputs, layers.Dense(10, activation="softmax")(layers.Dropout(0.2)(x)))
+model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(data["x_train"].astype("float32"), data["y_train"], epochs=8, batch_size=64, verbose=2)
+_, accuracy = model.evaluate(data["x_test"].astype("float32"), data["y_test"], verbose=0)
+name = f"mobilenetv2-0.5-transfer.{'keras' if module == 'keras' else 'h5'}"
+print(f"{name} ({module}): {model.count_params():,} params, test accuracy {accuracy:.4f}")
+model.save(f"{out}/{name}")
+"""
+
+
+def transfer(out: str) -> None:
+    digits32(out)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    for module in ("tf_keras", "keras"):
+        subprocess.run([sys.executable, "-c", TRANSFER, module, out], env=env, check=True)
 
 
 def main(out: str) -> None:
@@ -114,4 +161,5 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    applications(sys.argv[1]) if "--applications" in sys.argv[2:] else main(sys.argv[1])
+    {"--applications": applications, "--transfer": transfer}.get(
+        next(iter(sys.argv[2:]), ""), main)(sys.argv[1])
