@@ -97,7 +97,7 @@ def check_beats_chance(teacher: keras.Model, data: Dataset, data_cfg: DataConfig
     if chance.beaten(right, n, TEACHER_CONFIDENCE):
         return
     sample = data.test.read(slice(BATCH))
-    evidence = [f"its inputs reach it in [{sample.min():.4g}, {sample.max():.4g}]"
+    evidence = [f"Its inputs reach it in [{sample.min():.4g}, {sample.max():.4g}]"
                 + (f", and its first layer rescales them by {scale:.4g}: it expects pixels from "
                    "0 to 255" if (scale := pixel_scale(teacher)) else "")]
     evidence += _class_order(predicted, labels, data_cfg)

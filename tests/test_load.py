@@ -69,7 +69,7 @@ def test_a_teacher_fed_scaled_pixels_is_refused_with_the_range_it_expects(digits
     pixels = Dataset(*(Split.of(255 * split.read(), split.labels)
                        for split in (digits.train, digits.val, digits.test)))
     train_teacher(teacher, pixels, ModelConfig(epochs=30))
-    with pytest.raises(InputError, match=r"its inputs reach it in \[0, 1\], and its first layer "
+    with pytest.raises(InputError, match=r"Its inputs reach it in \[0, 1\], and its first layer "
                                          r"rescales them by 0.003922: it expects pixels from 0"):
         check_beats_chance(teacher, digits, DataConfig())
 
