@@ -61,8 +61,7 @@ if TYPE_CHECKING:
 
 
 @flow(name="compress", log_prints=True)
-def compress(params: Params = Params(), workdir: str = ".",
-             repeat_unchanged: bool = False) -> dict:
+def compress(params: Params, workdir: str = ".", repeat_unchanged: bool = False) -> dict:
     """Compress the configured teacher into an INT8 TFLite model and gate it into the registry.
 
     Inputs are checked first (no training, nothing written). Stages whose inputs (the user's files
@@ -75,7 +74,7 @@ def compress(params: Params = Params(), workdir: str = ".",
         workdir: The project directory holding dvc.yaml, params.yaml and the artifacts.
         repeat_unchanged: When nothing changed since the last run (same params, inputs, outputs
             and champion), record a repeat of it instead of gating and registering the same
-            model again (flows/record/unchanged.py). On for the nightly deployment.
+            model again. On for the nightly deployment.
     """
     from tasks.friendly import student_changes  # TensorFlow: not at import
 
@@ -93,13 +92,16 @@ def compress(params: Params = Params(), workdir: str = ".",
                     end_killed, tracking_uri(params.tracking), run.info.run_id, HARD_STOP_NOTE)):
                 announcer.mlflow_url = mlflow_url(params.tracking, run.info.experiment_id,
                                                   run.info.run_id)
-                stages, before = run_stages(params, root)
+                progress = Progress(STAGES)
+                stages, before = run_stages(params, root, progress)
+                progress.finish("recording the run: DVC, MLflow, the registry's gate")
                 ws = Workspace(root)
                 student = student_changes(chosen_params(params, ws).distill, ws.teacher,
                                           ws.student)
                 metrics, changes, gated = record_run(params, root, name, before, student)
         runs_url = mlflow_url(params.tracking, run.info.experiment_id)
         publish_results(params, ws, metrics, gated, run, runs_url)
+        progress.finish()
     if gated.decision.promote:
         announcer.promoted(params.gate.registered_model, gated.version, gated.decision.reason,
                            gated.certified)
@@ -147,13 +149,13 @@ def run_tags(root: Path, announcer: Announcer) -> dict[str, str]:
             **process_tags(root)}
 
 
-def run_stages(params: Params, root: Path) -> tuple[dict[str, str], dict[str, Fingerprint]]:
-    """Each stage run or skipped, in order, with params.yaml holding `params` for DVC. Returns what
-    each did and the input fingerprints dvc.lock held before."""
+def run_stages(params: Params, root: Path,
+               progress: Progress) -> tuple[dict[str, str], dict[str, Fingerprint]]:
+    """Each stage run or skipped, in order, with params.yaml holding `params` for DVC, on the
+    `progress` bar. Returns what each did and the input fingerprints dvc.lock held before."""
     changed = check_changed_inputs(params, root)
     before = recorded_inputs(root, params)
     write_params_file(root, params)
-    progress = Progress(STAGES)
     stages = {}
     for stage in STAGES:
         with progress.stage(stage):

@@ -4,15 +4,18 @@ The model is validated once, at the door (the CLI, or the Prefect server for a U
 stage receives only its own section. Unknown keys, wrong types and out-of-range values are refused
 with the key, the value and what is allowed. Defaults here are the built-in default run.
 
+The JSON schema of these classes is also the Prefect run form (`_run_form`: titles, order, both
+ends of each bound); descriptions are plain words, for the form.
+
 Longer than 400 lines: it is params.yaml's schema, one class per section in the file's order,
-each key with the description the CLI's errors and the Prefect run form show; split, one document
-would be read across files.
+each key with the description the Prefect run form shows; split, one document would be read
+across files.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -73,11 +76,49 @@ def _unquoted_2_4(value: object) -> object:
 SparsityPattern = Annotated[Literal["unstructured", "2:4"], BeforeValidator(_unquoted_2_4)]
 
 
+def _run_form(schema: dict[str, Any], section: type[Section]) -> None:
+    """A section as Prefect's run form shows it (its JSON schema only: pydantic validates as ever).
+    Each key titled by its `title`, else by itself in words (`learning rate`), and listed as
+    required: the form says `(Optional)` of every key that is not, and each is prefilled anyway
+    (a flow run made through Prefect's API must give every key: its server checks this schema).
+    Ordered by `position`, which the form sorts on: `form_first`, then the class's order."""
+    keys = schema["properties"]
+    order = [*section.form_first, *(key for key in keys if key not in section.form_first)]
+    for key, shown in keys.items():
+        shown["title"] = section.model_fields[key].title or key.replace("_", " ")
+        shown["position"] = order.index(key)
+        _form_bounds(shown)
+    schema["required"] = list(keys)
+
+
+# The tabs of an `a | b` key in the run form: Prefect names them by Python type (`str`, `None`).
+FORM_CHOICES = {"null": "none", "string": "text", "number": "number", "integer": "number",
+                "array": "list"}
+
+
+def _form_bounds(shown: dict[str, Any]) -> None:
+    """The form's number inputs take `minimum`/`maximum` only: an exclusive bound gets its
+    inclusive twin too (the bound itself is still refused, on submit). The choices of an `a | b`
+    key are named by their constant (`auto`), else by `FORM_CHOICES`; items alike."""
+    for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if exclusive in shown:
+            shown.setdefault(inclusive, shown[exclusive])
+    for choice in shown.get("anyOf", ()):
+        if (name := choice.get("const", FORM_CHOICES.get(choice.get("type")))) is not None:
+            choice.setdefault("title", name)
+        _form_bounds(choice)
+    for item in (*([shown["items"]] if isinstance(shown.get("items"), dict) else ()),
+                 *shown.get("prefixItems", ())):
+        _form_bounds(item)
+
+
 class Section(BaseModel):
     """Base of every section: unknown keys are errors, values are checked on assignment too."""
 
     # Numbers are accepted for text fields: `--set tracking.experiment=2024` means the name "2024".
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              json_schema_extra=_run_form)
+    form_first: ClassVar[tuple[str, ...]] = ()  # the run form's first keys: the most changed
 
 
 class Training(Section):
@@ -91,27 +132,29 @@ class Training(Section):
 class DataConfig(Section):
     source: str = Field(
         "digits",
-        description="`digits` (built in) | `npz:PATH` (x_train,y_train,x_test,y_test[,x_val,y_val] "
-        "or x,y) | `images:DIR` (one sub-folder per class) | `tfrecord:PATH` (a .tfrecord file or "
-        "a folder of them: tf.train.Example records).",
+        description="Where the samples come from: digits (built in); npz:PATH, a .npz file of "
+        "x_train, y_train, x_test, y_test (and x_val, y_val) or of x, y; images:DIR, one "
+        "sub-folder per class; tfrecord:PATH, a .tfrecord file or a folder of them "
+        "(tf.train.Example records).",
     )
-    test_fraction: Fraction = Field(0.2, description="Share held out for the test split (x,y data).")
+    test_fraction: Fraction = Field(0.2,
+                                    description="Share held out for the test split (x, y data).")
     val_fraction: Fraction | Literal["auto"] = Field(
         "auto",
-        description="Share of the rest kept for validation | `auto`: 10 % of it, raised to "
-        f"{VAL_SAMPLES} samples (up to {VAL_MOST:.0%}) on small data: choosing a student needs "
-        "a few validation samples per point of the gate's budget.",
+        description="Share of the rest kept for validation, or auto: 10 % of it, raised to "
+        f"{VAL_SAMPLES} samples (up to {VAL_MOST:.0%}) on small data, as choosing a student "
+        "needs a few validation samples per point of the gate's budget.",
     )
     val_from: Literal["auto", "train", "test"] = Field(
         "auto",
-        description="Where the validation split comes from: `train` (carved from the training "
-        "data) | `test` (carved from the held-out samples: a third of them at most) | `auto`: "
-        "`train`, unless a teacher given as a file scores higher on it than on the test split "
-        "beyond noise (it was trained on those samples), then `test`. x_val in the npz is kept.",
+        description="Where the validation split comes from: train (carved from the training "
+        "data), test (carved from the held-out samples, a third of them at most) or auto: train, "
+        "unless a teacher given as a file scores higher on it than on the test split beyond noise "
+        "(it was trained on those samples), then test. An x_val in the npz is kept.",
     )
     scale_uint8: bool = Field(True, description="Scale uint8 pixels to [0, 1].")
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
-        None, description="Resize images:DIR pictures to [height, width]; default: first image's."
+        None, description="Resize images:DIR pictures to [height, width]; none: the first image's."
     )
     color_mode: Literal["grayscale", "rgb"] = Field("rgb", description="Channels for images:DIR.")
     cache_mb: int = Field(
@@ -128,11 +171,11 @@ class DataConfig(Section):
     unlabeled: str | None = Field(
         None,
         description="Inputs without labels, of the data's sample shape, where the teacher's answer "
-        "is the reference: `npz:PATH` (an array x) | `images:DIR` (a flat folder of images, "
-        "decoded as images:DIR data) | `tfrecord:PATH` (records holding record_input). Inputs "
-        "equal to a training input are dropped; the rest split into a part that chooses and one "
-        "that certifies (the gate: an accuracy drop bounded by the disagreement with the teacher, "
-        "without labels); none = no pool.",
+        "is the reference: npz:PATH (an array x), images:DIR (a flat folder of images, decoded "
+        "as for images:DIR data) or tfrecord:PATH (records holding record_input). Inputs equal "
+        "to a training input are dropped; the rest split into a part that chooses and one that "
+        "certifies (the gate: an accuracy drop bounded by the disagreement with the teacher, "
+        "without labels). None: no pool.",
     )
     unlabeled_choose_fraction: Fraction = Field(
         0.5,
@@ -173,13 +216,16 @@ class DataConfig(Section):
 
 
 class ModelConfig(Training):
+    form_first = ("source", "weights")
+
     source: str = Field(
         "train",
-        description="`train` (built-in CNN trained on the data) | a `.keras`/`.h5` file (Keras 3 "
-        "files are rebuilt in tf_keras) or SavedModel directory | `keras.applications.NAME`.",
+        description="The teacher: train (the built-in CNN, trained on the data here), a .keras "
+        "or .h5 file (Keras 3 files are rebuilt in tf_keras), a SavedModel directory, or "
+        "keras.applications.NAME.",
     )
     weights: str | None = Field(
-        None, description="Local weights file for keras.applications; none = train it here."
+        None, description="Local weights file for keras.applications; none: train it here."
     )
     epochs: PositiveInt = Field(15, description="Teacher training epochs (source: train).")
     trust_code: bool = Field(
@@ -190,8 +236,10 @@ class ModelConfig(Training):
 
 
 class SparsifyConfig(Training):
+    form_first = ("enabled", "final_sparsity", "pattern")
+
     enabled: bool = Field(
-        True,
+        True, title="sparsify enabled",
         description="Magnitude pruning: of the student while distill trains it, and of the "
         "teacher itself when that model goes on (distill off, or distill.width 1.0).",
     )
@@ -203,20 +251,20 @@ class SparsifyConfig(Training):
     frequency: PositiveInt = Field(10, description="Steps between mask updates.")
     allocation: Literal["uniform", "size_aware"] = Field(
         "size_aware",
-        description="Sparsity per layer: the target everywhere, or `size_aware` (Erdos-Renyi-"
-        "Kernel: small layers such as the first conv and the classifier stay denser, the same "
-        "zeros overall).",
+        description="Sparsity per layer: uniform, the target everywhere, or size_aware "
+        "(Erdos-Renyi-Kernel: small layers such as the first conv and the classifier stay "
+        "denser, the same zeros overall).",
     )
     pattern: SparsityPattern = Field(
         "unstructured",
-        description="Where the zeros go: `unstructured` (anywhere, by magnitude, to the targets "
-        "above) | `2:4` (2 zeros in every 4 weights along a layer's input dimension: a fixed 50 % "
-        "per eligible layer; the targets, schedule and allocation do not apply).",
+        description="Where the zeros go: unstructured (anywhere, by magnitude, to the sparsity "
+        "targets) or 2:4 (2 zeros in every 4 weights along a layer's input dimension, a fixed "
+        "50 % per eligible layer; the targets, schedule and allocation do not apply).",
     )
     unsupported_layers: Literal["skip", "error"] = Field(
         "skip",
-        description="Layers tfmot cannot prune (with `2:4`: also those whose input dimension is "
-        "not a multiple of 4): leave them dense, or stop.",
+        description="Layers tfmot cannot prune (with 2:4, also those whose input dimension is "
+        "not a multiple of 4): skip leaves them dense, error stops the run.",
     )
     epochs: PositiveInt = Field(4, description="Sparse fine-tuning epochs.")
     learning_rate: float = Field(5e-4, gt=0, le=1, description="Adam learning rate.")
@@ -232,10 +280,13 @@ class SparsifyConfig(Training):
 
 
 class DistillConfig(Training):
-    enabled: bool = Field(True, description="Distill the dense teacher into the student.")
+    form_first = ("enabled", "width", "temperature", "alpha", "epochs")
+
+    enabled: bool = Field(True, title="distill enabled",
+                          description="Distill the dense teacher into the student.")
     width: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
         "auto",
-        description="Student width vs teacher (1.0 = the sparsified model) | `auto`: the "
+        description="Student width vs teacher (1.0: the sparsified model), or auto: the "
         "smallest student of the teacher's widths (0.5 down by sqrt 2), each with each "
         "distill.blocks choice, likely to keep the gate's budget by its validation counts, found "
         "in about log2(rungs) + 1 probes (each the first third of a distillation; the chosen "
@@ -243,30 +294,29 @@ class DistillConfig(Training):
     )
     init: StudentInit = Field(
         "teacher",
-        description="Width-scaled student's weights: `teacher` (each layer keeps the teacher's "
-        "channels with the largest L1 norms) | `random` (fresh initialisation).",
+        description="Width-scaled student's weights: teacher (each layer keeps the teacher's "
+        "channels with the largest L1 norms) or random (fresh initialisation).",
     )
     activations: StudentActivations = Field(
         "keep",
-        description="A derived student's activations: `keep` the teacher's | `relu`: swish "
-        "(SiLU) and GELU become ReLU, which int8 fuses into the layer before (tasks/friendly.py; "
-        "the layers that make the outputs keep theirs).",
+        description="A derived student's activations: keep the teacher's, or relu: swish (SiLU) "
+        "and GELU become ReLU, which int8 fuses into the layer before (the layers that make the "
+        "outputs keep theirs).",
     )
     blocks: StudentBlocks = Field(
         "auto",
-        description="A derived student's residual blocks: `all` the teacher's | `half`: every "
-        "other block whose shortcut is the identity is left out (its input passes on) | "
-        "`fewest`: every such block is left out; blocks that change shape always stay "
-        "(tasks/friendly.py) | `auto`: with distill.width `auto`, the smallest student likely to "
-        "pass the gate among each width with each of the three, else `all`.",
+        description="A derived student's residual blocks: all the teacher's; half: every other "
+        "block whose shortcut is the identity is left out (its input passes on); fewest: every "
+        "such block is left out (blocks that change shape always stay); auto: with distill.width "
+        "auto, the smallest student likely to pass the gate among each width with each of the "
+        "three, else all.",
     )
     downsample: StudentDownsample = Field(
         "auto",
-        description="A derived student's strides: `keep` the teacher's | `early`: the stride of "
-        "the downsampling after the stem's moves up to the first spatial convolution after the "
-        "stem that every path passes through, so the layers between run on a quarter of the "
-        "positions (tasks/friendly.py) | `auto`: with distill.width `auto`, each rung with each "
-        "of the two, else `keep`.",
+        description="A derived student's strides: keep the teacher's; early: the stride of the "
+        "downsampling after the stem's moves up to the first spatial convolution after the stem "
+        "that every path passes through, so the layers between run on a quarter of the "
+        "positions; auto: with distill.width auto, each rung with each of the two, else keep.",
     )
     student: str | None = Field(None, description="Student model file; overrides width.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softening of the soft targets.")
@@ -276,33 +326,35 @@ class DistillConfig(Training):
     augment: Literal["none", "flip_crop", "mixup"] = Field(
         "none",
         description="Training views, the teacher's logits computed on each (consistent teaching): "
-        "`none` | `flip_crop` (images: random left-right flip, shift by up to 1/8) | `mixup` "
-        "(each sample mixed with another of its batch, at least half itself).",
+        "none; flip_crop (images: random left-right flip, shift by up to 1/8); mixup (each "
+        "sample mixed with another of its batch, at least half itself).",
     )
     epochs: PositiveInt = Field(40, description="Distillation epochs.")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Adam learning rate.")
 
 
 class QuantizeConfig(Section):
-    enabled: bool = Field(True, description="Quantize in `mode` (off: FP32 .tflite).")
+    enabled: bool = Field(True, title="quantize enabled",
+                          description="Quantize in the mode below (off: an FP32 .tflite).")
     mode: QuantizeMode = Field(
         "int8",
-        description="`int8`: full integer, int8 I/O | `int16x8`: int16 activations, int8 weights, "
-        "int16 I/O (slow on x86) | `dynamic`: int8 weights, float activations and I/O | "
-        "`float16`: float16 weights, float I/O | `mixed`: per layer INT4/INT8 weights or float, "
-        "chosen by measured sensitivity within `max_accuracy_drop`.",
+        description="int8: full integer, int8 I/O; int16x8: int16 activations, int8 weights, "
+        "int16 I/O (slow on x86); dynamic: int8 weights, float activations and I/O; float16: "
+        "float16 weights, float I/O; mixed: per layer INT4/INT8 weights or float, chosen by "
+        "measured sensitivity within max accuracy drop.",
     )
     calibration_samples: PositiveInt = Field(
         200, description="Real training samples used to calibrate activation ranges."
     )
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1,
-        description="mixed: largest validation-accuracy drop allowed vs the FP32 student.",
+        description="mixed: largest validation-accuracy drop allowed vs the FP32 student, as a "
+        "fraction (0.01: 1 point).",
     )
     qat_epochs: Annotated[int, Field(ge=0)] = Field(
         0,
         description="Quantization-aware fine-tuning epochs before the INT8 conversion, on the "
-        "distillation loss with the sparsity kept (0 = off: post-training quantization only).",
+        "distillation loss with the sparsity kept (0: off, post-training quantization only).",
     )
     qat_learning_rate: float = Field(
         1e-4, gt=0, le=1, description="Adam learning rate of the quantization-aware fine-tuning."
@@ -340,7 +392,7 @@ class EvaluateConfig(Section):
     threads: list[Annotated[int, Field(ge=1, le=MAX_THREADS)]] = Field(
         [1, 4], min_length=1,
         description="Interpreter thread counts to time (p50 and p90 at each); the first is the "
-        "deployment's: the gate's and the search's `faster`, the speedup and the trials use it.",
+        "deployment's: the gate's and the search's faster, the speedup and the trials use it.",
     )
 
     @field_validator("threads")
@@ -358,14 +410,11 @@ Temperature = Annotated[float, Field(gt=0, le=100)]
 
 class SearchConfig(Section):
     """The accuracy-aware search: which recipes to try and which one to keep (flows/search.py).
+    The space's dimensions are lists of choices, each standing in for a stage's key in a trial
+    (the description of Params.search, which the run form shows, names them)."""
 
-    The space's dimensions are lists of choices; each choice overrides its stage's key (width ->
-    distill.width, sparsities -> sparsify.final_sparsity, patterns -> sparsify.pattern, modes ->
-    quantize.mode, temperatures -> distill.temperature, activations -> distill.activations,
-    blocks -> distill.blocks, downsample -> distill.downsample) for one trial.
-    """
-
-    enabled: bool = Field(False, description="Search the recipe instead of using the one set here.")
+    enabled: bool = Field(False, title="search enabled",
+                          description="Search the recipe instead of using the one set here.")
     trials: PositiveInt = Field(30, description="Trials to run (a resumed search counts the done).")
     objective: Literal["smaller_gzip", "faster"] = Field(
         "smaller_gzip", description="Which point of the Pareto front within the drop is chosen."
@@ -375,7 +424,7 @@ class SearchConfig(Section):
         "going on with the closest trial and promoting nothing.",
     )
     widths: list[Width] | None = Field(
-        None, description="Student widths vs teacher; none = derived from the teacher: halvings by "
+        None, description="Student widths vs teacher; none: derived from the teacher, halvings by "
         "sqrt(2) from 0.5 down to keeping 4 units in all but the narrowest quarter of its layers.",
     )
     sparsities: list[Sparsity] = Field(
@@ -384,24 +433,24 @@ class SearchConfig(Section):
     patterns: list[SparsityPattern] = Field(["unstructured"], description="Sparsity patterns.")
     modes: list[QuantizeMode] = Field(
         ["int8", "dynamic", "float16", "mixed"],
-        description="Quantization modes to try; default: every mode XNNPACK runs (`int16x8` runs on "
-        "LiteRT's built-in kernels, ~12x slower on x86: add it where 8-bit activations lose "
-        "accuracy).",
+        description="Quantization modes to try; by default every mode XNNPACK runs (int16x8 runs "
+        "on LiteRT's built-in kernels, about 12x slower on x86: add it where 8-bit activations "
+        "lose accuracy).",
     )
     temperatures: list[Temperature] | None = Field(
-        None, description="Distillation temperatures; none = distill.temperature only."
+        None, description="Distillation temperatures; none: distill.temperature only."
     )
     activations: list[StudentActivations] | None = Field(
-        None, description="distill.activations to try; none = `keep` and `relu` where the teacher "
-        "has swish or GELU layers to replace, else distill.activations only.",
+        None, description="distill.activations to try; none: keep and relu where the teacher has "
+        "swish or GELU layers to replace, else distill.activations only.",
     )
     blocks: list[StudentBlocks] | None = Field(
-        None, description="distill.blocks to try; none = `all`, `half` and `fewest` where the "
-        "teacher has residual blocks with identity shortcuts, else `all`.",
+        None, description="distill.blocks to try; none: all, half and fewest where the teacher "
+        "has residual blocks with identity shortcuts, else all.",
     )
     downsample: list[StudentDownsample] | None = Field(
-        None, description="distill.downsample to try; none = `keep` and `early` where the "
-        "teacher has a stride to move, else `keep`.",
+        None, description="distill.downsample to try; none: keep and early where the teacher has "
+        "a stride to move, else keep.",
     )
     confirm_fraction: Fraction = Field(
         0.5, description="Share of the validation split kept from the sampler and the pruner, on "
@@ -412,10 +461,10 @@ class SearchConfig(Section):
         "only while it is in the best 1/factor of the trials measured there.",
     )
     dask_address: str | None = Field(
-        None, description="Dask scheduler for the trials (tcp://HOST:PORT); none = a local cluster."
+        None, description="Dask scheduler for the trials (tcp://HOST:PORT); none: a local cluster."
     )
     workers: PositiveInt | None = Field(
-        None, description="Local cluster's worker processes (trials at once); none = CPU count."
+        None, description="Local cluster's worker processes (trials at once); none: CPU count."
     )
     timeout_minutes: float | None = Field(
         None, gt=0, description="Start no trial after this long; the running ones finish."
@@ -433,7 +482,7 @@ class SearchConfig(Section):
 class TrackingConfig(Section):
     uri: SecretFreeUrl = Field(
         "sqlite:///mlflow.db",
-        description="MLflow tracking URI: `sqlite:///FILE`, `postgresql://USER@HOST:PORT/DB` or an "
+        description="MLflow tracking URI: sqlite:///FILE, postgresql://USER@HOST:PORT/DB or an "
         "http(s) server (never ./mlruns; passwords from the environment, never in the URI).",
     )
     experiment: str = Field("shrinkflow", min_length=1, description="MLflow experiment name.")
@@ -449,57 +498,82 @@ class TrackingConfig(Section):
 
 
 class GateConfig(Section):
+    form_first = ("max_accuracy_drop", "require")
+
     registered_model: str = Field(
         "shrinkflow-int8", min_length=1, description="MLflow registered model for the INT8 model."
     )
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1,
-        description="Largest teacher-to-final accuracy drop a champion may have, on the test "
-        "split, paired: its upper confidence bound or its point estimate (gate.require).",
+        description="The budget: the largest teacher-to-final accuracy drop a champion may "
+        "have, on the test split, paired (its upper confidence bound or its point estimate: "
+        "require), as a fraction (0.01: 1 point).",
     )
     objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
         "smaller_gzip",
-        description="How a new model must beat the champion: smaller gzip size, lower latency "
-        "beyond noise (timed interleaved with the champion: tasks/speed.py) (both unless the "
-        "champion is more accurate beyond noise, paired on the test split), or higher accuracy "
-        "(ties: smaller gzip).",
+        description="How a new model must beat the champion: smaller_gzip, a smaller gzip size; "
+        "faster, a lower latency beyond noise (timed interleaved with the champion) (both unless "
+        "the champion is more accurate beyond noise, paired on the test split); more_accurate, a "
+        "higher accuracy (ties: the smaller gzip).",
     )
     confidence: Confidence = Field(
         0.95,
         description="Confidence of the paired bounds the gate compares: the teacher bound within "
-        "max_accuracy_drop, and the champion better beyond noise (tasks/paired.py).",
+        "max_accuracy_drop, and the champion better beyond noise.",
     )
     max_slowdown: float = Field(
         1.0, gt=0,
         description="The speed floor: a model slower than the teacher, or than the champion, by "
         "more than this factor beyond noise (its latency at evaluate.threads[0], timed "
-        "interleaved with theirs; lower bound at gate.confidence: tasks/speed.py) is not promoted; "
-        "1.0: never slower; raise it where only bytes count. The search holds its trials to it.",
+        "interleaved with theirs; lower bound at gate.confidence) is not promoted; 1.0: never "
+        "slower; raise it where only bytes count. The search holds its trials to it.",
     )
     require: Literal["auto", "certified", "estimate"] = Field(
         "auto",
-        description="The evidence a promotion needs: `certified` (the upper confidence bound of "
+        description="The evidence a promotion needs: certified (the upper confidence bound of "
         "the drop within max_accuracy_drop, on the test labels or, with data.unlabeled, on the "
-        "disagreement with the teacher) | `estimate` (the point estimate within it; the bounds are "
-        "still measured and shown) | `auto`: `certified` when the test split (and pool) can "
-        "certify a student as accurate as the teacher with probability 0.8, else `estimate`, "
-        "said at the start of the run.",
+        "disagreement with the teacher); estimate (the point estimate within it; the bounds are "
+        "still measured and shown); auto: certified when the test split (and pool) can certify "
+        "a student as accurate as the teacher with probability 0.8, else estimate, said at the "
+        "start of the run.",
     )
 
 
 class Params(Section):
-    """Everything a pipeline run needs: the contents of `params.yaml`."""
+    """Everything a pipeline run needs: the contents of params.yaml."""
+
+    # The run form: what to compress, on what data, to which budget, searched or not, first.
+    form_first = ("model", "data", "gate", "search", "distill", "sparsify", "quantize")
 
     seed: Annotated[int, Field(ge=0)] = Field(42, description="Seed for splits, init and shuffles.")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    sparsify: SparsifyConfig = Field(default_factory=SparsifyConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="The samples: where they come from, the test and validation splits, and "
+        "inputs without labels.")
+    model: ModelConfig = Field(default_factory=ModelConfig,
+                               description="The teacher: the model to compress.")
+    sparsify: SparsifyConfig = Field(default_factory=SparsifyConfig,
+                                     description="Magnitude pruning while training.")
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="Knowledge distillation of the teacher into a smaller student.")
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig,
+                                     description="The conversion to TFLite: INT8 by default.")
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig,
+        description="How each candidate is timed (accuracy: on the test split).")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig,
+                                     description="Where MLflow records the runs.")
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="When a new model becomes the registry's champion: the accuracy budget and "
+        "the evidence it needs.")
+    search: SearchConfig = Field(
+        default_factory=SearchConfig,
+        description="The search for the recipe: each trial tries one choice of each list in "
+        "place of its stage's key (widths: distill.width, sparsities: sparsify.final_sparsity, "
+        "patterns: sparsify.pattern, modes: quantize.mode, temperatures: distill.temperature; "
+        "activations, blocks and downsample: distill's).")
 
     @model_validator(mode="after")
     def _search_keeps_qat_int8(self) -> Params:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from tasks.config import GateConfig
 from tasks.fidelity import Fidelity
+from tasks.measurements import RunMetrics, human_size, percent
 from tasks.paired import TOLERANCE, PairedDrop
 from tasks.power import (
     POWER,
@@ -28,9 +29,6 @@ from tasks.power import (
 )
 from tasks.speed import Slowdown
 from tasks.splits import Dataset
-
-if TYPE_CHECKING:
-    from tasks.measurements import RunMetrics
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 POOL_SHOWN = 100_000  # a pool size worth suggesting (a student closer to the teacher needs fewer)
@@ -243,7 +241,23 @@ def _slower(slowdown: Slowdown, reference: str) -> str:
     return f"slower than {reference} beyond noise: {slowdown.describe(reference)}"
 
 
+def _gzip(size: float) -> str:
+    return human_size(int(size))
+
+
+# A figure the objective compares, as a reason says it: its name, the figure as a person reads it,
+# and exactly (when the two read the same, `9.3 KiB vs the champion's 9.3 KiB`).
+FIGURES: dict[str, tuple[str, Callable[[float], str], Callable[[float], str]]] = {
+    "accuracy": ("accuracy", percent, lambda value: f"{100 * value:.4f} %"),
+    "gzip_bytes": ("gzip", _gzip, lambda size: f"{int(size):,} B"),
+}
+
+
 def _verdict(better: bool, key: str, candidate: dict, champion: dict, within: str) -> Decision:
-    comparison = f"{key} {candidate[key]:g} vs champion {champion[key]:g}"
+    """`beats the champion: gzip 9.3 KiB vs the champion's 16.2 KiB (...)`."""
+    name, shown, exact = FIGURES[key]
+    if shown(candidate[key]) == shown(champion[key]):
+        shown = exact
+    comparison = f"{name} {shown(candidate[key])} vs the champion's {shown(champion[key])}"
     return Decision(better, f"beats the champion: {comparison} ({within})" if better
                     else f"does not beat the champion: {comparison}")

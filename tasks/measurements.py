@@ -98,6 +98,14 @@ class Comparison:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def shown(self) -> dict[str, float]:
+        """The three in the units and to the precision the headline says them (MLflow's metrics
+        and the registry's tags): `compression_ratio` to 0.1, `speedup` to three digits, the
+        drop in points to 0.01 (`accuracy_drop_pt`)."""
+        return {"compression_ratio": round(self.compression_ratio, 1),
+                "speedup": float(f"{self.speedup:.3g}"),
+                "accuracy_drop_pt": round(100 * self.accuracy_drop, 2) + 0.0}  # never -0.0
+
 
 @dataclass(frozen=True)
 class Quantization:
@@ -150,8 +158,11 @@ class RunMetrics:
         return self.paired.upper
 
     def headline(self) -> dict[str, float]:
-        """The flat metrics worth a chart in MLflow."""
-        flat = self.comparison.as_dict() | {"accuracy_drop_upper": self.accuracy_drop_upper}
+        """The flat metrics worth a chart in MLflow: the headline as it reads (`Comparison.shown`,
+        and the drop's upper bound in points, `accuracy_drop_upper_pt`), each candidate's figures
+        as measured."""
+        flat = self.comparison.shown() | {
+            "accuracy_drop_upper_pt": round(100 * self.accuracy_drop_upper, 2) + 0.0}
         for name, metrics in self.candidates.items():
             flat |= {f"{name}.{key}": value for key, value in metrics.as_dict().items()}
         fidelity = asdict(self.fidelity) if self.fidelity else {}
@@ -194,3 +205,17 @@ class RunMetrics:
     @classmethod
     def read(cls, path: Path) -> RunMetrics:
         return cls.from_json(json.loads(path.read_text()))
+
+
+def percent(fraction: float) -> str:
+    """`98.06 %`: a share (accuracy, sparsity) as a person reads it."""
+    return f"{100 * fraction:.2f} %"
+
+
+def human_size(size: int) -> str:
+    """`9.3 KiB`: bytes (a .tflite, its gzip, the runtime's memory) as a person reads them."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024**2:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / 1024**2:.2f} MiB"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from contextlib import closing
 from datetime import UTC, datetime
@@ -189,6 +191,17 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=300):
         yield
+
+
+def gate_record(model: str, version: str, tracking_uri: str) -> dict:
+    """The gate.json a registered version carries beside its .tflite: every figure the gate
+    measured, its decision and evidence (its tags hold only what a reviewer filters on)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = mlflow.artifacts.download_artifacts(f"models:/{model}/{version}", dst_path=tmp,
+                                                     tracking_uri=tracking_uri)
+        return json.loads((Path(bundle) / "artifacts" / "gate.json").read_text())
 
 
 def running_with_mark(mark: str) -> list[str]:

@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 
-from conftest import SLICED, make_project, write_tiny_params
+from conftest import SLICED, gate_record, make_project, write_tiny_params
 from flows.compress import compress
 from flows.record.report import run_summary
 from flows.record.tracking import teacher_tags
@@ -56,7 +56,10 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert children["distill"].data.metrics["student_sparsity"] == pytest.approx(0.8, abs=0.01)
     assert parent.data.params["distill.temperature"] == "4.0"
     assert parent.data.params["data.source"] == params.data.source
-    assert parent.data.metrics["compression_ratio"] == pytest.approx(metrics["compression_ratio"])
+    # the headline in the units and precision its text uses (metrics.json keeps the exact figures)
+    assert parent.data.metrics["compression_ratio"] == round(metrics["compression_ratio"], 1)
+    assert parent.data.metrics["accuracy_drop_pt"] == round(100 * metrics["accuracy_drop"], 2)
+    assert "accuracy_drop" not in parent.data.metrics
     assert parent.data.metrics["final.accuracy"] == pytest.approx(metrics["final"]["accuracy"])
     assert parent.data.tags["prefect.flow_run_id"]
     assert parent.info.run_id == report["mlflow_run_id"]
@@ -87,6 +90,17 @@ def test_compress_writes_model_metrics_and_one_mlflow_run_per_stage(prefect_serv
     assert "## Registry\n\nPromoted to `champion`, the first: first model within the accuracy " \
            "gate (certified: accuracy drop" in card
     assert report["certified"]
+    version = client.get_model_version("test-int8", report["model_version"])
+    assert version.tags == {  # what a reviewer filters on; the rest in gate.json beside the model
+        "verdict": "promoted", "certified": "true",
+        "accuracy_drop_pt": str(parent.data.metrics["accuracy_drop_pt"]),
+        "accuracy_drop_upper_pt": str(round(100 * metrics["paired"]["upper"], 2)),
+        "compression_ratio": str(parent.data.metrics["compression_ratio"]),
+        "speedup": str(parent.data.metrics["speedup"])}
+    headline = version.description.split("\n")[0]  # the versions table's Description: no markdown
+    assert headline.startswith("promoted (certified): ") and "*" not in headline
+    assert gate_record("test-int8", report["model_version"], params.tracking.uri)[
+        "gate.teacher_drop.upper"] == metrics["paired"]["upper"]
 
 
 def test_an_uncertified_promotion_says_so_in_the_summary_registry_card_and_report(
@@ -106,8 +120,9 @@ def test_an_uncertified_promotion_says_so_in_the_summary_registry_card_and_repor
     assert said.created * 1000 < children["quantize"].info.start_time  # before the stages after load
     client = MlflowClient(params.tracking.uri)
     version = client.get_model_version("test-int8", report["model_version"])
-    assert version.tags["gate.certified"] == "false" and version.tags["gate.require"] == "estimate"
-    assert float(version.tags["gate.certifiable_drop"]) > 0.02
+    assert (version.tags["verdict"], version.tags["certified"]) == ("promoted", "false")
+    record = gate_record("test-int8", report["model_version"], params.tracking.uri)
+    assert record["gate.require"] == "estimate" and float(record["gate.certifiable_drop"]) > 0.02
     assert "Promoted to `champion` **uncertified** (on the point estimate)" in version.description
     assert "promoted to `champion` UNCERTIFIED" in Artifact.get("compress-report").data
 
@@ -122,10 +137,13 @@ def test_a_model_slower_than_the_floor_is_not_promoted_and_the_gate_says_both_la
     assert not report["promoted"]
     version = MlflowClient(params.tracking.uri).get_model_version("test-int8",
                                                                   report["model_version"])
-    reason = version.tags["gate.rejected"]
+    record = gate_record("test-int8", report["model_version"], params.tracking.uri)
+    reason = record["gate.decision"]
+    assert version.tags["verdict"] == "not promoted" and reason in version.description
     assert reason.startswith("slower than the teacher beyond noise: latency ")
+    assert "x, between " not in reason  # a speed said one way: `3.21x faster (between ...`
     assert "interleaved rounds): over gate.max_slowdown 0.01x" in reason
-    assert float(version.tags["gate.teacher_slowdown.lower"]) > 0.01 * 1.05
+    assert record["gate.teacher_slowdown.lower"] > 0.01 * 1.05
     assert "- vs the teacher: latency " in Artifact.get("compress-report").data
 
 
@@ -189,7 +207,7 @@ def two_runs(prefect_server, tmp_path_factory, digits_npz, digits) -> dict:
     second = compress(params, workdir=str(root))
     client = MlflowClient(params.tracking.uri)
     return {"runs": [client.get_run(r["mlflow_run_id"]) for r in (first, second)],
-            "reports": (first, second), "champion": champion, "client": client,
+            "reports": (first, second), "champion": champion, "uri": params.tracking.uri,
             "data": Dataset.load(root / "artifacts" / "splits.json")}
 
 
@@ -203,10 +221,10 @@ def test_the_champion_is_measured_again_on_the_new_runs_test_split(two_runs):
     assert recorded.metrics["gate.champion.accuracy"] == accuracy
     assert recorded.metrics["gate.candidate.accuracy"] == second["metrics"]["final"]["accuracy"]
     assert recorded.tags["gate.champion.version"] == "1"
-    tags = two_runs["client"].get_model_version("test-int8", "2").tags
-    assert float(tags["gate.champion.accuracy"]) == accuracy and tags["gate.champion.version"] == "1"
-    assert tags["gate.champion.gzip_bytes"] == str(len(gzip.compress(two_runs["champion"], 9)))
-    assert tags["gate.decision"] == second["gate"]
+    record = gate_record("test-int8", "2", two_runs["uri"])
+    assert record["gate.champion.accuracy"] == accuracy and record["gate.champion.version"] == "1"
+    assert record["gate.champion.gzip_bytes"] == len(gzip.compress(two_runs["champion"], 9))
+    assert record["gate.decision"] == second["gate"]
 
 
 def datasets_by_context(run) -> dict:

@@ -45,14 +45,19 @@ def judged(objective: str, new: dict, versus: PairedDrop = NOISE):
 
 
 @pytest.mark.parametrize("objective, new, promote, reason", [
-    ("smaller_gzip", candidate(gzip_bytes=15_000), True, "beats the champion: gzip_bytes 15000 vs"),
-    ("smaller_gzip", candidate(), False, "does not beat the champion: gzip_bytes 20000 vs"),
+    ("smaller_gzip", candidate(gzip_bytes=15_000), True,
+     "beats the champion: gzip 14.6 KiB vs the champion's 19.5 KiB ("),
+    ("smaller_gzip", candidate(gzip_bytes=20_010), False,  # the same as shown: said exactly
+     "does not beat the champion: gzip 20,010 B vs the champion's 20,000 B"),
     ("faster", candidate(latency_p50_us=2.0), True, "beats the champion: latency 2.0 vs"),
     ("faster", candidate(gzip_bytes=1_000), False, "not faster beyond noise"),
     ("faster", candidate(latency_p50_us=2.9), False, "not faster beyond noise"),  # 3 % faster
     ("more_accurate", candidate(accuracy=0.98, gzip_bytes=90_000), True, "beats"),
     ("more_accurate", candidate(gzip_bytes=19_000), True, "beats"),
-    ("more_accurate", candidate(), False, "does not beat"),
+    ("more_accurate", candidate(), False,
+     "does not beat the champion: accuracy 97.0000 % vs the champion's 97.0000 %"),
+    ("more_accurate", candidate(accuracy=0.96), False,
+     "does not beat the champion: accuracy 96.00 % vs the champion's 97.00 %"),
 ])
 def test_a_new_model_must_beat_the_champion_on_the_objective(objective, new, promote, reason):
     decision = judged(objective, new)
@@ -156,7 +161,8 @@ def test_a_candidate_slower_than_the_teacher_beyond_noise_is_refused_naming_both
                     None)
     assert not refused.promote
     assert refused.reason.startswith("slower than the teacher beyond noise: latency 7.8 vs the "
-                                     "teacher's 3.0 us (2.60x, between 2.55x and 2.65x at 95 %")
+                                     "teacher's 3.0 us: 2.60x SLOWER (between 2.55x and 2.65x "
+                                     "SLOWER at 95 %")
     assert "over gate.max_slowdown 1x" in refused.reason
 
 

@@ -4,8 +4,8 @@ to the very same document, and the readers take the record."""
 import json
 from dataclasses import replace
 
-from flows.record.report import headline_line, summary_table
-from tasks.measurements import CandidateMetrics, Comparison, RunMetrics
+from flows.record.report import candidate_rows, headline_line, summary_table
+from tasks.measurements import CandidateMetrics, Comparison, RunMetrics, human_size, percent
 
 FINAL = {"accuracy": 0.975, "params": 6090, "sparsity": 0.8, "tflite_bytes": 12400,
          "gzip_bytes": 3780, "latency_p50_us": 3.0, "latency_p90_us": 3.3,
@@ -60,8 +60,34 @@ def test_the_readers_take_the_record():
     refused = replace(RECORD, candidates=RECORD.candidates | {
         "final": replace(RECORD.final, xnnpack=0.0)})
     assert "XNNPACK refused it" in summary_table(refused)
-    flat = RECORD.headline()  # MLflow's
+    flat = RECORD.headline()  # MLflow's: the headline as it reads, the candidates as measured
     assert (flat["fidelity.disagree"], flat["final.latency_p50_us_4t"]) == (3, 2.5)
-    assert Comparison.from_dict(flat) == RECORD.comparison  # a repeat's headline reads it back
+    assert {key: flat[key] for key in ("compression_ratio", "speedup", "accuracy_drop_pt",
+                                       "accuracy_drop_upper_pt")} == {
+        "compression_ratio": 100.0, "speedup": 30.0, "accuracy_drop_pt": 0.56,
+        "accuracy_drop_upper_pt": 1.82}
+    assert "accuracy_drop" not in flat  # a fraction, where every text says points
     assert headline_line(RECORD.comparison, promoted=True, certified=False) == (
         "promoted UNCERTIFIED: 100.0x smaller (gzip), 30.0x faster, accuracy drop +0.56 pt")
+
+
+def test_the_candidates_table_is_in_the_reports_units():
+    final = {row["candidate"]: row for row in candidate_rows(RECORD)}["final"]
+    assert final == {"candidate": "final", "accuracy": "97.50 %", "params": "6,090",
+                     "sparsity": "80.00 %", ".tflite size": "12.1 KiB", "gzip size": "3.7 KiB",
+                     "latency p50 / p90, 1 thread": "3.0 / 3.3 us",
+                     "latency p50 / p90, 4 threads": "2.5 / 2.9 us", "runtime memory": "80.0 KiB",
+                     "2:4 blocks": "100.00 %", "runs on": "XNNPACK"}
+
+
+def test_the_headline_is_logged_as_it_reads():
+    shown = Comparison(240.32143978235848, 36.99172633253779, 0.0027777777777777).shown()
+    assert shown == {"compression_ratio": 240.3, "speedup": 37.0, "accuracy_drop_pt": 0.28}
+    assert Comparison(3.0, 0.38461538, -1e-18).shown()["speedup"] == 0.385
+    assert str(Comparison(3.0, 1.0, -1e-18).shown()["accuracy_drop_pt"]) == "0.0"  # not -0.0
+
+
+def test_people_read_sizes_and_shares():
+    assert (human_size(900), human_size(16578), human_size(3 * 1024**2)) == (
+        "900 B", "16.2 KiB", "3.00 MiB")
+    assert percent(0.9805555555555555) == "98.06 %"

@@ -4,6 +4,7 @@ served over HTTP from a fresh virtualenv that holds only the model's own require
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
+from conftest import gate_record
 from test_stack import free_port
 
 from flows.record.gated import Gated
@@ -98,15 +100,19 @@ def test_a_champion_for_other_data_is_not_replaced_and_the_reason_names_the_sett
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     tags = client.get_model_version(NAME, version).tags
-    assert tags["gate.rejected"] == decision.reason and tags["gate.champion.version"] == "1"
-    assert "gate.champion.accuracy" not in tags  # never measured on data it cannot take
-    assert "gate.champion_drop" not in tags
-    assert float(tags["gate.candidate.accuracy"]) >= 0
+    assert tags == {"verdict": "not promoted", "certified": "true", "accuracy_drop_pt": "0.1",
+                    "accuracy_drop_upper_pt": tags["accuracy_drop_upper_pt"],
+                    "compression_ratio": "4.0", "speedup": "2.0"}  # FIGURES, as the headline
+    record = gate_record(NAME, version, mlflow.get_tracking_uri())  # the rest, beside the model
+    assert record["gate.decision"] == decision.reason and record["gate.champion.version"] == "1"
+    assert "gate.champion.accuracy" not in record  # never measured on data it cannot take
+    assert "gate.champion_drop" not in record
+    assert record["gate.candidate.accuracy"] >= 0
     card = CARD + f"\n## Registry\n\nNot promoted; the champion stays version 1: {decision.reason}.\n"
-    assert gated.headline == ("not promoted: 4.0x smaller (gzip), 2.0x faster, "
+    assert gated.headline == ("not promoted: 4.0x smaller (gzip), 2.00x faster, "
                               "accuracy drop +0.10 pt")
     assert gated.card == card
-    assert client.get_model_version(NAME, version).description == f"**{gated.headline}**\n\n{card}"
+    assert client.get_model_version(NAME, version).description == f"{gated.headline}\n\n{card}"
     bundle = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}",
                                                       dst_path=str(tmp_path / "bundle")))
     assert (bundle / "artifacts" / "model_card.md").read_text() == card  # beside model.tflite
@@ -117,15 +123,17 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
         champion, digits, tmp_path):
     gated = register(tmp_path, digits)  # the champion's very model: no sample differs
     version, decision = gated.version, gated.decision
-    assert not decision.promote and "does not beat the champion: gzip_bytes" in decision.reason
-    tags = MlflowClient().get_model_version(NAME, version).tags
-    n = str(len(digits.test.labels))
+    size = f"{len(gzip.compress((tmp_path / 'artifacts' / 'model.tflite').read_bytes(), 9)):,} B"
+    assert not decision.promote  # the same size: said exactly, not as `4.3 KiB vs 4.3 KiB`
+    assert f"does not beat the champion: gzip {size} vs the champion's {size}" in decision.reason
+    tags = gate_record(NAME, version, mlflow.get_tracking_uri())
+    n = len(digits.test.labels)
     assert (tags["gate.champion_drop"], tags["gate.champion_drop.worse"],
-            tags["gate.champion_drop.better"], tags["gate.champion_drop.n"]) == ("0.0", "0", "0", n)
-    assert float(tags["gate.champion_drop.lower"]) < 0 < float(tags["gate.champion_drop.upper"])
-    teacher = PairedDrop(len(digits.test.labels), 1, 0, 0.95)
-    assert float(tags["gate.teacher_drop.upper"]) == pytest.approx(teacher.upper)
-    assert tags["gate.teacher_drop.worse"] == "1" and tags["gate.certified"] == "true"
+            tags["gate.champion_drop.better"], tags["gate.champion_drop.n"]) == (0, 0, 0, n)
+    assert tags["gate.champion_drop.lower"] < 0 < tags["gate.champion_drop.upper"]
+    teacher = PairedDrop(n, 1, 0, 0.95)
+    assert tags["gate.teacher_drop.upper"] == pytest.approx(teacher.upper)
+    assert tags["gate.teacher_drop.worse"] == 1 and tags["gate.certified"] == "true"
     table, _, teacher_line, champion_line, teacher_speed, champion_speed, _ = gate_comparison(
         gated.measured, gated.champion)
     header, _, accuracy, size, _, memory = table.splitlines()
@@ -133,13 +141,14 @@ def test_the_champion_is_compared_sample_by_sample_and_both_drops_are_recorded(
     assert accuracy.startswith("| accuracy |") and size.startswith("| gzip size |")
     assert memory.startswith("| runtime memory |")
     assert len(set(accuracy.split("|")[2:4])) == len(set(size.split("|")[2:4])) == 1  # the same model
-    assert teacher_line.startswith(f"- vs the teacher: drop +{100 / int(n):.2f} pt, between ")
+    assert teacher_line.startswith(f"- vs the teacher: drop +{100 / n:.2f} pt, between ")
     assert champion_line.startswith("- vs the champion: drop +0.00 pt, between ")
     assert champion_line.endswith(f"at 95 % (worse on 0, better on 0 of {n} samples)")
-    assert teacher_speed.startswith("- vs the teacher: latency 5.0 vs the teacher's 5.0 us (1.00x")
+    assert teacher_speed.startswith("- vs the teacher: latency 5.0 vs the teacher's 5.0 us: "
+                                    "1.00x faster (between 1.10x SLOWER and 1.11x faster at 95 %")
     assert champion_speed.startswith("- vs the champion: latency ")
     assert champion_speed.endswith("1 thread, 20 interleaved rounds)")
-    assert abs(float(tags["gate.champion_slowdown.ratio"]) - 1) < SAME_SPEED  # the same model
+    assert abs(tags["gate.champion_slowdown.ratio"] - 1) < SAME_SPEED  # the same model
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from test_input_changes import digits_npz
 SHRINKFLOW = str(Path(sys.executable).parent / "shrinkflow")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
+ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'  # MLflow 3.17's
 MODEL = "test-int8"
 
 
@@ -196,7 +197,7 @@ def test_a_run_from_the_ui_is_tracked_in_mlflow_with_its_override(stack, first_r
     assert run["info"]["status"] == "FINISHED"
     params, metrics, tags = (as_dict(run["data"][key]) for key in ("params", "metrics", "tags"))
     assert params["distill.temperature"] == "3.0"  # the override, exactly like --set
-    assert {"compression_ratio", "speedup", "accuracy_drop", "final.accuracy"} <= metrics.keys()
+    assert {"compression_ratio", "speedup", "accuracy_drop_pt", "final.accuracy"} <= metrics.keys()
     assert tags["prefect.flow_run_url"].startswith(stack.prefect)
     assert tags["dvc.experiment"] == first_run["name"]
     children = mlflow_api(stack, "runs/search", {
@@ -241,11 +242,16 @@ def test_the_run_publishes_its_report_table_progress_and_mlflow_link(stack, firs
                          {"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}})
     progress = [a for a in artifacts if a["type"] == "progress"]
     assert len(progress) == 1 and progress[0]["data"] == 100.0
+    assert progress[0]["description"] == "done"  # not the last stage's name
     by_key = {a["key"]: a for a in artifacts if a["key"]}
     assert by_key["compress-candidates"]["type"] == "table"
+    final = {row["candidate"]: row for row in json.loads(by_key["compress-candidates"]["data"])}[
+        "final"]  # in the report's units, not 0.9805555555555555
+    assert re.fullmatch(r"\d+\.\d\d %", final["accuracy"]) and final["gzip size"].endswith(" KiB")
     report = by_key["compress-report"]["data"]
     assert "promoted to `champion`" in report and "```" not in report  # markdown, not a code block
     assert "| accuracy |" in report and "- vs the teacher: drop " in report
+    assert re.search(r"- vs the teacher: latency .* us: [\d.]+x (faster|SLOWER) \(between ", report)
     assert f"]({stack.mlflow}/#/experiments/" in report and "/artifactPath/plots/" in report
     links = [line for line in report.splitlines() if "/#/experiments/" in line]
     assert links and all("?workflowType=machine_learning" in link for link in links)
@@ -263,7 +269,8 @@ def test_champion_moves_only_for_a_better_model_and_loads_in_a_fresh_process(sta
     assert mlflow_api(stack, "registered-models/alias", name=MODEL, alias="champion")[
         "model_version"]["version"] == "1"
     version_2 = mlflow_api(stack, "model-versions/get", name=MODEL, version="2")["model_version"]
-    assert "does not beat the champion" in as_dict(version_2["tags"])["gate.rejected"]
+    assert as_dict(version_2["tags"])["verdict"] == "not promoted"
+    assert "does not beat the champion: gzip " in version_2["description"]
 
     data = Dataset.load(stack.root / "artifacts" / "splits.json")
     np.save(stack.root / "x_test.npy", data.test.read())
@@ -342,16 +349,20 @@ def test_data_replaced_in_place_is_picked_up_by_the_next_deployment_run(stack, f
 
 def test_an_invalid_parameter_is_refused_by_the_server(stack):
     deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
-    params = deployment["parameters"]["params"] | {"distill": {"temperature": -1.0}}
+    params = deployment["parameters"]["params"]
+    params["distill"]["temperature"] = -1.0
     with pytest.raises(urllib.error.HTTPError) as refused:
         create_flow_run(stack, params)
-    assert refused.value.code == 409 and "temperature" in refused.value.read().decode()
+    assert refused.value.code == 409
+    assert "'params.distill.temperature'" in refused.value.read().decode()
 
 
 def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_run):
-    """One page load each: the Prefect run form; the published MLflow links (the run's report
-    artifacts) open the training runs with their headline (the Description, verdict first, then
-    the metrics' columns) and the run itself, not MLflow 3's GenAI overview; the model version's
+    """One page load each: the Prefect run form, as a new browser gets it from the URL `up`
+    prints (Prefect's V2 UI), speaks params.yaml and refuses -1 as the server does; the
+    published MLflow links (the run's report artifacts) open the training runs with their
+    headline (the Description, verdict first, then the metrics' columns, as the headline reads
+    them, and the recipe's) and the run itself, not MLflow 3's GenAI overview; the model version's
     page shows the headline and the model card. MLflow's runs table renders only the columns in
     sight: its shared view (flows/record/tracking.py `VIEW_STATE`) puts the headline's first."""
     from playwright.sync_api import expect, sync_playwright
@@ -360,7 +371,8 @@ def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_r
                          {"artifacts": {"flow_run_id": {"any_": [first_run["id"]]}}})
     published = {a["key"]: a["data"].split("](")[1].removesuffix(")") for a in artifacts
                  if a["key"] in ("mlflow-run", "mlflow-runs")}  # `[text](url)`
-    metrics = as_dict(mlflow_parent_run(stack, first_run["id"])["data"]["metrics"])
+    run = mlflow_parent_run(stack, first_run["id"])["data"]
+    metrics, params = as_dict(run["metrics"]), as_dict(run["params"])
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -368,20 +380,27 @@ def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_r
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
         ])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{stack.prefect}/deployments/deployment/{stack.deployment_id}/run")
-        page.get_by_text("Softening of the soft targets", exact=False).first.wait_for(timeout=60_000)
-        assert page.get_by_text("Temperature", exact=False).count() > 0
-        page.screenshot(path=str(SCREENSHOTS / "prefect-run-form.png"), full_page=True)
+        run_form(page, stack)
 
         page.goto(published["mlflow-runs"])  # a new browser: MLflow 3 would open on GenAI
         headline = re.compile(r"^(promoted|not promoted).*: [\d.]+x smaller \(gzip\)")
         expect(page.get_by_role("gridcell", name=headline).first).to_be_visible(timeout=60_000)
+        if (assistant := page.locator(ASSISTANT_CLOSE)).count():  # opens itself in a new browser
+            assistant.click()
         expect(page.get_by_role("gridcell", name=first_run["name"]).first).to_be_visible()
-        for metric in ("compression_ratio", "speedup", "accuracy_drop"):  # header, then value
+        for metric in ("compression_ratio", "speedup", "accuracy_drop_pt"):  # header, then value
             expect(page.get_by_role("columnheader", name=metric, exact=True).first).to_be_visible()
-            expect(page.get_by_role("gridcell", name=str(metrics[metric]), exact=True).first
+            expect(page.get_by_role("gridcell", name=shown(metrics[metric]), exact=True).first
                    ).to_be_visible()
         page.screenshot(path=str(SCREENSHOTS / "mlflow-runs.png"), full_page=True)
+        page.set_viewport_size({"width": 2200, "height": 1000})  # the recipe's columns in sight
+        for key in ("distill.width", "sparsify.final_sparsity", "quantize.mode",
+                    "distill.temperature"):
+            expect(page.get_by_role("columnheader", name=key, exact=True).first).to_be_visible()
+        expect(page.get_by_role("gridcell", name=params["distill.temperature"], exact=True).first
+               ).to_be_visible()  # 3.0: the run's form override
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-runs-recipe.png"))
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
         page.goto(published["mlflow-run"])
         expect(page.get_by_text(headline).first).to_be_visible(timeout=60_000)  # its description
@@ -392,7 +411,45 @@ def test_the_ui_shows_the_run_form_and_the_published_mlflow_links(stack, first_r
         expect(page.get_by_text(f"Model card: {MODEL}").first).to_be_visible(timeout=60_000)
         expect(page.get_by_text(headline).first).to_be_visible()
         page.screenshot(path=str(SCREENSHOTS / "mlflow-model-version.png"), full_page=True)
+
+        page.goto(f"{stack.mlflow}/#/models/{MODEL}")  # the versions table: a plain first line
+        version = page.get_by_role("row", name=re.compile(  # the tags' keys, then the text
+            r"^Version 1 .* verdict certified .* (promoted|not promoted).*: [\d.]+x smaller"))
+        expect(version).to_be_visible(timeout=60_000)
+        assert "**" not in version.inner_text()
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-model-versions.png"), full_page=True)
         browser.close()
+
+
+def shown(value: float) -> str:
+    """A metric as MLflow's UI writes it (JavaScript's numbers: 37.0 is `37`)."""
+    return str(value).removesuffix(".0")
+
+
+def run_form(page, stack: Stack) -> None:
+    """The run form in Prefect's V2 UI (where `/` leads a new browser): sections titled by their
+    key, switches by what they switch, no `(Optional)` in params, no class names, no backticks;
+    -1 typed as a temperature is refused by the browser (the form's `minimum`), no run is made."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{stack.prefect}/v2/deployments/deployment/{stack.deployment_id}/run")
+    temperature = page.get_by_label("temperature", exact=True)
+    temperature.wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    # the flow's own two settings beside params, each with a default: optional indeed
+    assert re.findall(r"(\S+) \(Optional\)", text) == ["workdir", "repeat_unchanged"]
+    assert "`" not in text and not re.search(r"[a-z]Config\b", text)
+    for title in ("model", "data", "gate", "search enabled", "distill enabled", "learning rate"):
+        expect(page.get_by_text(title, exact=True).first).to_be_attached()
+    assert text.index("search enabled") < text.index("distill enabled")  # the common keys first
+    page.screenshot(path=str(SCREENSHOTS / "prefect-run-form.png"), full_page=True)
+    runs = len(get_json(f"{stack.prefect}/api/flow_runs/filter", {}))
+    temperature.fill("-1")
+    assert temperature.evaluate("field => field.validity.rangeUnderflow")
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_timeout(2000)
+    assert len(get_json(f"{stack.prefect}/api/flow_runs/filter", {})) == runs
+    temperature.screenshot(path=str(SCREENSHOTS / "prefect-run-form-refused.png"))
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlflow import MlflowClient
 from prefect.artifacts import Artifact
 
-from conftest import make_project
+from conftest import gate_record, make_project
 from flows.cli import main
 from tasks.config import DataConfig
 from tasks.data import load_data
@@ -84,11 +83,11 @@ def test_metrics_count_the_final_models_disagreements_with_the_teacher_on_the_ce
     (parent,), _ = runs_by_parent(pool_run["params"]["tracking"]["uri"])
     assert parent.data.metrics["fidelity.disagree"] == metrics["fidelity"]["disagree"]
     # the gate weighs it: the fidelity bound beside the paired one, each at 97.5 %
-    version = MlflowClient(pool_run["params"]["tracking"]["uri"]).get_model_version("test-int8", "1")
-    assert version.tags["gate.fidelity.disagree"] == str(metrics["fidelity"]["disagree"])
+    record = gate_record("test-int8", "1", pool_run["params"]["tracking"]["uri"])
+    assert record["gate.fidelity.disagree"] == metrics["fidelity"]["disagree"]
     assert (f"disagrees with the teacher on {metrics['fidelity']['disagree']} of "
-            f"{len(certify)} unlabeled inputs") in version.tags["gate.evidence"]
-    assert "at 97.5 %" in version.tags["gate.evidence"]
+            f"{len(certify)} unlabeled inputs") in record["gate.evidence"]
+    assert "at 97.5 %" in record["gate.evidence"]
 
 
 def test_the_parts_are_mlflow_datasets_and_the_pool_a_dvc_dep_of_load_by_content(pool_run):

@@ -20,6 +20,7 @@ from prefect.artifacts import (
 from prefect.events import emit_event
 
 from flows.record.report import (
+    candidate_rows,
     markdown_report,
     markdown_table,
     promotion,
@@ -30,7 +31,7 @@ from flows.record.tracking import mlflow_url
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
-from tasks.measurements import RunMetrics
+from tasks.measurements import RunMetrics, percent
 from tasks.progress import batch_listener, epoch_listener
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
 
 class Progress:
-    """A Prefect progress artifact over the stages, moved by training epochs within each."""
+    """A Prefect progress artifact over the stages, moved by training epochs within each; full
+    once they are done, saying what the run still does (`finish`), then `done`."""
 
     def __init__(self, stages: tuple[str, ...]):
         self.stages = stages
@@ -60,6 +62,9 @@ class Progress:
             epoch_listener.reset(epochs)
             batch_listener.reset(batches)
         self._set(share * (done + 1), name)
+
+    def finish(self, note: str = "done") -> None:
+        update_progress_artifact(self.artifact, 100.0, description=note)
 
     def _set(self, percent: float, stage: str) -> None:
         update_progress_artifact(self.artifact, min(percent, 100.0), description=f"stage: {stage}")
@@ -86,15 +91,15 @@ def publish_results(params: Params, ws: Workspace, metrics: RunMetrics, gated: G
     create_table_artifact(
         key="compress-candidates",
         description="Every candidate, measured by the same evaluator",
-        table=[{"candidate": name, **measured.as_dict()}
-               for name, measured in metrics.candidates.items()],
+        table=candidate_rows(metrics),
     )
     if sensitivity["layers"]:
         create_table_artifact(
             key="quant-sensitivity",
             description=f"quantize.mode {sensitivity['mode']}: validation error with only that op "
             f"quantized, and the precision each op got (validation error "
-            f"{sensitivity['validation_error']:.4f}, fp32 {sensitivity['fp32_validation_error']:.4f})",
+            f"{percent(sensitivity['validation_error'])}, fp32 "
+            f"{percent(sensitivity['fp32_validation_error'])})",
             table=sensitivity_rows(sensitivity),
         )
     if runs_url:

@@ -3,6 +3,7 @@ behind a gate that measures the champion again, on this run's data."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy", f"mlflow=={mlflow.__version__}
 # TensorFlow) into the model, and `--env-manager uv` installs those instead of REQUIREMENTS.
 NO_UV_PROJECT = {"MLFLOW_UV_AUTO_DETECT": "false"}
 MODEL_CARD = "model_card.md"
+GATE_RECORD = "gate.json"  # beside it: every figure the gate measured, its decision and evidence
 
 
 @dataclass(frozen=True)
@@ -52,31 +54,44 @@ def register_and_gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace,
     decided before the gate (a search that found nothing likely to pass) stands. The model `card`
     (flows/record/model_card.py), with the verdict appended, goes beside the .tflite in the
     registered model and the run, and is the version's description in the registry, after the
-    headline (`figures`: the run's final model vs the teacher; the line is in `Gated` too)."""
+    headline (`figures`: the run's final model vs the teacher; the line is in `Gated` too).
+
+    The version's tags are what a reviewer filters its versions on (`version_tags`); the rest the
+    gate rests on is `gate.json` beside the .tflite (the run holds it as metrics and tags)."""
     champion = _champion(cfg.registered_model)
     decision, measured = _gate(cfg, evaluate, ws, evidence, champion)
     decision = refusal or decision
     card += verdict(decision, champion.version if champion else None, evidence.certified)
     headline = headline_line(figures, decision.promote, evidence.certified)
-    version = _register(cfg.registered_model, ws.model, card)
     tags = {"gate.decision": decision.reason, "gate.promoted": str(decision.promote).lower(),
             **evidence.tags()}
     if champion:
         tags["gate.champion.version"] = champion.version
+    version = _register(cfg.registered_model, ws.model, card, tags | measured)
     mlflow.log_metrics(measured)
     mlflow.set_tags(tags | {VERSION_TAG: version})
     mlflow.log_text(card, MODEL_CARD)
     client = MlflowClient()
-    client.update_model_version(cfg.registered_model, version,
-                                description=f"**{headline}**\n\n{card}")
-    for key, value in (measured | tags).items():
-        client.set_model_version_tag(cfg.registered_model, version, key, str(value))
+    client.update_model_version(cfg.registered_model, version, description=f"{headline}\n\n{card}")
+    for key, value in version_tags(decision.promote, evidence, figures).items():
+        client.set_model_version_tag(cfg.registered_model, version, key, value)
     if decision.promote:
         client.set_registered_model_alias(cfg.registered_model, CHAMPION, version)
-    else:
-        client.set_model_version_tag(cfg.registered_model, version, "gate.rejected", decision.reason)
     return Gated(version, decision, measured, champion.version if champion else None, card,
                  evidence.certified, headline)
+
+
+def version_tags(promoted: bool, evidence: Evidence, figures: Comparison) -> dict[str, str]:
+    """The tags of a registered version, each a column a reviewer filters on: `verdict`
+    (promoted / not promoted), `certified`, the accuracy drop and the upper bound the gate held to
+    the budget, in points (`accuracy_drop_pt`, `accuracy_drop_upper_pt`), `compression_ratio` and
+    `speedup`, as the headline says them (`Comparison.shown`)."""
+    return {key: str(value) for key, value in {
+        "verdict": "promoted" if promoted else "not promoted",
+        "certified": str(evidence.certified).lower(),
+        **figures.shown(),
+        "accuracy_drop_upper_pt": round(100 * evidence.labels.upper, 2) + 0.0,
+    }.items()}
 
 
 def verdict(decision: Decision, champion: str | None, certified: bool) -> str:
@@ -134,16 +149,18 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, evidence: Ev
     return decision, metrics
 
 
-def _register(name: str, tflite: Path, card: str) -> str:
-    """Log the model from code with the LiteRT runner and the model card beside it, registered
-    as a new version."""
+def _register(name: str, tflite: Path, card: str, gate: dict[str, str | float]) -> str:
+    """Log the model from code with the LiteRT runner, the model card and what the `gate` measured
+    and decided (`GATE_RECORD`) beside it, registered as a new version."""
     with mock.patch.dict(os.environ, NO_UV_PROJECT), tempfile.TemporaryDirectory() as tmp:
-        card_file = Path(tmp) / MODEL_CARD
+        card_file, gate_file = Path(tmp) / MODEL_CARD, Path(tmp) / GATE_RECORD
         card_file.write_text(card)
+        gate_file.write_text(json.dumps(gate, indent=1, sort_keys=True))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_MODEL),
-            artifacts={"tflite": str(tflite), "model_card": str(card_file)},
+            artifacts={"tflite": str(tflite), "model_card": str(card_file),
+                       "gate": str(gate_file)},
             code_paths=[tasks.tflite.__file__],
             registered_model_name=name,
             pip_requirements=REQUIREMENTS,

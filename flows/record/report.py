@@ -10,9 +10,9 @@ from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from flows.workspace.versioning import Fingerprint
-from tasks.measurements import CandidateMetrics, Comparison, RunMetrics
+from tasks.measurements import CandidateMetrics, Comparison, RunMetrics, human_size, percent
 from tasks.profile import OpTime
-from tasks.speed import Slowdown
+from tasks.speed import Slowdown, speed_change
 
 if TYPE_CHECKING:
     from flows.record.gated import Gated
@@ -62,12 +62,12 @@ def headline_line(figures: Comparison, promoted: bool, certified: bool) -> str:
     """What a reviewer sees first, on one line, the verdict first (MLflow's runs table shows a
     description's first 50 characters): `promoted UNCERTIFIED: 40.8x smaller (gzip), 12.4x faster,
     accuracy drop +0.28 pt`, else `promoted (certified): …` or `not promoted: …`. `figures`: the
-    final model vs the teacher, from metrics.json or a run's MLflow metrics. A slower model says
-    `2.6x SLOWER` (`speed_change`; `speedup` is the teacher's latency over the model's)."""
+    final model vs the teacher, from metrics.json. A slower model says
+    `2.60x SLOWER` (`speed_change`; `speedup` is the teacher's latency over the model's)."""
     verdict = ("not promoted" if not promoted else
                "promoted (certified)" if certified else "promoted UNCERTIFIED")
     return (f"{verdict}: {figures.compression_ratio:.1f}x smaller (gzip), "
-            f"{speed_change(figures.speedup, 1.0)}, "
+            f"{speed_change(figures.speedup)}, "
             f"accuracy drop {100 * figures.accuracy_drop:+.2f} pt")
 
 
@@ -170,7 +170,7 @@ def summary_rows(metrics: RunMetrics) -> list[tuple[str, ...]]:
         ("gzip size", human_size(teacher.gzip_bytes), human_size(final.gzip_bytes),
          f"{metrics.comparison.compression_ratio:.1f}x smaller"),
         *((f"latency p50 / p90, {threads(n)}", latency(teacher, n), latency(final, n),
-           speed_change(teacher.latency_at(n)[0], final.latency_at(n)[0]))
+           speed_change(teacher.latency_at(n)[0] / final.latency_at(n)[0]))
           for n in final.thread_counts()),
         ("runtime memory", memory(teacher.memory_bytes), memory(final.memory_bytes),
          f"{teacher.memory_bytes / final.memory_bytes:.1f}x less"),
@@ -185,12 +185,6 @@ def kernels(measured: CandidateMetrics) -> str:
     """What runs a candidate in LiteRT: `XNNPACK`, or `built-in kernels` where XNNPACK refused it
     (tasks/tflite.py `TFLiteClassifier`)."""
     return "XNNPACK" if measured.xnnpack else "built-in kernels"
-
-
-def speed_change(reference_us: float, model_us: float) -> str:
-    """`13.9x faster`, or `2.6x SLOWER`: a slower model is said in words, not as `0.4x faster`."""
-    ratio = reference_us / model_us
-    return f"{ratio:.1f}x faster" if ratio >= 1 else f"{1 / ratio:.1f}x SLOWER"
 
 
 def threads(count: int) -> str:
@@ -221,12 +215,28 @@ def layer_precisions(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {precision}" for precision, n in sorted(counts.items())) + " layers"
 
 
+def candidate_rows(metrics: RunMetrics) -> list[dict[str, str]]:
+    """metrics.json's candidates (the teacher and the final model among them) as table rows, in
+    the units of the report: a person reads `98.06 %` and `9.3 KiB`, not 0.9805555555555555."""
+    return [
+        {"candidate": name, "accuracy": percent(measured.accuracy),
+         "params": f"{measured.params:,}", "sparsity": percent(measured.sparsity),
+         ".tflite size": human_size(measured.tflite_bytes),
+         "gzip size": human_size(measured.gzip_bytes),
+         **{f"latency p50 / p90, {threads(n)}": latency(measured, n)
+            for n in measured.thread_counts()},
+         "runtime memory": memory(measured.memory_bytes),
+         "2:4 blocks": percent(measured.blocks_2_4), "runs on": kernels(measured)}
+        for name, measured in metrics.candidates.items()
+    ]
+
+
 def sensitivity_rows(sensitivity: dict) -> list[dict]:
     """quant_sensitivity.json as table rows: one per op, its validation error with only that op
     quantized at each precision, and the precision it got."""
     return [
-        {"layer": layer["layer"], "op": layer["op"], "bytes": layer["bytes"],
-         **{f"error {p}": round(e, 4) for p, e in layer["validation_error"].items()},
+        {"layer": layer["layer"], "op": layer["op"], "size": human_size(layer["bytes"]),
+         **{f"error {p}": percent(e) for p, e in layer["validation_error"].items()},
          "precision": layer["precision"]}
         for layer in sensitivity["layers"]
     ]
@@ -247,14 +257,3 @@ def markdown_table(rows: list[tuple[str, ...]]) -> str:
     lines = [rows[0], ("---", *("---:" for _ in rows[0][1:])), *rows[1:]]
     return "\n".join("| " + " | ".join(cell or " " for cell in line) + " |" for line in lines)
 
-
-def percent(fraction: float) -> str:
-    return f"{100 * fraction:.2f} %"
-
-
-def human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024**2:
-        return f"{size / 1024:.1f} KiB"
-    return f"{size / 1024**2:.2f} MiB"

@@ -55,11 +55,15 @@ KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development
 # A view of the runs table stored on the experiment, as the UI's "Share" button stores one: the
 # link `mlflow_url` gives to the runs opens it (a banner says it is a shared view). The table
 # renders only the columns in sight (off-screen ones are not in the page), so the headline comes
-# first, in widths that fit a 1280-pixel screen; the Description cell shows 50 characters.
+# first, in widths that fit a 1280-pixel screen (the Description cell shows 50 characters), then
+# the recipe's keys people change, as the run's params hold them (the search's choice aside).
 VIEW_KEY = "shrinkflow"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-HEADLINE_COLUMNS = {"attributes.`Description`": 340, "metrics.`compression_ratio`": 130,
-                    "metrics.`speedup`": 80, "metrics.`accuracy_drop`": 110}  # width in pixels
+RECIPE_COLUMNS = {"distill.width": 110, "sparsify.final_sparsity": 170, "quantize.mode": 120,
+                  "distill.temperature": 150}
+HEADLINE_COLUMNS = {"attributes.`Description`": 300, "metrics.`compression_ratio`": 125,
+                    "metrics.`speedup`": 75, "metrics.`accuracy_drop_pt`": 125,
+                    **{f"params.`{key}`": width for key, width in RECIPE_COLUMNS.items()}}  # pixels
 VIEW_STATE = {"selectedColumns": list(HEADLINE_COLUMNS), "columnWidths": HEADLINE_COLUMNS,
               "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", *HEADLINE_COLUMNS]}
 EXPERIMENT_TAGS = {KIND_TAG: MODEL_DEVELOPMENT, VIEW_TAG: json.dumps(VIEW_STATE)}

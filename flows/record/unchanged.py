@@ -22,7 +22,6 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Run
 
-from flows.record.report import headline_line
 from flows.record.tracking import (
     MD5_TAG,
     NOTE_TAG,
@@ -39,7 +38,6 @@ from flows.workspace.versioning import StageStatus, git_commit, nothing_changed,
 from tasks.artifacts import Workspace
 from tasks.choice import search_summary
 from tasks.config import Params
-from tasks.measurements import Comparison
 
 MADE_BY_TAG = "shrinkflow.unchanged_since"  # on a repeat: the run that made its model
 CARRIED_TAGS = ("dvc.", "input.", "teacher.", "gate.", "registry.", MADE_BY_TAG)
@@ -86,9 +84,7 @@ def record_unchanged(params: Params, root: Path, last: Run,
             "not measured or registered again; its metrics and gate decision carried over")
     flow_run = flow_run or _completed_flow_run(note)
     tags = {key: value for key, value in last.data.tags.items() if key.startswith(CARRIED_TAGS)}
-    headline = headline_line(Comparison.from_dict(last.data.metrics),
-                             tags["gate.promoted"] == "true",
-                             tags.get("gate.certified", "true") == "true")
+    headline = last.data.tags[NOTE_TAG].split("\n\n")[0]  # `describe_run`'s, the verdict first
     tags |= {MADE_BY_TAG: made_by, "pipeline": "compress",
              NOTE_TAG: f"{headline}\n\nrepeat of {made_by_name}: {note}",
              "mlflow.source.git.commit": git_commit(root), **process_tags(root)}
