@@ -12,6 +12,11 @@ Recurrent layers (LSTM, GRU, SimpleRNN) keep units: their kernel, recurrent kern
 one block of `units` columns per gate, and a kept unit keeps its column in every gate (and its
 row of the recurrent kernel), so the gates of each kept unit stay those the teacher trained. An
 Embedding keeps output dimensions (`output_dim`) like a layer keeps channels.
+
+Transformers: LayerNormalization keeps its input's channels (gamma, beta); MultiHeadAttention
+keeps heads and writes its query's channels, which join its output projection to the residual
+stream's group (tasks/attention.py); a TensorFlow op on tensors (`x + positions`) is a merge when
+elementwise; integer and boolean tensors (token or position ids, shapes, masks) carry no channels.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import Literal
 import numpy as np
 import tf_keras as keras
 
+from tasks.attention import attention_inputs, output_norms, sliced_attention, strongest
 from tasks.errors import InputError
 
-Kind = Literal["input", "width", "output", "merge", "concat", "flatten", "depthwise", "same"]
+Kind = Literal["input", "width", "output", "merge", "concat", "flatten", "depthwise", "attention",
+               "same"]
 # How each weight is sliced: (axis, which indices). "mid" are a separable conv's depthwise outputs.
 SLICES: dict[str, tuple[tuple[int, str], ...]] = {
     "kernel": ((-2, "in"), (-1, "out")),
@@ -47,6 +54,11 @@ FIRST_WIDTH = 0.5
 GLOBAL_POOLING = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
                   keras.layers.GlobalAveragePooling3D, keras.layers.GlobalMaxPooling1D,
                   keras.layers.GlobalMaxPooling2D, keras.layers.GlobalMaxPooling3D)
+MERGES = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Average,
+          keras.layers.Maximum, keras.layers.Minimum)
+# The elementwise TensorFlow ops a functional model calls on two tensors (`x + y`: TFOpLambda)
+ELEMENTWISE_OPS = frozenset({"__operators__.add", "math.add", "math.subtract", "math.multiply",
+                             "math.maximum", "math.minimum"})
 
 
 def width_key(layer: keras.layers.Layer) -> str | None:
@@ -144,20 +156,33 @@ def copy_top_channels(source: keras.Model, student: keras.Model) -> None:
     output = output_layer(source)
     kinds = {layer.name: _kind(layer, output) for layer in source.layers}
     kept = _kept_channels(source, student, inbound, kinds)
+    attention = {} if isinstance(source, keras.Sequential) else {
+        spec["name"]: attention_inputs(spec) for spec in source.get_config()["layers"]
+        if kinds[spec["name"]] == "attention"}
     outputs = {MODEL_INPUT: np.arange(source.input_shape[-1])}
     for layer in source.layers:
         inputs = [outputs[name] for name in inbound[layer.name]]
         outputs[layer.name] = _output_channels(layer, kinds[layer.name], inputs, kept)
         if layer.weights:
-            units = outputs[layer.name]
-            indices = {"in": inputs[0], "units": units, "out": _gated(units, layer),
-                       "mid": _repeat(inputs[0], _depth_multiplier(layer))}
             student_layer = student.get_layer(layer.name)
+            if layer.name in attention:
+                weights = sliced_attention(layer, student_layer, {
+                    role: outputs[name] for role, name in attention[layer.name].items()})
+            else:
+                weights = _sliced_weights(layer, inputs[0], outputs[layer.name])
             try:
-                student_layer.set_weights([_sliced(w, indices) for w in layer.weights])
+                student_layer.set_weights(weights)
             except ValueError as exc:  # the student's shapes disagree with the channels followed
                 reason = f"its sliced weights do not fit the student ({exc})"
                 raise _unsupported(layer, reason) from exc
+
+
+def _sliced_weights(layer: keras.layers.Layer, inputs: np.ndarray,
+                    units: np.ndarray) -> list[np.ndarray]:
+    """`layer`'s weights sliced (SLICES) to the channels of its (first) input and output."""
+    indices = {"in": inputs, "units": units, "out": _gated(units, layer),
+               "mid": _repeat(inputs, _depth_multiplier(layer))}
+    return [_sliced(weight, indices) for weight in layer.weights]
 
 
 def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
@@ -175,18 +200,36 @@ def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
 
 
 def inbound_entries(spec: dict) -> list[list]:
-    """The [layer, node, tensor, kwargs] entries of a functional model config's layer `spec`: a
-    node is a list of entries, or one such entry (a TFOpLambda, as in MobileNetV3)."""
-    return [entry for node in spec["inbound_nodes"]
-            for entry in ([node] if isinstance(node[0], str) else node)]
+    """The [layer, node, tensor, kwargs] entries of a functional model config's layer `spec`, and
+    the [layer, node, tensor] of each tensor among their keyword arguments (a MultiHeadAttention's
+    value and key, the `y` of a TFOpLambda `x + y`): a node is a list of entries, or one such
+    entry (a TFOpLambda, as in MobileNetV3)."""
+    entries = [entry for node in spec["inbound_nodes"]
+               for entry in ([node] if isinstance(node[0], str) else node)]
+    return entries + [argument for entry in entries for argument in entry[3].values()
+                      if _is_tensor(argument)]
+
+
+def _is_tensor(argument) -> bool:
+    """Whether a keyword argument in a functional config is a tensor: [layer, node, tensor]."""
+    return (isinstance(argument, list) and len(argument) == 3 and isinstance(argument[0], str)
+            and all(isinstance(index, int) for index in argument[1:]))
 
 
 def _kind(layer: keras.layers.Layer, output: keras.layers.Layer) -> Kind:
-    """How `layer` maps the channels of its inputs to those of its output."""
-    if isinstance(layer, keras.layers.InputLayer):
-        return "input"
+    """How `layer` maps the channels of its inputs to those of its output. Integer and boolean
+    outputs (ids, shapes, masks) carry no channels: as a model input's, all of them stay."""
     if isinstance(layer, keras.Model):
         raise _unsupported(layer, "it is a nested model")
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        if layer.get_config()["output_shape"] is not None:
+            raise _unsupported(layer, "its output_shape is set, so its outputs are not its "
+                                      "query's channels")
+        if isinstance(layer.output, (list, tuple)):
+            raise _unsupported(layer, "it returns its attention scores too")
+        return "attention"
+    if isinstance(layer, keras.layers.InputLayer):
+        return "input"
     if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
                           keras.layers.Conv3DTranspose)):
         raise _unsupported(layer, "its kernel stores output channels before input channels")
@@ -195,6 +238,8 @@ def _kind(layer: keras.layers.Layer, output: keras.layers.Layer) -> Kind:
     recurrent = any(_short_name(w) == "recurrent_kernel" for w in layer.weights)
     if recurrent and type(layer) not in GATES:  # Bidirectional, ConvLSTM2D, a custom cell
         raise _unsupported(layer, "only LSTM, GRU and SimpleRNN layers are followed unit by unit")
+    if not _floating(layer):
+        return "input"
     if width_key(layer):
         return "output" if layer is output else "width"
     if isinstance(layer, keras.layers.Concatenate):
@@ -223,7 +268,7 @@ def _kept_channels(
     kept = {}
     for group, norms in importance.items():
         size = student.get_layer(group).get_config()[width_key(student.get_layer(group))]
-        kept[group] = np.sort(np.argsort(-norms, kind="stable")[:size])
+        kept[group] = strongest(norms, size)
     return {name: kept[group] for name, group in groups.items()}
 
 
@@ -244,6 +289,10 @@ def _merged_groups(
         kind, sources = kinds[layer.name], [carried[name] for name in inbound[layer.name]]
         if kind == "width":
             parent[layer.name] = carried[layer.name] = layer.name
+        elif kind == "attention":  # writes its query's channels: ranked with them, if any
+            carried[layer.name] = sources[0]
+            if sources[0] is not None:
+                parent[layer.name] = root(sources[0])
         elif kind in ("same", "depthwise") or (kind == "merge" and None not in sources):
             for other in sources[1:]:
                 parent[root(other)] = root(sources[0])
@@ -258,7 +307,7 @@ def _output_channels(
 ) -> np.ndarray:
     """The source channels of `layer`'s output that the student keeps, in the student's order."""
     if kind == "input" or kind == "output":
-        return np.arange(layer.output.shape[-1])
+        return np.arange(layer.output.shape[-1] if layer.output.shape.rank else 0)
     if kind == "width":
         return kept[layer.name]
     if kind == "depthwise":
@@ -277,7 +326,10 @@ def _output_channels(
 
 def _l1_norms(layer: keras.layers.Layer) -> np.ndarray:
     """L1 norm of each output channel's kernel slice (a separable conv's pointwise kernel, an
-    Embedding's vectors; a recurrent unit's input kernel columns over all its gates)."""
+    Embedding's vectors; a recurrent unit's input kernel columns over all its gates; attention's
+    output projection)."""
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return output_norms(layer)
     weights = {_short_name(w): w.numpy() for w in layer.weights}
     kernel = next(weights[name] for name in ("pointwise_kernel", "kernel", "embeddings")
                   if name in weights)
@@ -310,11 +362,15 @@ def _depth_multiplier(layer: keras.layers.Layer) -> int:
     return getattr(layer, "depth_multiplier", 1)
 
 
+def _floating(layer: keras.layers.Layer) -> bool:
+    """Whether `layer`'s output is floating point (or several outputs)."""
+    dtype = getattr(layer.output, "dtype", None)
+    return dtype is None or dtype.is_floating
+
+
 def _is_merge(layer: keras.layers.Layer) -> bool:
-    """Elementwise merges (Add, Subtract, Multiply, Average, Maximum, Minimum)."""
-    merges = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-              keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum)
-    return isinstance(layer, merges)
+    """Elementwise merges: MERGES layers, ELEMENTWISE_OPS."""
+    return isinstance(layer, MERGES) or getattr(layer, "symbol", None) in ELEMENTWISE_OPS
 
 
 def _short_name(weight) -> str:

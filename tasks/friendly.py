@@ -10,14 +10,18 @@ the model's outputs, so its interface is the teacher's.
   STRIDED_SLICE, PACK and RESHAPE per block in the .tflite).
 - `distill.activations: relu`: swish (SiLU) and GELU become ReLU, which int8 fuses into the
   convolution or dense layer before it (swish is a LOGISTIC and a MUL per use); not in
-  squeeze-and-excitation bottlenecks. Not exact: the student learns with it.
+  squeeze-and-excitation bottlenecks. Not exact: the student learns with it. A transformer
+  gains nothing: its int8 GELU is a table lookup, 1-2 % of a ViT student's time (ReLU: 1.00x,
+  0.97-1.01; benchmarks/transformers.py), which goes to attention's BATCH_MATMULs and LayerNorm.
 - `distill.blocks: half | fewest` (or `auto`, default: `distill.width: auto` tries each with
   each width): residual blocks whose shortcut is the identity (out = x + f(x))
   are left out, every other one or all of them: x passes straight on, and so does the time of
   f's three or so layers, which on a narrow student is mostly per-op overhead. Blocks that change
   shape (a projection or no shortcut) stay, so the student keeps the teacher's resolutions and
   stages; the kept layers keep their names and teacher weights (one layer of two, as DistilBERT
-  initialises its student). Not exact: the student learns without them.
+  initialises its student). A transformer layer's two blocks (attention, then the MLP whose
+  shortcut is the attention's Add) go or stay together: `half` of a ViT keeps every other layer,
+  not its attention without MLPs. Not exact: the student learns without them.
 - `distill.downsample: early` (or `auto`, default: `distill.width: auto` tries each rung with
   and without it): the stride of the downsampling after the stem's moves up to the first
   spatial convolution after the stem that every path passes through (MobileNet's and
@@ -91,8 +95,9 @@ BLOCKS_KEPT: tuple[StudentBlocks, ...] = ("all", "half", "fewest")
 def block_choices(model: keras.Model) -> list[StudentBlocks]:
     """The distill.blocks that derive different students from `model`, most blocks first: `all`,
     `half` and `fewest` when it has blocks with identity shortcuts to leave out (one such block:
-    `half` keeps it, so only `all` and `fewest`), else `all`."""
-    shortcuts = len(identity_blocks(model))
+    `half` keeps it, so only `all` and `fewest`), else `all`. A transformer layer's two blocks
+    count as one (`block_groups`)."""
+    shortcuts = len(block_groups(model))
     if not shortcuts:
         return ["all"]
     return list(BLOCKS_KEPT) if shortcuts > 1 else ["all", "fewest"]
@@ -102,6 +107,30 @@ def identity_blocks(model: keras.Model) -> dict[str, str]:
     """{Add layer: its shortcut} for each residual block out = x + f(x), in graph order: an Add
     of two inputs one of which (x, the shortcut) feeds the other. Adds that make the model's
     outputs are not among them (the interface stays the teacher's)."""
+    return {add: branches[0] for add, branches in _residual_branches(model).items()}
+
+
+def block_groups(model: keras.Model) -> list[list[str]]:
+    """The identity blocks' Adds (`identity_blocks`, in graph order) grouped as distill.blocks
+    leaves them out: a transformer layer's attention block (its branch holds a
+    MultiHeadAttention) with the block after it when that one does not attend (its MLP, pre- or
+    post-norm); every other block alone."""
+    groups: list[list[str]] = []
+    after_attention = False  # the last group is an attention block alone
+    for add, (_, branch) in _residual_branches(model).items():
+        attends = any(isinstance(model.get_layer(name), keras.layers.MultiHeadAttention)
+                      for name in branch)
+        if after_attention and not attends:
+            groups[-1].append(add)
+        else:
+            groups.append([add])
+        after_attention = attends
+    return groups
+
+
+def _residual_branches(model: keras.Model) -> dict[str, tuple[str, set[str]]]:
+    """{Add: (its shortcut, the layers of its branch only)} for each identity block, as
+    `identity_blocks` finds them."""
     if isinstance(model, keras.Sequential):
         return {}
     inbound = inbound_layers(model)
@@ -112,7 +141,8 @@ def identity_blocks(model: keras.Model) -> dict[str, str]:
         if isinstance(layer, keras.layers.Add) and len(before) == 2 and layer.name not in outputs:
             for shortcut, branch in (before, before[::-1]):
                 if shortcut in _ancestors(branch, inbound):
-                    found[layer.name] = shortcut
+                    found[layer.name] = shortcut, (_ancestors(branch, inbound) | {branch}) - (
+                        _ancestors(shortcut, inbound) | {shortcut})
                     break
     return found
 
@@ -120,10 +150,11 @@ def identity_blocks(model: keras.Model) -> dict[str, str]:
 def left_out_blocks(model: keras.Model, blocks: StudentBlocks) -> dict[str, str]:
     """The identity blocks (`identity_blocks`) a student with distill.blocks `blocks` leaves out:
     none (`all`; `auto` too, but in distill.width `auto`'s ladder, which tries the others:
-    tasks/students.py `student_ladder`), every other one (the second, fourth, ...) or all."""
-    found = identity_blocks(model)
-    chosen = {"all": [], "auto": [], "half": list(found)[1::2], "fewest": list(found)}[blocks]
-    return {add: found[add] for add in chosen}
+    tasks/students.py `student_ladder`), every other group of them (`block_groups`: the second,
+    fourth, ...) or all."""
+    found, groups = identity_blocks(model), block_groups(model)
+    chosen = {"all": [], "auto": [], "half": groups[1::2], "fewest": groups}[blocks]
+    return {add: found[add] for group in chosen for add in group}
 
 
 def without_blocks(model: keras.Model, blocks: StudentBlocks) -> keras.Model:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import tf_keras as keras
 
+from tasks.attention import narrowed_attention
 from tasks.channels import (
     copy_top_channels,
     narrowed_units,
@@ -47,12 +48,14 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
 
     `filters`, `units` and `output_dim` are scaled (tasks/channels.py `narrowed_units`); the
     output layer (the last layer that has one) keeps its size so the student predicts the same
-    classes. Weights are freshly initialised (`random`) or `source`'s own, sliced to each layer's
-    channels with the largest L1 norms (`teacher`).
+    classes. Attention keeps `width` of its heads (tasks/attention.py `narrowed_attention`).
+    Weights are freshly initialised (`random`) or `source`'s own, sliced to each layer's
+    channels with the largest L1 norms and attention's strongest heads (`teacher`).
 
-    A Reshape that keeps the channels last (squeeze-and-excitation's (C,) -> (1, 1, C)) has a
-    fixed target shape that would not fit the narrower student: a first build lets it infer its
-    channels (-1), a second fixes them. -1 alone leaves them unknown in the traced graph (its
+    A Reshape that keeps the channels last (squeeze-and-excitation's (C,) -> (1, 1, C), a ViT's
+    patches (H, W, C) -> (H * W, C) or (-1, C)) has a fixed target shape that would not fit the
+    narrower student: a first build lets it infer its channels (-1, the other sizes the
+    teacher's), a second fixes them. -1 alone leaves them unknown in the traced graph (its
     batch is dynamic), and the TFLite converter refuses the Conv2D after it as a flex op.
     """
     try:
@@ -75,8 +78,10 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
         key = width_key(layer)
         if key and layer is not output:
             config[key] = narrowed_units(config[key], width)
+        elif isinstance(layer, keras.layers.MultiHeadAttention):  # from_config: no weights, warned
+            return type(layer)(**narrowed_attention(config, width, narrowed_units))
         elif layer.name in reshapes:
-            config["target_shape"] = reshapes[layer.name] or (*config["target_shape"][:-1], -1)
+            config["target_shape"] = reshapes[layer.name] or (*layer.output_shape[1:-1], -1)
         rewrite = rewrites.get(layer.name)
         return rewrite(layer, config) if rewrite else type(layer).from_config(config)
 
@@ -96,8 +101,8 @@ def derive_student(source: keras.Model, width: float, init: StudentInit,
 
 
 def keeps_channels_last(layer: keras.layers.Layer) -> bool:
-    """A Reshape whose fixed target shape ends in its input's channels."""
-    return (isinstance(layer, keras.layers.Reshape) and -1 not in layer.target_shape
+    """A Reshape whose target shape ends in its input's channels, as a fixed size."""
+    return (isinstance(layer, keras.layers.Reshape)
             and layer.target_shape[-1] == layer.input_shape[-1])
 
 
