@@ -23,7 +23,6 @@ from make_teachers import digit_views
 
 from tasks.config import QuantizeConfig
 from tasks.quantize import convert_to_tflite, quantize_model
-from tasks.splits import Split
 from tasks.tflite import TFLiteClassifier
 
 MODES = ("int8", "dynamic", "float16")  # int8 of a GRU crashes the converter: not tried
@@ -57,8 +56,7 @@ def main() -> None:
             for mode in MODES[cell is keras.layers.GRU:]:
                 measure(f"{name} {mode}", convert_to_tflite(model, mode, calibration),
                         x["test"], arrays["y_test"])
-            default = quantize_model(model, QuantizeConfig(), calibration,
-                                     Split.of(calibration[:0], np.zeros(0)))
+            default = quantize_model(model, QuantizeConfig(), calibration)
             measure(f"{name} default ({default.mode})", default.tflite, x["test"], arrays["y_test"])
 
 

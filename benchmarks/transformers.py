@@ -68,8 +68,7 @@ def int8(model: keras.Model, calibration: np.ndarray, static_batch: bool = False
     if static_batch:
         with mock.patch.object(tasks.quantize, "is_recurrent", return_value=True):
             return convert_to_tflite(model, "int8", calibration)
-    return quantize_model(model, QuantizeConfig(), calibration,
-                          Split.of(calibration[:0], np.zeros(0))).tflite
+    return quantize_model(model, QuantizeConfig(), calibration).tflite
 
 
 def accuracy(tflite: bytes, data: Dataset) -> str:

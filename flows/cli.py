@@ -1,5 +1,8 @@
 """`shrinkflow` command line: `run` the whole flow, or one `stage` (what dvc.yaml calls).
 
+Every command but `down` reads all of params.yaml at the door, in `main` (flows/stack/config.py
+`load_config`): a bad value in any section is refused before any command starts work.
+
 Exit codes: 0 ok, 2 bad input (a message, no traceback), 1 failure.
 """
 
@@ -9,15 +12,21 @@ import argparse
 import atexit
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from functools import partial
 from pathlib import Path
 from threading import Thread
+from typing import TYPE_CHECKING
 from unittest import mock
 
 from flows.signals import guard_run, starting_process
+
+if TYPE_CHECKING:
+    from flows.stack.config import Config
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -55,22 +64,23 @@ def entry() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from tasks.errors import InputError  # heavy imports after parsing: --help stays instant
+    # heavy imports after parsing: --help stays instant
+    from flows.stack.config import load_config
+    from tasks.errors import InputError
 
     try:
-        return args.command(args)
+        # `down` reads no config: a broken params.yaml never keeps a stack from stopping
+        config = load_config(args.params, args.set) if "params" in args else None
+        return args.command(args, config)
     except InputError as exc:
         print(f"shrinkflow: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def run(args: argparse.Namespace) -> int:
-    from flows.workspace.params import load_params
-
-    params = load_params(args.params, args.set)  # bad params: refused before the heavy imports
-
+def run(args: argparse.Namespace, config: Config) -> int:
     from flows.workspace.versioning import StageStatus, open_repo, workspace_lock
 
+    params = config.params
     open_repo(Path(".")).close()
     with workspace_lock(Path("."), on_wait=lambda message: print(message, file=sys.stderr)):
         status = StageStatus(Path("."))  # DVC's verdict, in a child process while MLflow imports
@@ -135,22 +145,20 @@ def _start_temporary_prefect() -> Thread | None:
     return thread
 
 
-def init(args: argparse.Namespace) -> int:
-    from flows.workspace.params import load_params
+def init(args: argparse.Namespace, config: Config) -> int:
     from flows.workspace.versioning import init_workspace
 
-    done = init_workspace(Path("."), load_params(args.params, args.set))
+    done = init_workspace(Path("."), config.params)
     print(f"initialised: {', '.join(done)}" if done else "already initialised: git, DVC, a commit")
     return 0
 
 
-def stage(args: argparse.Namespace) -> int:
+def stage(args: argparse.Namespace, config: Config) -> int:
     from flows.stages import run_stage
-    from flows.workspace.params import load_params
     from flows.workspace.versioning import check_inputs_section, workspace_lock
     from tasks.artifacts import Workspace
 
-    params = load_params(args.params, args.set)
+    params = config.params
     check_inputs_section(Path("."), params)
     with workspace_lock(Path("."), on_wait=lambda message: print(message, file=sys.stderr)):
         metrics = run_stage(args.name, params, Workspace(Path(".")))
@@ -159,42 +167,61 @@ def stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def up(args: argparse.Namespace) -> int:
-    from flows.stack.config import load_stack
+def up(args: argparse.Namespace, config: Config) -> int:
     from flows.stack.servers import up as start_stack
-    from flows.workspace.params import load_params
 
-    params, stack = load_params(args.params, args.set), load_stack(args.params, args.set)
-    return start_stack(params, stack, Path("."))
+    return start_stack(config, Path("."))
 
 
-def down(args: argparse.Namespace) -> int:
+def down(args: argparse.Namespace, config: None) -> int:
     from flows.stack.servers import down as stop_stack
 
     return stop_stack(Path("."))
 
 
-def deploy(args: argparse.Namespace) -> int:
+def deploy(args: argparse.Namespace, config: Config) -> int:
     from flows.stack.deployments import deploy as deploy_to_pools
-    from flows.workspace.params import load_params
 
-    return deploy_to_pools(load_params(args.params, args.set), Path("."))
+    return deploy_to_pools(config.params, config.stack, Path("."))
 
 
-def serve(args: argparse.Namespace) -> int:
-    from flows.stack.config import load_stack
+def serve(args: argparse.Namespace, config: Config) -> int:
     from flows.stack.deployments import serve as serve_deployments
-    from flows.workspace.params import load_params
 
-    serve_deployments(load_params(args.params, args.set), load_stack(args.params, args.set))
+    serve_deployments(config.params, config.stack)
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
+def bench(args: argparse.Namespace, config: Config) -> int:
     from flows.bench import bench_command
-    from flows.workspace.params import load_params
 
-    return bench_command(load_params(args.params, args.set), args.overhead)
+    return bench_command(config.params, args.overhead)
+
+
+class RecipesHelp(argparse.Action):
+    """`bench -h`: the help, then every recipe of the registry (flows/recipes.py `RECIPES`) in the
+    table's order, with its docstring. Gotcha: the registry is imported only here, as it loads
+    TensorFlow (seconds), which no other help waits for."""
+
+    def __init__(self, option_strings: list[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0,
+                         help="show this help and every recipe, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from flows.recipes import RECIPES
+
+        column = max(map(len, RECIPES)) + 4
+        parser.epilog = "recipes:\n" + "\n".join(
+            textwrap.fill(" ".join(recipe.__doc__.split()), _help_width(),
+                          initial_indent=f"  {name}".ljust(column), subsequent_indent=" " * column)
+            for name, recipe in RECIPES.items())
+        parser.print_help()
+        parser.exit()
+
+
+def _help_width() -> int:
+    """The width argparse wraps its help to: the terminal's, less 2."""
+    return shutil.get_terminal_size().columns - 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,19 +257,22 @@ def _parser() -> argparse.ArgumentParser:
     deploy_cmd = commands.add_parser(
         "deploy", help="deploy infra/prefect.yaml to its work pool for `prefect worker`s",
         description="Check that the work pools exist on PREFECT_API_URL, then `prefect deploy` "
-                    "infra/prefect.yaml's deployments with this project's params as defaults.",
+                    "infra/prefect.yaml's deployment on stack.cron in stack.timezone, with this "
+                    "project's params as defaults.",
     )
     deploy_cmd.set_defaults(command=deploy)
     serve_cmd = commands.add_parser("serve", help="serve the deployments on a running Prefect server "
                                                   "(what `up` runs)")
     serve_cmd.set_defaults(command=serve)
     bench_cmd = commands.add_parser(
-        "bench", help="compare shrinkflow with plain PTQ and the tfmot pruning recipe",
-        description="Build fp32, ptq-random-calib, ptq-int8, prune-ptq, shrinkflow and qat from "
-                    "the configured data and teacher, measure each with the pipeline's evaluator, "
-                    "write metrics/bench.json, reports/bench.md and plots/bench.png, log an MLflow "
-                    "run named bench.",
+        "bench", help="compare shrinkflow with the standard recipes (PTQ, tfmot pruning, QAT, ...)",
+        add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Build every recipe below from the configured data and teacher, measure each with the "
+            "pipeline's evaluator, write metrics/bench.json, reports/bench.md and plots/bench.png, "
+            "log an MLflow run named bench.", _help_width()),
     )
+    bench_cmd.add_argument("-h", "--help", action=RecipesHelp)
     bench_cmd.add_argument("--overhead", action="store_true",
                            help="also time `shrinkflow run` cold and warm in a fresh copy of the "
                                 "project (two more full runs)")

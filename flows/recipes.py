@@ -167,7 +167,7 @@ def _quantized(bench: Bench, model: keras.Model, mode: QuantizeMode,
     """`model` through the quantize stage's own conversion in `mode`, calibrated on
     `calibration` (default: the real training samples the pipeline calibrates on)."""
     calibration = _calibration(bench) if calibration is None else calibration
-    return quantize_model(model, _mode(bench, mode), calibration, bench.data.val).tflite
+    return quantize_model(model, _mode(bench, mode), calibration, bench.data).tflite
 
 
 def _mode(bench: Bench, mode: QuantizeMode, qat_epochs: int = 0) -> QuantizeConfig:

@@ -8,6 +8,10 @@ only the workspace's data and teacher files (once per process; a remote cluster 
 workspace on a shared filesystem), report each epoch to the study's storage (for the pruner) and
 never touch MLflow.
 
+- It starts from the defaults: the first trials are what the stages would run without it (each
+  rung of distill.width `auto`'s ladder, smallest first), and it ships a trial only when it beats
+  the defaults' candidate (the smallest of them likely to pass, confirmed) on the objective and
+  is no larger and not slower beyond noise; else the defaults' candidate, and says so.
 - One objective (gzip bytes or latency, `search.objective`), the chance to pass the gate a
   constraint (`Trial.set_constraint`): the objective is known before training
   (tasks/estimate.py), so a trial that cannot beat the one the search would choose now (likely
@@ -16,9 +20,10 @@ never touch MLflow.
 - One student per training choice: the quantization mode acts after training, so a trial that
   differs from an earlier one only in mode quantizes its student instead of training it again.
 - Multi-fidelity: Optuna's `SuccessiveHalvingPruner` (asynchronous successive halving) on the
-  float student's validation drop in excess of the budget per epoch: past distill.epochs /
-  factor^k epochs a trial goes on only while it is in the best 1/factor of the trials measured
-  there, and those within the budget there all go on (size, not accuracy, decides between them).
+  float student's validation drop in excess of the budget per epoch: from the epochs distill.width
+  `auto` gives a probe (a third of distill.epochs) a trial goes on only while it is in the best
+  1/factor of the trials measured there, and those within the budget there all go on (size, not
+  accuracy, decides between them).
 - Choosing aims at the gate (tasks/power.py): a trial counts ("within") when its chance of
   passing the gate's rule on the test split, from its paired counts vs the teacher on the
   validation split's selection part, is at least LIKELY and it is not slower than the teacher
@@ -63,11 +68,15 @@ from flows.trials import (
     SEARCHED_STAGES,
     best_confirmed,
     choice_key,
+    describe_row,
     finish,
     keep_chosen_student,
     open_study,
     repeat,
+    trial_row,
+    trial_rows,
     trial_task,
+    verdict,
 )
 from tasks.artifacts import Workspace, write_json
 from tasks.config import Params, SearchConfig
@@ -77,9 +86,12 @@ from tasks.models import read_model
 from tasks.plots import plot_pareto
 from tasks.power import CONFIRMED, LIKELY
 from tasks.search import (
+    DEFAULTS,
     OBJECTIVE_KEYS,
     choose,
     closest_trials,
+    defaults_candidate,
+    defaults_recipes,
     pareto_front,
     search_space,
     trial_memory_bytes,
@@ -203,30 +215,32 @@ def search(params: Params, workdir: str, mlflow_parent: str | None = None) -> di
     """
     cfg, ws = params.search, Workspace(Path(workdir))
     # the teacher's logits and answers are the workers' (cached_inputs): not computed here
-    space = search_space(cfg, params, read_model(ws.teacher))
+    teacher = read_model(ws.teacher)
+    defaults = defaults_recipes(params, teacher)
+    space = search_space(cfg, params, teacher, defaults)
     rule = rule_for(params.gate, Dataset.load(ws.data))
     announce_rule(rule, params.gate)
-    study = open_study(ws, params, space)
-    run_trials(study, params, workdir, space, rule, mlflow_parent)
+    study = open_study(ws, params, space, defaults)
+    run_trials(study, params, workdir, space, rule, mlflow_parent, max(cfg.trials, len(defaults)))
     return publish(study, params, ws, space, rule, mlflow_parent)
 
 
 def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[str, list],
-               rule: RuleChoice, mlflow_parent: str | None) -> None:
-    """Ask, submit, tell until `search.trials` trials are done (those of an earlier, killed run of
-    the same search count) or `search.timeout_minutes` passed. A choice already measured, or being
-    measured, is not trained again: Optuna is told the earlier result. Each trial is told the
-    best objective value among those likely to pass so far: it is not trained unless it can beat
-    it."""
+               rule: RuleChoice, mlflow_parent: str | None, trials: int) -> None:
+    """Ask, submit, tell until `trials` trials are done (search.trials, or the defaults' recipes
+    if more: the search measures all of them; those of an earlier, killed run of the same search
+    count) or `search.timeout_minutes` passed. A choice already measured, or being measured, is
+    not trained again: Optuna is told the earlier result. Each trial is told the best objective
+    value among those likely to pass so far: it is not trained unless it can beat it."""
     cfg, logger = params.search, get_run_logger()
     distributions = {key: CategoricalDistribution(choices) for key, choices in space.items()}
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     measured = {choice_key(t.params): t for t in done}
-    todo = max(0, cfg.trials - len(done))
+    todo = max(0, trials - len(done))
     deadline = time.monotonic() + cfg.timeout_minutes * 60 if cfg.timeout_minutes else math.inf
     in_flight = cluster_threads()
-    progress = create_progress_artifact(100.0 * len(done) / cfg.trials,
-                                        description=f"search: {len(done)}/{cfg.trials} trials")
+    progress = create_progress_artifact(100.0 * len(done) / trials,
+                                        description=f"search: {len(done)}/{trials} trials")
     pending: dict[PrefectFuture, optuna.Trial] = {}
     twins: list[optuna.Trial] = []  # asked while the same choice was being measured
     while todo or pending:
@@ -238,8 +252,9 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
                 twins.append(trial)
             else:
                 # Optuna names a trial in its storage by `_trial_id`; a worker's Trial needs it.
+                beat = best_confirmed(study, cfg.objective, DEFAULTS in trial.user_attrs)
                 pending[trial_task.submit(trial.number, trial._trial_id, study.study_name,
-                                          trial.params, params, workdir, best_confirmed(study),
+                                          trial.params, params, workdir, beat,
                                           rule.rule.budget)] = trial
         if not pending:
             break
@@ -252,11 +267,11 @@ def run_trials(study: optuna.Study, params: Params, workdir: str, space: dict[st
             twins.remove(twin)
             log_trial(mlflow_parent, repeat(study, twin, frozen))
         logger.info("trial %d %s: %s", frozen.number, frozen.state.name.lower(),
-                    _describe(frozen))
+                    describe_row(trial_row(frozen)))
         log_trial(mlflow_parent, frozen)
-        finished = cfg.trials - todo - len(pending) - len(twins)
-        update_progress_artifact(progress, 100.0 * finished / cfg.trials,
-                                 description=f"search: {finished}/{cfg.trials} trials")
+        finished = trials - todo - len(pending) - len(twins)
+        update_progress_artifact(progress, 100.0 * finished / trials,
+                                 description=f"search: {finished}/{trials} trials")
 
 
 def cluster_threads() -> int:
@@ -272,14 +287,15 @@ def cluster_threads() -> int:
 
 def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str, list],
             rule: RuleChoice, mlflow_parent: str | None) -> dict[str, float]:
-    """Choose (the best likely to pass, confirmed), then write chosen.json, trials.json and
-    pareto.png, and show them in MLflow and Prefect. No trial likely to pass and confirmed: the
-    closest (greatest chance from the selection part) goes on, promoted by no gate; or, with
-    search.require_feasible, the run fails naming the closest."""
+    """Choose (the best likely to pass, confirmed, no worse than the defaults' candidate), then
+    write chosen.json, trials.json and pareto.png, and show them in MLflow and Prefect. No trial
+    likely to pass and confirmed: the closest (greatest chance from the selection part) goes on,
+    promoted by no gate; or, with search.require_feasible, the run fails naming the closest."""
     cfg = params.search
     rows = trial_rows(study)
     measured = [row for row in rows if row["state"] == "COMPLETE"]
     chosen, refused = choose(measured, cfg.objective)
+    defaults = defaults_candidate(measured)
     closest = closest_trials(measured)
     # on the selection part, as every trial measured it: a paired drop is the accuracy difference
     teacher_accuracy = next((row["accuracy"] + row["drop"] for row in measured), None)
@@ -295,11 +311,12 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
         f"than gate.max_slowdown {params.gate.max_slowdown:g}x)"
         + (f" (teacher validation accuracy {teacher_accuracy:.4f})" if measured else "")
         + "; closest: "
-        + ("; ".join(_describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
+        + ("; ".join(describe_row(row) for row in closest) or f"none of {len(rows)} completed"))
     chosen = chosen or (closest[0] if closest else {})
     epochs = sum(row.get("epochs", 0) for row in rows)
     record = {"teacher_accuracy": teacher_accuracy, "gate": rule.describe(params.gate),
               "likely": LIKELY, "confirmed": CONFIRMED, "space": space,
+              "defaults_candidate": defaults and defaults["number"],
               "epochs_trained": epochs, "epochs_if_all_full": len(rows) * params.distill.epochs,
               "trials": rows}
     publish_artifacts(rows, rule.rule.budget, reason, ws, mlflow_parent, record)
@@ -309,8 +326,8 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
     keep_chosen_student(ws, study.study_name, keys)
     if mlflow_parent:
         MlflowClient().set_tag(mlflow_parent, "search.chosen",
-                               _describe_row(chosen) if chosen else "none")
-    summary = (f"{'chose ' + _describe_row(chosen) if not reason else reason}; {epochs} epochs "
+                               describe_row(chosen) if chosen else "none")
+    summary = (f"{reason or verdict(chosen, defaults)}; {epochs} epochs "
                f"trained in all ({len(rows)} trials x {params.distill.epochs} epochs: "
                f"{len(rows) * params.distill.epochs})")
     write_json(ws.chosen, {"keys": keys, "trial": chosen.get("number"), "feasible": not reason,
@@ -321,12 +338,6 @@ def publish(study: optuna.Study, params: Params, ws: Workspace, space: dict[str,
             "search.epochs_trained": epochs,
             **({"search.teacher.accuracy": teacher_accuracy} if measured else {}),
             **{f"search.chosen.{k}": chosen[k] for k in SHOWN if k in chosen}}
-
-
-def trial_rows(study: optuna.Study) -> list[dict]:
-    """One flat row per trial: number, state, its choices and what it measured or why not."""
-    return [{"number": t.number, "state": t.state.name, **t.params, **t.user_attrs}
-            for t in study.get_trials(deepcopy=False)]
 
 
 def publish_artifacts(rows: list[dict], budget: float, reason: str, ws: Workspace,
@@ -371,20 +382,6 @@ def log_trial(mlflow_parent: str | None, trial: FrozenTrial) -> None:
                      tags=[RunTag("search.number", str(trial.number))])
     client.set_terminated(run.info.run_id,
                           "FINISHED" if trial.state != TrialState.FAIL else "FAILED")
-
-
-def _describe(trial: FrozenTrial) -> str:
-    return _describe_row({**trial.params, **trial.user_attrs, "number": trial.number})
-
-
-def _describe_row(row: dict) -> str:
-    choice = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k)
-    if "upper" not in row:
-        return f"trial {row['number']} ({choice}): {row.get('stopped') or row.get('error')}"
-    return (f"trial {row['number']} ({choice}): validation drop {100 * row['drop']:+.2f} pt "
-            f"(chance to pass {row['chance']:.2f}; confirmation {100 * row['confirm_drop']:+.2f}, "
-            f"chance {row['confirm_chance']:.2f}), gzip {row['gzip_bytes']} B, latency "
-            f"{row['latency_p50_us']:.1f} µs ({row['slowdown']:.2f}x the teacher's)")
 
 
 def _column_order(key: str) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """The search's Optuna study and its trials (flows/search.py runs them): the study named after what
-decides a trial's outcome, kept in a journal file a killed search resumes from; one trial as a
-Prefect task on a Dask worker, stopped as soon as it cannot win; what Optuna is told of it; where
-the trials keep their trained students.
+decides a trial's outcome, kept in a journal file a killed search resumes from, its first trials
+the defaults' recipes; one trial as a Prefect task on a Dask worker, stopped as soon as it cannot
+win; what Optuna is told of it; where the trials keep their trained students.
 """
 
 from __future__ import annotations
@@ -23,16 +23,20 @@ from prefect.futures import PrefectFuture
 from pydantic import ValidationError
 
 from tasks.artifacts import Workspace, copy_file
+from tasks.auto_width import PROBE_SHARE
 from tasks.choice import Choice, apply_choice
 from tasks.config import Params
 from tasks.gate import RuleChoice
 from tasks.paired import PairedDrop
 from tasks.power import CONFIRMED, LIKELY
 from tasks.search import (
+    DEFAULTS,
+    OBJECTIVE_KEYS,
     CannotBeat,
     HopelessTrial,
     TrialResult,
     cached_inputs,
+    choose,
     run_trial,
 )
 
@@ -73,62 +77,98 @@ def study_storage(root: Path) -> JournalStorage:
 
 
 def pruner(params: Params) -> optuna.pruners.SuccessiveHalvingPruner:
-    """Rungs at distill.epochs / factor^k epochs (at least 1): with 40 epochs and factor 3, 4 and
-    12 (the trial task asks no rung past distill.epochs / factor). The same pruner in this process
-    and in every worker (Optuna does not store it)."""
-    factor = params.search.reduction_factor
+    """Successive halving whose first rung is where distill.width `auto` judges a student: after
+    its probe's epochs (tasks/auto_width.py PROBE_SHARE of distill.epochs: 14 of 40), the epochs
+    the defaults give every student before judging it, never sooner. Issue 50: rungs at 4 and 12
+    of 40 (distill.epochs / factor^k) cut the narrow students `auto` ships before they had
+    learned (every probe starts low: docs/benchmarks.md, cheap width probes), and the search
+    shipped a student 1.8x larger. Why not judge where a trial's learning curve is going: its
+    chance swings by up to 0.4 between epochs there, so a fitted curve would be one more noisy
+    look and a model of curves to defend; a rung where the defaults already judge is simpler and
+    as sound as they are. With the default factor 3 the next rung lies past distill.epochs: one
+    look, as `auto` takes. The same pruner in this process and in every worker (Optuna does not
+    store it)."""
     return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=max(1, params.distill.epochs // factor**2), reduction_factor=factor)
+        min_resource=math.ceil(PROBE_SHARE * params.distill.epochs),
+        reduction_factor=params.search.reduction_factor)
 
 
-def open_study(ws: Workspace, params: Params, space: dict[str, list]) -> optuna.Study:
-    """The study for this exact search, created (its first trial the `baseline`) or resumed from
-    the workspace's journal; trials a killed search left running are marked failed (their work
-    is lost)."""
+def open_study(ws: Workspace, params: Params, space: dict[str, list],
+               defaults: list[Choice]) -> optuna.Study:
+    """The study for this exact search, created (its first trials the `defaults` recipes, in
+    order, each marked DEFAULTS with its place) or resumed from the workspace's journal; trials a
+    killed search left running are marked failed (their work is lost)."""
     sampler = optuna.samplers.TPESampler(seed=params.seed, multivariate=True, constant_liar=True)
     study = optuna.create_study(
-        storage=study_storage(ws.root), study_name=study_name(ws, params, space),
+        storage=study_storage(ws.root), study_name=study_name(ws, params, space, defaults),
         direction="minimize", sampler=sampler, pruner=pruner(params), load_if_exists=True,
     )
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)
     if not study.get_trials(deepcopy=False):
-        study.enqueue_trial(baseline(params, space))
+        for place, recipe in enumerate(defaults):
+            study.enqueue_trial(recipe, user_attrs={DEFAULTS: place})
     return study
 
 
-def baseline(params: Params, space: dict[str, list]) -> Choice:
-    """The first trial of a new search: the configured recipe, each key snapped into the space
-    (a value not among its choices, e.g. distill.width auto: the middle choice). A recipe that
-    keeps the budget gives every later trial a size to beat before TPE's random start, so larger
-    ones are not trained."""
-    configured = params.model_dump()
-    recipe = {key: configured[section][name] for key in space
-              for section, name in [key.split(".")]}
-    return {key: recipe[key] if recipe[key] in choices else choices[len(choices) // 2]
-            for key, choices in space.items()}
-
-
-def study_name(ws: Workspace, params: Params, space: dict[str, list]) -> str:
-    """A digest of what decides a trial's outcome: inputs' content, space and settings."""
+def study_name(ws: Workspace, params: Params, space: dict[str, list],
+               defaults: list[Choice]) -> str:
+    """A digest of what decides a trial's outcome: inputs' content, space, settings and the
+    defaults' recipes it starts from."""
     settings = params.model_dump(mode="json",
                                  include={"seed", *SEARCHED_STAGES, "evaluate", "gate"})
     settings["search"] = params.search.model_dump(mode="json", exclude=RUN_CONTROL)
-    md5 = hashlib.md5(json.dumps([settings, space], sort_keys=True).encode())
+    md5 = hashlib.md5(json.dumps([settings, space, defaults], sort_keys=True).encode())
     for path in (ws.data, ws.teacher):
         md5.update(path.read_bytes())
     return f"search-{md5.hexdigest()[:16]}"
 
 
-def best_confirmed(study: optuna.Study) -> float:
-    """The objective value of the trial the search would choose now: the best of those likely to
-    pass (from the selection part) and confirmed (from the confirmation part). Only that one is a
-    size later trials must beat: a trial likely on selection but refused at confirmation left
-    nothing to choose (digits, seed 2, 2026-12-03: one refused trial kept 23 of 30 larger ones
-    from training)."""
-    chosen = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if all(c <= 0 for c in t.constraints.values()) and t.user_attrs.get("confirmed")]
-    return min(chosen, default=math.inf)
+def best_confirmed(study: optuna.Study, objective: str, defaults_only: bool = False) -> float:
+    """The objective value of the trial the search would choose now (tasks/search.py `choose`):
+    likely to pass (from the selection part), confirmed (from the confirmation part) and no worse
+    than the defaults' candidate. Only that one is a size later trials must beat: a trial likely
+    on selection but refused at confirmation left nothing to choose (digits, seed 2, 2026-12-03:
+    one refused trial kept 23 of 30 larger ones from training), nor does one slower than the
+    defaults' candidate. `defaults_only`: among the defaults' trials alone, for one of them: the
+    defaults' candidate must be measured whatever else the search found (a `mixed` trial half as
+    large would keep every rung from training, and its speed would be compared with nothing)."""
+    rows = [row for row in trial_rows(study) if row["state"] == "COMPLETE"
+            and (DEFAULTS in row or not defaults_only)]
+    chosen, _ = choose(rows, objective)
+    return chosen[OBJECTIVE_KEYS[objective]] if chosen else math.inf
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    return [trial_row(trial) for trial in study.get_trials(deepcopy=False)]
+
+
+def trial_row(trial: FrozenTrial) -> dict:
+    """The trial as one flat row: number, state, its choices and what it measured or why not."""
+    return {"number": trial.number, "state": trial.state.name, **trial.params, **trial.user_attrs}
+
+
+def describe_row(row: dict) -> str:
+    choice = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k)
+    if "upper" not in row:
+        return f"trial {row['number']} ({choice}): {row.get('stopped') or row.get('error')}"
+    return (f"trial {row['number']} ({choice}): validation drop {100 * row['drop']:+.2f} pt "
+            f"(chance to pass {row['chance']:.2f}; confirmation {100 * row['confirm_drop']:+.2f}, "
+            f"chance {row['confirm_chance']:.2f}), gzip {row['gzip_bytes']} B, latency "
+            f"{row['latency_p50_us']:.1f} µs ({row['slowdown']:.2f}x the teacher's)")
+
+
+def verdict(chosen: dict, defaults: dict | None) -> str:
+    """What the search ships (`chosen`, by `choose`), said against the defaults' candidate
+    (`defaults_candidate`): a trial of the defaults' recipes when nothing beat them."""
+    if DEFAULTS in chosen:
+        return f"the search found nothing better than the defaults' recipe: {describe_row(chosen)}"
+    if not defaults:
+        return (f"chose {describe_row(chosen)}; none of the defaults' recipes was likely to pass "
+                "the gate and confirmed")
+    return (f"chose {describe_row(chosen)}; it beats the defaults' recipe, trial "
+            f"{defaults['number']} (gzip {defaults['gzip_bytes']} B, latency "
+            f"{defaults['latency_p50_us']:.1f} µs)")
 
 
 @task(name="trial", task_run_name="trial {number}")
@@ -137,25 +177,25 @@ def trial_task(number: int, trial_id: int, study: str, choice: Choice, params: P
     """One trial on a Dask worker: the stages' compute with `choice` applied, on the validation
     split; not trained, or stopped after an epoch, when its estimate cannot beat `beat` or a
     trial likely to pass and confirmed finished since; stopped early (not failed) when the
-    pruner, told the drop's excess over `budget` (the gate's) after every epoch, says so."""
+    pruner, told the drop's excess over `budget` (the gate's) after every epoch, says so. A
+    trial of the defaults' recipe is stopped by none but theirs (`best_confirmed`)."""
     root = Path(workdir)
     ws = Workspace(root)
     inputs = cached_inputs(ws.data, ws.teacher, params.search.confirm_fraction, params.seed)
     trial = optuna.Trial(optuna.load_study(study_name=study, storage=study_storage(root),
                                            pruner=pruner(params)), trial_id)
     reported: dict[int, float] = {}
+    defaults_only = DEFAULTS in trial.user_attrs
 
     def stop(epoch: int, drop: float) -> bool:
         # the pruner ranks what is left to gain, not accuracy: trials within the budget at a
         # rung tie at 0 and go on whatever their size (the objective decides between them)
         trial.report(max(drop - budget, 0.0), epoch)
         reported[epoch] = drop
-        # past the last but one rung, stopping saves less than the measurement is worth
-        return epoch * params.search.reduction_factor <= params.distill.epochs and \
-            trial.should_prune()
+        return trial.should_prune()
 
     def best() -> float:  # trials finished since this one was submitted count too
-        return min(beat, best_confirmed(trial.study))
+        return min(beat, best_confirmed(trial.study, params.search.objective, defaults_only))
 
     worker = get_worker().address
     try:
@@ -223,6 +263,7 @@ def finish(study: optuna.Study, trial: optuna.Trial, future: PrefectFuture, rule
              | _paired_attrs("confirm_", result.confirmation)
              | {"chance": chance, "confirm_chance": confirm_chance,
                 "slowdown": result.slowdown.ratio, "slowdown_lower": result.slowdown.lower,
+                "slowdown_upper": result.slowdown.upper,
                 "within": chance >= LIKELY and too_slow <= 0,
                 "confirmed": confirm_chance >= CONFIRMED})
     for key, value in attrs.items():

@@ -15,7 +15,7 @@ import numpy as np
 import tf_keras as keras
 
 from tasks.config import DistillConfig, GateConfig, SparsifyConfig
-from tasks.evaluate import predicted_classes
+from tasks.evaluate import model_answers
 from tasks.fidelity import fidelity
 from tasks.friendly import BLOCKS_KEPT, DOWNSAMPLE_ORDER
 from tasks.gate import RuleChoice, rule_for
@@ -24,7 +24,7 @@ from tasks.paired import PairedDrop, paired_drop
 from tasks.power import CONFIRMED, chance_to_certify, chance_to_pass
 from tasks.splits import Dataset
 from tasks.students import Rung, derive_student, student_ladder
-from tasks.teaching import Distillation, logits, soft_targets
+from tasks.teaching import Distillation, soft_targets
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 
@@ -73,18 +73,19 @@ def smallest_likely(
     if cannot_narrow(rule, len(data.val), len(data.pool.choose) if data.pool else 0):
         ladder = ladder[:1]
     targets = soft_targets(teacher, data)
-    teacher_right = targets.val.argmax(axis=-1) == data.val.labels
-    teacher_choice = chosen_classes(teacher, data)
+    teacher_right = data.task.right(data.task.answers(targets.val), data.val.labels)
+    teacher_choice = chosen_answers(teacher, data)
     probe_epochs = math.ceil(PROBE_SHARE * cfg.epochs)
     runs: dict[Rung, Distillation] = {}
     probes: dict[Rung, Probe] = {}
 
     def measure(student: keras.Model) -> tuple[PairedDrop, float, str]:
-        right = logits(student, data.val).argmax(axis=-1) == data.val.labels
+        right = data.task.right(model_answers(data.task, student.predict, data.val),
+                                data.val.labels)
         drop = paired_drop(teacher_right, right, gate.confidence)
         chance, found = chance_to_pass(rule.rule, drop.worse, drop.better, drop.n), drop.describe()
         if teacher_choice is not None:  # fidelity on the pool's choose part can certify too
-            agree = fidelity(teacher_choice, chosen_classes(student, data), gate.confidence)
+            agree = fidelity(teacher_choice, chosen_answers(student, data), gate.confidence)
             chance = max(chance, chance_to_certify(rule.rule, agree.disagree, agree.n))
             found += f"; choose part: {agree.describe()}"
         return drop, chance, found
@@ -120,9 +121,9 @@ def _named(rung: Rung) -> str:
         if value != kept]])
 
 
-def chosen_classes(model: keras.Model, data: Dataset) -> np.ndarray | None:
-    """`model`'s classes on the unlabeled pool's choose part; None without a pool."""
-    return predicted_classes(model.predict, data.pool.choose) if data.pool else None
+def chosen_answers(model: keras.Model, data: Dataset) -> np.ndarray | None:
+    """`model`'s answers on the unlabeled pool's choose part; None without a pool."""
+    return model_answers(data.task, model.predict, data.pool.choose) if data.pool else None
 
 
 def cannot_narrow(rule: RuleChoice, validation_samples: int, choose_inputs: int = 0) -> bool:

@@ -76,6 +76,34 @@ def _unquoted_2_4(value: object) -> object:
 SparsityPattern = Annotated[Literal["unstructured", "2:4"], BeforeValidator(_unquoted_2_4)]
 
 
+def _height_and_width(value: object) -> object:
+    """One number is a square, as `--set data.image_size=224` means; any other form than two
+    numbers is refused naming the one to give (pydantic's own says `valid tuple`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2):
+        raise ValueError("give [height, width], e.g. [224, 224], or one number for a square")
+    return value
+
+
+ImageSize = Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_height_and_width)]
+MOST_DROP = 0.2  # gate.max_accuracy_drop: a larger budget is a number of points meant
+
+
+def _fraction_not_points(value: object) -> object:
+    """A drop budget is a fraction: `1` would be 100 points, which no gate means (1 point was
+    meant). Over MOST_DROP, it is refused naming the fraction to write."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MOST_DROP:
+        meant = (f"; for {value:g} point{'s' * (value != 1)} write {value / 100:g}"
+                 if value <= 100 * MOST_DROP else "")
+        raise ValueError(f"that is {100 * value:g} points: the budget is a fraction (0.01 = 1 "
+                         f"point){meant}; at most {MOST_DROP:g} ({100 * MOST_DROP:g} points)")
+    return value
+
+
+DropBudget = Annotated[float, Field(ge=0, le=MOST_DROP), BeforeValidator(_fraction_not_points)]
+
+
 def _run_form(schema: dict[str, Any], section: type[Section]) -> None:
     """A section as Prefect's run form shows it (its JSON schema only: pydantic validates as ever).
     Each key titled by its `title`, else by itself in words (`learning rate`), and listed as
@@ -149,12 +177,14 @@ class DataConfig(Section):
         "auto",
         description="Where the validation split comes from: train (carved from the training "
         "data), test (carved from the held-out samples, a third of them at most) or auto: train, "
-        "unless a teacher given as a file scores higher on it than on the test split beyond noise "
-        "(it was trained on those samples), then test. An x_val in the npz is kept.",
+        "unless a teacher given as a file remembers those samples (more accurate on them than on "
+        "the test split, or fewer of its least sure answers among them than among inputs it never "
+        "saw, beyond noise), then test. An x_val in the npz is kept.",
     )
     scale_uint8: bool = Field(True, description="Scale uint8 pixels to [0, 1].")
-    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
-        None, description="Resize images:DIR pictures to [height, width]; none: the first image's."
+    image_size: ImageSize = Field(
+        None, description="Resize images:DIR pictures to [height, width] (one number: a square, "
+        "224 is [224, 224]); none: the first image's."
     )
     color_mode: Literal["grayscale", "rgb"] = Field("rgb", description="Channels for images:DIR.")
     cache_mb: int = Field(
@@ -226,6 +256,12 @@ class ModelConfig(Training):
     )
     weights: str | None = Field(
         None, description="Local weights file for keras.applications; none: train it here."
+    )
+    task: Literal["auto", "classification", "multilabel"] = Field(
+        "auto",
+        description="What the teacher's outputs mean: auto (from its last activation and the "
+        "labels), classification (a class per sample, judged by top-1 accuracy) or multilabel "
+        "(a yes or no per label, judged by exact-match accuracy).",
     )
     epochs: PositiveInt = Field(15, description="Teacher training epochs (source: train).")
     trust_code: bool = Field(
@@ -457,8 +493,9 @@ class SearchConfig(Section):
         "which the chosen trial must confirm that it is likely to pass the gate.",
     )
     reduction_factor: Annotated[int, Field(ge=2)] = Field(
-        3, description="Successive halving: a trial trains on past distill.epochs / factor^k epochs "
-        "only while it is in the best 1/factor of the trials measured there.",
+        3, description="Successive halving: past the epochs distill.width auto probes a student for "
+        "(a third of distill.epochs), then factor times as many, a trial trains on only while it "
+        "is in the best 1/factor of the trials measured there.",
     )
     dask_address: str | None = Field(
         None, description="Dask scheduler for the trials (tcp://HOST:PORT); none: a local cluster."
@@ -503,11 +540,12 @@ class GateConfig(Section):
     registered_model: str = Field(
         "shrinkflow-int8", min_length=1, description="MLflow registered model for the INT8 model."
     )
-    max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1,
+    max_accuracy_drop: DropBudget = Field(
+        0.01,
         description="The budget: the largest teacher-to-final accuracy drop a champion may "
         "have, on the test split, paired (its upper confidence bound or its point estimate: "
-        "require), as a fraction (0.01: 1 point).",
+        "require), as a fraction (0.01: 1 point), at most 0.2: a larger one is refused as "
+        "points meant.",
     )
     objective: Literal["smaller_gzip", "faster", "more_accurate"] = Field(
         "smaller_gzip",

@@ -32,6 +32,7 @@ from tasks.sources import (
     read_npz_array,
 )
 from tasks.splits import Dataset, Pool, Split, Unlabeled
+from tasks.task import check_label_values
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -227,21 +228,24 @@ def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset
 def _split(source: Source, y: np.ndarray, cfg: DataConfig, seed: int) -> Dataset:
     if len(y) == 0:
         raise InputError("data.source: the data set has no samples")
-    _check_labels(y, "y")
+    check_label_values(y, "y")
     rest, test = _stratified(Split(source, np.arange(len(y)), y), cfg.test_fraction, seed)
     train, val = _stratified(rest, cfg.val_share(len(rest)), seed)
     return Dataset(train, val, test)
 
 
 def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(the rest, `fraction` of `split`), seeded and stratified by label where every class has
-    two samples (the same partition scikit-learn makes of the arrays themselves)."""
-    _, counts = np.unique(split.labels, return_counts=True)
-    if len(counts) < 2:
-        raise InputError(
-            f"data.source: found {len(counts)} class(es); a classifier needs at least two"
-        )
-    stratify = split.labels if counts.min() >= 2 else None
+    """(the rest, `fraction` of `split`), seeded and stratified by class where every class has
+    two samples (the same partition scikit-learn makes of the arrays themselves); label rows
+    (multi-label) are split at random."""
+    stratify = None
+    if split.labels.ndim == 1:
+        _, counts = np.unique(split.labels, return_counts=True)
+        if len(counts) < 2:
+            raise InputError(
+                f"data.source: found {len(counts)} class(es); a classifier needs at least two"
+            )
+        stratify = split.labels if counts.min() >= 2 else None
     from sklearn.model_selection import train_test_split
 
     try:
@@ -262,18 +266,6 @@ def _check_numeric(x: np.ndarray, name: str, key: str) -> None:
         raise InputError(f"{key}: {name} must be numeric, got {x.dtype}")
 
 
-def _check_labels(y: np.ndarray, name: str) -> None:
-    if y.ndim != 1:
-        raise InputError(f"data.source: {name} must be a 1-D array of class ids, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
-            raise InputError(f"data.source: {name} must hold integer class ids, got {y.dtype}")
-    if len(y) and y.min() < 0:
-        raise InputError(
-            f"data.source: label {y.min()} in {name} is out of range; class ids start at 0"
-        )
-
-
 def _checked(data: Dataset, source: str) -> Dataset:
     """Refuse data no stage can learn from: empty splits, bad labels, NaN/inf, one class; and
     hash every split (its inputs as float32, where values beyond its range become inf)."""
@@ -281,7 +273,7 @@ def _checked(data: Dataset, source: str) -> Dataset:
     for name, split in data.splits.items():
         if len(split) == 0:
             raise InputError(f"data.source {source}: the {name} split is empty; supply more samples")
-        _check_labels(split.labels, f"y_{name}")
+        check_label_values(split.labels, f"y_{name}")
         if split.sample_shape != data.input_shape:
             raise InputError(
                 f"data.source {source}: x_{name} samples have shape {split.sample_shape}, "
@@ -292,7 +284,7 @@ def _checked(data: Dataset, source: str) -> Dataset:
             measured[name] = split.measured()
         except ValueError as exc:
             raise InputError(f"data.source {source}: x_{name} {exc}") from None
-    if len(np.unique(data.train.labels)) < 2:
+    if data.train.labels.ndim == 1 and len(np.unique(data.train.labels)) < 2:
         raise InputError(f"data.source {source}: the training split has one class; need at least two")
     return Dataset(**measured)
 

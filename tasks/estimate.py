@@ -82,7 +82,7 @@ def estimate_candidate(teacher: keras.Model, data: Dataset, params: Params) -> S
 def _mixed_bound(student: keras.Model, calibration: np.ndarray, one: Dataset,
                  cfg: EvaluateConfig) -> SizeEstimate:
     """Sizes of the every-op-smallest plan, latency of the every-op-INT8 plan."""
-    mixer = Mixer(convert_to_tflite(student), calibration, one.val.subset(slice(0)))
+    mixer = Mixer(convert_to_tflite(student), calibration)
     smallest: Plan = {op.scope: min(op.precisions, key=WEIGHT_BITS.get) for op in mixer.ops}
     int8: Plan = {op.scope: "int8" for op in mixer.ops}
     sized, _ = measure_tflite(mixer.quantize(smallest), one, cfg)

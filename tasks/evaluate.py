@@ -28,6 +28,7 @@ from tasks.paired import paired_drop
 from tasks.profile import slowest_ops
 from tasks.speed import slowdown
 from tasks.splits import Dataset, Rows
+from tasks.task import Task
 from tasks.tflite import TFLiteClassifier, precision_counts, stored_weights
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
@@ -56,13 +57,15 @@ def blocks_2_4(model: bytes) -> float:
     return float(np.mean(zeros >= 2))
 
 
-def predicted_classes(classify: Callable[[np.ndarray], np.ndarray], inputs: Rows) -> np.ndarray:
-    """The class `classify` (a batch of float32 inputs -> class scores: `TFLiteClassifier.predict`,
-    or a Keras model's `predict`) gives each input of `inputs` (a split, or a part of the unlabeled
-    pool: `data.pool.choose`, `data.pool.certify`), in order, read a batch at a time."""
+def model_answers(task: Task, predict: Callable[[np.ndarray], np.ndarray],
+                  inputs: Rows) -> np.ndarray:
+    """The answer (tasks/task.py: a class, a row of labels) `predict` (a batch of float32 inputs
+    -> outputs: `TFLiteClassifier.predict`, or a Keras model's `predict`) gives each input of
+    `inputs` (a split, or a part of the unlabeled pool: `data.pool.choose`,
+    `data.pool.certify`), in order, read a batch at a time."""
     if not len(inputs):
         return np.zeros(0, np.int64)
-    return inputs.outputs(classify).argmax(axis=-1)
+    return task.answers(inputs.outputs(predict))
 
 
 def evaluate_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig, params: int) -> CandidateMetrics:
@@ -88,16 +91,16 @@ def warn_if_oversubscribed(cfg: EvaluateConfig) -> None:
 def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
                    thread_counts: Sequence[int] = ()) -> tuple[dict[str, float], np.ndarray]:
     """Everything the evaluator measures that needs only the .tflite file (the gate measures the
-    registered champion this way): accuracy on the test split, sparsity, sizes, runtime memory,
-    batch-1 latency at `cfg.threads[0]` and, as `latency_p50_us_{n}t` / `latency_p90_us_{n}t`,
-    at each of `thread_counts`; and the predicted class of every test sample, for paired
-    comparisons on the same samples."""
+    registered champion this way): the task's scores on the test split (tasks/task.py),
+    sparsity, sizes, runtime memory, batch-1 latency at `cfg.threads[0]` and, as
+    `latency_p50_us_{n}t` / `latency_p90_us_{n}t`, at each of `thread_counts`; and the answer to every test sample, for paired comparisons on
+    the same samples."""
     classifier = TFLiteClassifier(model, cfg.threads[0])
-    predicted = predicted_classes(classifier.predict, data.test)
+    predicted = model_answers(data.task, classifier.predict, data.test)
     sample = data.test.read(slice(1))[0]
     latency = classifier.latency_us(sample, cfg.latency_runs, cfg.warmup_runs)
     measured = {
-        "accuracy": float(np.mean(predicted == data.test.labels)),
+        **data.task.scores(predicted, data.test.labels),
         "sparsity": weight_sparsity(model),
         "blocks_2_4": blocks_2_4(model),
         "tflite_bytes": len(model),
@@ -155,15 +158,16 @@ def run_evaluate(
                     "scale is likely out of XNNPACK's range (a layer that is zero on every "
                     "calibration sample): a wider student (distill.width) or another "
                     "quantize.mode avoids it")
-    right = {name: predicted[name] == data.test.labels for name in ("teacher", "final")}
+    right = {name: data.task.right(predicted[name], data.test.labels)
+             for name in ("teacher", "final")}
     drop = paired_drop(right["teacher"], right["final"], confidence)
     sample = data.test.read(slice(1))[0]
     slower = slowdown(deployed, tflites["teacher"][0], sample, cfg, confidence)
     counts = None
     if data.pool:
-        unlabeled = {f"{name}.unlabeled": predicted_classes(
-            TFLiteClassifier(tflites[name][0], cfg.threads[0]).predict, data.pool.certify)
-            for name in ("teacher", "final")}
+        unlabeled = {f"{name}.unlabeled": model_answers(
+            data.task, TFLiteClassifier(tflites[name][0], cfg.threads[0]).predict,
+            data.pool.certify) for name in ("teacher", "final")}
         predicted |= unlabeled
         agreement = fidelity(unlabeled["teacher.unlabeled"], unlabeled["final.unlabeled"],
                              confidence)
@@ -172,7 +176,8 @@ def run_evaluate(
         candidates, drop,
         Quantization(json.loads(ws.quant_sensitivity.read_text())["mode"],
                      precision_counts(deployed)),
-        slower, tuple(slowest_ops(deployed, sample, cfg.threads[0], cfg.latency_runs)), counts)
+        slower, tuple(slowest_ops(deployed, sample, cfg.threads[0], cfg.latency_runs)),
+        data.task.name, counts)
     write_arrays(ws.predictions, predicted)
     record.write(ws.metrics)
     plot_tradeoff({name: measured.as_dict() for name, measured in candidates.items()},

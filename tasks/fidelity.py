@@ -49,13 +49,16 @@ class Fidelity:
                 f"{100 * self.confidence:.4g} %")
 
 
-def fidelity(teacher_classes: np.ndarray, candidate_classes: np.ndarray,
+def fidelity(teacher_answers: np.ndarray, candidate_answers: np.ndarray,
              confidence: float) -> Fidelity:
-    """Count the inputs on which two vectors of predicted classes differ."""
-    teacher, candidate = np.asarray(teacher_classes), np.asarray(candidate_classes)
+    """Count the inputs on which two models' answers (tasks/task.py: classes, or rows of labels
+    that differ in any label) differ."""
+    teacher, candidate = np.asarray(teacher_answers), np.asarray(candidate_answers)
     if teacher.shape != candidate.shape:
         raise ValueError(f"predictions differ in shape: {teacher.shape} vs {candidate.shape}")
-    return Fidelity(int(teacher.size), int(np.sum(teacher != candidate)), confidence)
+    n = len(teacher)
+    differ = np.any((teacher != candidate).reshape(n, -1), axis=1)
+    return Fidelity(n, int(np.sum(differ)), confidence)
 
 
 def disagreement_upper(disagree: int, n: int, confidence: float) -> float:

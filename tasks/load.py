@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import tf_keras as keras
@@ -18,22 +16,25 @@ from tasks.config import DataConfig, ModelConfig
 from tasks.data import PIXEL_DIVISOR, load_data, validation_from_test
 from tasks.errors import InputError
 from tasks.inputs import APPLICATIONS_PREFIX, load_inputs, read_steadily
+from tasks.memory import AccuracyGap, Memory, confidence_gap
 from tasks.models import (
     build_cnn,
     check_compatible,
-    compile_classifier,
+    output_activation,
+    compile_for_labels,
     fit,
     read_model,
     seed_everything,
     write_model,
 )
 from tasks.sources import class_folders
-from tasks.splits import BATCH, Dataset
+from tasks.splits import BATCH, Dataset, Rows
+from tasks.task import Classification, infer_task
 
 log = logging.getLogger(__name__)  # under `tasks`: Prefect shows it (flows/__init__.py)
 PIXEL_SCALE = 1 / 100  # a first Rescaling below this expects pixels 0-255 (EfficientNet: 1/255)
-# One-sided: a teacher better on validation than on test by chance moves the validation split
-# once in a hundred runs (which costs test samples, never correctness).
+# A teacher that never saw the validation split looks like one that remembers it once in a hundred
+# runs by chance (tasks/memory.py): the split moves, which costs test samples, never correctness.
 MEMORY_CONFIDENCE = 0.99
 TEACHER_CONFIDENCE = 0.99  # a teacher at chance stops the run: be sure (tasks/chance.py)
 
@@ -62,7 +63,10 @@ def open_inputs(data_cfg: DataConfig, model_cfg: ModelConfig, seed: int) -> Inpu
                  "pixels reach it unscaled, 0 to 255 (data.scale_uint8 does not apply)", scale)
         data = load_data(data_cfg.model_copy(update={"scale_uint8": False}), seed)
     check_compatible(teacher, data, "model.source")
-    return Inputs(data, teacher, needs_training)
+    task = infer_task(model_cfg.task, output_activation(teacher), teacher.output_shape[-1],
+                      data.train.labels)
+    log.info("model.task: %s", task)
+    return Inputs(replace(data, task=task), teacher, needs_training)
 
 
 def pixel_scale(teacher: keras.Model) -> float | None:
@@ -91,16 +95,18 @@ def check_beats_chance(teacher: keras.Model, data: Dataset, data_cfg: DataConfig
     TEACHER_CONFIDENCE), else InputError with the evidence: the range its inputs reach it in
     (against its own Rescaling's), and the class order its answers fit, when that is another
     (image folders number their classes in sorted name order)."""
-    predicted = teacher.predict(data.test.batches(BATCH), verbose=0).argmax(axis=-1)
+    predicted = data.task.answers(teacher.predict(data.test.batches(BATCH), verbose=0))
     labels, n = data.test.labels, len(data.test)
-    right, chance = int(np.sum(predicted == labels)), Chance.of(data.test.labels)
+    right = int(np.sum(data.task.right(predicted, labels)))
+    chance = Chance.of(data.task, labels)
     if chance.beaten(right, n, TEACHER_CONFIDENCE):
         return
     sample = data.test.read(slice(BATCH))
     evidence = [f"Its inputs reach it in [{sample.min():.4g}, {sample.max():.4g}]"
                 + (f", and its first layer rescales them by {scale:.4g}: it expects pixels from "
                    "0 to 255" if (scale := pixel_scale(teacher)) else "")]
-    evidence += _class_order(predicted, labels, data_cfg)
+    if data.task.name == "classification":
+        evidence += _class_order(predicted, labels, data_cfg)
     raise InputError(f"model.source: the teacher scores {chance.describe(right, n)}; compressing "
                      f"it would copy noise. {'; '.join(evidence)}. Give it its inputs as it was "
                      "trained on them (scale, class order), or check model.source and data.source")
@@ -115,7 +121,7 @@ def _class_order(predicted: np.ndarray, labels: np.ndarray, data_cfg: DataConfig
     np.add.at(confusion, (labels, predicted), 1)
     _, answer = linear_sum_assignment(confusion, maximize=True)  # one class for each label
     fitted = int(confusion[np.arange(classes), answer].sum())
-    if not Chance.of(labels).beaten(fitted, len(labels), TEACHER_CONFIDENCE):
+    if not Chance.of(Classification(), labels).beaten(fitted, len(labels), TEACHER_CONFIDENCE):
         return []  # no order under which the teacher would beat chance (not the labels' own)
     kind, _, location = data_cfg.source.partition(":")
     names = ([folder.name for folder in class_folders(Path(location).expanduser())]
@@ -128,7 +134,7 @@ def _class_order(predicted: np.ndarray, labels: np.ndarray, data_cfg: DataConfig
 
 
 def train_teacher(teacher: keras.Model, data: Dataset, cfg: ModelConfig) -> keras.Model:
-    compile_classifier(teacher, cfg.learning_rate)
+    compile_for_labels(teacher, data.task, cfg.learning_rate)
     fit(teacher, data, cfg)
     return teacher
 
@@ -200,43 +206,62 @@ def run_load(seed: int, data_cfg: DataConfig, model_cfg: ModelConfig, ws: Worksp
 
 def teacher_errors(teacher: keras.Model, data: Dataset) -> dict[str, int]:
     """How many samples of the validation and test splits the teacher gets wrong."""
-    return {name: int(np.sum(teacher.predict(split.batches(BATCH), verbose=0).argmax(axis=-1)
-                             != split.labels))
+    return {name: int(np.sum(~data.task.right(
+                data.task.answers(teacher.predict(split.batches(BATCH), verbose=0)),
+                split.labels)))
             for name, split in (("val", data.val), ("test", data.test))}
 
 
-def memorized(data: Dataset) -> str | None:
-    """Why the teacher looks trained on the validation split: its accuracy there is above its
-    test accuracy beyond noise (one-sided two-proportion z-test at MEMORY_CONFIDENCE); None if
-    not. A paired comparison on samples the teacher remembers makes every student look worse."""
-    n_val, n_test = len(data.val), len(data.test)
-    right_val, right_test = (n - data.teacher_errors[name]
-                             for name, n in (("val", n_val), ("test", n_test)))
-    pooled = (right_val + right_test) / (n_val + n_test)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_val + 1 / n_test))
-    gap = right_val / n_val - right_test / n_test
-    if spread == 0 or gap / spread <= NormalDist().inv_cdf(MEMORY_CONFIDENCE):
+def memorized(teacher: keras.Model, data: Dataset) -> str | None:
+    """Why the teacher looks trained on the validation split: more accurate there than on the test
+    split, or with fewer of its least sure answers there than on the inputs it never saw (the
+    test split's and the unlabeled pool's), beyond noise (tasks/memory.py `Memory`, at
+    MEMORY_CONFIDENCE); None if not. Reads the teacher's answers on every held-out input once
+    (the pool's too)."""
+    held_out = [data.test, *(data.pool.parts.values() if data.pool else ())]
+    unseen = np.concatenate([_margins(teacher, data, rows) for rows in held_out if len(rows)])
+    right = {name: len(split) - data.teacher_errors[name]
+             for name, split in (("val", data.val), ("test", data.test))}
+    memory = Memory(AccuracyGap(right["val"], len(data.val), right["test"], len(data.test)),
+                    confidence_gap(_margins(teacher, data, data.val), unseen,
+                                   unlabeled=len(unseen) - len(data.test)))
+    if not memory.remembered(MEMORY_CONFIDENCE):
         return None
-    return (f"the teacher scores {100 * right_val / n_val:.2f} % on the {n_val:,} validation "
-            f"samples and {100 * right_test / n_test:.2f} % on the {n_test:,} test samples, "
-            f"above beyond noise ({100 * MEMORY_CONFIDENCE:.0f} %): it was trained on them")
+    return f"{memory.describe()}: it was trained on them"
+
+
+def _margins(teacher: keras.Model, data: Dataset, inputs: Rows) -> np.ndarray:
+    """How sure the teacher is of its answer to each of `inputs`, as `data.task` reads its
+    outputs (tasks/task.py `Task.margins`)."""
+    return data.task.margins(inputs.outputs(teacher.predict_on_batch))
 
 
 def place_validation(teacher: keras.Model, data: Dataset, seed: int) -> Dataset:
     """data.val_from `auto`: a validation split the teacher remembers (`memorized`) is carved from
-    the test split instead, said with both accuracies and what it costs the test split. A
-    validation split given as its own arrays (x_val) is kept, with the warning."""
-    reason = memorized(data)
+    the test split instead, said with the evidence, what it costs the test split and which
+    samples choose the student then. A validation split given as its own arrays (x_val) is
+    kept, with the warning."""
+    reason = memorized(teacher, data)
     if reason is None:
         return data
     if data.val.source is not data.train.source:
-        log.warning("data.val_from auto: %s; x_val is kept as given (give held-out samples as "
-                    "x_val, or leave it out to validate on part of the test split)", reason)
+        log.warning("data.val_from auto: %s; x_val is kept as given, so students are chosen on "
+                    "samples the teacher remembers, where each looks worse than it is%s; give "
+                    "held-out samples as x_val, or leave it out to validate on part of the test "
+                    "split", reason, _choose_part(data, ", and on %s, which it never saw"))
         return data
     moved = validation_from_test(data, seed)
     log.warning("data.val_from auto: %s. Validating on %s of the test split's samples instead "
-                "(the test split keeps %s; the old validation samples train); set "
-                "data.val_from: train to keep it", reason, f"{len(moved.val):,}",
-                f"{len(moved.test):,}")
+                "(the test split keeps %s; the old validation samples train): students are "
+                "chosen on them%s, all unseen by the teacher; set data.val_from: train to keep it",
+                reason, f"{len(moved.val):,}", f"{len(moved.test):,}",
+                _choose_part(data, " and on %s"))
     return replace(moved, teacher_errors=teacher_errors(teacher, moved))
 
+
+def _choose_part(data: Dataset, said: str) -> str:
+    """`said` with the unlabeled pool's choose part named (the search and distill.width auto
+    choose on it too); empty without a pool."""
+    if data.pool is None:
+        return ""
+    return said % f"the {len(data.pool.choose):,} inputs of the unlabeled pool's choose part"

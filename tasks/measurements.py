@@ -19,6 +19,7 @@ from tasks.artifacts import write_json
 from tasks.paired import PairedDrop
 from tasks.profile import OpTime
 from tasks.speed import Slowdown
+from tasks.task import SCORES
 
 PER_THREAD_COUNT = re.compile(r"latency_p(?:50|90)_us_(\d+)t")
 
@@ -44,6 +45,9 @@ class CandidateMetrics:
     # latency_p50_us_4t, latency_p90_us_4t, ... for every count of evaluate.threads, where
     # measured (the evaluate stage and the bench; not search trials or the gate)
     per_thread_count: dict[str, float] = field(default_factory=dict)
+    # the task's other scores beside `accuracy` (tasks/task.py SCORES: a multi-label model's
+    # label_accuracy and macro_f1)
+    scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, params: int, measured: Mapping[str, float]) -> CandidateMetrics:
@@ -53,15 +57,17 @@ class CandidateMetrics:
     @classmethod
     def from_dict(cls, flat: Mapping[str, float]) -> CandidateMetrics:
         """The `as_dict` form back; other keys beside it (a bench row's ratios) are left out."""
-        named = {f.name for f in fields(cls)} - {"per_thread_count"}
+        named = {f.name for f in fields(cls)} - {"per_thread_count", "scores"}
         return cls(**{k: v for k, v in flat.items() if k in named},
                    per_thread_count={k: v for k, v in flat.items()
-                                     if PER_THREAD_COUNT.fullmatch(k)})
+                                     if PER_THREAD_COUNT.fullmatch(k)},
+                   scores={k: v for k, v in flat.items() if k in SCORES})
 
     def as_dict(self) -> dict[str, float]:
-        """Flat: the per-thread-count figures beside the others."""
+        """Flat: the per-thread-count figures and the task's other scores beside the others."""
         flat = asdict(self)
-        return flat | flat.pop("per_thread_count")
+        per_thread_count, scores = flat.pop("per_thread_count"), flat.pop("scores")
+        return flat | per_thread_count | scores
 
     def thread_counts(self) -> list[int]:
         """The interpreter thread counts its latency was measured at, in order."""
@@ -137,6 +143,7 @@ class RunMetrics:
     quantization: Quantization
     slowdown: Slowdown
     slowest_ops: tuple[OpTime, ...]
+    task: str  # what `accuracy` is: tasks/task.py TASKS
     fidelity: FidelityCounts | None = None
 
     @property
@@ -182,6 +189,7 @@ class RunMetrics:
             "quantization": asdict(self.quantization),
             "slowdown": self.slowdown.as_dict(),
             "slowest_ops": [op.as_dict() for op in self.slowest_ops],
+            "task": self.task,
         } | ({"fidelity": asdict(self.fidelity)} if self.fidelity else {})
 
     @classmethod
@@ -195,6 +203,7 @@ class RunMetrics:
             Quantization(**document["quantization"]),
             Slowdown(**document["slowdown"]),
             tuple(OpTime(**op) for op in document["slowest_ops"]),
+            document["task"],
             FidelityCounts(**fidelity) if fidelity else None,
         )
 

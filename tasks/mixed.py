@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from ai_edge_quantizer import qtyping, quantizer, recipe_manager
 from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
 from tasks.splits import Split
+from tasks.task import Task
 from tasks.tflite import TFLiteClassifier, stored_weights
 
 WEIGHT_BITS = {"int4": 4, "int8": 8}  # the integer precisions tried per op; activations int8
@@ -46,12 +48,10 @@ class MixedModel:
 
 
 class Mixer:
-    """Quantizes one float .tflite by plans, all from one calibration, and measures each plan on
-    the validation split (accuracy of the LiteRT model, as the evaluator runs it)."""
+    """Quantizes one float .tflite by plans, all from one calibration."""
 
-    def __init__(self, float_tflite: bytes, calibration: np.ndarray, validation: Split):
+    def __init__(self, float_tflite: bytes, calibration: np.ndarray):
         self.float_tflite = float_tflite
-        self.validation = validation
         self.ops = quantizable_ops(float_tflite)
         everything = self._quantizer({op.scope: "int8" for op in self.ops})
         self.qsvs = everything.calibrate(_calibration_data(float_tflite, calibration), num_threads=1)
@@ -60,9 +60,6 @@ class Mixer:
         """The model with each op of `plan` at its precision; every other op stays float."""
         quantized = self._quantizer(plan).quantize(self.qsvs, enable_progress_report=False)
         return bytes(quantized.quantized_model)
-
-    def accuracy(self, plan: Plan) -> float:
-        return validation_accuracy(self.quantize(plan), self.validation)
 
     def _quantizer(self, plan: Plan) -> quantizer.Quantizer:
         ops = {op.scope: op for op in self.ops}
@@ -94,7 +91,7 @@ def quantizable_ops(float_tflite: bytes) -> list[QuantizableOp]:
     return found
 
 
-def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Split,
+def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Split, task: Task,
                     max_accuracy_drop: float) -> MixedModel:
     """Measure each op alone at each precision, then choose the plan:
 
@@ -104,27 +101,31 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
        each kept only if the whole model still does.
 
     Every measurement runs the model in LiteRT with its default delegate (XNNPACK): a precision
-    LiteRT cannot run for an op is not offered for it.
+    LiteRT cannot run for an op is not offered for it. Accuracy is the task's (tasks/task.py).
     """
-    mixer = Mixer(float_tflite, calibration, validation)
-    reference = validation_accuracy(float_tflite, validation)
-    alone = {op.scope: _alone(mixer, op) for op in mixer.ops}
+    mixer = Mixer(float_tflite, calibration)
+    reference = validation_accuracy(float_tflite, validation, task)
+
+    def accuracy_of(plan: Plan) -> float:
+        return validation_accuracy(mixer.quantize(plan), validation, task)
+
+    alone = {op.scope: _alone(accuracy_of, op) for op in mixer.ops}
 
     def within(accuracy: float) -> bool:
         return reference - accuracy <= max_accuracy_drop
 
     plan = {op.scope: "int8" for op in mixer.ops if "int8" in alone[op.scope]}
-    accuracy = mixer.accuracy(plan)
+    accuracy = accuracy_of(plan)
     for scope in sorted(plan, key=lambda s: alone[s]["int8"]):
         if within(accuracy):
             break
         plan[scope] = FLOAT
-        accuracy = mixer.accuracy(plan)
+        accuracy = accuracy_of(plan)
     tolerant = [op for op in mixer.ops if plan.get(op.scope) == "int8"
                 and "int4" in alone[op.scope] and within(alone[op.scope]["int4"])]
     for op in sorted(tolerant, key=lambda op: -op.params):
         trial = plan | {op.scope: "int4"}
-        trial_accuracy = mixer.accuracy(trial)
+        trial_accuracy = accuracy_of(trial)
         if within(trial_accuracy):
             plan, accuracy = trial, trial_accuracy
     layers = [
@@ -139,17 +140,18 @@ def mixed_precision(float_tflite: bytes, calibration: np.ndarray, validation: Sp
     return MixedModel(mixer.quantize(plan), plan, sensitivity)
 
 
-def validation_accuracy(tflite: bytes, validation: Split) -> float:
-    predicted = validation.outputs(TFLiteClassifier(tflite).predict).argmax(axis=-1)
-    return float(np.mean(predicted == validation.labels))
+def validation_accuracy(tflite: bytes, validation: Split, task: Task) -> float:
+    """The task's accuracy of a .tflite model on `validation`, as the evaluator runs it."""
+    answers = task.answers(validation.outputs(TFLiteClassifier(tflite).predict))
+    return float(np.mean(task.right(answers, validation.labels)))
 
 
-def _alone(mixer: Mixer, op: QuantizableOp) -> dict[str, float]:
+def _alone(accuracy_of: Callable[[Plan], float], op: QuantizableOp) -> dict[str, float]:
     """Validation accuracy with only `op` quantized, per precision LiteRT can run."""
     accuracies = {}
     for precision in op.precisions:
         try:
-            accuracies[precision] = mixer.accuracy({op.scope: precision})
+            accuracies[precision] = accuracy_of({op.scope: precision})
         except (RuntimeError, ValueError):  # LiteRT has no kernel for it
             continue
     return accuracies

@@ -21,6 +21,7 @@ from tasks.keras3 import read_keras3
 from tasks.model_files import code_refused, refuse_code, stored_model
 from tasks.progress import BatchListener, batch_listener, epoch_listener
 from tasks.splits import Dataset
+from tasks.task import Activation, Task
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 EPSILON = 1e-7  # keeps log(probability) finite for models that end in a softmax
@@ -109,22 +110,29 @@ def write_model(model: keras.Model, path: Path) -> None:
         model.save(tmp, include_optimizer=False)
 
 
-def outputs_probabilities(model: keras.Model) -> bool:
-    """True when the model ends in a softmax (probabilities), False when it returns logits."""
+def output_activation(model: keras.Model) -> Activation:
+    """What the model's last layer ends in: `softmax`, `sigmoid` (probabilities), else `linear`
+    (logits or values)."""
     last = model.layers[-1]
     last = getattr(last, "layer", last)  # look inside wrappers such as prune_low_magnitude
-    activation = getattr(last, "activation", None)
-    return isinstance(last, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax"
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    name = getattr(getattr(last, "activation", None), "__name__", "")
+    return name if name in ("softmax", "sigmoid") else "linear"
 
 
-def as_logits(outputs: tf.Tensor, probabilities: bool) -> tf.Tensor:
-    """A model's outputs as logits: for a softmax model, log-probabilities (equal up to a
-    constant)."""
-    return tf.math.log(outputs + EPSILON) if probabilities else outputs
+def as_logits(outputs: tf.Tensor, activation: Activation) -> tf.Tensor:
+    """A model's outputs as logits: for a softmax, log-probabilities (equal up to a constant);
+    for a sigmoid, log-odds."""
+    if activation == "softmax":
+        return tf.math.log(outputs + EPSILON)
+    if activation == "sigmoid":
+        return tf.math.log(outputs + EPSILON) - tf.math.log(1 - outputs + EPSILON)
+    return outputs
 
 
 def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
-    """The model must take the data's samples and have an output for every label."""
+    """The model must take the data's samples (the labels' fit is the task's: tasks/task.py)."""
     expected = tuple(model.input_shape[1:])
     actual = data.input_shape
     if len(expected) != len(actual) or any(e not in (None, a) for e, a in zip(expected, actual)):
@@ -140,21 +148,35 @@ def check_compatible(model: keras.Model, data: Dataset, key: str) -> None:
             "into an Embedding) but the data's samples are not whole numbers; give the ids as "
             "integers (x_train, x_val, x_test in the npz) or use a model that takes floats"
         )
-    outputs = model.output_shape[-1]
-    if data.num_classes > outputs:
-        raise InputError(
-            f"{key}: labels go up to {data.num_classes - 1} but the model has {outputs} outputs; "
-            "labels must be class ids in [0, outputs)"
-        )
 
 
-def compile_classifier(model: keras.Model, learning_rate: float) -> None:
-    """Sparse categorical cross-entropy on labels, matching the model's output kind."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not outputs_probabilities(model)),
-        metrics=["accuracy"],
-    )
+def compile_for_labels(model: keras.Model, task: Task, learning_rate: float) -> None:
+    """Adam on the labels' loss for `task`: cross-entropy over classes (classification) or per
+    label (multi-label), from the model's probabilities or logits."""
+    from_logits = output_activation(model) == "linear"
+    loss = (keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+            if task.name == "classification" else
+            keras.losses.BinaryCrossentropy(from_logits=from_logits))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  metrics=[accuracy_metric(task)])
+
+
+def accuracy_metric(task: Task, label_width: int | None = None):
+    """The task's accuracy as a Keras metric named `accuracy` (a search's trials stop on its
+    `val_accuracy`): a sample is right when its class is (classification) or every label is
+    (multilabel). `label_width`: the labels are the first columns of `y_true` (distillation
+    packs the teacher's logits after them)."""
+
+    def accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        labels = y_true if label_width is None else y_true[:, :label_width]
+        if task.name == "classification":
+            answers = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+            return tf.cast(tf.equal(answers, tf.cast(tf.reshape(labels, [-1]), tf.int32)),
+                           tf.float32)
+        answers = tf.cast(tf.reshape(y_pred, tf.shape(labels)) >= task.threshold, labels.dtype)
+        return tf.cast(tf.reduce_all(tf.equal(answers, labels), axis=-1), tf.float32)
+
+    return accuracy
 
 
 def fit(

@@ -51,6 +51,6 @@ def quantization_aware_training(
     loss_cfg = distill_cfg if distill_cfg.enabled else distill_cfg.model_copy(update=labels_only)
     training = Training(epochs=cfg.qat_epochs, batch_size=distill_cfg.batch_size,
                         learning_rate=cfg.qat_learning_rate)
-    compile_to_teacher(model, loss_cfg, training.learning_rate)
+    compile_to_teacher(model, data.task, loss_cfg, training.learning_rate)
     fit_to_teacher(model, soft_targets(teacher, data), data, loss_cfg, training)
     return model

@@ -24,7 +24,7 @@ from tasks.mixed import Mixer, mixed_precision
 from tasks.models import read_model, seed_everything
 from tasks.plots import plot_quant_sensitivity
 from tasks.qat import quantization_aware_training
-from tasks.splits import Dataset, Split
+from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
 
 Precision = Literal["fp32", "int8", "int16x8", "dynamic", "float16"]  # the converter's own modes
@@ -53,17 +53,17 @@ def calibration_samples(data: Dataset, cfg: QuantizeConfig, seed: int) -> np.nda
 
 
 def quantize_model(model: keras.Model, cfg: QuantizeConfig, calibration: np.ndarray,
-                   validation: Split) -> QuantizedModel:
+                   data: Dataset | None = None) -> QuantizedModel:
     """`model` as a .tflite in `cfg.mode` (FP32 when not `cfg.enabled`), checked to run in LiteRT.
 
-    `calibration` are real training samples (ignored by `dynamic` and `float16`); `validation`
-    is what `mixed` measures its choices on (never the test split). A mode LiteRT cannot run for
+    `calibration` are real training samples (ignored by `dynamic` and `float16`); `mixed`
+    measures its choices on `data`'s validation split (never the test split), by its task. A mode LiteRT cannot run for
     this model raises InputError naming the mode. A recurrent model's `int8` is
     `recurrent_int8`'s (its mode says which form it is).
     """
     if cfg.enabled and cfg.mode == "mixed":
         fp32 = convert_to_tflite(model)
-        mixed = mixed_precision(fp32, calibration, validation, cfg.max_accuracy_drop)
+        mixed = mixed_precision(fp32, calibration, data.val, data.task, cfg.max_accuracy_drop)
         quantized = QuantizedModel(mixed.tflite, "mixed", mixed.sensitivity)
     elif cfg.effective_mode == "int8" and is_recurrent(model):
         quantized = recurrent_int8(model)
@@ -169,10 +169,10 @@ def check_quantizable(model: keras.Model, cfg: QuantizeConfig, samples: np.ndarr
     refused before any training; `mixed` also needs AEQ to read and calibrate it (ops it cannot
     quantize stay float, so they never stop it). Raises InputError naming the mode."""
     if not (cfg.enabled and cfg.mode == "mixed"):
-        quantize_model(model, cfg, samples[:2], Split.of(samples[:0], np.zeros(0)))
+        quantize_model(model, cfg, samples[:2])
         return
     try:
-        Mixer(convert_to_tflite(model), samples[:2], Split.of(samples[:0], np.zeros(0)))
+        Mixer(convert_to_tflite(model), samples[:2])
     except (RuntimeError, ValueError, ConverterError) as exc:
         raise _cannot_run("mixed", exc) from None
 
@@ -183,7 +183,7 @@ def quantize_student(student: keras.Model, data: Dataset, cfg: QuantizeConfig,
     calibrated on a seeded draw of training samples; `mixed` chooses on the validation split."""
     calibration = (calibration_samples(data, cfg, seed) if cfg.needs_calibration
                    else data.train.read(slice(1)))
-    return quantize_model(student, cfg, calibration, data.val)
+    return quantize_model(student, cfg, calibration, data)
 
 
 def run_quantize(

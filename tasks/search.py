@@ -9,6 +9,8 @@ applied to the params, measured by the evaluator (`evaluate_tflite`) on the vali
 gate's rule on the test split, from its paired counts on a part (tasks/power.py
 `chance_to_pass`), is at least LIKELY. Before any training its size and latency are estimated
 (tasks/estimate.py): a trial that cannot beat the best size found so far is not trained.
+The search starts from what the stages would run without it (`defaults_recipes`) and may only
+improve on it, in size and speed (`choose`).
 Sampling, scheduling and recording live in flows/search.py and flows/trials.py; nothing here
 knows Optuna, Prefect, Dask or MLflow.
 """
@@ -26,10 +28,11 @@ import numpy as np
 import tf_keras as keras
 
 from tasks.channels import teacher_widths
+from tasks.choice import Choice
 from tasks.config import Params, SearchConfig
 from tasks.data import split_validation
 from tasks.estimate import SizeEstimate, estimate_candidate
-from tasks.evaluate import measure_tflite, predicted_classes
+from tasks.evaluate import measure_tflite, model_answers
 from tasks.fidelity import Fidelity, fidelity
 from tasks.friendly import activation_choices, block_choices, downsample_choices
 from tasks.measurements import CandidateMetrics
@@ -38,9 +41,9 @@ from tasks.paired import PairedDrop, paired_drop
 from tasks.power import GateRule, chance_to_certify, chance_to_pass
 from tasks.progress import epoch_listener
 from tasks.quantize import convert_to_tflite, quantize_student
-from tasks.speed import Slowdown, slowdown
+from tasks.speed import SAME_SPEED, Slowdown, slowdown
 from tasks.splits import Dataset
-from tasks.students import derive_student
+from tasks.students import Rung, derive_student, student_ladder
 from tasks.teaching import SoftTargets, distill, soft_targets
 from tasks.tflite import TFLiteClassifier
 
@@ -55,6 +58,9 @@ OBJECTIVE_KEYS = {"smaller_gzip": "gzip_bytes", "faster": "latency_p50_us"}
 # gzip within 1.5 %, float16 up to 7 %; latency on a shared 2-core machine: tens of percent). A
 # trial is skipped only when its estimate is this much above the best: none that could win is lost.
 ESTIMATE_MARGIN = {"gzip_bytes": 0.1, "latency_p50_us": 0.5}
+# A trial's key (row and Optuna user attribute) when it runs a recipe of `defaults_recipes`: its
+# place among them, 0 the smallest student.
+DEFAULTS = "defaults"
 
 # Told (epoch, the float student's validation accuracy drop vs the teacher) after every epoch;
 # True stops the trial (HopelessTrial). The search's pruner decides; this module does not.
@@ -124,10 +130,13 @@ class TrialResult:
         return selection, confirmation
 
 
-def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dict[str, list]:
+def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model,
+                 defaults: list[Choice] | None = None) -> dict[str, list]:
     """Each searched key and its choices: the configured lists, widths, activations, blocks and
-    downsample derived from the teacher and the configured temperature where none are listed."""
-    return {
+    downsample derived from the teacher and the configured temperature where none are listed,
+    and every value of the `defaults` recipes (`defaults_recipes` unless given) not among them:
+    the search can always ship what the stages would run without it."""
+    listed = {
         "distill.width": cfg.widths or teacher_widths(teacher, "search.widths"),
         "sparsify.final_sparsity": cfg.sparsities,
         "sparsify.pattern": cfg.patterns,
@@ -138,6 +147,28 @@ def search_space(cfg: SearchConfig, params: Params, teacher: keras.Model) -> dic
         "distill.blocks": cfg.blocks or block_choices(teacher),
         "distill.downsample": cfg.downsample or downsample_choices(teacher),
     }
+    recipes = defaults_recipes(params, teacher) if defaults is None else defaults
+    return {key: choices + [value for value in dict.fromkeys(recipe[key] for recipe in recipes)
+                            if value not in choices] for key, choices in listed.items()}
+
+
+def defaults_recipes(params: Params, teacher: keras.Model) -> list[Choice]:
+    """What the stages would run with the search off, as the search's keys, smallest student
+    first: the configured recipe, or with distill.width `auto` one per rung of its ladder
+    (`student_ladder`), of which the defaults ship the smallest likely to pass the gate. At a
+    fixed width, distill.blocks and downsample `auto` are `all` and `keep` (as `derive_student`
+    reads them). Smallest first: once one is likely to pass and confirmed, the larger ones
+    cannot beat it and are not trained (`run_trial`), as `auto` probes no wider rung then."""
+    d = params.distill
+    rungs = (student_ladder(teacher, d, params.sparsify) if d.width == "auto" else
+             [Rung(d.width, "all" if d.blocks == "auto" else d.blocks,
+                   "keep" if d.downsample == "auto" else d.downsample)])
+    configured = {"sparsify.final_sparsity": params.sparsify.final_sparsity,
+                  "sparsify.pattern": params.sparsify.pattern,
+                  "quantize.mode": params.quantize.mode,
+                  "distill.temperature": d.temperature, "distill.activations": d.activations}
+    return [configured | {"distill.width": rung.width, "distill.blocks": rung.blocks,
+                          "distill.downsample": rung.downsample} for rung in reversed(rungs)]
 
 
 def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
@@ -169,13 +200,14 @@ def run_trial(inputs: SearchInputs, params: Params, best: Best, stop: Stopper,
         write_model(student, student_path)
     model = quantize_student(student, inputs.selection, params.quantize, params.seed).tflite
     measured, predicted = measure_tflite(model, inputs.selection.for_selection(), params.evaluate)
-    right = (predicted == inputs.selection.val.labels,
+    right = (inputs.selection.task.right(predicted, inputs.selection.val.labels),
              _correct(TFLiteClassifier(model), inputs.confirmation))
     selection, confirmation = (paired_drop(teacher, trial, params.gate.confidence)
                                for teacher, trial in zip(inputs.teacher_right, right))
     choice = None if inputs.teacher_choice is None else fidelity(
-        inputs.teacher_choice, predicted_classes(TFLiteClassifier(model).predict,
-                                                 inputs.selection.pool.choose),
+        inputs.teacher_choice, model_answers(inputs.selection.task,
+                                             TFLiteClassifier(model).predict,
+                                             inputs.selection.pool.choose),
         params.gate.confidence)
     slower = slowdown(model, inputs.teacher_tflite, inputs.selection.val.read(slice(1))[0],
                       params.evaluate, params.gate.confidence)
@@ -215,7 +247,8 @@ def _stopping(stop: Stopper, can_beat: Callable[[], None], epochs: int, teacher_
 
 
 def _correct(classifier: TFLiteClassifier, data: Dataset) -> np.ndarray:
-    return data.val.outputs(classifier.predict).argmax(axis=-1) == data.val.labels
+    return data.task.right(model_answers(data.task, classifier.predict, data.val),
+                           data.val.labels)
 
 
 def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
@@ -225,7 +258,8 @@ def search_inputs(data: Dataset, teacher: keras.Model, confirm_fraction: float,
     selection, confirmation = split_validation(data, confirm_fraction, seed)
     tflite = convert_to_tflite(teacher)
     classifier = TFLiteClassifier(tflite)
-    choice = predicted_classes(classifier.predict, data.pool.choose) if data.pool else None
+    choice = (model_answers(data.task, classifier.predict, data.pool.choose) if data.pool
+              else None)
     return SearchInputs(teacher, tflite, selection, confirmation, soft_targets(teacher, selection),
                         (_correct(classifier, selection), _correct(classifier, confirmation)),
                         choice)
@@ -286,15 +320,39 @@ def closest_trials(measured: list[dict], shown: int = 3) -> list[dict]:
 
 
 def choose(trials: list[dict], objective: str) -> tuple[dict | None, list[dict]]:
-    """The best trial on `objective` (ties: the greater chance) among those likely to pass the
-    gate from the selection part (`within`: chance >= LIKELY), tried in that order until one is
-    confirmed (`confirmed`: chance >= CONFIRMED from the confirmation part, which no sampler or
-    pruner saw: the guard against the winner's curse); and those refused at confirmation on the
-    way.
-    None when no trial is both."""
-    key = OBJECTIVE_KEYS[objective]
+    """The best trial on `objective` (ties: the defaults' recipe, then the greater chance) among
+    those likely to pass the gate from the selection part (`within`: chance >= LIKELY) and no
+    worse than the defaults' candidate (`defaults_candidate`, `no_worse`), tried in that order
+    until one is confirmed (`confirmed`: chance >= CONFIRMED from the confirmation part, which
+    no sampler or pruner saw: the guard against the winner's curse); and those refused at
+    confirmation on the way. None when no trial is all that. When the defaults' candidate was
+    measured, the choice is it or a trial that beats it: at most as large and as fast."""
+    reference = defaults_candidate(trials)
+    return _first_confirmed([t for t in trials if not reference or no_worse(t, reference)],
+                            OBJECTIVE_KEYS[objective])
+
+
+def defaults_candidate(trials: list[dict]) -> dict | None:
+    """What the stages would ship without the search, as far as the search measured it: the
+    smallest (gzip) of the trials of the defaults' recipes likely to pass and confirmed
+    (distill.width `auto` ships the smallest rung likely to pass); None when none is."""
+    return _first_confirmed([t for t in trials if DEFAULTS in t], "gzip_bytes")[0]
+
+
+def no_worse(trial: dict, reference: dict) -> bool:
+    """Whether `trial` is at most as large (gzip) as `reference` and not slower beyond noise:
+    its slowdown vs the teacher bounded above the reference's by more than SAME_SPEED. Each was
+    timed interleaved with the teacher, so the ratios to it compare across trials run at
+    different loads. Issue 50: on bytes alone, the search shipped a `mixed` student (INT4
+    kernels, slow on x86) 8x slower than the defaults' int8 one (and, pruned early, larger)."""
+    return (trial["gzip_bytes"] <= reference["gzip_bytes"]
+            and trial["slowdown_lower"] <= reference["slowdown_upper"] * (1 + SAME_SPEED))
+
+
+def _first_confirmed(trials: list[dict], key: str) -> tuple[dict | None, list[dict]]:
     refused = []
-    for trial in sorted((t for t in trials if t["within"]), key=lambda t: (t[key], -t["chance"])):
+    for trial in sorted((t for t in trials if t["within"]),
+                        key=lambda t: (t[key], DEFAULTS not in t, -t["chance"])):
         if trial["confirmed"]:
             return trial, refused
         refused.append(trial)

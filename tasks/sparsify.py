@@ -22,7 +22,7 @@ from tasks.artifacts import Workspace, copy_file, write_json
 from tasks.config import SparsifyConfig
 from tasks.errors import InputError
 from tasks.models import (
-    compile_classifier,
+    compile_for_labels,
     fit,
     layer_sparsity,
     overall_sparsity,
@@ -181,7 +181,7 @@ def sparsify(model: keras.Model, data: Dataset, cfg: SparsifyConfig) -> SparseRe
     skipped = check_prunable(model, cfg)
     total = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
     pruned = wrap_for_pruning(model, cfg, total, skipped)
-    compile_classifier(pruned, cfg.learning_rate)
+    compile_for_labels(pruned, data.task, cfg.learning_rate)
     fit(pruned, data, cfg, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     return SparseResult(

@@ -18,6 +18,7 @@ import numpy as np
 
 from tasks.artifacts import atomic_path
 from tasks.sources import Arrays, Source
+from tasks.task import Classification, Task, task_named
 
 if TYPE_CHECKING:
     import tensorflow as tf  # imported by `batches`: reading a manifest needs numpy only
@@ -84,7 +85,7 @@ class Split(Rows):
 
     @classmethod
     def of(cls, x: np.ndarray, y: np.ndarray) -> Split:
-        """A split of arrays in memory (`x` float32 inputs, `y` class ids)."""
+        """A split of arrays in memory (`x` float32 inputs, `y` class ids or 0/1 label rows)."""
         return cls(Arrays.of(x), np.arange(len(y)), np.asarray(y, dtype=np.int64))
 
     def subset(self, positions: np.ndarray | slice) -> Split:
@@ -93,13 +94,14 @@ class Split(Rows):
     def batches(self, batch_size: int, shuffle: bool = False,
                 targets: np.ndarray | None = None) -> tf.data.Dataset:
         """A tf.data pipeline of (inputs, labels) batches, read and decoded in parallel and
-        prefetched; `targets` (one row per sample) come after the label in each target row, as
-        distillation packs the teacher's logits. Shuffled anew each epoch from TensorFlow's
-        seed (the run's)."""
+        prefetched; `targets` (one row per sample) come after the labels in each target row, as
+        distillation packs the teacher's logits (tasks/teaching.py unpacks them). Shuffled anew
+        each epoch from TensorFlow's seed (the run's)."""
         import tensorflow as tf
 
         y = self.labels if targets is None else np.concatenate(
-            [self.labels[:, None].astype(np.float32), targets.astype(np.float32)], axis=1)
+            [self.labels.reshape(len(self), -1).astype(np.float32), targets.astype(np.float32)],
+            axis=1)
         positions = tf.data.Dataset.range(len(self))
         if shuffle:
             positions = positions.shuffle(len(self), reshuffle_each_iteration=True)
@@ -168,9 +170,13 @@ class Dataset:
     # the load stage: the gate's rule is decided from them before any training (tasks/gate.py).
     teacher_errors: dict[str, int] = field(default_factory=dict)
     pool: Pool | None = None
+    task: Task = Classification()  # decided by the load stage (tasks/task.py `infer_task`)
 
     @property
     def num_classes(self) -> int:
+        """How many classes (labels, for a 0/1 row per sample) the labels name."""
+        if self.train.labels.ndim == 2:
+            return self.train.labels.shape[1]
         return int(max(split.labels.max() for split in self.splits.values())) + 1
 
     @property
@@ -207,6 +213,7 @@ class Dataset:
                               "labels": split.labels.tolist(), "digest": split.digest}
                        for name, split in self.splits.items()},
             "teacher_errors": self.teacher_errors,
+            "task": {"name": self.task.name, "activation": self.task.activation},
         }
         if self.pool:
             manifest["pool"] = {name: {"source": sources.index(part.source),
@@ -223,7 +230,8 @@ class Dataset:
                               np.asarray(entry["labels"], np.int64), entry["digest"])
                   for name, entry in manifest["splits"].items()}
         pool = manifest.get("pool")
-        return cls(**splits, teacher_errors=manifest.get("teacher_errors", {}), pool=Pool(**{
+        return cls(**splits, teacher_errors=manifest.get("teacher_errors", {}),
+                   task=task_named(**manifest["task"]), pool=Pool(**{
             name: Unlabeled(sources[entry["source"]], np.asarray(entry["rows"], np.int64),
                             entry["digest"])
             for name, entry in pool.items()}) if pool else None)

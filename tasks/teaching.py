@@ -18,18 +18,19 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from tasks.config import DistillConfig, SparsifyConfig, Training
-from tasks.models import EPSILON, as_logits, fit, outputs_probabilities
+from tasks.models import accuracy_metric, as_logits, fit, output_activation
 from tasks.sparsify import check_prunable, training_steps, wrap_for_pruning
 from tasks.splits import BATCH, Dataset, Split
 from tasks.students import check_student
+from tasks.task import Task
 from tasks.views import consistent_views
 
 
 def logits(model: keras.Model, split: Split) -> np.ndarray:
-    """Pre-softmax scores of every sample; for a softmax model, log-probabilities (equal up to a
-    constant)."""
+    """Pre-activation scores of every sample: for a softmax model, log-probabilities (equal up to
+    a constant); for a sigmoid one, log-odds."""
     outputs = model.predict(split.batches(BATCH), verbose=0)
-    return np.log(outputs + EPSILON) if outputs_probabilities(model) else outputs
+    return as_logits(outputs, output_activation(model)).numpy()
 
 
 @dataclass(frozen=True)
@@ -47,34 +48,40 @@ def soft_targets(teacher: keras.Model, data: Dataset) -> SoftTargets:
 
 
 class DistillationLoss(keras.losses.Loss):
-    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T).
+    """alpha * the labels' loss + (1 - alpha) * T^2 * the loss against the teacher's outputs
+    softened by temperature T, for the data's task (tasks/task.py):
 
-    `y_true` packs the label in column 0 and the teacher's logits after it. The T^2 factor keeps
-    the soft-target gradients on the scale of the hard ones (Hinton et al., 2015).
+    - classification: cross-entropy on the class id, KL(teacher_T || student_T) over classes;
+    - multilabel: binary cross-entropy per label, on the labels and on the teacher's softened
+      sigmoid (per-output binary soft targets), averaged over labels.
+
+    `y_true` packs the labels first (`label_width` columns) and the teacher's logits after them.
+    The T^2 factor keeps the soft-target gradients on the scale of the hard ones (Hinton et al.,
+    2015).
     """
 
-    def __init__(self, temperature: float, alpha: float, student_probabilities: bool, **kwargs):
+    def __init__(self, task: str, temperature: float, alpha: float, activation: str,
+                 label_width: int = 1, **kwargs):
         super().__init__(name="distillation", **kwargs)
+        self.task, self.activation, self.label_width = task, activation, label_width
         self.temperature = temperature
         self.alpha = alpha
-        self.student_probabilities = student_probabilities
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        labels, teacher_logits = tf.cast(y_true[:, 0], tf.int32), y_true[:, 1:]
-        student_logits = as_logits(y_pred, self.student_probabilities)
-        hard = keras.losses.sparse_categorical_crossentropy(labels, student_logits,
-                                                            from_logits=True)
+        labels, teacher_logits = y_true[:, :self.label_width], y_true[:, self.label_width:]
+        student_logits = as_logits(y_pred, self.activation)
         t = self.temperature
-        soft = keras.losses.kl_divergence(
-            tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student_logits / t)
-        )
+        if self.task == "classification":
+            hard = keras.losses.sparse_categorical_crossentropy(
+                tf.cast(labels[:, 0], tf.int32), student_logits, from_logits=True)
+            soft = keras.losses.kl_divergence(
+                tf.nn.softmax(teacher_logits / t), tf.nn.softmax(student_logits / t))
+        else:
+            student_logits = tf.reshape(student_logits, tf.shape(labels))
+            hard = keras.losses.binary_crossentropy(labels, student_logits, from_logits=True)
+            soft = keras.losses.binary_crossentropy(
+                tf.sigmoid(teacher_logits / t), student_logits / t, from_logits=True)
         return self.alpha * hard + (1.0 - self.alpha) * t * t * soft
-
-
-def packed_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Accuracy against the label packed in column 0 of `y_true`."""
-    predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
-    return tf.cast(tf.equal(predicted, tf.cast(y_true[:, 0], tf.int32)), tf.float32)
 
 
 def distill(
@@ -112,7 +119,7 @@ class Distillation:
             steps = training_steps(len(data.train), cfg.epochs, cfg.batch_size)
             student = wrap_for_pruning(student, sparsify_cfg, steps, skipped)
             self.callbacks.append(tfmot.sparsity.keras.UpdatePruningStep())
-        compile_to_teacher(student, cfg, cfg.learning_rate)
+        compile_to_teacher(student, data.task, cfg, cfg.learning_rate)
         self.model, self.data, self.cfg, self.epochs = student, data, cfg, 0
         self.targets = targets or soft_targets(teacher, data)
 
@@ -130,12 +137,16 @@ class Distillation:
         return tfmot.sparsity.keras.strip_pruning(self.model) if self.pruned else self.model
 
 
-def compile_to_teacher(student: keras.Model, cfg: DistillConfig, learning_rate: float) -> None:
-    """Compile `student` with the `DistillationLoss` of `cfg` (temperature, alpha) and Adam."""
+def compile_to_teacher(student: keras.Model, task: Task, cfg: DistillConfig,
+                       learning_rate: float) -> None:
+    """Compile `student` with the `DistillationLoss` of `task` and `cfg` (temperature, alpha),
+    Adam and the task's accuracy on the packed labels."""
+    width = 1 if task.name == "classification" else student.output_shape[-1]
     student.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=DistillationLoss(cfg.temperature, cfg.alpha, outputs_probabilities(student)),
-        metrics=[packed_accuracy],
+        loss=DistillationLoss(task.name, cfg.temperature, cfg.alpha, output_activation(student),
+                              width),
+        metrics=[accuracy_metric(task, width)],
     )
 
 

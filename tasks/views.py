@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tasks.errors import InputError
-from tasks.models import as_logits, outputs_probabilities
+from tasks.models import as_logits, output_activation
 from tasks.splits import PREFETCH
 
 
@@ -31,12 +31,13 @@ def consistent_views(batches: tf.data.Dataset, teacher: keras.Model,
 
     Sequential map: TensorFlow's random ops are repeatable from the run's seed only in order."""
     view = {"flip_crop": flip_crop, "mixup": mixup}[augment]
-    probabilities = outputs_probabilities(teacher)
+    activation = output_activation(teacher)
 
     def pack(x: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = view(x)
-        logits = as_logits(teacher(x, training=False), probabilities)
-        return x, tf.concat([tf.cast(labels[:, None], tf.float32), logits], axis=1)
+        logits = as_logits(teacher(x, training=False), activation)
+        labels = tf.reshape(tf.cast(labels, tf.float32), [tf.shape(x)[0], -1])
+        return x, tf.concat([labels, logits], axis=1)
 
     return batches.map(pack).prefetch(PREFETCH)
 

@@ -33,8 +33,8 @@ TEST_MARK = "SHRINKFLOW_TEST_MARK"
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
-# The nightly schedule of a test's stack or worker: 12 hours from now, so that it never fires
-# during a test (`0 2 * * *` did, in a suite run at 02:00 UTC).
+# The nightly schedule (stack.cron) of a test project's stack or worker: 12 hours from now, so
+# that it never fires during a test (`0 2 * * *` did, in a suite run at 02:00 UTC).
 QUIET_CRON = f"0 {(datetime.now(UTC).hour + 12) % 24} * * *"
 
 
@@ -111,30 +111,34 @@ def digits_npz(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_params(tmp_path: Path, digits_npz: Path):
-    """Make a Params: 500 digits, one epoch everywhere, few calibration samples, minimum latency
-    runs, and MLflow in a temp sqlite file. Written to `tmp_path/params.yaml` and loaded as the
-    CLI does, with `--set`-style overrides: `tiny_params("distill.enabled=false")`.
+    """Make a Params: 500 digits, one epoch everywhere but distillation, few calibration samples,
+    minimum latency runs, and MLflow in a temp sqlite file. Written to `tmp_path/params.yaml` and
+    loaded as the CLI does, with `--set`-style overrides: `tiny_params("distill.enabled=false")`.
     """
     return lambda *overrides: write_tiny_params(tmp_path, digits_npz, *overrides)
 
 
 def write_tiny_params(root: Path, data: Path, *overrides: str) -> Params:
-    from flows.workspace.params import load_params
+    from flows.stack.config import load_config
 
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"source": f"npz:{data}", "val_fraction": 0.1},  # auto: 30 % of 400
         "model": {"epochs": 1},
         "sparsify": {"epochs": 1},
-        "distill": {"epochs": 1, "width": 0.25},  # auto: tests/test_distill.py
+        # 10 epochs bring the student within the gate's 20 points of its one-epoch teacher
+        # (2026-12-08: 70 % vs 58 % on 100 test samples; after 1 epoch, 12 %: chance)
+        "distill": {"epochs": 10, "width": 0.25},  # auto: tests/test_distill.py
         "quantize": {"calibration_samples": 20},
         "evaluate": {"latency_runs": 200, "warmup_runs": 1},
         "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "test"},
-        # tiny models: int8's (de)quantize ops can outweigh a microsecond of work; the speed
-        # floor has its own tests (test_gate, test_speed, test_flow)
-        "gate": {"registered_model": "test-int8", "max_accuracy_drop": 1.0, "max_slowdown": 100},
+        # the most accuracy budget the gate takes (20 points); tiny models: int8's (de)quantize
+        # ops can outweigh a microsecond of work; the speed floor has its own tests (test_gate,
+        # test_speed, test_flow)
+        "gate": {"registered_model": "test-int8", "max_accuracy_drop": 0.2, "max_slowdown": 100},
+        "stack": {"cron": QUIET_CRON},
     }))
-    return load_params(path, overrides)
+    return load_config(path, overrides).params
 
 
 def make_project(root: Path, data: Path, *overrides: str) -> Params:
@@ -146,11 +150,6 @@ def make_project(root: Path, data: Path, *overrides: str) -> Params:
     shutil.copy(REPO / ".gitignore", root)
     for folder in ("tasks", "infra"):
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    prefect_file = root / "infra" / "prefect.yaml"
-    deployments = yaml.safe_load(prefect_file.read_text())
-    for schedule in (s for d in deployments["deployments"] for s in d.get("schedules", [])):
-        schedule["cron"] = QUIET_CRON
-    prefect_file.write_text(yaml.safe_dump(deployments, sort_keys=False))
     params = write_tiny_params(root, data, *overrides)
     init_workspace(root, params)
     return params

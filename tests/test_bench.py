@@ -2,12 +2,14 @@
 written, and tracked in one MLflow run."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from flows.bench import BENCH_JSON, BENCH_MD, BENCH_PLOT, bench_table, relocated_params, run_bench
+from flows.cli import main
 from flows.recipes import RECIPES
 from flows.workspace.params import validate_params
 
@@ -78,3 +80,12 @@ def test_a_project_copy_reads_the_same_inputs_and_tracks_in_its_own_store(tmp_pa
     defaults = relocated_params(validate_params({}), tmp_path)
     assert (defaults.data.source, defaults.data.unlabeled, defaults.model.source) == (
         "digits", None, "train")
+
+
+def test_the_help_lists_every_recipe_of_the_registry_with_its_docstring(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    recipes = capsys.readouterr().out.split("\nrecipes:\n")[1]
+    assert re.findall(r"^  (\S+) ", recipes, re.M) == list(RECIPES)
+    assert " ".join(recipes.split()).endswith(" ".join(RECIPES["search"].__doc__.split()))

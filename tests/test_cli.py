@@ -140,6 +140,28 @@ def test_bad_input_exits_2_with_a_message_and_touches_nothing(case, workspace, c
     assert not Path("mlflow.db").exists()  # refused before any run was opened
 
 
+@pytest.mark.parametrize("command", [["run"], ["stage", "load"], ["init"], ["up"], ["deploy"],
+                                     ["serve"], ["bench"]])
+def test_every_command_refuses_a_bad_value_in_any_section_before_any_work(command, workspace,
+                                                                          capsys):
+    """The stack's section too, for a command that does not use it, with every problem at once."""
+    sets = ["--set", "stack.cron=bogus", "--set", "gate.max_accuracy_drop=1"]
+    assert main([*command, *sets]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shrinkflow: error: invalid params:\n"), err
+    assert "  gate.max_accuracy_drop = 1: that is 100 points" in err
+    assert "  stack.cron = 'bogus': Wrong number of fields: give five fields" in err
+    assert not Path("mlflow.db").exists() and not Path(".shrinkflow").exists()
+
+
+def test_down_reads_no_config_so_a_broken_file_never_keeps_a_stack_up(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("stack: {cron: bogus}\n")
+    assert main(["down"]) == 0
+    assert capsys.readouterr().out == "no stack is running here\n"
+
+
 def test_a_directory_that_is_no_project_gets_told_how_to_make_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")  # a machine where git knows nobody

@@ -267,7 +267,7 @@ BAD_INPUTS = [
     ),
     pytest.param(
         lambda p: _npz(p, x=_x(), y=_y() + 0.5),
-        "y must hold integer class ids, got float64",
+        "y must hold a class id or a row of 0/1 labels per sample, got float64",
         id="fractional-labels",
     ),
     pytest.param(

@@ -15,7 +15,7 @@ from tasks.artifacts import Workspace, write_bytes, write_json
 from tasks.config import EvaluateConfig
 from tasks.evaluate import (
     evaluate_tflite,
-    predicted_classes,
+    model_answers,
     run_evaluate,
     warn_if_oversubscribed,
 )
@@ -34,16 +34,17 @@ def test_fp32_predictions_match_keras(digits, trained_cnn):
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
-def test_predicted_classes_of_a_split_or_pool_part_read_in_batches(digits, trained_cnn):
+def test_answers_of_a_split_or_pool_part_read_in_batches(digits, trained_cnn):
     from tasks.splits import Unlabeled
 
     classify = TFLiteClassifier(convert_to_tflite(trained_cnn)).predict
     expected = trained_cnn.predict(digits.train.read(), verbose=0).argmax(axis=1)
     part = Unlabeled(digits.train.source, digits.train.rows)
-    assert (predicted_classes(classify, part) == expected).mean() > 0.98  # 300: two batches
-    np.testing.assert_array_equal(predicted_classes(classify, digits.train),
-                                  predicted_classes(classify, part))
-    assert predicted_classes(classify, part.subset(slice(0))).shape == (0,)  # an empty part
+    task = digits.task
+    assert (model_answers(task, classify, part) == expected).mean() > 0.98  # 300: two batches
+    np.testing.assert_array_equal(model_answers(task, classify, digits.train),
+                                  model_answers(task, classify, part))
+    assert model_answers(task, classify, part.subset(slice(0))).shape == (0,)  # an empty part
 
 
 def test_int8_predictions_are_dequantized_and_agree_with_keras(digits, trained_cnn):

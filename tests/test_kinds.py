@@ -17,7 +17,6 @@ from tasks.config import QuantizeConfig
 from tasks.errors import InputError
 from tasks.models import seed_everything, write_model
 from tasks.quantize import convert_to_tflite, quantize_model
-from tasks.splits import Split
 from tasks.tflite import TFLiteClassifier
 
 LENGTH, VOCABULARY, CLASSES = 12, 30, 3
@@ -78,7 +77,7 @@ def test_the_default_quantization_runs_a_recurrent_model_on_float_kernels(recurr
     model = keras.Sequential([keras.Input((LENGTH, 4)), recurrent(),
                               keras.layers.Dense(CLASSES, activation="softmax")])
     samples = np.random.default_rng(0).random((4, LENGTH, 4), np.float32)
-    quantized = quantize_model(model, QuantizeConfig(), samples, Split.of(samples[:0], np.zeros(0)))
+    quantized = quantize_model(model, QuantizeConfig(), samples)
     assert quantized.mode in ("dynamic", "float16")
     computes = op_input_types(quantized.tflite)
     assert computes.keys() & {"UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "WHILE"}

@@ -16,6 +16,7 @@ from tasks.errors import InputError
 from tasks.load import check_beats_chance, open_inputs, train_teacher
 from tasks.models import write_model
 from tasks.splits import Dataset, Split
+from tasks.task import Classification
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +82,6 @@ def test_a_teacher_above_chance_passes(trained_cnn, digits):
 def test_chance_is_beaten_only_beyond_noise(right, beaten):
     """300 samples, the most frequent class a tenth of them: 30 is chance, 40 is within noise
     (binomial tail 0.04 > 0.01), 50 is not (5e-5)."""
-    chance = Chance.of(np.repeat(np.arange(10), 30))
-    assert (chance.label, chance.rate) == (0, 0.1)
+    chance = Chance.of(Classification(), np.repeat(np.arange(10), 30))
+    assert (chance.answer, chance.rate) == (0, 0.1)
     assert chance.beaten(right, 300, confidence=0.99) is beaten

@@ -33,6 +33,7 @@ METRICS_JSON = {  # as the evaluate stage writes it: 353 and 351 of 360 test sam
                  "reference_us": 90.0, "rounds": 20, "confidence": 0.95, "threads": 1},
     "slowest_ops": [{"index": 0, "op": "CONV_2D", "us": 1.8, "share": 0.6, "last": None},
                     {"index": 2, "op": "PAD+CONV_2D", "us": 0.9, "share": 0.3, "last": 3}],
+    "task": "classification",
     "fidelity": {"n": 2000, "disagree": 3},
 }
 RECORD = RunMetrics.from_json(METRICS_JSON)
@@ -48,6 +49,13 @@ def test_metrics_json_reads_back_to_the_same_document(tmp_path):
     assert RECORD.final.thread_counts() == [1, 4] and RECORD.final.latency_at(4) == (2.5, 2.9)
     row = FINAL | RECORD.comparison.as_dict() | {"wall_s": 1.5}  # a bench row: more keys
     assert CandidateMetrics.from_dict(row) == RECORD.final
+
+
+def test_a_tasks_other_scores_sit_beside_the_accuracy_and_read_back():
+    tagger = FINAL | {"label_accuracy": 0.99, "macro_f1": 0.97}  # a multi-label model's
+    measured = CandidateMetrics.from_dict(tagger)
+    assert measured.scores == {"label_accuracy": 0.99, "macro_f1": 0.97}
+    assert measured.as_dict() == tagger
 
 
 def test_the_readers_take_the_record():

@@ -3,12 +3,13 @@ flatten."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.stack.config import StackConfig, load_stack
+from flows.stack.config import StackConfig, load_config
 from flows.workspace.params import flatten, load_params, validate_params
 from flows.workspace.versioning import inputs_section
 from tasks.config import Params
@@ -25,20 +26,49 @@ def test_repo_params_yaml_spells_out_every_default():
     assert flatten(written) == flatten(Params().model_dump(mode="json"))
     assert stack == StackConfig().model_dump(mode="json")
     assert load_params(PARAMS_YAML) == Params()
-    assert load_stack(PARAMS_YAML) == StackConfig()
+    assert load_config(PARAMS_YAML).stack == StackConfig()
 
 
 def test_stack_section_is_read_apart_from_the_run_params(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 3\nstack:\n  prefect_port: 4300\n")
-    assert load_params(path).seed == 3
-    assert load_stack(path, ["stack.mlflow_port=5100"]).model_dump() == (
-        StackConfig(prefect_port=4300, mlflow_port=5100).model_dump()
-    )
-    with pytest.raises(InputError, match="stack: cron '0 2 \\* \\* \\*' / timezone 'Mars': Invalid timezone"):
-        load_stack(path, ["stack.timezone=Mars"])
+    config = load_config(path, ["stack.mlflow_port=5100"])
+    assert config.params == load_params(path) and config.params.seed == 3
+    assert config.stack == StackConfig(prefect_port=4300, mlflow_port=5100)
+    assert config.args == ("--params", str(path), "--set", "stack.mlflow_port=5100")  # for `serve`
     with pytest.raises(InputError, match="stack.ports: unknown key; allowed here: host, prefect_port"):
-        load_stack(path, ["stack.ports=1"])
+        load_config(path, ["stack.ports=1"])
+
+
+def test_every_section_is_validated_at_once_naming_each_problem(tmp_path):
+    with pytest.raises(InputError) as refused:
+        load_config(PARAMS_YAML, ["stack.cron=bogus", "distill.temperature=0",
+                                  "stack.timezone=Mars"])
+    assert str(refused.value).splitlines()[1:] == [
+        "  distill.temperature = 0: Input should be greater than 0",
+        "  stack.cron = 'bogus': Wrong number of fields: give five fields, minute hour "
+        "day-of-month month day-of-week, e.g. `0 2 * * *` (02:00 every day)",
+        "  stack.timezone = 'Mars': not an IANA time zone name; use e.g. `UTC` or `Europe/Berlin`"]
+
+
+@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 1-5 * * mon-fri", "30 4 1,15 JAN-dec 0",
+                                  "0 0 * * 7", "5/10 * * * *", "0 2 * * mon#1"])
+def test_standard_cron_schedules_are_accepted(cron):
+    """`--set stack.cron=*/15 ...` too, which YAML cannot read (`*` starts an alias): the text."""
+    assert load_config(PARAMS_YAML, [f"stack.cron={cron}", "stack.timezone=Europe/Berlin"]
+                       ).stack.cron == cron
+
+
+@pytest.mark.parametrize("cron, problem", [
+    ("0 2 * *", "Wrong number of fields: give five fields"),
+    ("0 25 * * *", "Bad hour: give five fields"),
+    ("0 2 * * 8", "Bad day-of-week"),
+    ("5-2 * * * *", "Bad minute"),
+    ("*/0 * * * *", "Bad minute"),
+])
+def test_a_cron_schedule_out_of_its_fields_is_refused_naming_the_field(cron, problem):
+    with pytest.raises(InputError, match=f"stack.cron = '{re.escape(cron)}': {problem}"):
+        load_config(PARAMS_YAML, [f"stack.cron={cron}"])
 
 
 def test_default_path_is_params_yaml_in_the_working_directory(tmp_path, monkeypatch):
@@ -64,6 +94,8 @@ def test_overrides_apply_typed_values_and_leave_the_rest():
     [
         ("seed=0", lambda p: p.seed, 0),
         ("data.image_size=[32, 16]", lambda p: p.data.image_size, (32, 16)),
+        ("data.image_size=224", lambda p: p.data.image_size, (224, 224)),  # one number: a square
+        ("gate.max_accuracy_drop=0.2", lambda p: p.gate.max_accuracy_drop, 0.2),
         ("data.source=npz:/tmp/d.npz", lambda p: p.data.source, "npz:/tmp/d.npz"),
         ("data.color_mode=grayscale", lambda p: p.data.color_mode, "grayscale"),
         ("model.weights=w.h5", lambda p: p.model.weights, "w.h5"),
@@ -97,6 +129,23 @@ BAD_OVERRIDES = [
     ),
     pytest.param(
         ["gate.confidence=1"], r"gate\.confidence = 1: .*less than 1", id="confidence-1"
+    ),
+    pytest.param(
+        ["gate.max_accuracy_drop=1"],
+        r"gate\.max_accuracy_drop = 1: that is 100 points: the budget is a fraction \(0\.01 = 1 "
+        r"point\); for 1 point write 0\.01; at most 0\.2 \(20 points\)$",
+        id="budget-in-points",
+    ),
+    pytest.param(
+        ["gate.max_accuracy_drop=0.5"],
+        r"gate\.max_accuracy_drop = 0\.5: that is 50 points: the budget is a fraction",
+        id="budget-over-20-points",
+    ),
+    pytest.param(
+        ["data.image_size=[224]"],
+        r"data\.image_size = \[224\]: give \[height, width\], e\.g\. \[224, 224\], or one "
+        r"number for a square",
+        id="image-size-one-item",
     ),
     pytest.param(
         ["distill.temprature=2"],

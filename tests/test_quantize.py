@@ -88,8 +88,7 @@ WEIGHTS = {"int8": {"int8"}, "int16x8": {"int8"}, "dynamic": {"int8", "float"}, 
 
 @pytest.mark.parametrize("mode", IO_TYPES)
 def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, residual, digits):
-    quantized = quantize_model(residual, QuantizeConfig(mode=mode), digits.train.read(slice(50)),
-                               digits.val)
+    quantized = quantize_model(residual, QuantizeConfig(mode=mode), digits.train.read(slice(50)))
     classifier = TFLiteClassifier(quantized.tflite)
     assert classifier.input["dtype"] == classifier.output["dtype"] == IO_TYPES[mode]
     measured, _ = measure_tflite(quantized.tflite, digits,
@@ -104,10 +103,10 @@ def test_each_mode_runs_in_litert_with_its_io_types_and_keeps_accuracy(mode, res
 
 
 def test_mixed_chooses_within_the_budget_and_the_model_matches_its_plan(residual, digits):
-    validation = digits.val
-    fp32 = validation_accuracy(convert_to_tflite(residual), validation)
+    validation, task = digits.val, digits.task
+    fp32 = validation_accuracy(convert_to_tflite(residual), validation, task)
     cfg = QuantizeConfig(mode="mixed", max_accuracy_drop=0.02)
-    quantized = quantize_model(residual, cfg, digits.train.read(slice(50)), validation)
+    quantized = quantize_model(residual, cfg, digits.train.read(slice(50)), digits)
     layers = quantized.sensitivity["layers"]
     weighted = [layer for layer in layers if layer["params"]]
     assert [layer["layer"] for layer in weighted] == ["conv", "depthwise", "dense", "out"]
@@ -115,17 +114,16 @@ def test_mixed_chooses_within_the_budget_and_the_model_matches_its_plan(residual
     assert all(set(layer["validation_error"]) <= {"int4", "int8"} for layer in layers)
     stored = layer_precisions(quantized.tflite)
     assert {layer["scope"]: layer["precision"] for layer in weighted} == stored
-    assert fp32 - validation_accuracy(quantized.tflite, validation) <= 0.02
-    assert 1 - validation_accuracy(quantized.tflite, validation) == pytest.approx(
+    assert fp32 - validation_accuracy(quantized.tflite, validation, task) <= 0.02
+    assert 1 - validation_accuracy(quantized.tflite, validation, task) == pytest.approx(
         quantized.sensitivity["validation_error"])
     assert TFLiteClassifier(quantized.tflite).predict(digits.test.read(slice(5))).shape == (5, 10)
 
 
 def test_mixed_with_room_stores_int4_weights_and_shrinks_below_int8(residual, digits):
-    validation = digits.val
     loose = quantize_model(residual, QuantizeConfig(mode="mixed", max_accuracy_drop=1.0),
-                           digits.train.read(slice(50)), validation)
-    int8 = quantize_model(residual, QuantizeConfig(), digits.train.read(slice(50)), validation)
+                           digits.train.read(slice(50)), digits)
+    int8 = quantize_model(residual, QuantizeConfig(), digits.train.read(slice(50)))
     stored = {layer["layer"]: layer["precision"] for layer in loose.sensitivity["layers"]
               if layer["params"]}
     # AEQ's policy offers no INT4 for DEPTHWISE_CONV_2D: it stays INT8
@@ -152,7 +150,7 @@ def test_quantize_stage_writes_the_model_the_sensitivity_and_its_plot(residual, 
 def test_a_model_without_recurrent_layers_gets_the_full_integer_conversion(trained_cnn, digits):
     """The weight-only forms are for recurrent models only (tasks/quantize.py `recurrent_int8`)."""
     calibration = digits.train.read(slice(20))
-    quantized = quantize_model(trained_cnn, QuantizeConfig(), calibration, digits.val)
+    quantized = quantize_model(trained_cnn, QuantizeConfig(), calibration)
     assert quantized.mode == "int8"
     assert quantized.tflite == convert_to_tflite(trained_cnn, "int8", calibration)
 

@@ -61,7 +61,7 @@ def register(root: Path, data: Dataset) -> Gated:
     ws = Workspace(root)
     data.save(ws.data)
     write_bytes(ws.model, convert_to_tflite(model, "int8", data.train.read(slice(20))))
-    cfg = GateConfig(registered_model=NAME, max_accuracy_drop=1.0)
+    cfg = GateConfig(registered_model=NAME, max_accuracy_drop=0.2)
     as_fast = Slowdown(1.0, 0.9, 1.1, model_us=5.0, reference_us=5.0, rounds=20, confidence=0.95,
                        threads=1)
     found = Evidence(decide_rule(cfg, len(data.test), 2), PairedDrop(len(data.test), 1, 0, 0.95),

@@ -165,13 +165,14 @@ def team(tmp_path_factory, digits_npz, postgres, s3, environment) -> Team:
     prefect_port, mlflow_port = free_port(), free_port()
     prefect, mlflow = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
     make_project(root, digits_npz, f"tracking.uri={mlflow}")
-    with (root / "params.yaml").open("a") as params:
-        yaml.safe_dump({"stack": {
-            "prefect_port": prefect_port, "mlflow_port": mlflow_port, "serve": False,
-            "prefect_database": postgres.url("prefect", "postgresql+asyncpg"),
-            "mlflow_backend": postgres.url("mlflow"),
-            "artifacts": f"s3://{BUCKET}/mlflow", "s3_endpoint": s3,
-        }}, params)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["stack"] |= {  # beside its stack.cron
+        "prefect_port": prefect_port, "mlflow_port": mlflow_port, "serve": False,
+        "prefect_database": postgres.url("prefect", "postgresql+asyncpg"),
+        "mlflow_backend": postgres.url("mlflow"),
+        "artifacts": f"s3://{BUCKET}/mlflow", "s3_endpoint": s3,
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = environment | {"PREFECT_API_URL": f"{prefect}/api"}
     for args in (["remote", "add", "-d", "storage", f"s3://{BUCKET}/dvc"],
                  ["remote", "modify", "storage", "endpointurl", s3]):
@@ -376,7 +377,7 @@ def test_a_work_pool_that_does_not_exist_is_refused_by_deploy(team, tmp_path):
 
 def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgres, s3, tmp_path,
                                                                          monkeypatch):
-    from flows.stack.config import StackConfig
+    from flows.stack.config import Config, StackConfig
     from flows.stack.servers import up
     from tasks.config import Params
 
@@ -394,13 +395,14 @@ def test_unreachable_or_refusing_stores_are_named_before_anything_starts(postgre
         stack = {"mlflow_backend": postgres.url("mlflow"), "artifacts": f"s3://{BUCKET}/a",
                  "s3_endpoint": s3} | stack
         with pytest.raises(InputError) as refused:
-            up(team_params, StackConfig(**stack, prefect_port=free_port(),
-                                        mlflow_port=free_port()), tmp_path)
+            up(Config(team_params, StackConfig(**stack, prefect_port=free_port(),
+                                               mlflow_port=free_port()), ()), tmp_path)
         assert message in str(refused.value)
     monkeypatch.setenv("PGPASSWORD", "wrong")
+    database = postgres.url("prefect", "postgresql+asyncpg")
     with pytest.raises(InputError, match="password authentication failed.*set PGPASSWORD"):
-        up(Params(), StackConfig(prefect_database=postgres.url("prefect", "postgresql+asyncpg"),
-                                 prefect_port=free_port(), mlflow_port=free_port()), tmp_path)
+        up(Config(Params(), StackConfig(prefect_database=database, prefect_port=free_port(),
+                                        mlflow_port=free_port()), ()), tmp_path)
     assert not (tmp_path / ".shrinkflow").exists()
 
 
@@ -432,7 +434,7 @@ def test_an_unreachable_tracking_database_fails_the_run_before_training(tmp_path
 
 
 def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypatch):
-    from flows.stack.config import StackConfig, load_stack
+    from flows.stack.config import Config, StackConfig, load_config
     from flows.stack.servers import up
     from tasks.config import Params
 
@@ -441,13 +443,13 @@ def test_a_password_in_a_url_is_refused_without_repeating_it(tmp_path, monkeypat
     assert "tracking.uri: holds a password" in str(refused.value)
     assert "s3cret" not in str(refused.value)
     with pytest.raises(InputError, match="stack.mlflow_backend: holds a password"):
-        load_stack(overrides=["stack.mlflow_backend=postgresql://u:pw@db/mlflow"])
+        load_config(overrides=["stack.mlflow_backend=postgresql://u:pw@db/mlflow"])
     for name in CREDENTIALS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(InputError, match="stack.host is 0.0.0.0, not loopback: both servers need "
                        "auth; set PREFECT_API_AUTH_STRING, MLFLOW_TRACKING_USERNAME, "
                        "MLFLOW_TRACKING_PASSWORD"):
-        up(Params(), StackConfig(host="0.0.0.0"), tmp_path)
+        up(Config(Params(), StackConfig(host="0.0.0.0"), ()), tmp_path)
 
 
 INFRA = REPO / "infra"

@@ -11,7 +11,7 @@ from tasks.artifacts import Workspace
 from tasks.config import SparsifyConfig, Training
 from tasks.errors import InputError
 from tasks.models import (
-    compile_classifier,
+    compile_for_labels,
     fit,
     layer_sparsity,
     overall_sparsity,
@@ -122,7 +122,7 @@ def test_long_epochs_report_progress_and_samples_per_second_within_epochs(
     monkeypatch.setattr(progress, "BATCH_SECONDS", 0.0)  # every batch
     token = progress.batch_listener.set(lambda done, rate: told.append((done, rate)))
     try:
-        compile_classifier(trained_cnn, 1e-3)
+        compile_for_labels(trained_cnn, digits.task, 1e-3)
         fit(trained_cnn, digits, Training(epochs=2, batch_size=50))
     finally:
         progress.batch_listener.reset(token)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from threading import Thread
 import numpy as np
 import pytest
 
-from conftest import QUIET_CRON, make_project
+from conftest import QUIET_CRON, REPO, make_project
 from flows.stages import STAGES
 from tasks.splits import Dataset
 from tasks.tflite import TFLiteClassifier
@@ -34,6 +35,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots
 CHROMIUM = "/usr/bin/chromium"
 ASSISTANT_CLOSE = '[data-component-id="mlflow.assistant.chat_panel.close"]'  # MLflow 3.17's
 MODEL = "test-int8"
+TIMEZONE = "Europe/Berlin"  # not the default (UTC): the schedule is the one given
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def stack(nightly_project: Path, webhook: Webhook) -> Stack:
     log = open(nightly_project / "up.log", "w")
     process = subprocess.Popen(
         [SHRINKFLOW, "up", "--set", f"stack.prefect_port={prefect_port}",
-         "--set", f"stack.mlflow_port={mlflow_port}", "--set", f"stack.cron={QUIET_CRON}"],
+         "--set", f"stack.mlflow_port={mlflow_port}", "--set", f"stack.timezone={TIMEZONE}"],
         cwd=nightly_project, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     prefect = f"http://127.0.0.1:{prefect_port}"
@@ -190,6 +192,41 @@ def mlflow_parent_run(stack: Stack, flow_run_id: str) -> dict:
 
 def as_dict(entries: list[dict]) -> dict:
     return {entry["key"]: entry["value"] for entry in entries}
+
+
+def test_up_serves_the_nightly_on_the_schedule_of_its_params_and_overrides(stack):
+    """stack.cron from params.yaml (conftest), stack.timezone from `up --set`: the `serve` that
+    `up` starts reads the config as `up` did."""
+    deployment = get_json(f"{stack.prefect}/api/deployments/{stack.deployment_id}")
+    assert [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in deployment["schedules"]
+            ] == [(QUIET_CRON, TIMEZONE)]
+
+
+def test_deploy_schedules_the_nightly_on_stack_cron_in_stack_timezone(prefect_server, tmp_path,
+                                                                      monkeypatch, capsys):
+    """`shrinkflow deploy` to a real Prefect server: the schedule is the config's, as `up` serves
+    it, and a deploy with another replaces it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli import main
+
+    for folder in ("flows", "tasks", "infra"):
+        shutil.copytree(REPO / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # for `prefect deploy`
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="shrinkflow", type="process"), overwrite=True)
+    schedules = []
+    for cron, timezone in (("15 3 * * mon-fri", TIMEZONE), ("0 4 * * *", "UTC")):
+        assert main(["deploy", "--set", f"stack.cron={cron}", "--set", f"stack.timezone={timezone}"]
+                    ) == 0, capsys.readouterr()
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("compress/nightly")
+        schedules.append([(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules])
+    assert schedules == [[("15 3 * * mon-fri", TIMEZONE)], [("0 4 * * *", "UTC")]]
 
 
 def test_a_run_from_the_ui_is_tracked_in_mlflow_with_its_override(stack, first_run):
@@ -453,7 +490,7 @@ def run_form(page, stack: Stack) -> None:
 
 
 def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
-    from flows.stack.config import StackConfig
+    from flows.stack.config import Config, StackConfig
     from flows.stack.servers import up
     from tasks.config import Params
     from tasks.errors import InputError
@@ -463,5 +500,6 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(InputError, match=rf"stack.mlflow_port: 127.0.0.1:{port} is in use"):
-            up(Params(), StackConfig(prefect_port=free_port(), mlflow_port=port), tmp_path)
+            up(Config(Params(), StackConfig(prefect_port=free_port(), mlflow_port=port), ()),
+               tmp_path)
     assert not (tmp_path / ".shrinkflow").exists()

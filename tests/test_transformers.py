@@ -20,7 +20,6 @@ from tasks.errors import InputError
 from tasks.friendly import block_choices
 from tasks.models import seed_everything, write_model
 from tasks.quantize import quantize_model
-from tasks.splits import Split
 from tasks.students import derive_student
 from tasks.tflite import TFLiteClassifier
 
@@ -148,7 +147,7 @@ def test_a_student_converts_to_int8_and_runs_in_litert(model):
     seed_everything(0)
     teacher, x = build(), samples(30)
     student = derive_student(teacher, 0.5, "teacher", activations="relu")
-    quantized = quantize_model(student, QuantizeConfig(), x[:20], Split.of(x[:0], np.zeros(0)))
+    quantized = quantize_model(student, QuantizeConfig(), x[:20])
     classifier = TFLiteClassifier(quantized.tflite)
     assert quantized.mode == "int8" and classifier.output["dtype"] == np.int8
     assert classifier.input["dtype"] == (np.int8 if model == "vit" else np.int32)

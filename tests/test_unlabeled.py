@@ -18,7 +18,7 @@ from conftest import gate_record, make_project
 from flows.cli import main
 from tasks.config import DataConfig
 from tasks.data import load_data
-from tasks.evaluate import predicted_classes
+from tasks.evaluate import model_answers
 from tasks.models import read_model
 from tasks.quantize import convert_to_tflite
 from tasks.splits import Dataset
@@ -78,8 +78,9 @@ def test_metrics_count_the_final_models_disagreements_with_the_teacher_on_the_ce
     fp32_teacher = convert_to_tflite(read_model(root / "artifacts" / "teacher.h5"))
     deployed = (root / "artifacts" / "model.tflite").read_bytes()
     for model, classes in ((fp32_teacher, teacher), (deployed, final)):
-        np.testing.assert_array_equal(predicted_classes(TFLiteClassifier(model).predict, certify),
-                                      classes)
+        np.testing.assert_array_equal(
+            model_answers(pool_run["data"].task, TFLiteClassifier(model).predict, certify),
+            classes)
     (parent,), _ = runs_by_parent(pool_run["params"]["tracking"]["uri"])
     assert parent.data.metrics["fidelity.disagree"] == metrics["fidelity"]["disagree"]
     # the gate weighs it: the fidelity bound beside the paired one, each at 97.5 %

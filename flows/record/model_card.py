@@ -53,8 +53,9 @@ def model_card(params: Params, ws: Workspace, metrics: RunMetrics, student: str 
 def _what_it_is(params: Params, recipe: Params, data: Dataset, metrics: RunMetrics) -> str:
     quantize = recipe.quantize
     shape = "×".join(str(d) for d in data.input_shape)
-    return (f"A TFLite classifier ({quantize.mode if quantize.enabled else 'fp32'}) of "
-            f"{data.num_classes} classes over inputs of shape {shape} (float32), "
+    return (f"A TFLite {data.task.model_kind} ({quantize.mode if quantize.enabled else 'fp32'}) "
+            f"of {data.num_classes} {data.task.outputs_are} over inputs of shape {shape} "
+            f"(float32), judged by {data.task.metric}, "
             f"compressed by shrinkflow from the teacher (`model.source: {params.model.source}`, "
             f"{metrics.teacher.params:,} params) into a student of "
             f"{metrics.final.params:,} params.")

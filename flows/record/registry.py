@@ -130,8 +130,9 @@ def _gate(cfg: GateConfig, evaluate: EvaluateConfig, ws: Workspace, evidence: Ev
     if champion and not refusal:
         measured["gate.champion"], champion_predicted = measure_tflite(champion.tflite, data,
                                                                        evaluate)
-        drops["gate.champion_drop"] = paired_drop(champion_predicted == data.test.labels,
-                                                  predicted == data.test.labels, cfg.confidence)
+        drops["gate.champion_drop"] = paired_drop(
+            data.task.right(champion_predicted, data.test.labels),
+            data.task.right(predicted, data.test.labels), cfg.confidence)
         slowdowns["gate.champion_slowdown"] = slowdown(model, champion.tflite,
                                                        data.test.read(slice(1))[0], evaluate,
                                                        cfg.confidence)

@@ -13,6 +13,7 @@ from flows.workspace.versioning import Fingerprint
 from tasks.measurements import CandidateMetrics, Comparison, RunMetrics, human_size, percent
 from tasks.profile import OpTime
 from tasks.speed import Slowdown, speed_change
+from tasks.task import TASKS
 
 if TYPE_CHECKING:
     from flows.record.gated import Gated
@@ -162,7 +163,8 @@ def summary_rows(metrics: RunMetrics) -> list[tuple[str, ...]]:
     teacher, final = metrics.teacher, metrics.final
     return [
         ("", "teacher", "final", ""),
-        ("accuracy", percent(teacher.accuracy), percent(final.accuracy), accuracy_change(metrics)),
+        (TASKS[metrics.task].metric, percent(teacher.accuracy), percent(final.accuracy),
+         accuracy_change(metrics)),
         ("params", f"{teacher.params:,}", f"{final.params:,}", ""),
         ("sparsity", "", percent(final.sparsity), ""),
         (".tflite size", human_size(teacher.tflite_bytes), human_size(final.tflite_bytes),

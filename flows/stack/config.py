@@ -1,21 +1,35 @@
-"""The stack's configuration (`shrinkflow up`, `serve`, `deploy`): params.yaml's `stack:` section.
+"""The project's configuration as every command reads it: params.yaml's run parameters and its
+`stack:` section (`shrinkflow up`, `serve`, `deploy`), validated together at the door
+(`load_config`), so a bad value anywhere in the file is refused before any command does work.
 
-It is not a run parameter: `load_params` leaves it out, `load_stack` reads it alone.
+The stack is not a run parameter: a run gets `Config.params` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator
 
-from flows.workspace.params import DEFAULT_PARAMS, STACK, read_with_overrides, validated
-from tasks.config import SecretFreeUrl, Section
+from flows.workspace.params import (
+    DEFAULT_PARAMS,
+    STACK,
+    read_with_overrides,
+    split_stack,
+    validated,
+)
+from tasks.config import Params, SecretFreeUrl, Section
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
+# stack.cron is checked by cronsim (already installed with Prefect's docket), not by Prefect:
+# importing Prefect fixes its settings, PREFECT_API_URL among them, which `run` sets after the
+# door when the stack is up (flows/stack/servers.py `use_running_stack`), and takes a second of
+# a run that only repeats.
 
 def url_scheme(*schemes: str):
     """A validator: the URL starts with one of `schemes`."""
@@ -40,7 +54,12 @@ class StackConfig(Section):
     )
     prefect_port: Annotated[int, Field(ge=1, le=65535)] = Field(4200, description="Prefect UI/API.")
     mlflow_port: Annotated[int, Field(ge=1, le=65535)] = Field(5000, description="MLflow UI/API.")
-    cron: str = Field("0 2 * * *", description="Schedule of the nightly deployment.")
+    cron: str = Field(
+        "0 2 * * *",
+        description="Schedule of the nightly deployment: five cron fields, minute hour "
+        "day-of-month month day-of-week, each *, a number or name (jan, mon), a range a-b, a "
+        "step /n or a list a,b.",
+    )
     timezone: str = Field("UTC", description="Time zone of the cron schedule (IANA name).")
     serve: bool = Field(
         True,
@@ -66,22 +85,40 @@ class StackConfig(Section):
         None, description="URL of an S3-compatible store (MinIO, ...); none = AWS S3."
     )
 
-    @model_validator(mode="after")
-    def _valid_schedule(self) -> StackConfig:
-        from prefect.client.schemas.schedules import CronSchedule  # Prefect's own rules
+    @field_validator("cron")
+    @classmethod
+    def _five_cron_fields(cls, cron: str) -> str:
+        from cronsim import CronSim, CronSimError
 
         try:
-            CronSchedule(cron=self.cron, timezone=self.timezone)
-        except ValueError as exc:
-            raise ValueError(
-                f"cron {self.cron!r} / timezone {self.timezone!r}: "
-                f"{exc.errors()[0]['msg'].removeprefix('Value error, ')}; use "
-                "e.g. cron `0 2 * * *` and an IANA time zone such as `UTC` or `Europe/Berlin`"
-            ) from None
-        return self
+            CronSim(cron, datetime.now())
+        except CronSimError as exc:
+            raise ValueError(f"{exc}: give five fields, minute hour day-of-month month "
+                             "day-of-week, e.g. `0 2 * * *` (02:00 every day)") from None
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_name(cls, name: str) -> str:
+        if name not in available_timezones():  # Prefect's own rule
+            raise ValueError("not an IANA time zone name; use e.g. `UTC` or `Europe/Berlin`")
+        return name
 
 
-def load_stack(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> StackConfig:
-    """The `stack:` section, with `--set stack.KEY=VALUE` overrides."""
-    raw = read_with_overrides(path, overrides).get(STACK) or {}
-    return validated(StackConfig, raw, section=STACK)
+@dataclass(frozen=True)
+class Config:
+    """All of params.yaml: the run parameters and the stack's section, and the command-line
+    arguments that read it again (`up` hands them to the `serve` it starts)."""
+
+    params: Params
+    stack: StackConfig
+    args: tuple[str, ...]
+
+
+def load_config(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Config:
+    """params.yaml with `--set KEY=VALUE` overrides, every section validated once, every problem
+    in one error: what each command reads at the door, before any work."""
+    run, stack = split_stack(read_with_overrides(path, overrides))
+    params, stack_config = validated((Params, run, ""), (StackConfig, stack, STACK))
+    sets = (arg for override in overrides for arg in ("--set", override))
+    return Config(params, stack_config, ("--params", str(path), *sets))

@@ -17,14 +17,20 @@ from tasks.errors import InputError
 PREFECT_FILE = Path("infra") / "prefect.yaml"
 
 
-def deploy(params: Params, root: Path) -> int:
-    """`prefect deploy` every deployment of infra/prefect.yaml to its work pool, with
-    `nightly_parameters` as the run form's defaults (a scheduled run uses them)."""
+def deploy(params: Params, stack: StackConfig, root: Path) -> int:
+    """`prefect deploy` the deployment of infra/prefect.yaml to its work pool, on the schedule
+    `serve` gives it too (stack.cron in stack.timezone), with `nightly_parameters` as the run
+    form's defaults (a scheduled run uses them).
+
+    Gotchas: the file holds no schedule, as Prefect adds `--cron` to the file's own; and it holds
+    one deployment, as Prefect ignores these options when it deploys several. A redeploy replaces
+    the schedule."""
     prefect_file = root / PREFECT_FILE
     check_work_pools(prefect_file)
     defaults = nightly_parameters(params, root)
     return subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
-                           "--prefect-file", str(prefect_file), "--params", json.dumps(defaults)],
+                           "--prefect-file", str(prefect_file), "--params", json.dumps(defaults),
+                           "--cron", stack.cron, "--timezone", stack.timezone],
                           cwd=root).returncode
 
 

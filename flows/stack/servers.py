@@ -29,7 +29,7 @@ from pathlib import Path
 
 from flows.record.tracking import MLFLOW_UI_ENV, SQLITE, artifact_root
 from flows.workspace.connections import MLFLOW_CREDENTIALS, check_postgres, check_s3
-from flows.stack.config import LOOPBACK, StackConfig
+from flows.stack.config import LOOPBACK, Config, StackConfig
 from tasks.config import Params
 from tasks.errors import InputError
 
@@ -125,8 +125,10 @@ def check_stack(params: Params, stack: StackConfig) -> None:
         _check_free(stack.host, port, name)
 
 
-def up(params: Params, stack: StackConfig, root: Path) -> int:
-    """Start the stack, print its URLs once both servers answer, wait for Ctrl-C or `down`."""
+def up(config: Config, root: Path) -> int:
+    """Start the stack, print its URLs once both servers answer, wait for Ctrl-C or `down`.
+    The `serve` it starts reads the config as `up` did: the same file and `--set`s."""
+    params, stack = config.params, config.stack
     check_stack(params, stack)
     (root / STATE / "prefect").mkdir(parents=True, exist_ok=True)
     env = stack_env(stack, root)
@@ -146,8 +148,8 @@ def up(params: Params, stack: StackConfig, root: Path) -> int:
     try:
         _wait_until_up([f"{prefect_url}/api/health", f"{mlflow_url}/health"], processes)
         if stack.serve:
-            processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve"], env=env,
-                                              cwd=root))
+            processes.append(subprocess.Popen([python, "-m", "flows.cli", "serve", *config.args],
+                                              env=env, cwd=root))
         running = RunningStack(os.getpid(), prefect_url, mlflow_url, _absolute(params.tracking.uri))
         (root / PID_FILE).write_text(json.dumps(asdict(running)))
         serving = ("Serving deployment compress/nightly." if stack.serve else

@@ -1,8 +1,9 @@
 """`params.yaml` + `--set KEY=VALUE` overrides -> one validated `Params`, or an error naming the key.
 
 The file's `stack:` section configures `shrinkflow up` (servers, schedule); it is not a run
-parameter, so it is read separately (flows/stack/config.py `load_stack`). Its `inputs:` section
-is derived from the run parameters for DVC (flows/workspace/versioning.py) and is not read back.
+parameter: every command reads the whole file, both validated at once, with flows/stack/config.py
+`load_config`. Its `inputs:` section is derived from the run parameters for DVC
+(flows/workspace/versioning.py) and is not read back.
 """
 
 from __future__ import annotations
@@ -26,23 +27,32 @@ SECTIONS = {
 
 
 def load_params(path: Path = DEFAULT_PARAMS, overrides: Sequence[str] = ()) -> Params:
-    """Read `path` (optional when it is the default), apply overrides, validate once."""
-    raw = read_with_overrides(path, overrides)
-    raw.pop(STACK, None)
-    raw.pop(INPUTS, None)
-    return validate_params(raw)
+    """Read `path` (optional when it is the default), apply overrides, validate the run
+    parameters. The `stack:` section is not checked here: commands use `load_config`."""
+    return validate_params(split_stack(read_with_overrides(path, overrides))[0])
 
 
 def validate_params(raw: Any) -> Params:
-    return validated(Params, raw)
+    return validated((Params, raw, ""))[0]
 
 
-def validated(model: type[BaseModel], raw: Any, section: str = "") -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        problems = "\n".join(_describe(e, model, section) for e in exc.errors())
-        raise InputError(f"invalid params:\n{problems}") from None
+def split_stack(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A raw params.yaml tree as (its run parameters, its `stack:` section); `inputs:` dropped."""
+    run = {key: value for key, value in raw.items() if key not in (STACK, INPUTS)}
+    return run, raw.get(STACK) or {}
+
+
+def validated(*sections: tuple[type[BaseModel], Any, str]) -> list[Any]:
+    """Each `(model, raw, section)` validated; every problem of all of them in one InputError."""
+    values, problems = [], []
+    for model, raw, section in sections:
+        try:
+            values.append(model.model_validate(raw))
+        except ValidationError as exc:
+            problems += [_describe(e, model, section) for e in exc.errors()]
+    if problems:
+        raise InputError("invalid params:\n" + "\n".join(problems))
+    return values
 
 
 def dump_params(params: Params) -> str:
@@ -95,7 +105,16 @@ def _apply(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise InputError(f"--set {key}: {part} is not a section")
-    node[leaf] = yaml.safe_load(text) if text else None
+    node[leaf] = _value(text) if text else None
+
+
+def _value(text: str) -> Any:
+    """A `--set` value read as YAML (`2` a number, `[1, 2]` a list); text that is no YAML is the
+    string it spells (`*/15 * * * *`: YAML reads `*` as an alias)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel], section: str) -> str:
