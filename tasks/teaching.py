@@ -30,7 +30,7 @@ def logits(model: keras.Model, split: Split) -> np.ndarray:
     """Pre-activation scores of every sample: for a softmax model, log-probabilities (equal up to
     a constant); for a sigmoid one, log-odds."""
     outputs = model.predict(split.batches(BATCH), verbose=0)
-    return as_logits(outputs, output_activation(model)).numpy()
+    return np.asarray(as_logits(outputs, output_activation(model)))
 
 
 @dataclass(frozen=True)

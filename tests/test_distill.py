@@ -481,9 +481,9 @@ def test_auto_blocks_ladder_orders_each_width_with_each_blocks_choice_by_deploye
     assert student_ladder(teacher, DistillConfig(blocks="all"), SparsifyConfig()) == [
         Rung(0.5), Rung(0.354)]
     data = replace(digits, teacher_errors={"val": 3, "test": 3})
-    rung, student, probes, _ = smallest_likely(
-        teacher, data, DistillConfig(epochs=1), SparsifyConfig(enabled=False),
-        GateConfig(max_accuracy_drop=1), seed=0)
+    rung, student, probes, _ = smallest_likely(  # 4-epoch probes learn to within 20 points
+        teacher, data, DistillConfig(epochs=10), SparsifyConfig(enabled=False),
+        GateConfig(max_accuracy_drop=0.2), seed=0)
     assert rung == Rung(0.354, "fewest") and list(probes) == [
         Rung(0.354), Rung(0.5, "fewest"), Rung(0.354, "fewest")]
     assert "b1_add" not in {layer.name for layer in student.layers}
