@@ -169,10 +169,10 @@ def accuracy_metric(task: Task, label_width: int | None = None):
 
     def accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         labels = y_true if label_width is None else y_true[:, :label_width]
+        labels = tf.reshape(labels, [tf.shape(y_pred)[0], -1])  # a row per sample
         if task.name == "classification":
             answers = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
-            return tf.cast(tf.equal(answers, tf.cast(tf.reshape(labels, [-1]), tf.int32)),
-                           tf.float32)
+            return tf.cast(tf.equal(answers, tf.cast(labels[:, 0], tf.int32)), tf.float32)
         answers = tf.cast(tf.reshape(y_pred, tf.shape(labels)) >= task.threshold, labels.dtype)
         return tf.cast(tf.reduce_all(tf.equal(answers, labels), axis=-1), tf.float32)
 

@@ -15,7 +15,7 @@ from prefect.artifacts import Artifact
 
 from flows.stages import check_inputs
 from tasks.errors import InputError
-from tasks.models import seed_everything, write_model
+from tasks.models import accuracy_metric, seed_everything, write_model
 from tasks.task import Classification, MultiLabel, infer_task
 from tasks.teaching import DistillationLoss
 from tasks.tflite import TFLiteClassifier
@@ -78,6 +78,17 @@ def test_the_multilabel_loss_is_binary_cross_entropy_on_labels_and_softened_teac
                                      label_width=2)
     assert float(probabilities(y_true, tf.sigmoid(student_logits))) == pytest.approx(
         float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("labels, outputs, packed, right", [
+    ([0, 1, 1], [[0.2], [0.9], [0.4]], None, [1, 1, 0]),  # binary: one sigmoid, 0/1 per sample
+    ([[1, 0], [0, 1]], [[0.7, 0.6], [0.1, 0.8]], None, [0, 1]),
+    ([[1, 0, 3.0, -2.0]], [[0.7, 0.2]], 2, [1]),  # labels packed before the teacher's logits
+])
+def test_the_keras_accuracy_of_a_multilabel_model_is_exact_match(labels, outputs, packed, right):
+    accuracy = accuracy_metric(MultiLabel(), packed)(tf.constant(labels, tf.float32),
+                                                     tf.constant(outputs, tf.float32))
+    np.testing.assert_array_equal(accuracy.numpy(), right)
 
 
 @pytest.fixture(scope="module")
