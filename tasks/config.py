@@ -87,7 +87,7 @@ def _height_and_width(value: object) -> object:
 
 
 ImageSize = Annotated[tuple[PositiveInt, PositiveInt] | None, BeforeValidator(_height_and_width)]
-MOST_DROP = 0.2  # gate.max_accuracy_drop: a larger budget is a number of points meant
+MOST_DROP = 0.2  # gate's and quantize's max_accuracy_drop: larger is a number of points meant
 
 
 def _fraction_not_points(value: object) -> object:
@@ -382,10 +382,10 @@ class QuantizeConfig(Section):
     calibration_samples: PositiveInt = Field(
         200, description="Real training samples used to calibrate activation ranges."
     )
-    max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1,
+    max_accuracy_drop: DropBudget = Field(
+        0.01,
         description="mixed: largest validation-accuracy drop allowed vs the FP32 student, as a "
-        "fraction (0.01: 1 point).",
+        "fraction (0.01: 1 point), at most 0.2.",
     )
     qat_epochs: Annotated[int, Field(ge=0)] = Field(
         0,

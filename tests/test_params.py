@@ -142,6 +142,11 @@ BAD_OVERRIDES = [
         id="budget-over-20-points",
     ),
     pytest.param(
+        ["quantize.max_accuracy_drop=2"],
+        r"quantize\.max_accuracy_drop = 2: that is 200 points: the budget is a fraction",
+        id="mixed-budget-in-points",
+    ),
+    pytest.param(
         ["data.image_size=[224]"],
         r"data\.image_size = \[224\]: give \[height, width\], e\.g\. \[224, 224\], or one "
         r"number for a square",
