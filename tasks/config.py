@@ -493,9 +493,9 @@ class SearchConfig(Section):
         "which the chosen trial must confirm that it is likely to pass the gate.",
     )
     reduction_factor: Annotated[int, Field(ge=2)] = Field(
-        3, description="Successive halving: past the epochs distill.width auto probes a student for "
-        "(a third of distill.epochs), then factor times as many, a trial trains on only while it "
-        "is in the best 1/factor of the trials measured there.",
+        3, description="Successive halving: past the epochs distill.width auto probes a student "
+        "for (a third of distill.epochs), then factor times as many, a trial trains on only while "
+        "it is in the best 1/factor of the trials measured there.",
     )
     dask_address: str | None = Field(
         None, description="Dask scheduler for the trials (tcp://HOST:PORT); none: a local cluster."

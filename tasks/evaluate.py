@@ -93,8 +93,8 @@ def measure_tflite(model: bytes, data: Dataset, cfg: EvaluateConfig,
     """Everything the evaluator measures that needs only the .tflite file (the gate measures the
     registered champion this way): the task's scores on the test split (tasks/task.py),
     sparsity, sizes, runtime memory, batch-1 latency at `cfg.threads[0]` and, as
-    `latency_p50_us_{n}t` / `latency_p90_us_{n}t`, at each of `thread_counts`; and the answer to every test sample, for paired comparisons on
-    the same samples."""
+    `latency_p50_us_{n}t` / `latency_p90_us_{n}t`, at each of `thread_counts`; and the answer to
+    every test sample, for paired comparisons on the same samples."""
     classifier = TFLiteClassifier(model, cfg.threads[0])
     predicted = model_answers(data.task, classifier.predict, data.test)
     sample = data.test.read(slice(1))[0]

@@ -20,9 +20,9 @@ from tasks.memory import AccuracyGap, Memory, confidence_gap
 from tasks.models import (
     build_cnn,
     check_compatible,
-    output_activation,
     compile_for_labels,
     fit,
+    output_activation,
     read_model,
     seed_everything,
     write_model,
